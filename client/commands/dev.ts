@@ -1,0 +1,102 @@
+import type { Command } from 'commander';
+import { findPostgres } from '../../common/pg-binaries';
+import { stackDown, stackStatus, stackUp, type StackEndpoints } from '../../dev/stack';
+import { resolveStackSettings } from '../../dev/stack-settings';
+import { provisionTemporalCli } from '../../dev/temporal-cli';
+import { printJson } from '../output';
+
+interface StackOptions {
+  dir?: string;
+  temporalPort?: string;
+  uiPort?: string;
+  s3Port?: string;
+  json?: boolean;
+}
+
+function settingsFrom(opts: StackOptions) {
+  return resolveStackSettings({
+    dir: opts.dir,
+    ports: { temporal: opts.temporalPort, temporalUi: opts.uiPort, s3: opts.s3Port } as never,
+  });
+}
+
+const progress = (line: string) => process.stderr.write(`${line}\n`);
+
+export async function resolveTemporalCliWithProgress(): Promise<string> {
+  return (await provisionTemporalCli({ onProgress: progress })).path;
+}
+
+export function printEndpoints(e: StackEndpoints): void {
+  process.stdout.write(
+    [
+      `Temporal address:   ${e.temporal.address}`,
+      `Temporal namespace: ${e.temporal.namespace}`,
+      `Temporal Web UI:    ${e.temporal.ui}`,
+      `S3 endpoint:        ${e.s3.endpoint}`,
+      `S3 bucket:          ${e.s3.bucket}`,
+      `S3 region:          ${e.s3.region}`,
+      `Stack directory:    ${e.stackDir}`,
+      '',
+    ].join('\n'),
+  );
+}
+
+export function registerDevCommands(program: Command): void {
+  const dev = program.command('dev').description('the embedded development stack (Temporal with Web UI, S3)');
+  const withStackOptions = (c: Command) =>
+    c
+      .option('--dir <path>', 'stack directory (env DURABLE_COMPUTE_STACK_DIR; default .durable-compute/stack)')
+      .option('--temporal-port <port>', 'Temporal gRPC port (env DURABLE_COMPUTE_TEMPORAL_PORT; default 7233)')
+      .option('--ui-port <port>', 'Temporal Web UI port (env DURABLE_COMPUTE_TEMPORAL_UI_PORT; default 8233)')
+      .option('--s3-port <port>', 'S3 port (env DURABLE_COMPUTE_S3_PORT; default 4568)');
+
+  withStackOptions(dev.command('up'))
+    .description('start the stack in the background; returns once every part accepts connections')
+    .option('--json', 'print the endpoints as one JSON object')
+    .action(async (opts: StackOptions) => {
+      const settings = settingsFrom(opts);
+      await stackUp(settings, { resolveTemporalCli: resolveTemporalCliWithProgress, onProgress: progress });
+      const status = await stackStatus(settings.dir);
+      if (!status) throw new Error('stack state vanished after start');
+      if (opts.json) printJson(status);
+      else printEndpoints(status);
+    });
+
+  withStackOptions(dev.command('status'))
+    .description('report what runs')
+    .option('--json', 'print one JSON object')
+    .action(async (opts: StackOptions) => {
+      const settings = settingsFrom(opts);
+      const status = await stackStatus(settings.dir);
+      if (opts.json) {
+        printJson(status ?? { running: false, stackDir: settings.dir, processes: {} });
+        return;
+      }
+      if (!status) {
+        process.stdout.write(`No stack in ${settings.dir}\n`);
+        return;
+      }
+      process.stdout.write(`Stack ${status.running ? 'running' : 'NOT fully running'}\n`);
+      for (const [name, p] of Object.entries(status.processes)) {
+        process.stdout.write(`  ${name.padEnd(12)} ${p.running ? `running (pid ${p.pid})` : 'stopped'}\n`);
+      }
+      printEndpoints(status);
+    });
+
+  withStackOptions(dev.command('down'))
+    .description('stop exactly the processes the stack started')
+    .action(async (opts: StackOptions) => {
+      const settings = settingsFrom(opts);
+      const stopped = await stackDown(settings.dir);
+      process.stdout.write(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+    });
+
+  dev
+    .command('prepare')
+    .description('find or build the Temporal CLI and check the PostgreSQL installation')
+    .action(async () => {
+      const cli = await provisionTemporalCli({ onProgress: progress });
+      const pg = findPostgres();
+      process.stdout.write(`Temporal CLI: ${cli.path} (${cli.source})\nPostgreSQL ${pg.version}: ${pg.binDir}\n`);
+    });
+}

@@ -1,0 +1,159 @@
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { UserFacingError } from './errors';
+import { defaultStackDir } from './paths';
+
+/**
+ * The one place that reads the process environment. Every value is validated and an error names
+ * the variable; secret values are never echoed back.
+ */
+
+export const CONTROL_PLANE_TASK_QUEUE_DEFAULT = 'durable-compute-control-plane';
+
+export interface TemporalTlsFiles {
+  clientCertPath?: string;
+  clientKeyPath?: string;
+  serverCaCertPath?: string;
+  serverName?: string;
+}
+
+export interface TemporalConfig {
+  address: string;
+  namespace: string;
+  /** false: plain text; true: TLS with system roots; object: TLS with these files. */
+  tls: boolean | TemporalTlsFiles;
+  apiKey?: string;
+  controlPlaneTaskQueue: string;
+}
+
+export interface S3Config {
+  /** Absent means AWS's own endpoint for the region. */
+  endpoint?: string;
+  region: string;
+  bucket: string;
+  forcePathStyle: boolean;
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+}
+
+export interface AppConfig {
+  temporal: TemporalConfig;
+  s3: S3Config;
+  pgBinDir?: string;
+  stackDir: string;
+}
+
+/** Endpoints of a running dev stack, used for whatever the environment leaves unset. */
+export interface DevStackDefaults {
+  temporal: { address: string; namespace: string };
+  s3: { endpoint: string; bucket: string; region: string; accessKeyId: string; secretAccessKey: string };
+}
+
+type Env = Record<string, string | undefined>;
+
+const SECRET_VARIABLES = new Set(['TEMPORAL_API_KEY', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']);
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port')
+  .refine((v) => {
+    const port = Number(v.slice(v.lastIndexOf(':') + 1));
+    return port > 0 && port < 65536;
+  }, 'port must be 1-65535');
+const booleanText = z
+  .enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'], { error: 'expected true or false' })
+  .transform((v) => ['1', 'true', 'yes', 'on'].includes(v));
+const httpUrl = z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' });
+const readableFile = z.string().refine((p) => existsSync(p) && statSync(p).isFile(), 'file does not exist');
+const absoluteDir = z
+  .string()
+  .refine((p) => path.isAbsolute(p), 'expected an absolute path')
+  .refine((p) => existsSync(p) && statSync(p).isDirectory(), 'directory does not exist');
+
+function read<T>(env: Env, name: string, schema: z.ZodType<T>): T | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const parsed = schema.safeParse(raw.trim());
+  if (!parsed.success) {
+    const shown = SECRET_VARIABLES.has(name) ? '' : ` (got ${JSON.stringify(raw)})`;
+    const reason = parsed.error.issues.map((i) => i.message).join('; ');
+    throw new UserFacingError(`Invalid environment variable ${name}: ${reason}${shown}`);
+  }
+  return parsed.data;
+}
+
+export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppConfig {
+  const address = read(env, 'TEMPORAL_ADDRESS', hostPort) ?? dev?.temporal.address ?? '127.0.0.1:7233';
+  const namespace =
+    read(env, 'TEMPORAL_NAMESPACE', z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$/, 'not a valid namespace name')) ??
+    dev?.temporal.namespace ??
+    'default';
+  const apiKey = read(env, 'TEMPORAL_API_KEY', z.string().min(1));
+  const tlsFiles: TemporalTlsFiles = {
+    clientCertPath: read(env, 'TEMPORAL_TLS_CLIENT_CERT_PATH', readableFile),
+    clientKeyPath: read(env, 'TEMPORAL_TLS_CLIENT_KEY_PATH', readableFile),
+    serverCaCertPath: read(env, 'TEMPORAL_TLS_SERVER_CA_CERT_PATH', readableFile),
+    serverName: read(env, 'TEMPORAL_TLS_SERVER_NAME', z.string().min(1)),
+  };
+  if (Boolean(tlsFiles.clientCertPath) !== Boolean(tlsFiles.clientKeyPath)) {
+    throw new UserFacingError(
+      'Invalid environment: TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH must be set together',
+    );
+  }
+  const anyTlsFile = Object.values(tlsFiles).some((v) => v !== undefined);
+  const tlsFlag = read(env, 'TEMPORAL_TLS', booleanText);
+  if (tlsFlag === false && (anyTlsFile || apiKey)) {
+    throw new UserFacingError('Invalid environment: TEMPORAL_TLS=false contradicts TEMPORAL_API_KEY or the TEMPORAL_TLS_* files');
+  }
+  // An API key (Temporal Cloud) only travels over TLS.
+  const tls: TemporalConfig['tls'] = anyTlsFile ? tlsFiles : (tlsFlag ?? Boolean(apiKey));
+
+  const explicitEndpoint =
+    read(env, 'S3_ENDPOINT', httpUrl) ?? read(env, 'AWS_ENDPOINT_URL_S3', httpUrl) ?? read(env, 'AWS_ENDPOINT_URL', httpUrl);
+  const usesDevS3 = explicitEndpoint === undefined && env.S3_BUCKET === undefined && dev !== undefined;
+  const accessKeyId = read(env, 'AWS_ACCESS_KEY_ID', z.string().min(1));
+  const secretAccessKey = read(env, 'AWS_SECRET_ACCESS_KEY', z.string().min(1));
+  if (Boolean(accessKeyId) !== Boolean(secretAccessKey)) {
+    throw new UserFacingError('Invalid environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together');
+  }
+  const bucket =
+    read(env, 'S3_BUCKET', z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'not a valid S3 bucket name')) ??
+    (usesDevS3 ? dev.s3.bucket : 'durable-compute');
+  const credentials =
+    accessKeyId && secretAccessKey
+      ? { accessKeyId, secretAccessKey, sessionToken: read(env, 'AWS_SESSION_TOKEN', z.string().min(1)) }
+      : usesDevS3
+        ? { accessKeyId: dev.s3.accessKeyId, secretAccessKey: dev.s3.secretAccessKey }
+        : undefined;
+  const endpoint = explicitEndpoint ?? (usesDevS3 ? dev.s3.endpoint : undefined);
+
+  return {
+    temporal: {
+      address,
+      namespace,
+      tls,
+      apiKey,
+      controlPlaneTaskQueue:
+        read(env, 'DURABLE_COMPUTE_TASK_QUEUE', z.string().regex(/^[A-Za-z0-9._:-]{1,200}$/, 'not a valid task queue name')) ??
+        CONTROL_PLANE_TASK_QUEUE_DEFAULT,
+    },
+    s3: {
+      endpoint,
+      region:
+        read(env, 'S3_REGION', z.string().regex(/^[a-z0-9-]{2,32}$/, 'not a valid region')) ??
+        read(env, 'AWS_REGION', z.string().regex(/^[a-z0-9-]{2,32}$/, 'not a valid region')) ??
+        (usesDevS3 ? dev.s3.region : 'us-east-1'),
+      bucket,
+      // Local S3 stand-ins answer only path-style requests.
+      forcePathStyle: read(env, 'S3_FORCE_PATH_STYLE', booleanText) ?? endpoint !== undefined,
+      credentials,
+    },
+    pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
+    stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
+  };
+}
+
+/** Reads a TLS file named by the configuration; only called once a connection is made. */
+export function readTlsFile(p: string | undefined): Buffer | undefined {
+  return p === undefined ? undefined : readFileSync(p);
+}

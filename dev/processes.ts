@@ -1,0 +1,149 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** A process the stack started, identified by pid plus kernel start time so a recycled pid is never mistaken for it. */
+export interface TrackedProcess {
+  pid: number;
+  startTime: string;
+  command: string;
+  log: string;
+}
+
+/** Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot. */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const state = rest[0];
+    if (state === 'Z' || state === 'X') return undefined;
+    return rest[19];
+  } catch {
+    return undefined;
+  }
+}
+
+export function isTrackedAlive(p: TrackedProcess): boolean {
+  return processStartTime(p.pid) === p.startTime;
+}
+
+/** Starts a process in its own process group, output appended to `log`, surviving the caller's exit. */
+export function spawnDetached(command: string, args: string[], opts: { log: string; env?: NodeJS.ProcessEnv; cwd?: string }): TrackedProcess {
+  const fd = openSync(opts.log, 'a');
+  try {
+    const child = spawn(command, args, {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: opts.env ?? process.env,
+      cwd: opts.cwd,
+    });
+    if (child.pid === undefined) throw new Error(`could not start ${command}`);
+    child.unref();
+    const startTime = processStartTime(child.pid);
+    if (startTime === undefined) throw new Error(`${command} exited immediately; see ${opts.log}`);
+    return { pid: child.pid, startTime, command, log: opts.log };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** SIGTERM to the process group, then SIGKILL after `graceMs`. Only touches the group if the leader is still the tracked process. */
+export async function stopTracked(p: TrackedProcess, graceMs = 10_000): Promise<void> {
+  if (!isTrackedAlive(p)) return;
+  const signalGroup = (sig: NodeJS.Signals) => {
+    try {
+      process.kill(-p.pid, sig);
+    } catch {
+      /* already gone */
+    }
+  };
+  signalGroup('SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline) {
+    if (!isTrackedAlive(p)) return;
+    await sleep(100);
+  }
+  signalGroup('SIGKILL');
+  while (isTrackedAlive(p)) await sleep(50);
+}
+
+/** Fails with a clear message if something already listens on host:port. */
+export async function assertPortFree(host: string, port: number, what: string, hint: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      reject(
+        new Error(
+          err.code === 'EADDRINUSE'
+            ? `port ${port} on ${host} (${what}) is already in use by another process; ${hint}`
+            : `cannot listen on ${host}:${port} (${what}): ${err.message}`,
+        ),
+      );
+    });
+    server.listen({ host, port, exclusive: true }, () => server.close(() => resolve()));
+  });
+}
+
+/** A port the kernel just handed out; good enough for tests that start servers right after. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen({ host, port: 0 }, () => {
+      const addr = server.address();
+      server.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export async function canConnect(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+export function logTail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/**
+ * Polls `probe` until it succeeds. Stops early with the log tail when the process dies, and at
+ * `timeoutMs` with the last probe error: a dead or stuck component never hangs the caller.
+ */
+export async function waitUntilReady(
+  what: string,
+  proc: TrackedProcess,
+  probe: () => Promise<void>,
+  timeoutMs: number,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = 'not probed yet';
+  for (;;) {
+    try {
+      await probe();
+      return;
+    } catch (err) {
+      lastError = (err as Error).message;
+    }
+    if (!isTrackedAlive(proc)) {
+      throw new Error(`${what} exited during startup. Last lines of ${proc.log}:\n${logTail(proc.log)}`);
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`${what} did not become ready within ${timeoutMs / 1000} s (${lastError}). Last lines of ${proc.log}:\n${logTail(proc.log)}`);
+    }
+    await sleep(200);
+  }
+}

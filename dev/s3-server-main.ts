@@ -1,0 +1,41 @@
+/**
+ * The embedded S3 endpoint: s3rver on loopback with the stack's bucket. Run as its own process by
+ * the dev stack (`node --import tsx dev/s3-server-main.ts --host H --port P --dir D --bucket B`).
+ */
+import { mkdirSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import S3rver from 's3rver';
+
+const { values } = parseArgs({
+  options: {
+    host: { type: 'string', default: '127.0.0.1' },
+    port: { type: 'string' },
+    dir: { type: 'string' },
+    bucket: { type: 'string' },
+  },
+});
+if (!values.port || !values.dir || !values.bucket) {
+  console.error('usage: s3-server-main --port P --dir D --bucket B [--host H]');
+  process.exit(2);
+}
+mkdirSync(values.dir, { recursive: true });
+const server = new S3rver({
+  address: values.host,
+  port: Number(values.port),
+  directory: values.dir,
+  silent: true,
+  configureBuckets: [{ name: values.bucket, configs: [] }],
+  // Fixed development credentials; real deployments use a real S3 with real ones.
+  allowMismatchedSignatures: false,
+});
+await server.run();
+console.log(`s3rver listening on http://${values.host}:${values.port}, bucket ${values.bucket}`);
+
+const stop = () => {
+  server
+    .close()
+    .then(() => process.exit(0))
+    .catch(() => process.exit(1));
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);

@@ -1,0 +1,57 @@
+import { z } from 'zod';
+import { UserFacingError } from '../common/errors';
+import { defaultStackDir } from '../common/paths';
+import path from 'node:path';
+
+/** Where and on which ports the embedded stack runs. Persisted in the stack directory. */
+export interface StackSettings {
+  dir: string;
+  host: string;
+  namespace: string;
+  bucket: string;
+  region: string;
+  ports: {
+    temporal: number;
+    temporalUi: number;
+    s3: number;
+  };
+}
+
+/** s3rver's fixed development credentials; not a secret, but kept out of printed output all the same. */
+export const DEV_S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
+
+export const DEFAULT_PORTS: StackSettings['ports'] = { temporal: 7233, temporalUi: 8233, s3: 4568 };
+
+/** Environment variable and CLI option for each port, so every error can say how to change it. */
+export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string; option: string; what: string }> = {
+  temporal: { env: 'DURABLE_COMPUTE_TEMPORAL_PORT', option: '--temporal-port', what: 'Temporal gRPC' },
+  temporalUi: { env: 'DURABLE_COMPUTE_TEMPORAL_UI_PORT', option: '--ui-port', what: 'Temporal Web UI' },
+  s3: { env: 'DURABLE_COMPUTE_S3_PORT', option: '--s3-port', what: 'S3 (s3rver)' },
+};
+
+const port = z.coerce.number().int().min(1).max(65535);
+
+/** Stack settings from explicit overrides, then the environment, then the documented defaults. */
+export function resolveStackSettings(
+  overrides: Partial<Omit<StackSettings, 'ports'>> & { ports?: Partial<StackSettings['ports']> } = {},
+  env: Record<string, string | undefined> = process.env,
+): StackSettings {
+  const ports = { ...DEFAULT_PORTS };
+  for (const key of Object.keys(PORT_VARIABLES) as (keyof StackSettings['ports'])[]) {
+    const { env: name, option } = PORT_VARIABLES[key];
+    const raw = overrides.ports?.[key] ?? env[name];
+    if (raw === undefined || raw === '') continue;
+    const parsed = port.safeParse(raw);
+    if (!parsed.success) throw new UserFacingError(`Invalid port for ${name} / ${option}: ${JSON.stringify(raw)} is not 1-65535`);
+    ports[key] = parsed.data;
+  }
+  const dir = overrides.dir ?? env.DURABLE_COMPUTE_STACK_DIR ?? defaultStackDir;
+  return {
+    dir: path.resolve(dir),
+    host: overrides.host ?? '127.0.0.1',
+    namespace: overrides.namespace ?? 'default',
+    bucket: overrides.bucket ?? 'durable-compute',
+    region: overrides.region ?? 'us-east-1',
+    ports,
+  };
+}

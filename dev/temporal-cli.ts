@@ -1,0 +1,160 @@
+import { spawn } from 'node:child_process';
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { UserFacingError } from '../common/errors';
+import { projectCacheDir } from '../common/paths';
+
+/** The one pinned Temporal CLI version. Later tags carry a replace directive and refuse `go install`. */
+export const TEMPORAL_CLI_VERSION = '1.5.1';
+export const TEMPORAL_CLI_MODULE = 'github.com/temporalio/cli/cmd/temporal';
+
+export interface ProvisionOptions {
+  env?: Record<string, string | undefined>;
+  /** Where built or downloaded binaries are kept; git-ignored. */
+  cacheDir?: string;
+  /** Progress lines (build output, elapsed time). */
+  onProgress?: (line: string) => void;
+}
+
+export interface ProvisionedCli {
+  path: string;
+  source: 'TEMPORAL_CLI_PATH' | 'PATH' | 'cache' | 'go install' | 'sdk download';
+}
+
+function isExecutableFile(p: string): boolean {
+  try {
+    accessSync(p, constants.X_OK);
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function findOnPath(name: string, pathVar: string | undefined): string | undefined {
+  for (const dir of (pathVar ?? '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, name);
+    if (isExecutableFile(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+export function temporalCacheDir(cacheDir = projectCacheDir): string {
+  return path.join(cacheDir, 'temporal', `v${TEMPORAL_CLI_VERSION}`);
+}
+
+/** Runs `go install` into the cache, streaming go's output and a heartbeat so a minutes-long build is visibly alive. */
+async function goInstall(goBinary: string, binDir: string, env: Record<string, string | undefined>, onProgress: (l: string) => void): Promise<void> {
+  mkdirSync(binDir, { recursive: true });
+  const started = Date.now();
+  onProgress(`building the Temporal CLI v${TEMPORAL_CLI_VERSION} with go install (takes a few minutes the first time)...`);
+  const child = spawn(goBinary, ['install', '-v', `${TEMPORAL_CLI_MODULE}@v${TEMPORAL_CLI_VERSION}`], {
+    env: { ...env, GOBIN: binDir, GOFLAGS: [env.GOFLAGS, '-buildvcs=false'].filter(Boolean).join(' ') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let packages = 0;
+  const tail: string[] = [];
+  const onData = (chunk: Buffer) => {
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (!line.trim()) continue;
+      packages += 1;
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+      if (line.startsWith('go: ') && !line.startsWith('go: downloading')) onProgress(line);
+    }
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const ticker = setInterval(() => {
+    onProgress(`  ... still building (${Math.round((Date.now() - started) / 1000)} s, ${packages} packages so far)`);
+  }, 15_000);
+  try {
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', resolve);
+    });
+    if (code !== 0) throw new Error(`go install exited with ${code}:\n${tail.join('\n')}`);
+  } finally {
+    clearInterval(ticker);
+  }
+  onProgress(`built the Temporal CLI in ${Math.round((Date.now() - started) / 1000)} s`);
+}
+
+/** The SDK's own download, reached only when explicitly allowed: this machine class has no internet and must not try. */
+async function sdkDownload(downloadDir: string): Promise<string> {
+  const { TestWorkflowEnvironment } = await import('@temporalio/testing');
+  mkdirSync(downloadDir, { recursive: true });
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: { executable: { type: 'cached-download', version: `v${TEMPORAL_CLI_VERSION}`, downloadDir } },
+  });
+  await env.teardown();
+  const found = readdirSync(downloadDir, { recursive: true, encoding: 'utf8' })
+    .map((f) => path.join(downloadDir, f))
+    .find((f) => path.basename(f).startsWith('temporal') && isExecutableFile(f));
+  if (!found) throw new Error(`the SDK download left no temporal executable in ${downloadDir}`);
+  return found;
+}
+
+/**
+ * Finds or builds the Temporal CLI: TEMPORAL_CLI_PATH, then `temporal` on PATH, then the project's
+ * cache, then `go install` into that cache, then (only with DURABLE_COMPUTE_TEMPORAL_DOWNLOAD=1)
+ * the SDK's own download. Fails with every step tried and what to do.
+ */
+export async function provisionTemporalCli(opts: ProvisionOptions = {}): Promise<ProvisionedCli> {
+  const env = opts.env ?? process.env;
+  const onProgress = opts.onProgress ?? (() => {});
+  const tried: string[] = [];
+
+  const explicit = env.TEMPORAL_CLI_PATH;
+  if (explicit) {
+    if (isExecutableFile(explicit)) return { path: explicit, source: 'TEMPORAL_CLI_PATH' };
+    throw new UserFacingError(`TEMPORAL_CLI_PATH=${explicit} is not an executable file. Point it at a Temporal CLI binary or unset it.`);
+  }
+  tried.push('TEMPORAL_CLI_PATH: not set');
+
+  const onPath = findOnPath('temporal', env.PATH);
+  if (onPath) return { path: onPath, source: 'PATH' };
+  tried.push('`temporal` on PATH: not found');
+
+  const binDir = temporalCacheDir(opts.cacheDir);
+  const cached = path.join(binDir, 'temporal');
+  if (isExecutableFile(cached)) return { path: cached, source: 'cache' };
+  tried.push(`project cache ${cached}: not built yet`);
+
+  const go = findOnPath('go', env.PATH);
+  if (go) {
+    try {
+      await goInstall(go, binDir, env, onProgress);
+      if (isExecutableFile(cached)) return { path: cached, source: 'go install' };
+      tried.push(`go install: finished but left no binary at ${cached}`);
+    } catch (err) {
+      tried.push(`go install ${TEMPORAL_CLI_MODULE}@v${TEMPORAL_CLI_VERSION}: ${(err as Error).message.split('\n').slice(-3).join(' | ')}`);
+    }
+  } else {
+    tried.push('go install: no `go` on PATH');
+  }
+
+  if (env.DURABLE_COMPUTE_TEMPORAL_DOWNLOAD === '1') {
+    try {
+      return { path: await sdkDownload(path.join(binDir, 'download')), source: 'sdk download' };
+    } catch (err) {
+      tried.push(`SDK download: ${(err as Error).message}`);
+    }
+  } else {
+    tried.push('SDK download: not attempted (set DURABLE_COMPUTE_TEMPORAL_DOWNLOAD=1 where the internet can be reached)');
+  }
+
+  throw new UserFacingError(
+    [
+      `No Temporal CLI v${TEMPORAL_CLI_VERSION} could be found or built. Tried, in order:`,
+      ...tried.map((t) => `  - ${t}`),
+      'To fix: install Go (https://go.dev/dl, or apt-get install golang) so the project can build it, ' +
+        'or set TEMPORAL_CLI_PATH to an existing `temporal` binary, ' +
+        'or put `temporal` on PATH.',
+    ].join('\n'),
+  );
+}
+
+export function cachedTemporalCliExists(cacheDir?: string): boolean {
+  return existsSync(path.join(temporalCacheDir(cacheDir), 'temporal'));
+}

@@ -1,0 +1,46 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestProject } from 'vitest/node';
+import { freePort } from '../dev/processes';
+import { runningStack, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
+import { resolveStackSettings } from '../dev/stack-settings';
+import { provisionTemporalCli } from '../dev/temporal-cli';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    stack: StackEndpoints;
+  }
+}
+
+/**
+ * Starts a private stack on free ports for the whole run, or uses the one whose directory
+ * DURABLE_COMPUTE_TEST_STACK_DIR names (left running afterwards).
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const existingDir = process.env.DURABLE_COMPUTE_TEST_STACK_DIR;
+  if (existingDir) {
+    const running = runningStack(existingDir);
+    if (!running) throw new Error(`DURABLE_COMPUTE_TEST_STACK_DIR=${existingDir} names no running stack; start it with 'durable-compute dev up --dir ${existingDir}'`);
+    project.provide('stack', running.endpoints);
+    return async () => {};
+  }
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-test-stack-'));
+  const settings = resolveStackSettings(
+    { dir, ports: { temporal: await freePort(), temporalUi: await freePort(), s3: await freePort() } },
+    {},
+  );
+  try {
+    const endpoints = await stackUp(settings, {
+      resolveTemporalCli: async () => (await provisionTemporalCli({ onProgress: (l) => console.log(l) })).path,
+    });
+    project.provide('stack', endpoints);
+  } catch (err) {
+    await stackDown(dir);
+    throw err;
+  }
+  return async () => {
+    await stackDown(dir);
+    rmSync(dir, { recursive: true, force: true });
+  };
+}

@@ -1,0 +1,34 @@
+import { Client, Connection } from '@temporalio/client';
+import { inject } from 'vitest';
+import { loadConfig, type AppConfig } from '../../common/config';
+import { devS3Credentials } from '../../dev/stack';
+
+/** Configuration pointing at the stack the global setup started (or was given). */
+export function testConfig(extraEnv: Record<string, string> = {}): AppConfig {
+  const stack = inject('stack');
+  return loadConfig(
+    { PG_BIN_DIR: process.env.PG_BIN_DIR, ...extraEnv },
+    { temporal: stack.temporal, s3: { ...stack.s3, ...devS3Credentials() } },
+  );
+}
+
+/** Environment for child processes (workers, CLI) so they talk to the test stack. */
+export function testEnv(): Record<string, string> {
+  const stack = inject('stack');
+  const creds = devS3Credentials();
+  return {
+    TEMPORAL_ADDRESS: stack.temporal.address,
+    TEMPORAL_NAMESPACE: stack.temporal.namespace,
+    S3_ENDPOINT: stack.s3.endpoint,
+    S3_BUCKET: stack.s3.bucket,
+    S3_REGION: stack.s3.region,
+    AWS_ACCESS_KEY_ID: creds.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: creds.secretAccessKey,
+  };
+}
+
+export async function testClient(): Promise<{ client: Client; close: () => Promise<void> }> {
+  const stack = inject('stack');
+  const connection = await Connection.connect({ address: stack.temporal.address });
+  return { client: new Client({ connection, namespace: stack.temporal.namespace }), close: () => connection.close() };
+}

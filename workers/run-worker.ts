@@ -1,0 +1,44 @@
+import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import type { AppConfig } from '../common/config';
+import { temporalConnectionOptions } from '../common/temporal-connection';
+
+let runtimeInstalled = false;
+
+/** Installs the SDK runtime once: SIGINT/SIGTERM drain in-flight tasks before the process exits. */
+function installRuntime(): void {
+  if (runtimeInstalled) return;
+  Runtime.install({ shutdownSignals: ['SIGINT', 'SIGTERM'] });
+  runtimeInstalled = true;
+}
+
+export type WorkerSpec = Omit<WorkerOptions, 'connection' | 'namespace'>;
+
+/** Creates a worker on the configured cluster; callers run it and it shuts down gracefully on SIGINT/SIGTERM. */
+export async function createWorker(config: AppConfig, spec: WorkerSpec): Promise<{ worker: Worker; connection: NativeConnection }> {
+  installRuntime();
+  const connection = await NativeConnection.connect(temporalConnectionOptions(config.temporal));
+  try {
+    const worker = await Worker.create({
+      connection,
+      namespace: config.temporal.namespace,
+      // Graceful shutdown: give running activities this long to finish or heartbeat-cancel.
+      shutdownGraceTime: '10s',
+      ...spec,
+    });
+    return { worker, connection };
+  } catch (err) {
+    await connection.close();
+    throw err;
+  }
+}
+
+/** Runs until a shutdown signal (or `worker.shutdown()`), then closes the connection. */
+export async function runUntilShutdown(handle: { worker: Worker; connection: NativeConnection }, onReady?: () => void): Promise<void> {
+  try {
+    const running = handle.worker.run();
+    onReady?.();
+    await running;
+  } finally {
+    await handle.connection.close();
+  }
+}
