@@ -23,7 +23,8 @@ export default tseslint.config(
   {
     // Workflow code is replayed deterministically inside Temporal's sandbox: no I/O, no Node
     // builtins, and activities only as types (they run on workers, never in the workflow).
-    files: ['workflows/**/*.ts', 'test/fixtures/workflows/**/*.ts'],
+    // model/ holds the pure domain code (LSNs, IDs, the spec schema) that workflows share.
+    files: ['workflows/**/*.ts', 'model/**/*.ts', 'test/fixtures/workflows/**/*.ts'],
     rules: {
       '@typescript-eslint/no-restricted-imports': [
         'error',
