@@ -33,10 +33,12 @@ const port = z.coerce.number().int().min(1).max(65535);
 
 /** Stack settings from explicit overrides, then the environment, then the documented defaults. */
 export function resolveStackSettings(
-  overrides: Partial<Omit<StackSettings, 'ports'>> & { ports?: Partial<StackSettings['ports']> } = {},
+  overrides: Partial<Omit<StackSettings, 'ports'>> & { ports?: Partial<Record<keyof StackSettings['ports'], number | string>> } = {},
   env: Record<string, string | undefined> = process.env,
+  /** Settings the stack ran with last time: a restarted stack keeps its ports unless told otherwise. */
+  previous?: StackSettings,
 ): StackSettings {
-  const ports = { ...DEFAULT_PORTS };
+  const ports = { ...DEFAULT_PORTS, ...previous?.ports };
   for (const key of Object.keys(PORT_VARIABLES) as (keyof StackSettings['ports'])[]) {
     const { env: name, option } = PORT_VARIABLES[key];
     const raw = overrides.ports?.[key] ?? env[name];
@@ -48,10 +50,10 @@ export function resolveStackSettings(
   const dir = overrides.dir ?? env.DURABLE_COMPUTE_STACK_DIR ?? defaultStackDir;
   return {
     dir: path.resolve(dir),
-    host: overrides.host ?? '127.0.0.1',
-    namespace: overrides.namespace ?? 'default',
-    bucket: overrides.bucket ?? 'durable-compute',
-    region: overrides.region ?? 'us-east-1',
+    host: overrides.host ?? previous?.host ?? '127.0.0.1',
+    namespace: overrides.namespace ?? previous?.namespace ?? 'default',
+    bucket: overrides.bucket ?? previous?.bucket ?? 'durable-compute',
+    region: overrides.region ?? previous?.region ?? 'us-east-1',
     ports,
   };
 }

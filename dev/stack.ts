@@ -93,6 +93,11 @@ async function withStackLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** The settings a stack in `dir` last ran with, if it ever ran. */
+export function previousStackSettings(dir: string): StackSettings | undefined {
+  return readState(dir)?.settings;
+}
+
 /** The stack in `dir` if its state file says it was started and at least one process still runs. */
 export function runningStack(dir: string): { settings: StackSettings; endpoints: StackEndpoints } | undefined {
   const state = readState(dir);

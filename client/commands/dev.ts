@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { findPostgres } from '../../common/pg-binaries';
-import { stackDown, stackStatus, stackUp, type StackEndpoints } from '../../dev/stack';
+import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints } from '../../dev/stack';
 import { resolveStackSettings } from '../../dev/stack-settings';
 import { provisionTemporalCli } from '../../dev/temporal-cli';
 import { printJson } from '../output';
@@ -14,10 +14,12 @@ interface StackOptions {
 }
 
 function settingsFrom(opts: StackOptions) {
-  return resolveStackSettings({
-    dir: opts.dir,
-    ports: { temporal: opts.temporalPort, temporalUi: opts.uiPort, s3: opts.s3Port } as never,
-  });
+  const dir = resolveStackSettings({ dir: opts.dir }).dir;
+  return resolveStackSettings(
+    { dir, ports: { temporal: opts.temporalPort, temporalUi: opts.uiPort, s3: opts.s3Port } },
+    process.env,
+    previousStackSettings(dir),
+  );
 }
 
 const progress = (line: string) => process.stderr.write(`${line}\n`);

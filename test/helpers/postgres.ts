@@ -5,6 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { findPostgres, pgBin } from '../../common/pg-binaries';
+import { chownForPostgres, pgSpawnIdentity } from '../../common/pg-identity';
 import { freePort } from '../../dev/processes';
 
 const run = promisify(execFile);
@@ -25,7 +26,9 @@ export async function startThrowawayPostgres(settings: Record<string, string> = 
   const root = mkdtempSync(path.join(os.tmpdir(), 'dc-pg-'));
   const dataDir = path.join(root, 'data');
   const socketDir = root;
-  await run(pgBin(install, 'initdb'), ['-D', dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale', 'C']);
+  chownForPostgres(root);
+  const as = pgSpawnIdentity();
+  await run(pgBin(install, 'initdb'), ['-D', dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale', 'C'], as);
   const port = await freePort();
   const conf = { listen_addresses: "'127.0.0.1'", port: String(port), unix_socket_directories: `'${socketDir}'`, fsync: 'off', ...settings };
   writeFileSync(
@@ -34,7 +37,8 @@ export async function startThrowawayPostgres(settings: Record<string, string> = 
       .map(([k, v]) => `${k} = ${v}\n`)
       .join(''),
   );
-  await run(pgBin(install, 'pg_ctl'), ['-D', dataDir, '-l', path.join(root, 'log'), '-w', '-t', '60', 'start']);
+  chownForPostgres(dataDir);
+  await run(pgBin(install, 'pg_ctl'), ['-D', dataDir, '-l', path.join(root, 'log'), '-w', '-t', '60', 'start'], as);
   const url = (database = 'postgres') => `postgresql://postgres@127.0.0.1:${port}/${database}`;
   return {
     port,
@@ -51,7 +55,7 @@ export async function startThrowawayPostgres(settings: Record<string, string> = 
       }
     },
     async stop() {
-      await run(pgBin(install, 'pg_ctl'), ['-D', dataDir, '-m', 'immediate', '-w', 'stop']).catch(() => undefined);
+      await run(pgBin(install, 'pg_ctl'), ['-D', dataDir, '-m', 'immediate', '-w', 'stop'], as).catch(() => undefined);
       rmSync(root, { recursive: true, force: true });
     },
   };

@@ -1,0 +1,98 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { freePort, processStartTime } from '../dev/processes';
+import { runCli } from './helpers/cli';
+
+describe('durable-compute dev up/status/down', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-'));
+  afterAll(async () => {
+    await runCli(['dev', 'down', '--dir', dir]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('starts once, is idempotent, reports status, and stops exactly its processes', async () => {
+    const ports = ['--temporal-port', String(await freePort()), '--ui-port', String(await freePort()), '--s3-port', String(await freePort())];
+    const first = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
+    expect(first.stderr).not.toMatch(/error/i);
+    expect(first.code).toBe(0);
+    const up = JSON.parse(first.stdout);
+    expect(up).toMatchObject({
+      temporal: { address: expect.stringMatching(/^127\.0\.0\.1:\d+$/), namespace: 'default', ui: expect.stringMatching(/^http:\/\//) },
+      s3: { endpoint: expect.stringMatching(/^http:\/\//), bucket: 'durable-compute', region: 'us-east-1' },
+      running: true,
+    });
+    // The dev credentials stay out of printed output.
+    expect(first.stdout).not.toContain('S3RVER');
+
+    const second = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
+    expect(second.code).toBe(0);
+    const again = JSON.parse(second.stdout);
+    expect(again.temporal).toEqual(up.temporal);
+    expect(again.s3).toEqual(up.s3);
+    expect(again.processes.temporal.pid).toBe(up.processes.temporal.pid);
+    expect(again.processes.s3.pid).toBe(up.processes.s3.pid);
+
+    const ui = await fetch(up.temporal.ui);
+    expect(ui.status).toBe(200);
+    const bucket = await fetch(`${up.s3.endpoint}/${up.s3.bucket}`);
+    expect(bucket.status).toBeLessThan(500);
+
+    const status = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
+    expect(status.running).toBe(true);
+    expect(status.temporal).toEqual(up.temporal);
+
+    const pids: number[] = [up.processes.temporal.pid, up.processes.s3.pid];
+    const down = await runCli(['dev', 'down', '--dir', dir]);
+    expect(down.code).toBe(0);
+    expect(down.stdout).toMatch(/stopped s3, temporal/);
+    for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
+    const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
+    expect(after.running).toBe(false);
+  });
+
+  it('keeps running workflows across a restart because Temporal state lives in the stack directory', async () => {
+    const ports = ['--temporal-port', String(await freePort()), '--ui-port', String(await freePort()), '--s3-port', String(await freePort())];
+    const sdir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-persist-'));
+    try {
+      const up = JSON.parse((await runCli(['dev', 'up', '--json', '--dir', sdir, ...ports])).stdout);
+      const { Connection, Client } = await import('@temporalio/client');
+      const open = async () => {
+        const connection = await Connection.connect({ address: up.temporal.address });
+        return { connection, client: new Client({ connection }) };
+      };
+      let { connection, client } = await open();
+      await client.workflow.start('noSuchWorkflowType', { taskQueue: 'nobody-polls-this', workflowId: 'persisted-across-restart' });
+      await connection.close();
+      expect((await runCli(['dev', 'down', '--dir', sdir])).code).toBe(0);
+      expect((await runCli(['dev', 'up', '--json', '--dir', sdir])).code).toBe(0);
+      ({ connection, client } = await open());
+      const description = await client.workflow.getHandle('persisted-across-restart').describe();
+      expect(description.status.name).toBe('RUNNING');
+      await connection.close();
+    } finally {
+      await runCli(['dev', 'down', '--dir', sdir]);
+      rmSync(sdir, { recursive: true, force: true });
+    }
+  });
+
+  it('fails with a clear error when a port is taken, instead of hanging', async () => {
+    const blocker = net.createServer();
+    const port = await new Promise<number>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve((blocker.address() as net.AddressInfo).port)));
+    const bdir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-busy-'));
+    try {
+      const started = Date.now();
+      const result = await runCli(['dev', 'up', '--dir', bdir, '--temporal-port', String(port), '--ui-port', String(await freePort()), '--s3-port', String(await freePort())]);
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toContain(`port ${port} on 127.0.0.1 (Temporal gRPC) is already in use`);
+      expect(result.stderr).toContain('--temporal-port');
+      expect(Date.now() - started).toBeLessThan(30_000);
+    } finally {
+      blocker.close();
+      await runCli(['dev', 'down', '--dir', bdir]);
+      rmSync(bdir, { recursive: true, force: true });
+    }
+  });
+});
