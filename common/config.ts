@@ -36,9 +36,18 @@ export interface S3Config {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 }
 
+export interface PayloadKeys {
+  /** Encrypts new payloads. */
+  current: Buffer;
+  /** Still decrypt payloads written before a key rotation. */
+  previous: Buffer[];
+}
+
 export interface AppConfig {
   temporal: TemporalConfig;
   s3: S3Config;
+  /** Absent only when nothing configures one; workers and the CLI refuse to run workflows without it. */
+  payloadKeys?: PayloadKeys;
   pgBinDir?: string;
   stackDir: string;
 }
@@ -47,11 +56,19 @@ export interface AppConfig {
 export interface DevStackDefaults {
   temporal: { address: string; namespace: string };
   s3: { endpoint: string; bucket: string; region: string; accessKeyId: string; secretAccessKey: string };
+  payloadKeyFile?: string;
 }
 
 type Env = Record<string, string | undefined>;
 
-const SECRET_VARIABLES = new Set(['TEMPORAL_API_KEY', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']);
+const SECRET_VARIABLES = new Set([
+  'TEMPORAL_API_KEY',
+  'AWS_SECRET_ACCESS_KEY',
+  'AWS_SESSION_TOKEN',
+  'DURABLE_COMPUTE_PAYLOAD_KEY',
+  'DURABLE_COMPUTE_PAYLOAD_KEY_FILE',
+  'DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS',
+]);
 
 const hostPort = z
   .string()
@@ -60,6 +77,10 @@ const hostPort = z
     const port = Number(v.slice(v.lastIndexOf(':') + 1));
     return port > 0 && port < 65536;
   }, 'port must be 1-65535');
+const base64Key = z
+  .string()
+  .transform((v) => Buffer.from(v, 'base64'))
+  .refine((b) => b.length === 32, 'expected 32 bytes of base64 (openssl rand -base64 32)');
 const booleanText = z
   .enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'], { error: 'expected true or false' })
   .transform((v) => ['1', 'true', 'yes', 'on'].includes(v));
@@ -127,7 +148,17 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
         : undefined;
   const endpoint = explicitEndpoint ?? (usesDevS3 ? dev.s3.endpoint : undefined);
 
+  const keyFile = read(env, 'DURABLE_COMPUTE_PAYLOAD_KEY_FILE', readableFile) ?? (dev?.payloadKeyFile && existsSync(dev.payloadKeyFile) ? dev.payloadKeyFile : undefined);
+  const currentKey =
+    read(env, 'DURABLE_COMPUTE_PAYLOAD_KEY', base64Key) ??
+    (keyFile ? read({ DURABLE_COMPUTE_PAYLOAD_KEY_FILE: readFileSync(keyFile, 'utf8') }, 'DURABLE_COMPUTE_PAYLOAD_KEY_FILE', base64Key) : undefined);
+  const previousKeys = (env.DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS ?? '')
+    .split(',')
+    .filter((k) => k.trim() !== '')
+    .map((k) => read({ DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS: k }, 'DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS', base64Key)!);
+
   return {
+    payloadKeys: currentKey ? { current: currentKey, previous: previousKeys } : undefined,
     temporal: {
       address,
       namespace,

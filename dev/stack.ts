@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -25,6 +26,16 @@ interface StackState {
 }
 
 const STATE_FILE = 'stack.json';
+
+/** The payload encryption key of the dev stack: created on first start, kept with the stack's state. */
+export function devPayloadKeyFile(dir: string): string {
+  return path.join(dir, 'payload.key');
+}
+
+function ensurePayloadKey(dir: string): void {
+  const file = devPayloadKeyFile(dir);
+  if (!existsSync(file)) writeFileSync(file, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600, flag: 'wx' });
+}
 
 export function endpointsOf(s: StackSettings): StackEndpoints {
   return {
@@ -121,6 +132,7 @@ export async function stackUp(
     const settings = anyAlive && previous ? previous.settings : requested;
     const state: StackState = { version: 1, settings, processes: anyAlive && previous ? previous.processes : {} };
     mkdirSync(settings.dir, { recursive: true, mode: 0o700 });
+    ensurePayloadKey(settings.dir);
 
     for (const component of STACK_COMPONENTS) {
       const existing = state.processes[component.name];

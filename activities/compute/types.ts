@@ -1,0 +1,38 @@
+import type { ComputeSpec } from '../../model/compute-spec';
+import type { TerminateMode } from '../../model/compute-status';
+
+/**
+ * The contract between the compute workflow and its activities. Compute-node activities run in the
+ * compute worker inside the compute's VM (they touch its PGDATA and Postgres); control-plane
+ * activities run beside the workflows. Every input and output is plain JSON.
+ *
+ * `incarnation` names one fresh start of PGDATA: preparePgdata writes it into a marker file and
+ * every later step checks it, so a step never runs on a directory from another start (or on a
+ * replaced VM's empty disk) and fails with the non-retryable type PgdataLost instead.
+ */
+export interface ComputeNodeActivities {
+  preparePgdata(input: { incarnation: string }): Promise<void>;
+  writePostgresConfig(input: { incarnation: string; spec: ComputeSpec }): Promise<{ ms: number }>;
+  syncSafekeepers(input: { incarnation: string }): Promise<{ lsn: string; ms: number }>;
+  fetchBasebackup(input: { incarnation: string; spec: ComputeSpec; lsn: string | null }): Promise<{ bytes: number; ms: number; connectMicros: number }>;
+  prepareStartupFiles(input: { incarnation: string; spec: ComputeSpec }): Promise<void>;
+  startPostgres(input: { incarnation: string }): Promise<{ pid: number; ms: number }>;
+  applySpec(input: { spec: ComputeSpec }): Promise<{ changes: string[]; ms: number }>;
+  /** Returns after `reportAfterSeconds` with last_active, or at once when the postmaster has exited. */
+  watchPostgres(input: { reportAfterSeconds: number; lastActive: string | null }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string }>;
+  /** Rewrites postgresql.conf, reloads, re-applies roles and databases. */
+  reconfigurePostgres(input: { spec: ComputeSpec }): Promise<{ changes: string[] }>;
+  stopPostgres(input: { mode: TerminateMode }): Promise<void>;
+}
+
+export interface ControlPlaneActivities {
+  checkSafekeepersSynced(input: {
+    tenantId: string;
+    timelineId: string;
+    safekeepers: string[];
+    token?: string;
+  }): Promise<{ synced: boolean; lsn: string | null; reason?: string; ms: number }>;
+}
+
+/** ApplicationFailure types the workflow reacts to. */
+export const PGDATA_LOST = 'PgdataLost';

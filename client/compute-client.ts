@@ -1,0 +1,161 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { UserFacingError } from '../common/errors';
+import { parseComputeConfig } from '../model/compute-spec';
+import {
+  computeWorkflowId,
+  isValidComputeId,
+  type ComputeStatus,
+  type ComputeStatusResponse,
+  type TerminateMode,
+} from '../model/compute-status';
+import { configureUpdate, statusQuery, terminateUpdate } from '../workflows/compute/messages';
+import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../workflows/compute/search-attributes';
+import type { computeWorkflow, ComputeWorkflowOptions } from '../workflows/compute/workflow';
+
+export interface ComputeListEntry {
+  computeId: string;
+  workflowId: string;
+  status: string;
+  tenant: string | null;
+  timeline: string | null;
+  startTime: string;
+}
+
+function requireComputeId(computeId: string): void {
+  if (!isValidComputeId(computeId)) {
+    throw new UserFacingError(`invalid compute ID ${JSON.stringify(computeId)}: use 1-63 letters, digits, '.', '_' or '-'`);
+  }
+}
+
+/** The cause an update or query failure carries, as one line. */
+function rootMessage(err: unknown): string {
+  let e: unknown = err;
+  while (e instanceof Error && 'cause' in e && e.cause instanceof Error) e = e.cause;
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** The control plane's typed API over compute workflows. */
+export class ComputeClient {
+  constructor(
+    private readonly client: Client,
+    private readonly controlPlaneTaskQueue: string,
+  ) {}
+
+  private handle(computeId: string): WorkflowHandle<typeof computeWorkflow> {
+    requireComputeId(computeId);
+    return this.client.workflow.getHandle<typeof computeWorkflow>(computeWorkflowId(computeId));
+  }
+
+  /**
+   * Starts the compute's workflow. The spec is validated here first so a bad one is refused with
+   * every problem named and no workflow is left behind. A compute whose workflow is still open is
+   * neither duplicated nor replaced.
+   */
+  async start(computeId: string, config: unknown | undefined, options: ComputeWorkflowOptions = {}): Promise<void> {
+    requireComputeId(computeId);
+    let tenant: string | undefined;
+    let timeline: string | undefined;
+    if (config !== undefined) {
+      const parsed = parseComputeConfig(config);
+      if (!parsed.ok) throw new UserFacingError(`invalid compute spec:\n  ${parsed.errors.join('\n  ')}`);
+      tenant = parsed.config.spec.tenant_id;
+      timeline = parsed.config.spec.timeline_id;
+    }
+    try {
+      await this.client.workflow.start('computeWorkflow', {
+        taskQueue: this.controlPlaneTaskQueue,
+        workflowId: computeWorkflowId(computeId),
+        args: [{ computeId, config, options }],
+        typedSearchAttributes: [
+          { key: COMPUTE_ID, value: computeId },
+          { key: COMPUTE_STATUS, value: config === undefined ? 'empty' : 'init' },
+          ...(tenant ? [{ key: TENANT_ID, value: tenant }] : []),
+          ...(timeline ? [{ key: TIMELINE_ID, value: timeline }] : []),
+        ],
+        staticSummary: `compute ${computeId}${tenant ? ` on ${tenant}/${timeline}` : ''}`,
+      });
+    } catch (err) {
+      if (err instanceof WorkflowExecutionAlreadyStartedError) {
+        const current = await this.status(computeId).catch(() => undefined);
+        throw new UserFacingError(
+          `compute ${computeId} already has a running workflow${current ? ` (status ${current.status})` : ''}; terminate it before starting it again`,
+        );
+      }
+      throw err;
+    }
+  }
+
+  async status(computeId: string): Promise<ComputeStatusResponse> {
+    try {
+      return await this.handle(computeId).query(statusQuery);
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
+      throw err;
+    }
+  }
+
+  /** Polls the status until `done` holds, for at most `timeoutMs`. */
+  async waitFor(computeId: string, done: (s: ComputeStatusResponse) => boolean, timeoutMs = 300_000): Promise<ComputeStatusResponse> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = await this.status(computeId);
+      if (done(s)) return s;
+      if (Date.now() > deadline) throw new UserFacingError(`compute ${computeId} is still ${s.status} after ${timeoutMs / 1000} s`);
+      await sleep(250);
+    }
+  }
+
+  async waitForRunning(computeId: string, timeoutMs?: number): Promise<ComputeStatusResponse> {
+    const terminal: ComputeStatus[] = ['running', 'failed', 'terminated'];
+    const s = await this.waitFor(computeId, (x) => terminal.includes(x.status), timeoutMs);
+    if (s.status !== 'running') throw new UserFacingError(`compute ${computeId} is ${s.status}${s.error ? `: ${s.error}` : ''}`);
+    return s;
+  }
+
+  /** compute_ctl's /configure: blocks until running (or failed) and returns the final status. */
+  async configure(computeId: string, config: unknown): Promise<ComputeStatusResponse> {
+    const parsed = parseComputeConfig(config);
+    if (!parsed.ok) throw new UserFacingError(`invalid compute spec:\n  ${parsed.errors.join('\n  ')}`);
+    try {
+      return await this.handle(computeId).executeUpdate(configureUpdate, { args: [config] });
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
+      if (err instanceof WorkflowUpdateFailedError) throw new UserFacingError(`configure refused: ${rootMessage(err)}`);
+      throw err;
+    }
+  }
+
+  /** compute_ctl's /terminate: returns the LSN the safekeepers were synced at after Postgres stopped. */
+  async terminate(computeId: string, mode: TerminateMode = 'fast'): Promise<{ lsn: string | null }> {
+    try {
+      return await this.handle(computeId).executeUpdate(terminateUpdate, { args: [{ mode }] });
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
+      if (err instanceof WorkflowUpdateFailedError) throw new UserFacingError(`terminate refused: ${rootMessage(err)}`);
+      throw err;
+    }
+  }
+
+  async list(): Promise<ComputeListEntry[]> {
+    const entries: ComputeListEntry[] = [];
+    for await (const wf of this.client.workflow.list({ query: `WorkflowType = 'computeWorkflow'` })) {
+      const attrs = wf.typedSearchAttributes;
+      entries.push({
+        computeId: attrs.get(COMPUTE_ID) ?? wf.workflowId,
+        workflowId: wf.workflowId,
+        status: wf.status.name === 'RUNNING' ? (attrs.get(COMPUTE_STATUS) ?? 'unknown') : (attrs.get(COMPUTE_STATUS) ?? wf.status.name.toLowerCase()),
+        tenant: attrs.get(TENANT_ID) ?? null,
+        timeline: attrs.get(TIMELINE_ID) ?? null,
+        startTime: wf.startTime.toISOString(),
+      });
+    }
+    return entries;
+  }
+}

@@ -1,0 +1,64 @@
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { METADATA_ENCODING_KEY, type Payload, type PayloadCodec, ValueError } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
+
+/**
+ * Encrypts every payload (workflow inputs, results, update arguments, and failure messages when
+ * the failure converter encodes common attributes) with AES-256-GCM, so specs, tokens and password
+ * hashes are ciphertext in history and the Web UI.
+ */
+export const ENCRYPTED_ENCODING = 'binary/encrypted';
+const KEY_ID_METADATA = 'encryption-key-id';
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+
+export function payloadKeyId(key: Buffer): string {
+  return createHash('sha256').update(key).digest('hex').slice(0, 16);
+}
+
+export class EncryptionCodec implements PayloadCodec {
+  private readonly keys = new Map<string, Buffer>();
+  private readonly currentId: string;
+
+  /** `key` encrypts; `previousKeys` only decrypt, so a key can be rotated under running workflows. */
+  constructor(key: Buffer, previousKeys: Buffer[] = []) {
+    for (const k of [key, ...previousKeys]) {
+      if (k.length !== 32) throw new ValueError('payload encryption keys must be 32 bytes (AES-256)');
+      this.keys.set(payloadKeyId(k), k);
+    }
+    this.currentId = payloadKeyId(key);
+  }
+
+  async encode(payloads: Payload[]): Promise<Payload[]> {
+    const key = this.keys.get(this.currentId)!;
+    return payloads.map((payload) => {
+      const nonce = randomBytes(NONCE_BYTES);
+      const cipher = createCipheriv('aes-256-gcm', key, nonce);
+      const plain = temporal.api.common.v1.Payload.encode(payload).finish();
+      const sealed = Buffer.concat([nonce, cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+      return {
+        metadata: {
+          [METADATA_ENCODING_KEY]: Buffer.from(ENCRYPTED_ENCODING),
+          [KEY_ID_METADATA]: Buffer.from(this.currentId),
+        },
+        data: sealed,
+      };
+    });
+  }
+
+  async decode(payloads: Payload[]): Promise<Payload[]> {
+    return payloads.map((payload) => {
+      const encoding = payload.metadata?.[METADATA_ENCODING_KEY];
+      if (!encoding || Buffer.from(encoding).toString() !== ENCRYPTED_ENCODING) return payload;
+      const keyId = Buffer.from(payload.metadata?.[KEY_ID_METADATA] ?? []).toString();
+      const key = this.keys.get(keyId);
+      if (!key) throw new ValueError(`payload was encrypted with key ${keyId || '(none)'}, which this process does not have`);
+      const data = Buffer.from(payload.data ?? []);
+      if (data.length < NONCE_BYTES + TAG_BYTES) throw new ValueError('encrypted payload is truncated');
+      const decipher = createDecipheriv('aes-256-gcm', key, data.subarray(0, NONCE_BYTES));
+      decipher.setAuthTag(data.subarray(data.length - TAG_BYTES));
+      const plain = Buffer.concat([decipher.update(data.subarray(NONCE_BYTES, data.length - TAG_BYTES)), decipher.final()]);
+      return temporal.api.common.v1.Payload.decode(plain);
+    });
+  }
+}

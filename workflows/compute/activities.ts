@@ -1,0 +1,75 @@
+import { proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import type { ComputeNodeActivities, ControlPlaneActivities } from '../../activities/compute/types';
+
+/**
+ * Activity options modelled on compute_ctl's numbers. Every compute-node activity heartbeats at
+ * least every second, so a killed compute worker is noticed within the heartbeat timeout and the
+ * step resumes on the next worker instead of waiting out its start-to-close timeout.
+ */
+const quickStep: ActivityOptions = {
+  startToCloseTimeout: '1 minute',
+  heartbeatTimeout: '5 seconds',
+  retry: { initialInterval: '200 ms', maximumAttempts: 10 },
+};
+
+export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSeconds: number, watchReportSeconds: number) {
+  const on = (options: ActivityOptions) => proxyActivities<ComputeNodeActivities>({ ...options, taskQueue });
+  return {
+    preparePgdata: on({ ...quickStep, summary: 'fresh PGDATA' }).preparePgdata,
+    writePostgresConfig: on({ ...quickStep, summary: 'write postgresql.conf' }).writePostgresConfig,
+    // compute_ctl: 6 attempts, exponential backoff from 1.1 s.
+    syncSafekeepers: on({
+      startToCloseTimeout: '5 minutes',
+      heartbeatTimeout: '10 seconds',
+      retry: { initialInterval: '1100 ms', backoffCoefficient: 1.1, maximumAttempts: 6 },
+      summary: 'sync safekeepers',
+    }).syncSafekeepers,
+    // compute_ctl: up to 11 attempts, 500 ms growing x1.5 (~57 s in all).
+    fetchBasebackup: on({
+      startToCloseTimeout: '10 minutes',
+      heartbeatTimeout: '10 seconds',
+      retry: { initialInterval: '500 ms', backoffCoefficient: 1.5, maximumAttempts: 11 },
+      summary: 'base backup',
+    }).fetchBasebackup,
+    prepareStartupFiles: on({ ...quickStep, summary: 'pg_hba and standby.signal' }).prepareStartupFiles,
+    // compute_ctl waits 60 s for readiness; a start that fails for a reason is not retried.
+    startPostgres: on({
+      startToCloseTimeout: '90 seconds',
+      heartbeatTimeout: '5 seconds',
+      retry: { initialInterval: '500 ms', maximumAttempts: 5 },
+      summary: 'start Postgres',
+    }).startPostgres,
+    // compute_ctl does not retry spec SQL; we retry only what is not an SQL error (a lost worker).
+    applySpec: on({
+      startToCloseTimeout: '10 minutes',
+      heartbeatTimeout: '10 seconds',
+      retry: { initialInterval: '500 ms', maximumAttempts: 10 },
+      summary: 'apply roles and databases',
+    }).applySpec,
+    // One attempt: a watch that stops heartbeating means the compute worker (or VM) is gone.
+    watchPostgres: on({
+      startToCloseTimeout: `${watchReportSeconds + 120} seconds`,
+      heartbeatTimeout: `${watchHeartbeatTimeoutSeconds} seconds`,
+      retry: { maximumAttempts: 1 },
+      summary: 'watch Postgres',
+    }).watchPostgres,
+    reconfigurePostgres: on({
+      startToCloseTimeout: '5 minutes',
+      heartbeatTimeout: '10 seconds',
+      retry: { initialInterval: '500 ms', maximumAttempts: 3 },
+      summary: 'reconfigure',
+    }).reconfigurePostgres,
+    stopPostgres: on({
+      startToCloseTimeout: '2 minutes',
+      heartbeatTimeout: '5 seconds',
+      retry: { initialInterval: '500 ms', maximumAttempts: 10 },
+      summary: 'stop Postgres',
+    }).stopPostgres,
+  };
+}
+
+export const controlPlaneActivities = proxyActivities<ControlPlaneActivities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '200 ms', maximumAttempts: 3 },
+  summary: 'safekeeper quorum check',
+});

@@ -1,0 +1,345 @@
+import {
+  allHandlersFinished,
+  ApplicationFailure,
+  ActivityFailure,
+  condition,
+  continueAsNew,
+  log,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { PGDATA_LOST } from '../../activities/compute/types';
+import { parseComputeConfig, type ComputeConfig } from '../../model/compute-spec';
+import {
+  computeTaskQueue,
+  emptyStartupMetrics,
+  type ComputeStartupMetrics,
+  type ComputeStatus,
+  type ComputeStatusResponse,
+  type TerminateMode,
+} from '../../model/compute-status';
+import { computeNodeActivities, controlPlaneActivities } from './activities';
+import { configureUpdate, statusQuery, terminateUpdate } from './messages';
+import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
+
+export interface ComputeWorkflowOptions {
+  /** How often the watch step reports last_active (and so how often history grows while idle). */
+  watchReportSeconds?: number;
+  /** How long a silent compute worker is tolerated before the compute is declared failed. */
+  watchHeartbeatTimeoutSeconds?: number;
+  /** Continue-as-new after this many watch rounds, to keep a weeks-long history bounded. */
+  maxWatchRoundsPerRun?: number;
+}
+
+/** What survives a continue-as-new of a running compute. */
+export interface CarriedComputeState {
+  config: ComputeConfig;
+  startTime: string;
+  lastActive: string | null;
+  startLsn: string | null;
+  metrics: ComputeStartupMetrics;
+  status: 'running' | 'failed';
+  error: string | null;
+  incarnation: string;
+}
+
+export interface ComputeWorkflowInput {
+  computeId: string;
+  /** A ComputeConfig or bare ComputeSpec; absent = start empty and wait for `configure`. */
+  config?: unknown;
+  options?: ComputeWorkflowOptions;
+  carried?: CarriedComputeState;
+}
+
+const MAX_FRESH_STARTS = 3;
+
+/** Formats an activity failure for the status `error`: the innermost message says what went wrong. */
+function describeFailure(err: unknown): string {
+  let cause: unknown = err;
+  while (cause instanceof ActivityFailure && cause.cause) cause = cause.cause;
+  return cause instanceof Error ? cause.message : String(cause);
+}
+
+function isPgdataLost(err: unknown): boolean {
+  return err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === PGDATA_LOST;
+}
+
+/**
+ * One long-lived workflow per compute: compute_ctl's startup, watch, reconfigure and termination,
+ * each step an activity on the compute's own task queue so a crashed worker resumes in that step.
+ */
+export async function computeWorkflow(input: ComputeWorkflowInput): Promise<ComputeStatusResponse> {
+  const watchReportSeconds = input.options?.watchReportSeconds ?? 60;
+  const watchHeartbeatTimeoutSeconds = input.options?.watchHeartbeatTimeoutSeconds ?? 15;
+  const maxWatchRounds = input.options?.maxWatchRoundsPerRun ?? 1000;
+  const node = computeNodeActivities(computeTaskQueue(input.computeId), watchHeartbeatTimeoutSeconds, watchReportSeconds);
+
+  let config: ComputeConfig | undefined = input.carried?.config;
+  let status: ComputeStatus = input.carried?.status ?? 'empty';
+  let error: string | null = input.carried?.error ?? null;
+  let lastActive: string | null = input.carried?.lastActive ?? null;
+  let startLsn: string | null = input.carried?.startLsn ?? null;
+  let terminateLsn: string | null = null;
+  let terminationMode: TerminateMode | undefined;
+  let postgresRunning = input.carried !== undefined;
+  let currentIncarnation = input.carried?.incarnation ?? '';
+  const startTime = input.carried?.startTime ?? new Date(workflowInfo().startTime).toISOString();
+  const metrics: ComputeStartupMetrics = input.carried?.metrics ?? emptyStartupMetrics();
+
+  const setStatus = (next: ComputeStatus, reason?: string) => {
+    status = next;
+    if (next === 'failed') error = reason ?? error ?? 'unknown failure';
+    upsertSearchAttributes([{ key: COMPUTE_STATUS, value: next }]);
+    setCurrentDetails(
+      [
+        `**status:** ${next}`,
+        config ? `**tenant:** ${config.spec.tenant_id}  **timeline:** ${config.spec.timeline_id}` : '',
+        startLsn ? `**start LSN:** ${startLsn}` : '',
+        error && next === 'failed' ? `**error:** ${error}` : '',
+      ]
+        .filter(Boolean)
+        .join('\n'),
+    );
+    log.info('compute status', { status: next });
+  };
+
+  const response = (): ComputeStatusResponse => ({
+    compute_id: input.computeId,
+    start_time: startTime,
+    tenant: config?.spec.tenant_id ?? null,
+    timeline: config?.spec.timeline_id ?? null,
+    status,
+    last_active: lastActive,
+    error: status === 'failed' ? error : null,
+    start_lsn: startLsn,
+    terminate_lsn: terminateLsn,
+    metrics: { ...metrics },
+  });
+
+  const adoptConfig = (next: ComputeConfig) => {
+    config = next;
+    upsertSearchAttributes([
+      { key: TENANT_ID, value: next.spec.tenant_id },
+      { key: TIMELINE_ID, value: next.spec.timeline_id },
+    ]);
+  };
+
+  setHandler(statusQuery, response);
+
+  let reconfiguring = false;
+  setHandler(
+    configureUpdate,
+    async (raw) => {
+      const parsed = parseComputeConfig(raw);
+      if (!parsed.ok) throw ApplicationFailure.nonRetryable(parsed.errors.join('; '), 'InvalidSpec');
+      if (status === 'empty') {
+        // empty → configuration_pending; the main loop picks the spec up and runs the startup.
+        adoptConfig(parsed.config);
+        setStatus('configuration_pending');
+        await condition(() => status === 'running' || status === 'failed' || status === 'terminated');
+        return response();
+      }
+      // running → configuration_pending → configuration → running | failed (Postgres keeps running).
+      reconfiguring = true;
+      setStatus('configuration_pending');
+      try {
+        adoptConfig(parsed.config);
+        setStatus('configuration');
+        await node.reconfigurePostgres({ spec: parsed.config.spec });
+        setStatus('running');
+      } catch (err) {
+        setStatus('failed', `reconfiguration failed: ${describeFailure(err)}`);
+      } finally {
+        reconfiguring = false;
+      }
+      return response();
+    },
+    {
+      validator: (raw) => {
+        if (status !== 'empty' && status !== 'running') {
+          throw new Error(`compute ${input.computeId} is ${status}; configure needs empty or running`);
+        }
+        const parsed = parseComputeConfig(raw);
+        if (!parsed.ok) throw new Error(`invalid compute spec: ${parsed.errors.join('; ')}`);
+        if (config && status === 'running' && (parsed.config.spec.tenant_id !== config.spec.tenant_id || parsed.config.spec.timeline_id !== config.spec.timeline_id)) {
+          throw new Error('a running compute cannot switch tenant or timeline; terminate it and start another');
+        }
+      },
+    },
+  );
+
+  setHandler(
+    terminateUpdate,
+    async (arg) => {
+      const mode: TerminateMode = arg?.mode ?? 'fast';
+      terminationMode = mode;
+      const wasRunning = postgresRunning;
+      setStatus(mode === 'fast' ? 'termination_pending_fast' : 'termination_pending_immediate');
+      if (wasRunning) await node.stopPostgres({ mode });
+      await condition(() => status === 'terminated' || status === 'failed');
+      return { lsn: terminateLsn };
+    },
+    {
+      validator: (arg) => {
+        if (arg?.mode !== undefined && arg.mode !== 'fast' && arg.mode !== 'immediate') {
+          throw new Error(`terminate mode must be fast or immediate, got ${JSON.stringify(arg.mode)}`);
+        }
+        const failedButUp = status === 'failed' && postgresRunning;
+        if (status !== 'empty' && status !== 'running' && !failedButUp) {
+          throw new Error(`compute ${input.computeId} is ${status}; terminate needs empty or running`);
+        }
+        if (reconfiguring) throw new Error('a reconfiguration is in progress; retry when it finishes');
+      },
+    },
+  );
+
+  upsertSearchAttributes([{ key: COMPUTE_ID, value: input.computeId }]);
+
+  if (!input.carried) {
+    if (input.config !== undefined) {
+      const parsed = parseComputeConfig(input.config);
+      // The client validates before starting; a spec that still fails here fails the compute with the reason.
+      if (!parsed.ok) {
+        setStatus('failed', `invalid compute spec: ${parsed.errors.join('; ')}`);
+        throw ApplicationFailure.nonRetryable(error!, 'InvalidSpec');
+      }
+      adoptConfig(parsed.config);
+    }
+    setStatus(config ? 'init' : 'empty');
+    if (!config) {
+      const waitStarted = Date.now();
+      await condition(() => status === 'configuration_pending' || terminationMode !== undefined);
+      metrics.wait_for_spec_ms = Date.now() - waitStarted;
+      if (terminationMode !== undefined) {
+        setStatus('terminated');
+        await condition(allHandlersFinished);
+        return response();
+      }
+    }
+
+    // Startup. A lost PGDATA (a replaced VM) sends us back to a fresh start; nothing else does.
+    const startupStarted = Date.now();
+    setStatus('init');
+    for (let freshStart = 1; ; freshStart++) {
+      try {
+        await startup(config!, freshStart);
+        break;
+      } catch (err) {
+        if (isPgdataLost(err) && freshStart < MAX_FRESH_STARTS) {
+          log.warn('PGDATA lost or replaced during startup; redoing the fresh start', { freshStart, reason: describeFailure(err) });
+          continue;
+        }
+        const reason = `startup failed: ${describeFailure(err)}`;
+        if (postgresRunning) await node.stopPostgres({ mode: 'immediate' }).catch(() => undefined);
+        postgresRunning = false;
+        setStatus('failed', reason);
+        await condition(allHandlersFinished);
+        throw ApplicationFailure.nonRetryable(reason, 'ComputeFailed');
+      }
+    }
+    metrics.total_startup_ms = Date.now() - startupStarted + metrics.wait_for_spec_ms;
+    setStatus('running');
+  }
+
+  // Watch until the postmaster exits. Each round reports last_active.
+  let exitReason: string | undefined;
+  for (let round = 0; ; round++) {
+    if (round >= maxWatchRounds && !reconfiguring && terminationMode === undefined) {
+      await condition(allHandlersFinished);
+      return continueAsNew<typeof computeWorkflow>({
+        ...input,
+        config: undefined,
+        carried: {
+          config: config!,
+          startTime,
+          lastActive,
+          startLsn,
+          metrics,
+          status: status === 'failed' ? 'failed' : 'running',
+          error,
+          incarnation: currentIncarnation,
+        },
+      });
+    }
+    try {
+      const report = await node.watchPostgres({ reportAfterSeconds: watchReportSeconds, lastActive });
+      if (report.lastActive && (!lastActive || report.lastActive > lastActive)) lastActive = report.lastActive;
+      if (report.exited) {
+        exitReason = report.exitReason ?? 'postmaster exited';
+        break;
+      }
+    } catch (err) {
+      exitReason = `compute worker lost: ${describeFailure(err)}`;
+      break;
+    }
+  }
+  postgresRunning = false;
+
+  if (terminationMode !== undefined) {
+    // After Postgres stops, a Primary syncs the safekeepers once more; that LSN is the answer.
+    if (config!.spec.mode.kind === 'Primary') {
+      try {
+        terminateLsn = (await node.syncSafekeepers({ incarnation: currentIncarnation })).lsn;
+      } catch (err) {
+        setStatus('failed', `terminated, but the final safekeeper sync failed: ${describeFailure(err)}`);
+        await condition(allHandlersFinished);
+        throw ApplicationFailure.nonRetryable(error!, 'ComputeFailed');
+      }
+    }
+    setStatus('terminated');
+    await condition(allHandlersFinished);
+    return response();
+  }
+
+  setStatus('failed', exitReason);
+  await condition(allHandlersFinished);
+  throw ApplicationFailure.nonRetryable(exitReason ?? 'postmaster exited', 'ComputeFailed');
+
+  // compute_ctl's startup steps, each one activity; completed ones are never repeated on resume.
+  async function startup(cfg: ComputeConfig, freshStart: number): Promise<void> {
+    const incarnation = uuid4();
+    currentIncarnation = incarnation;
+    const spec = cfg.spec;
+    log.info('startup', { freshStart });
+    await node.preparePgdata({ incarnation });
+    metrics.config_ms = (await node.writePostgresConfig({ incarnation, spec })).ms;
+
+    let lsn: string | null = null;
+    if (cfg.spec.mode.kind === 'Primary') {
+      const check = await controlPlaneActivities.checkSafekeepersSynced({
+        tenantId: spec.tenant_id,
+        timelineId: spec.timeline_id,
+        safekeepers: spec.safekeeper_connstrings,
+        token: spec.storage_auth_token,
+      });
+      metrics.sync_sk_check_ms = check.ms;
+      if (check.synced && check.lsn) {
+        lsn = check.lsn;
+      } else {
+        const synced = await node.syncSafekeepers({ incarnation });
+        metrics.sync_safekeepers_ms = synced.ms;
+        lsn = synced.lsn;
+      }
+    } else if (cfg.spec.mode.kind === 'Static') {
+      lsn = cfg.spec.mode.lsn;
+    }
+    startLsn = lsn;
+
+    const backup = await node.fetchBasebackup({ incarnation, spec, lsn });
+    metrics.basebackup_bytes = backup.bytes;
+    metrics.basebackup_ms = backup.ms;
+    metrics.pageserver_connect_micros = backup.connectMicros;
+
+    await node.prepareStartupFiles({ incarnation, spec });
+    const started = await node.startPostgres({ incarnation });
+    postgresRunning = true;
+    metrics.start_postgres_ms = started.ms;
+
+    if (cfg.spec.mode.kind === 'Primary' && !spec.skip_pg_catalog_updates) {
+      metrics.config_ms += (await node.applySpec({ spec })).ms;
+    }
+  }
+}

@@ -1,0 +1,2 @@
+// Every workflow type the control-plane worker runs.
+export { computeWorkflow } from './compute/workflow';
