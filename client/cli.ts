@@ -1,5 +1,7 @@
 import { Command } from 'commander';
+import { registerComputeCommands } from './commands/compute';
 import { registerDevCommands } from './commands/dev';
+import { registerWorkerCommands } from './commands/worker';
 import { exitWithError } from './output';
 
 const program = new Command('durable-compute')
@@ -7,5 +9,7 @@ const program = new Command('durable-compute')
   .showHelpAfterError();
 
 registerDevCommands(program);
+registerComputeCommands(program);
+registerWorkerCommands(program);
 
 program.parseAsync(process.argv).catch(exitWithError);

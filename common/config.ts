@@ -50,6 +50,8 @@ export interface AppConfig {
   payloadKeys?: PayloadKeys;
   pgBinDir?: string;
   stackDir: string;
+  /** Fault-injection pause points for tests (DURABLE_COMPUTE_FAILPOINTS=a,b); empty in production. */
+  failpoints: string[];
 }
 
 /** Endpoints of a running dev stack, used for whatever the environment leaves unset. */
@@ -180,6 +182,9 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
       credentials,
     },
     pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
+    failpoints: (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated activity names')) ?? '')
+      .split(',')
+      .filter(Boolean),
     stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
   };
 }

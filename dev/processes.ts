@@ -147,3 +147,19 @@ export async function waitUntilReady(
     await sleep(200);
   }
 }
+
+/** `count` consecutive free ports, for components that take a range (the safekeepers). */
+export async function freePortRange(count: number, host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    let ok = true;
+    for (let p = base; p < base + count && ok; p++) {
+      ok = await assertPortFree(host, p, 'probe', '').then(
+        () => true,
+        () => false,
+      );
+    }
+    if (ok) return base;
+  }
+  throw new Error(`no range of ${count} free ports found`);
+}

@@ -1,15 +1,19 @@
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
+import proto from '@temporalio/proto';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
-import { spawnDetached, type TrackedProcess } from './processes';
+import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
+import { canConnect, spawnDetached, type TrackedProcess } from './processes';
 import type { StackSettings } from './stack-settings';
+
+type PortKey = keyof StackSettings['ports'];
 
 /** One long-running process of the embedded stack. */
 export interface StackComponent {
   name: string;
   /** The ports it binds, checked before it starts so a clash is an error rather than a hang. */
-  portKeys: (keyof StackSettings['ports'])[];
+  ports(s: StackSettings): { port: number; key: PortKey }[];
   start(s: StackSettings, ctx: { temporalCli: string }): TrackedProcess;
   /** Resolves once the component accepts work; rejects with the reason otherwise. */
   probe(s: StackSettings): Promise<void>;
@@ -22,9 +26,28 @@ async function httpOk(url: string): Promise<void> {
   if (res.status !== 200) throw new Error(`${url} answered ${res.status}`);
 }
 
-export const temporalComponent: StackComponent = {
+async function tcpOpen(host: string, port: number): Promise<void> {
+  if (!(await canConnect(host, port))) throw new Error(`nothing accepts connections on ${host}:${port}`);
+}
+
+function runTs(s: StackSettings, name: string, script: string, args: string[], env?: NodeJS.ProcessEnv): TrackedProcess {
+  return spawnDetached(process.execPath, [...tsNodeArgs(), path.join(projectRoot, script), ...args], {
+    log: path.join(s.dir, `${name}.log`),
+    cwd: projectRoot,
+    env,
+  });
+}
+
+export function safekeeperPorts(s: StackSettings, index: number): { pg: number; http: number } {
+  return { pg: s.ports.safekeeperPg + index - 1, http: s.ports.safekeeperHttp + index - 1 };
+}
+
+const temporalComponent: StackComponent = {
   name: 'temporal',
-  portKeys: ['temporal', 'temporalUi'],
+  ports: (s) => [
+    { port: s.ports.temporal, key: 'temporal' },
+    { port: s.ports.temporalUi, key: 'temporalUi' },
+  ],
   start(s, { temporalCli }) {
     const args = [
       'server',
@@ -58,29 +81,110 @@ export const temporalComponent: StackComponent = {
   readyTimeoutMs: 90_000,
 };
 
-export const s3Component: StackComponent = {
+const s3Component: StackComponent = {
   name: 's3',
-  portKeys: ['s3'],
+  ports: (s) => [{ port: s.ports.s3, key: 's3' }],
+  start: (s) =>
+    runTs(s, 's3', 'dev/s3-server-main.ts', ['--host', s.host, '--port', String(s.ports.s3), '--dir', path.join(s.dir, 's3'), '--bucket', s.bucket]),
+  probe: (s) => httpOk(`http://${s.host}:${s.ports.s3}/`),
+  readyTimeoutMs: 30_000,
+};
+
+function safekeeperComponent(index: number): StackComponent {
+  return {
+    name: `safekeeper-${index}`,
+    ports: (s) => [
+      { port: safekeeperPorts(s, index).pg, key: 'safekeeperPg' },
+      { port: safekeeperPorts(s, index).http, key: 'safekeeperHttp' },
+    ],
+    start(s) {
+      const p = safekeeperPorts(s, index);
+      return runTs(s, `safekeeper-${index}`, 'dev/storage/safekeeper/main.ts', [
+        '--id',
+        String(index),
+        '--dir',
+        path.join(s.dir, 'storage', `safekeeper-${index}`),
+        '--host',
+        s.host,
+        '--pg-port',
+        String(p.pg),
+        '--http-port',
+        String(p.http),
+      ]);
+    },
+    async probe(s) {
+      const p = safekeeperPorts(s, index);
+      await tcpOpen(s.host, p.pg);
+      await tcpOpen(s.host, p.http);
+    },
+    readyTimeoutMs: 30_000,
+  };
+}
+
+const pageserverComponent: StackComponent = {
+  name: 'pageserver',
+  ports: (s) => [
+    { port: s.ports.pageserverPg, key: 'pageserverPg' },
+    { port: s.ports.pageserverHttp, key: 'pageserverHttp' },
+  ],
   start(s) {
-    const args = [
-      ...tsNodeArgs(),
-      path.join(projectRoot, 'dev', 's3-server-main.ts'),
+    const safekeepers = Array.from({ length: s.safekeepers }, (_, i) => `http://${s.host}:${safekeeperPorts(s, i + 1).http}`);
+    return runTs(s, 'pageserver', 'dev/storage/pageserver/main.ts', [
+      '--dir',
+      path.join(s.dir, 'storage', 'pageserver'),
       '--host',
       s.host,
-      '--port',
-      String(s.ports.s3),
-      '--dir',
-      path.join(s.dir, 's3'),
-      '--bucket',
-      s.bucket,
-    ];
-    return spawnDetached(process.execPath, args, { log: path.join(s.dir, 's3.log'), cwd: projectRoot });
+      '--pg-port',
+      String(s.ports.pageserverPg),
+      '--http-port',
+      String(s.ports.pageserverHttp),
+      '--safekeepers',
+      safekeepers.join(','),
+    ]);
   },
   async probe(s) {
-    await httpOk(`http://${s.host}:${s.ports.s3}/`);
+    await tcpOpen(s.host, s.ports.pageserverPg);
+    await httpOk(`http://${s.host}:${s.ports.pageserverHttp}/v1/status`).catch(async () => tcpOpen(s.host, s.ports.pageserverHttp));
   },
   readyTimeoutMs: 30_000,
 };
 
-/** In start order. */
-export const STACK_COMPONENTS: StackComponent[] = [temporalComponent, s3Component];
+/** The control-plane worker, so `dev up` alone is enough to run computes with the CLI. */
+const controlPlaneWorkerComponent: StackComponent = {
+  name: 'control-plane-worker',
+  ports: () => [],
+  start(s) {
+    return runTs(s, 'control-plane-worker', 'bin/durable-compute.mjs', ['worker', 'control-plane'], {
+      ...process.env,
+      DURABLE_COMPUTE_STACK_DIR: s.dir,
+      TEMPORAL_ADDRESS: `${s.host}:${s.ports.temporal}`,
+      TEMPORAL_NAMESPACE: s.namespace,
+      DURABLE_COMPUTE_PAYLOAD_KEY_FILE: path.join(s.dir, 'payload.key'),
+    });
+  },
+  async probe(s) {
+    const connection = await Connection.connect({ address: `${s.host}:${s.ports.temporal}`, connectTimeout: '2s' });
+    try {
+      const queue = await connection.workflowService.describeTaskQueue({
+        namespace: s.namespace,
+        taskQueue: { name: process.env.DURABLE_COMPUTE_TASK_QUEUE || CONTROL_PLANE_TASK_QUEUE_DEFAULT },
+        taskQueueType: proto.temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+      });
+      if (!queue.pollers?.length) throw new Error('the control-plane worker is not polling yet');
+    } finally {
+      await connection.close();
+    }
+  },
+  readyTimeoutMs: 90_000,
+};
+
+/** In start order: the pageserver reads WAL from the safekeepers; the worker needs Temporal. */
+export function stackComponents(s: StackSettings): StackComponent[] {
+  return [
+    temporalComponent,
+    s3Component,
+    ...Array.from({ length: s.safekeepers }, (_, i) => safekeeperComponent(i + 1)),
+    pageserverComponent,
+    controlPlaneWorkerComponent,
+  ];
+}

@@ -10,23 +10,43 @@ export interface StackSettings {
   namespace: string;
   bucket: string;
   region: string;
+  /** How many dev safekeepers run (Neon's default deployment has three). */
+  safekeepers: number;
   ports: {
     temporal: number;
     temporalUi: number;
     s3: number;
+    pageserverPg: number;
+    pageserverHttp: number;
+    /** Safekeeper i (1-based) uses this port + i - 1; likewise for HTTP. */
+    safekeeperPg: number;
+    safekeeperHttp: number;
   };
 }
 
 /** s3rver's fixed development credentials; not a secret, but kept out of printed output all the same. */
 export const DEV_S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
-export const DEFAULT_PORTS: StackSettings['ports'] = { temporal: 7233, temporalUi: 8233, s3: 4568 };
+/** Neon's own defaults where it has them (pageserver 6400/9898, safekeeper 5454/7676). */
+export const DEFAULT_PORTS: StackSettings['ports'] = {
+  temporal: 7233,
+  temporalUi: 8233,
+  s3: 4568,
+  pageserverPg: 6400,
+  pageserverHttp: 9898,
+  safekeeperPg: 5454,
+  safekeeperHttp: 7676,
+};
 
 /** Environment variable and CLI option for each port, so every error can say how to change it. */
 export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string; option: string; what: string }> = {
   temporal: { env: 'DURABLE_COMPUTE_TEMPORAL_PORT', option: '--temporal-port', what: 'Temporal gRPC' },
   temporalUi: { env: 'DURABLE_COMPUTE_TEMPORAL_UI_PORT', option: '--ui-port', what: 'Temporal Web UI' },
   s3: { env: 'DURABLE_COMPUTE_S3_PORT', option: '--s3-port', what: 'S3 (s3rver)' },
+  pageserverPg: { env: 'DURABLE_COMPUTE_PAGESERVER_PG_PORT', option: '--pageserver-pg-port', what: 'pageserver page service' },
+  pageserverHttp: { env: 'DURABLE_COMPUTE_PAGESERVER_HTTP_PORT', option: '--pageserver-http-port', what: 'pageserver HTTP API' },
+  safekeeperPg: { env: 'DURABLE_COMPUTE_SAFEKEEPER_PG_PORT', option: '--safekeeper-pg-port', what: 'safekeeper libpq (first of a range)' },
+  safekeeperHttp: { env: 'DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT', option: '--safekeeper-http-port', what: 'safekeeper HTTP (first of a range)' },
 };
 
 const port = z.coerce.number().int().min(1).max(65535);
@@ -54,6 +74,7 @@ export function resolveStackSettings(
     namespace: overrides.namespace ?? previous?.namespace ?? 'default',
     bucket: overrides.bucket ?? previous?.bucket ?? 'durable-compute',
     region: overrides.region ?? previous?.region ?? 'us-east-1',
+    safekeepers: overrides.safekeepers ?? previous?.safekeepers ?? 3,
     ports,
   };
 }

@@ -4,13 +4,15 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
-import { STACK_COMPONENTS } from './stack-components';
+import { safekeeperPorts, stackComponents } from './stack-components';
 import { DEV_S3_CREDENTIALS, PORT_VARIABLES, type StackSettings } from './stack-settings';
 
 /** What `dev up --json` and `dev status --json` print. Keys are only ever added, never renamed. */
 export interface StackEndpoints {
   temporal: { address: string; namespace: string; ui: string };
   s3: { endpoint: string; bucket: string; region: string };
+  pageserver: { pg: string; http: string };
+  safekeepers: { pg: string; http: string }[];
   stackDir: string;
 }
 
@@ -41,6 +43,11 @@ export function endpointsOf(s: StackSettings): StackEndpoints {
   return {
     temporal: { address: `${s.host}:${s.ports.temporal}`, namespace: s.namespace, ui: `http://${s.host}:${s.ports.temporalUi}` },
     s3: { endpoint: `http://${s.host}:${s.ports.s3}`, bucket: s.bucket, region: s.region },
+    pageserver: { pg: `${s.host}:${s.ports.pageserverPg}`, http: `http://${s.host}:${s.ports.pageserverHttp}` },
+    safekeepers: Array.from({ length: s.safekeepers }, (_, i) => {
+      const p = safekeeperPorts(s, i + 1);
+      return { pg: `${s.host}:${p.pg}`, http: `http://${s.host}:${p.http}` };
+    }),
     stackDir: s.dir,
   };
 }
@@ -134,15 +141,15 @@ export async function stackUp(
     mkdirSync(settings.dir, { recursive: true, mode: 0o700 });
     ensurePayloadKey(settings.dir);
 
-    for (const component of STACK_COMPONENTS) {
+    for (const component of stackComponents(settings)) {
       const existing = state.processes[component.name];
       if (existing && isTrackedAlive(existing)) {
         await component.probe(settings);
         continue;
       }
-      for (const key of component.portKeys) {
+      for (const { port, key } of component.ports(settings)) {
         const v = PORT_VARIABLES[key];
-        await assertPortFree(settings.host, settings.ports[key], v.what, `choose another with ${v.option} or ${v.env}`);
+        await assertPortFree(settings.host, port, v.what, `choose another with ${v.option} or ${v.env}`);
       }
       const temporalCli = component.name === 'temporal' ? await ctx.resolveTemporalCli() : '';
       ctx.onProgress?.(`starting ${component.name}...`);
@@ -170,7 +177,7 @@ export async function stackStatus(dir: string): Promise<StackStatus | undefined>
   for (const [name, proc] of Object.entries(state.processes)) {
     processes[name] = { pid: proc.pid, running: isTrackedAlive(proc), log: proc.log };
   }
-  const running = STACK_COMPONENTS.every((c) => processes[c.name]?.running);
+  const running = stackComponents(state.settings).every((c) => processes[c.name]?.running);
   return { ...endpointsOf(state.settings), running, processes };
 }
 

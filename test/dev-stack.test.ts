@@ -3,8 +3,20 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort, processStartTime } from '../dev/processes';
+import { freePort, freePortRange, processStartTime } from '../dev/processes';
 import { runCli } from './helpers/cli';
+
+async function stackPorts(): Promise<string[]> {
+  return [
+    '--temporal-port', String(await freePort()),
+    '--ui-port', String(await freePort()),
+    '--s3-port', String(await freePort()),
+    '--pageserver-pg-port', String(await freePort()),
+    '--pageserver-http-port', String(await freePort()),
+    '--safekeeper-pg-port', String(await freePortRange(3)),
+    '--safekeeper-http-port', String(await freePortRange(3)),
+  ];
+}
 
 describe('durable-compute dev up/status/down', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-'));
@@ -14,7 +26,7 @@ describe('durable-compute dev up/status/down', () => {
   });
 
   it('starts once, is idempotent, reports status, and stops exactly its processes', async () => {
-    const ports = ['--temporal-port', String(await freePort()), '--ui-port', String(await freePort()), '--s3-port', String(await freePort())];
+    const ports = await stackPorts();
     const first = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
     expect(first.stderr).not.toMatch(/error/i);
     expect(first.code).toBe(0);
@@ -22,6 +34,12 @@ describe('durable-compute dev up/status/down', () => {
     expect(up).toMatchObject({
       temporal: { address: expect.stringMatching(/^127\.0\.0\.1:\d+$/), namespace: 'default', ui: expect.stringMatching(/^http:\/\//) },
       s3: { endpoint: expect.stringMatching(/^http:\/\//), bucket: 'durable-compute', region: 'us-east-1' },
+      pageserver: { pg: expect.stringMatching(/^127\.0\.0\.1:\d+$/), http: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+$/) },
+      safekeepers: [
+        { pg: expect.stringMatching(/:\d+$/), http: expect.stringMatching(/^http:/) },
+        { pg: expect.stringMatching(/:\d+$/), http: expect.stringMatching(/^http:/) },
+        { pg: expect.stringMatching(/:\d+$/), http: expect.stringMatching(/^http:/) },
+      ],
       running: true,
     });
     // The dev credentials stay out of printed output.
@@ -44,17 +62,18 @@ describe('durable-compute dev up/status/down', () => {
     expect(status.running).toBe(true);
     expect(status.temporal).toEqual(up.temporal);
 
-    const pids: number[] = [up.processes.temporal.pid, up.processes.s3.pid];
+    const pids: number[] = Object.values(up.processes as Record<string, { pid: number }>).map((p) => p.pid);
+    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker']);
     const down = await runCli(['dev', 'down', '--dir', dir]);
     expect(down.code).toBe(0);
-    expect(down.stdout).toMatch(/stopped s3, temporal/);
+    expect(down.stdout).toMatch(/stopped control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);
   });
 
   it('keeps running workflows across a restart because Temporal state lives in the stack directory', async () => {
-    const ports = ['--temporal-port', String(await freePort()), '--ui-port', String(await freePort()), '--s3-port', String(await freePort())];
+    const ports = await stackPorts();
     const sdir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-persist-'));
     try {
       const up = JSON.parse((await runCli(['dev', 'up', '--json', '--dir', sdir, ...ports])).stdout);
@@ -84,7 +103,9 @@ describe('durable-compute dev up/status/down', () => {
     const bdir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-busy-'));
     try {
       const started = Date.now();
-      const result = await runCli(['dev', 'up', '--dir', bdir, '--temporal-port', String(port), '--ui-port', String(await freePort()), '--s3-port', String(await freePort())]);
+      const ports = await stackPorts();
+      ports[1] = String(port);
+      const result = await runCli(['dev', 'up', '--dir', bdir, ...ports]);
       expect(result.code).not.toBe(0);
       expect(result.stderr).toContain(`port ${port} on 127.0.0.1 (Temporal gRPC) is already in use`);
       expect(result.stderr).toContain('--temporal-port');

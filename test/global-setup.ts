@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { freePort } from '../dev/processes';
+import { freePort, freePortRange } from '../dev/processes';
 import { runningStack, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
 import { resolveStackSettings } from '../dev/stack-settings';
 import { provisionTemporalCli } from '../dev/temporal-cli';
@@ -27,7 +27,18 @@ export default async function setup(project: TestProject): Promise<() => Promise
   }
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-test-stack-'));
   const settings = resolveStackSettings(
-    { dir, ports: { temporal: await freePort(), temporalUi: await freePort(), s3: await freePort() } },
+    {
+      dir,
+      ports: {
+        temporal: await freePort(),
+        temporalUi: await freePort(),
+        s3: await freePort(),
+        pageserverPg: await freePort(),
+        pageserverHttp: await freePort(),
+        safekeeperPg: await freePortRange(3),
+        safekeeperHttp: await freePortRange(3),
+      },
+    },
     {},
   );
   try {

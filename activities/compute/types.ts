@@ -13,10 +13,10 @@ import type { TerminateMode } from '../../model/compute-status';
 export interface ComputeNodeActivities {
   preparePgdata(input: { incarnation: string }): Promise<void>;
   writePostgresConfig(input: { incarnation: string; spec: ComputeSpec }): Promise<{ ms: number }>;
-  syncSafekeepers(input: { incarnation: string }): Promise<{ lsn: string; ms: number }>;
+  syncSafekeepers(input: { incarnation: string; storageAuthToken?: string }): Promise<{ lsn: string; ms: number }>;
   fetchBasebackup(input: { incarnation: string; spec: ComputeSpec; lsn: string | null }): Promise<{ bytes: number; ms: number; connectMicros: number }>;
   prepareStartupFiles(input: { incarnation: string; spec: ComputeSpec }): Promise<void>;
-  startPostgres(input: { incarnation: string }): Promise<{ pid: number; ms: number }>;
+  startPostgres(input: { incarnation: string; spec: ComputeSpec }): Promise<{ pid: number; ms: number }>;
   applySpec(input: { spec: ComputeSpec }): Promise<{ changes: string[]; ms: number }>;
   /** Returns after `reportAfterSeconds` with last_active, or at once when the postmaster has exited. */
   watchPostgres(input: { reportAfterSeconds: number; lastActive: string | null }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string }>;

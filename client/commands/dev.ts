@@ -10,13 +10,28 @@ interface StackOptions {
   temporalPort?: string;
   uiPort?: string;
   s3Port?: string;
+  pageserverPgPort?: string;
+  pageserverHttpPort?: string;
+  safekeeperPgPort?: string;
+  safekeeperHttpPort?: string;
   json?: boolean;
 }
 
 function settingsFrom(opts: StackOptions) {
   const dir = resolveStackSettings({ dir: opts.dir }).dir;
   return resolveStackSettings(
-    { dir, ports: { temporal: opts.temporalPort, temporalUi: opts.uiPort, s3: opts.s3Port } },
+    {
+      dir,
+      ports: {
+        temporal: opts.temporalPort,
+        temporalUi: opts.uiPort,
+        s3: opts.s3Port,
+        pageserverPg: opts.pageserverPgPort,
+        pageserverHttp: opts.pageserverHttpPort,
+        safekeeperPg: opts.safekeeperPgPort,
+        safekeeperHttp: opts.safekeeperHttpPort,
+      },
+    },
     process.env,
     previousStackSettings(dir),
   );
@@ -37,6 +52,8 @@ export function printEndpoints(e: StackEndpoints): void {
       `S3 endpoint:        ${e.s3.endpoint}`,
       `S3 bucket:          ${e.s3.bucket}`,
       `S3 region:          ${e.s3.region}`,
+      `Pageserver:         postgres://${e.pageserver.pg} (page service), ${e.pageserver.http} (HTTP API)`,
+      ...e.safekeepers.map((sk, i) => `Safekeeper ${i + 1}:       ${sk.pg} (libpq), ${sk.http} (HTTP)`),
       `Stack directory:    ${e.stackDir}`,
       '',
     ].join('\n'),
@@ -44,13 +61,17 @@ export function printEndpoints(e: StackEndpoints): void {
 }
 
 export function registerDevCommands(program: Command): void {
-  const dev = program.command('dev').description('the embedded development stack (Temporal with Web UI, S3)');
+  const dev = program.command('dev').description('the embedded development stack (Temporal with Web UI, S3, dev pageserver and safekeepers, control-plane worker)');
   const withStackOptions = (c: Command) =>
     c
       .option('--dir <path>', 'stack directory (env DURABLE_COMPUTE_STACK_DIR; default .durable-compute/stack)')
       .option('--temporal-port <port>', 'Temporal gRPC port (env DURABLE_COMPUTE_TEMPORAL_PORT; default 7233)')
       .option('--ui-port <port>', 'Temporal Web UI port (env DURABLE_COMPUTE_TEMPORAL_UI_PORT; default 8233)')
-      .option('--s3-port <port>', 'S3 port (env DURABLE_COMPUTE_S3_PORT; default 4568)');
+      .option('--s3-port <port>', 'S3 port (env DURABLE_COMPUTE_S3_PORT; default 4568)')
+      .option('--pageserver-pg-port <port>', 'pageserver page service port (env DURABLE_COMPUTE_PAGESERVER_PG_PORT; default 6400)')
+      .option('--pageserver-http-port <port>', 'pageserver HTTP API port (env DURABLE_COMPUTE_PAGESERVER_HTTP_PORT; default 9898)')
+      .option('--safekeeper-pg-port <port>', 'first safekeeper libpq port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_PG_PORT; default 5454)')
+      .option('--safekeeper-http-port <port>', 'first safekeeper HTTP port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT; default 7676)');
 
   withStackOptions(dev.command('up'))
     .description('start the stack in the background; returns once every part accepts connections')

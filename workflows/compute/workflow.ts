@@ -282,7 +282,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     // After Postgres stops, a Primary syncs the safekeepers once more; that LSN is the answer.
     if (config!.spec.mode.kind === 'Primary') {
       try {
-        terminateLsn = (await node.syncSafekeepers({ incarnation: currentIncarnation })).lsn;
+        terminateLsn = (await node.syncSafekeepers({ incarnation: currentIncarnation, storageAuthToken: config!.spec.storage_auth_token })).lsn;
       } catch (err) {
         setStatus('failed', `terminated, but the final safekeeper sync failed: ${describeFailure(err)}`);
         await condition(allHandlersFinished);
@@ -319,7 +319,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
       if (check.synced && check.lsn) {
         lsn = check.lsn;
       } else {
-        const synced = await node.syncSafekeepers({ incarnation });
+        const synced = await node.syncSafekeepers({ incarnation, storageAuthToken: spec.storage_auth_token });
         metrics.sync_safekeepers_ms = synced.ms;
         lsn = synced.lsn;
       }
@@ -334,7 +334,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     metrics.pageserver_connect_micros = backup.connectMicros;
 
     await node.prepareStartupFiles({ incarnation, spec });
-    const started = await node.startPostgres({ incarnation });
+    const started = await node.startPostgres({ incarnation, spec });
     postgresRunning = true;
     metrics.start_postgres_ms = started.ms;
 

@@ -1,0 +1,39 @@
+import { Context } from '@temporalio/activity';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/**
+ * Named pause points for fault-injection tests, in the spirit of Neon's failpoints: a worker
+ * started with failpoints {"startPostgres"} stops at the start of that activity's first attempt
+ * (heartbeating, so it looks alive) until the test kills the worker. With no failpoints configured
+ * — always in production — this returns at once.
+ */
+export function createFailpoints(enabled: ReadonlySet<string>) {
+  return async function failpoint(name: string): Promise<void> {
+    if (!enabled.has(name)) return;
+    const ctx = Context.current();
+    if (ctx.info.attempt > 1) return;
+    console.log(`failpoint ${name} reached (pid ${process.pid})`);
+    for (;;) {
+      ctx.heartbeat();
+      await sleep(200);
+      if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+    }
+  };
+}
+export type Failpoint = ReturnType<typeof createFailpoints>;
+
+/**
+ * Runs `fn` while heartbeating every second, so a killed worker is noticed within the activity's
+ * heartbeat timeout; `details` supplies the progress recorded with each heartbeat.
+ */
+export async function whileHeartbeating<T>(fn: () => Promise<T>, details?: () => unknown): Promise<T> {
+  const ctx = Context.current();
+  const beat = () => ctx.heartbeat(details?.());
+  beat();
+  const timer = setInterval(beat, 1000);
+  try {
+    return await fn();
+  } finally {
+    clearInterval(timer);
+  }
+}

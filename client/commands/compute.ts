@@ -1,0 +1,127 @@
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { UserFacingError } from '../../common/errors';
+import type { ComputeStatusResponse, TerminateMode } from '../../model/compute-status';
+import { ComputeClient } from '../compute-client';
+import { cliConfig, openClient } from '../context';
+import { printJson } from '../output';
+
+/** Reads a spec file ('-' = stdin) as JSON, naming the file in any error. */
+export function readSpecFile(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (err) {
+    throw new UserFacingError(`cannot read spec file ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new UserFacingError(`spec file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+async function withComputeClient<T>(fn: (c: ComputeClient) => Promise<T>): Promise<T> {
+  const config = cliConfig();
+  const { client, close } = await openClient(config);
+  try {
+    return await fn(new ComputeClient(client, config.temporal.controlPlaneTaskQueue));
+  } finally {
+    await close();
+  }
+}
+
+function printStatus(s: ComputeStatusResponse): void {
+  const lines = [
+    `compute:     ${s.compute_id}`,
+    `status:      ${s.status}`,
+    `tenant:      ${s.tenant ?? '-'}`,
+    `timeline:    ${s.timeline ?? '-'}`,
+    `started:     ${s.start_time}`,
+    `last active: ${s.last_active ?? '-'}`,
+    `start LSN:   ${s.start_lsn ?? '-'}`,
+  ];
+  if (s.terminate_lsn) lines.push(`end LSN:     ${s.terminate_lsn}`);
+  if (s.error) lines.push(`error:       ${s.error}`);
+  if (s.metrics.total_startup_ms) lines.push(`startup:     ${s.metrics.total_startup_ms} ms (basebackup ${s.metrics.basebackup_ms} ms, ${s.metrics.basebackup_bytes} bytes)`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+export function registerComputeCommands(program: Command): void {
+  const compute = program.command('compute').description('compute lifecycle workflows (compute_ctl)');
+
+  compute
+    .command('start')
+    .description('start a compute from a compute_ctl spec (ComputeConfig or bare ComputeSpec JSON)')
+    .requiredOption('--compute-id <id>', 'the compute ID')
+    .option('--spec <file>', "spec file ('-' for stdin); without it the compute starts empty and waits for configure")
+    .option('--wait', 'exit 0 once running, non-zero with the error once failed')
+    .option('--json', 'print the status as JSON')
+    .action(async (opts: { computeId: string; spec?: string; wait?: boolean; json?: boolean }) => {
+      const spec = opts.spec ? readSpecFile(opts.spec) : undefined;
+      await withComputeClient(async (c) => {
+        await c.start(opts.computeId, spec);
+        const status = opts.wait ? await c.waitForRunning(opts.computeId) : await c.status(opts.computeId);
+        if (opts.json) printJson(status);
+        else printStatus(status);
+      });
+    });
+
+  compute
+    .command('status')
+    .requiredOption('--compute-id <id>', 'the compute ID')
+    .option('--json', 'print JSON')
+    .action(async (opts: { computeId: string; json?: boolean }) => {
+      await withComputeClient(async (c) => {
+        const status = await c.status(opts.computeId);
+        if (opts.json) printJson(status);
+        else printStatus(status);
+      });
+    });
+
+  compute
+    .command('configure')
+    .description('reconfigure a running compute, or configure one waiting in empty; waits for the result')
+    .requiredOption('--compute-id <id>', 'the compute ID')
+    .requiredOption('--spec <file>', "spec file ('-' for stdin)")
+    .option('--json', 'print JSON')
+    .action(async (opts: { computeId: string; spec: string; json?: boolean }) => {
+      const spec = readSpecFile(opts.spec);
+      await withComputeClient(async (c) => {
+        const status = await c.configure(opts.computeId, spec);
+        if (opts.json) printJson(status);
+        else printStatus(status);
+        if (status.status === 'failed') throw new UserFacingError(`configure failed: ${status.error}`);
+      });
+    });
+
+  compute
+    .command('terminate')
+    .requiredOption('--compute-id <id>', 'the compute ID')
+    .option('--mode <mode>', 'fast (smart/fast shutdown) or immediate', 'fast')
+    .option('--json', 'print JSON')
+    .action(async (opts: { computeId: string; mode: string; json?: boolean }) => {
+      if (opts.mode !== 'fast' && opts.mode !== 'immediate') throw new UserFacingError(`--mode must be fast or immediate, got ${opts.mode}`);
+      await withComputeClient(async (c) => {
+        const result = await c.terminate(opts.computeId, opts.mode as TerminateMode);
+        if (opts.json) printJson(result);
+        else process.stdout.write(`terminated; safekeepers synced at ${result.lsn ?? '(no sync: not a primary)'}\n`);
+      });
+    });
+
+  compute
+    .command('list')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      await withComputeClient(async (c) => {
+        const entries = await c.list();
+        if (opts.json) {
+          printJson(entries);
+          return;
+        }
+        for (const e of entries) {
+          process.stdout.write(`${e.computeId.padEnd(24)} ${e.status.padEnd(30)} ${e.tenant ?? '-'}/${e.timeline ?? '-'}  ${e.startTime}\n`);
+        }
+      });
+    });
+}

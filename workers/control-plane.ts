@@ -1,0 +1,18 @@
+import { fileURLToPath } from 'node:url';
+import { createControlPlaneActivities } from '../activities/compute/control-plane-activities';
+import type { AppConfig } from '../common/config';
+import { encryptedDataConverter } from '../common/codec/data-converter';
+import { createWorker } from './run-worker';
+
+export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+/** Runs every workflow plus the control-plane activities, on the control-plane task queue. */
+export async function createControlPlaneWorker(config: AppConfig) {
+  return createWorker(config, {
+    taskQueue: config.temporal.controlPlaneTaskQueue,
+    workflowsPath: WORKFLOWS_PATH,
+    activities: createControlPlaneActivities(),
+    dataConverter: encryptedDataConverter(config.payloadKeys),
+    identity: `control-plane@${process.pid}`,
+  });
+}
