@@ -1,6 +1,8 @@
 import { Command } from 'commander';
 import { registerComputeCommands } from './commands/compute';
 import { registerDevCommands } from './commands/dev';
+import { registerMainCommand } from './commands/main';
+import { registerTimelineCommands } from './commands/timeline';
 import { registerWorkerCommands } from './commands/worker';
 import { exitWithError } from './output';
 
@@ -11,5 +13,7 @@ const program = new Command('durable-compute')
 registerDevCommands(program);
 registerComputeCommands(program);
 registerWorkerCommands(program);
+registerTimelineCommands(program);
+registerMainCommand(program);
 
 program.parseAsync(process.argv).catch(exitWithError);

@@ -15,6 +15,8 @@ export function cliConfig(env: Record<string, string | undefined> = process.env)
     temporal: running.endpoints.temporal,
     s3: { ...running.endpoints.s3, ...devS3Credentials() },
     payloadKeyFile: devPayloadKeyFile(stackDir),
+    pageserver: running.endpoints.pageserver,
+    safekeepers: running.endpoints.safekeepers,
   };
   return loadConfig(env, dev);
 }

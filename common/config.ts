@@ -43,8 +43,20 @@ export interface PayloadKeys {
   previous: Buffer[];
 }
 
+/** Where the pageserver and safekeepers are, for commands that create timelines or build specs. */
+export interface StorageConfig {
+  pageserverHttp?: string;
+  /** host:port of the page service (libpq). */
+  pageserverPg?: string;
+  /** host:port of each safekeeper's libpq listener. */
+  safekeepers: string[];
+  /** Each safekeeper's HTTP API, for registering timelines. */
+  safekeepersHttp: string[];
+}
+
 export interface AppConfig {
   temporal: TemporalConfig;
+  storage: StorageConfig;
   s3: S3Config;
   /** Absent only when nothing configures one; workers and the CLI refuse to run workflows without it. */
   payloadKeys?: PayloadKeys;
@@ -59,6 +71,8 @@ export interface DevStackDefaults {
   temporal: { address: string; namespace: string };
   s3: { endpoint: string; bucket: string; region: string; accessKeyId: string; secretAccessKey: string };
   payloadKeyFile?: string;
+  pageserver?: { pg: string; http: string };
+  safekeepers?: { pg: string; http: string }[];
 }
 
 type Env = Record<string, string | undefined>;
@@ -159,7 +173,27 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
     .filter((k) => k.trim() !== '')
     .map((k) => read({ DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS: k }, 'DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS', base64Key)!);
 
+  const safekeeperList = read(
+    env,
+    'SAFEKEEPERS',
+    z.string().refine((v) => v.split(',').every((a) => hostPort.safeParse(a.trim()).success), 'expected comma-separated host:port'),
+  );
+  const storage: StorageConfig = {
+    pageserverHttp: read(env, 'PAGESERVER_HTTP_URL', httpUrl) ?? dev?.pageserver?.http,
+    pageserverPg: read(env, 'PAGESERVER_PG', hostPort) ?? dev?.pageserver?.pg,
+    safekeepers: safekeeperList ? safekeeperList.split(',').map((a) => a.trim()) : (dev?.safekeepers?.map((sk) => sk.pg) ?? []),
+    safekeepersHttp:
+      read(
+        env,
+        'SAFEKEEPERS_HTTP_URLS',
+        z.string().refine((v) => v.split(',').every((u) => httpUrl.safeParse(u.trim()).success), 'expected comma-separated http(s) URLs'),
+      )
+        ?.split(',')
+        .map((u) => u.trim()) ?? (dev?.safekeepers?.map((sk) => sk.http) ?? []),
+  };
+
   return {
+    storage,
     payloadKeys: currentKey ? { current: currentKey, previous: previousKeys } : undefined,
     temporal: {
       address,

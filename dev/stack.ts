@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
@@ -78,7 +78,7 @@ function writeState(state: StackState): void {
 
 /** Serializes concurrent `dev up`/`dev down` on one stack directory. */
 async function withStackLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
   const lock = path.join(dir, 'stack.lock');
   const deadline = Date.now() + 120_000;
   for (;;) {
@@ -138,7 +138,9 @@ export async function stackUp(
     // A running stack keeps the ports it was started with; a stopped one takes the requested settings.
     const settings = anyAlive && previous ? previous.settings : requested;
     const state: StackState = { version: 1, settings, processes: anyAlive && previous ? previous.processes : {} };
-    mkdirSync(settings.dir, { recursive: true, mode: 0o700 });
+    mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
+    // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.
+    chmodSync(settings.dir, 0o755);
     ensurePayloadKey(settings.dir);
 
     for (const component of stackComponents(settings)) {

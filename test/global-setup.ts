@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
@@ -26,6 +26,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     return async () => {};
   }
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-test-stack-'));
+  // The dev storage runs PostgreSQL as an unprivileged user when we are root; it must reach in.
+  chmodSync(dir, 0o755);
   const settings = resolveStackSettings(
     {
       dir,

@@ -4,10 +4,14 @@ import { temporalConnectionOptions } from '../common/temporal-connection';
 
 let runtimeInstalled = false;
 
-/** Installs the SDK runtime once: SIGINT/SIGTERM drain in-flight tasks before the process exits. */
-function installRuntime(): void {
+/**
+ * Installs the SDK runtime once. By default SIGINT/SIGTERM drain in-flight tasks before the
+ * process exits; a process that must act on Ctrl-C first (the main job) passes no signals and
+ * shuts its workers down itself.
+ */
+export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM']): void {
   if (runtimeInstalled) return;
-  Runtime.install({ shutdownSignals: ['SIGINT', 'SIGTERM'] });
+  Runtime.install({ shutdownSignals });
   runtimeInstalled = true;
 }
 

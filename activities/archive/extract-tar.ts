@@ -1,0 +1,413 @@
+import { constants as fsConstants } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import tar, { type Extract, type Header } from 'tar-stream';
+import { checkSymlinkTarget, displayName, entryComponents, UnsafeNameError } from './entry-paths';
+
+/**
+ * Streams a tar archive from an untrusted source (a pageserver, an object store) straight to disk,
+ * refusing anything that could write outside the target directory or exhaust it. Nothing is
+ * buffered beyond the stream's own chunks.
+ */
+
+export type ArchiveErrorCode =
+  /** An entry that could escape the target or is of a forbidden kind (device, fifo, ...). */
+  | 'unsafe-entry'
+  /** The archive is bigger than allowed (declared sizes or the stream itself). */
+  | 'too-large'
+  | 'too-many-entries'
+  /** The stream ended before the archive did. */
+  | 'truncated'
+  /** Not a tar archive, or a damaged one. */
+  | 'corrupt'
+  /** The disk refused (no space, permissions). */
+  | 'io'
+  | 'aborted';
+
+export class ArchiveError extends Error {
+  override name = 'ArchiveError';
+  constructor(
+    readonly code: ArchiveErrorCode,
+    message: string,
+    /** The offending entry's name, when one entry is to blame. */
+    readonly entry?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface ExtractOptions {
+  /** Cap on the uncompressed archive stream in bytes (headers included); bigger archives are refused. */
+  maxBytes: number;
+  /** Cap on the number of entries; default 1,000,000. */
+  maxEntries?: number;
+  signal?: AbortSignal;
+  /** Owner for everything created (e.g. the postgres user when extracting as root). */
+  owner?: { uid: number; gid: number };
+}
+
+export interface ExtractResult {
+  /** Regular files and hard links written. */
+  files: number;
+  /** Bytes of file content written. */
+  bytes: number;
+  /** All entries, directories and links included. */
+  entries: number;
+  /** Bytes of the (uncompressed) archive stream consumed. */
+  streamBytes: number;
+}
+
+/** One entry of the archive: its header and a stream of its data. */
+type Entry = Extract extends AsyncIterable<infer E> ? E : never;
+
+const DEFAULT_MAX_ENTRIES = 1_000_000;
+const BLOCK = 512;
+/** PostgreSQL refuses to start unless its data directory is private; subdirectories follow suit. */
+const DIR_MODE = 0o700;
+
+/** Regular files keep their owner bits; set-id, sticky and group/world write bits never survive. */
+function fileMode(mode: number | undefined): number {
+  return ((mode ?? 0o600) & 0o755) | 0o600;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function isErrno(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
+}
+
+/** Errors of the file system carry the failing system call; errors of the stream do not. */
+function isFsError(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && typeof (err as NodeJS.ErrnoException).syscall === 'string';
+}
+
+interface Created {
+  abs: string;
+  dir: boolean;
+}
+
+class Extraction {
+  readonly root: string;
+  readonly created: Created[] = [];
+  /** Relative directory paths proven to be real directories (never links) inside the root. */
+  private readonly verifiedDirs = new Set<string>(['']);
+  files = 0;
+  bytes = 0;
+  entries = 0;
+  /** Where the data of the last entry ended in the stream: the end-of-archive marker must follow. */
+  lastEntryEnd = 0;
+
+  constructor(
+    root: string,
+    private readonly opts: Required<Pick<ExtractOptions, 'maxBytes' | 'maxEntries'>> & Pick<ExtractOptions, 'owner'>,
+  ) {
+    this.root = root;
+  }
+
+  private unsafe(name: string, reason: string): ArchiveError {
+    return new ArchiveError('unsafe-entry', `unsafe archive entry ${displayName(name)}: ${reason}`, name);
+  }
+
+  /** The components of `value` (the entry's name, or its hard link target), errors naming the entry. */
+  private components(name: string, value = name, what?: string): string[] {
+    try {
+      return entryComponents(value);
+    } catch (err) {
+      if (err instanceof UnsafeNameError) throw this.unsafe(name, what ? `${what} ${displayName(value)}: ${err.message}` : err.message);
+      throw err;
+    }
+  }
+
+  private abs(parts: string[]): string {
+    return path.join(this.root, ...parts);
+  }
+
+  private async chown(abs: string): Promise<void> {
+    if (this.opts.owner) await fs.lchown(abs, this.opts.owner.uid, this.opts.owner.gid);
+  }
+
+  /** Makes sure every directory above `parts` is a real directory inside the root, creating missing ones. */
+  private async ensureDirs(name: string, parts: string[]): Promise<void> {
+    for (let i = 1; i <= parts.length; i++) {
+      const rel = parts.slice(0, i).join('/');
+      if (this.verifiedDirs.has(rel)) continue;
+      const abs = this.abs(parts.slice(0, i));
+      let stat;
+      try {
+        stat = await fs.lstat(abs);
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) throw err;
+        await fs.mkdir(abs, { mode: DIR_MODE });
+        this.created.push({ abs, dir: true });
+        await fs.chmod(abs, DIR_MODE);
+        await this.chown(abs);
+        this.verifiedDirs.add(rel);
+        continue;
+      }
+      if (stat.isSymbolicLink()) throw this.unsafe(name, `path goes through the symbolic link ${displayName(rel)}`);
+      if (!stat.isDirectory()) throw this.unsafe(name, `${displayName(rel)} is not a directory`);
+      this.verifiedDirs.add(rel);
+    }
+  }
+
+  /** Clears the way for a non-directory entry at `parts`: an earlier file or link there is replaced, a directory never. */
+  private async clearSpot(name: string, parts: string[]): Promise<string> {
+    if (parts.length === 0) throw this.unsafe(name, 'names the target directory itself');
+    await this.ensureDirs(name, parts.slice(0, -1));
+    const abs = this.abs(parts);
+    try {
+      const stat = await fs.lstat(abs);
+      if (stat.isDirectory()) throw this.unsafe(name, 'would replace a directory');
+      await fs.unlink(abs);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw err;
+    }
+    return abs;
+  }
+
+  async handle(entry: Entry, streamBytes: () => number): Promise<void> {
+    // The parser reports kinds its typings do not list (GNU sparse files, unknown flags) as null.
+    const h = entry.header as Omit<Header, 'type'> & { type: string | null; byteOffset?: number };
+    const name = h.name;
+    this.entries++;
+    if (this.entries > this.opts.maxEntries) {
+      throw new ArchiveError('too-many-entries', `archive has more than ${this.opts.maxEntries} entries (at ${displayName(name)})`, name);
+    }
+    const size = h.size ?? 0;
+    if (!Number.isSafeInteger(size) || size < 0) throw this.unsafe(name, `invalid size ${String(h.size)}`);
+    const dataStart = typeof h.byteOffset === 'number' ? h.byteOffset : streamBytes();
+    this.lastEntryEnd = dataStart + Math.ceil(size / BLOCK) * BLOCK;
+
+    const type = h.type ?? 'file';
+    if (type !== 'file' && type !== 'contiguous-file' && size > 0 && type !== 'directory') {
+      throw this.unsafe(name, `${type} entry carries ${size} bytes of data`);
+    }
+    const parts = this.components(name);
+    switch (type) {
+      case 'directory':
+        await this.directory(name, parts);
+        return;
+      case 'file':
+      case 'contiguous-file':
+        await this.file(name, parts, size, h.mode, entry);
+        return;
+      case 'symlink':
+        await this.symlink(name, parts, h.linkname ?? '');
+        return;
+      case 'link':
+        await this.hardlink(name, parts, h.linkname ?? '');
+        return;
+      default:
+        throw this.unsafe(name, `${type} entries are not allowed`);
+    }
+  }
+
+  private async directory(name: string, parts: string[]): Promise<void> {
+    const rel = parts.join('/');
+    const existed = this.verifiedDirs.has(rel);
+    await this.ensureDirs(name, parts);
+    // A directory that already existed (the target itself, or one listed twice) still gets the private mode.
+    if (existed || parts.length === 0) await fs.chmod(this.abs(parts), DIR_MODE);
+  }
+
+  private async file(name: string, parts: string[], size: number, mode: number | undefined, entry: Entry): Promise<void> {
+    if (this.bytes + size > this.opts.maxBytes) {
+      throw new ArchiveError(
+        'too-large',
+        `archive entry ${displayName(name)} declares ${size} bytes, more than the ${this.opts.maxBytes}-byte limit allows`,
+        name,
+      );
+    }
+    const abs = await this.clearSpot(name, parts);
+    // O_EXCL + O_NOFOLLOW: the spot was just cleared; if anything appeared there since, refuse rather than follow it.
+    const fh = await fs.open(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+    this.created.push({ abs, dir: false });
+    let written = 0;
+    try {
+      for await (const chunk of entry as AsyncIterable<Buffer>) {
+        written += chunk.length;
+        await fh.write(chunk);
+      }
+      await fh.chmod(fileMode(mode));
+      if (this.opts.owner) await fh.chown(this.opts.owner.uid, this.opts.owner.gid);
+    } finally {
+      await fh.close();
+    }
+    if (written !== size) throw new ArchiveError('truncated', `archive ended inside ${displayName(name)}`, name);
+    this.files++;
+    this.bytes += written;
+  }
+
+  private async symlink(name: string, parts: string[], target: string): Promise<void> {
+    try {
+      checkSymlinkTarget(parts.slice(0, -1), target);
+    } catch (err) {
+      if (err instanceof UnsafeNameError) throw this.unsafe(name, err.message);
+      throw err;
+    }
+    const abs = await this.clearSpot(name, parts);
+    await fs.symlink(target, abs);
+    this.created.push({ abs, dir: false });
+    await this.chown(abs);
+  }
+
+  private async hardlink(name: string, parts: string[], target: string): Promise<void> {
+    const targetParts = this.components(name, target, 'hard link target');
+    if (targetParts.length === 0) throw this.unsafe(name, 'hard link to the target directory');
+    await this.ensureDirs(name, targetParts.slice(0, -1));
+    const targetAbs = this.abs(targetParts);
+    let stat;
+    try {
+      stat = await fs.lstat(targetAbs);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw this.unsafe(name, `hard link to ${displayName(target)}, which the archive has not created`);
+      throw err;
+    }
+    if (!stat.isFile()) throw this.unsafe(name, `hard link to ${displayName(target)}, which is not a regular file`);
+    const abs = await this.clearSpot(name, parts);
+    if (abs === targetAbs) throw this.unsafe(name, 'hard link to itself');
+    await fs.link(targetAbs, abs);
+    this.created.push({ abs, dir: false });
+    this.files++;
+  }
+
+  /** Removes what this extraction created, newest first; what was there before stays (replaced files excepted). */
+  async removeCreated(): Promise<void> {
+    for (const c of this.created.reverse()) {
+      if (c.dir) await fs.rmdir(c.abs).catch(() => undefined);
+      else await fs.rm(c.abs, { force: true }).catch(() => undefined);
+    }
+    this.created.length = 0;
+  }
+}
+
+/** streamx (under tar-stream) marks a stream being torn down; writes to it go nowhere. */
+function tornDown(extract: Extract): boolean {
+  return (extract as unknown as { destroying?: boolean }).destroying === true;
+}
+
+/** Resolves on 'drain'; false if the extractor closed instead (it failed or was destroyed). */
+function drained(extract: Extract): Promise<boolean> {
+  if (tornDown(extract)) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const onDrain = () => done(true);
+    const onClose = () => done(false);
+    const done = (ok: boolean) => {
+      extract.off('drain', onDrain);
+      extract.off('close', onClose);
+      resolve(ok);
+    };
+    extract.on('drain', onDrain);
+    extract.on('close', onClose);
+  });
+}
+
+function isDestroyable(x: unknown): x is { destroy(err?: Error): void } {
+  return typeof (x as { destroy?: unknown }).destroy === 'function';
+}
+
+/**
+ * Extracts the tar stream `input` into `targetDir` (created 0700 if missing). Accepts regular
+ * files, directories, hard links to files already extracted and symbolic links whose targets stay
+ * inside; refuses absolute or `..` names, NUL or backslash in names, devices, fifos, writes through
+ * symbolic links, archives above `maxBytes` or `maxEntries`, and archives without their
+ * end-of-archive marker. The first problem stops the extraction, removes what it created and throws
+ * an ArchiveError naming the entry. An error of `input` itself (a network failure, a server error)
+ * is rethrown unchanged after the same cleanup, so callers can classify it.
+ */
+export async function extractTarStream(
+  input: Readable | AsyncIterable<Buffer | Uint8Array>,
+  targetDir: string,
+  opts: ExtractOptions,
+): Promise<ExtractResult> {
+  if (!(opts.maxBytes > 0)) throw new RangeError('extractTarStream: maxBytes must be positive');
+  if (opts.signal?.aborted) {
+    if (isDestroyable(input)) input.destroy();
+    throw new ArchiveError('aborted', 'extraction aborted before it started', undefined, { cause: opts.signal.reason });
+  }
+  await fs.mkdir(targetDir, { recursive: true, mode: DIR_MODE });
+  const root = await fs.realpath(targetDir);
+  const extraction = new Extraction(root, { maxBytes: opts.maxBytes, maxEntries: opts.maxEntries ?? DEFAULT_MAX_ENTRIES, owner: opts.owner });
+
+  const extract = tar.extract();
+  /** The parser's own complaint; the entry stream it tears down only reports "destroyed". */
+  let parseError: unknown;
+  extract.on('error', (err: unknown) => {
+    parseError ??= err;
+  });
+  let streamBytes = 0;
+  let stopping = false;
+  /** Our own verdict (too large, aborted) reached while feeding. */
+  let feedFailure: ArchiveError | undefined;
+  /** The input stream's own error, rethrown as is. */
+  let sourceError: unknown;
+
+  const stopSource = () => {
+    stopping = true;
+    if (isDestroyable(input)) input.destroy();
+  };
+
+  const onAbort = () => {
+    feedFailure ??= new ArchiveError('aborted', 'extraction aborted', undefined, { cause: opts.signal?.reason });
+    stopSource();
+    extract.destroy(feedFailure);
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+  const feeding = (async () => {
+    try {
+      for await (const raw of input as AsyncIterable<Buffer | Uint8Array>) {
+        if (stopping || tornDown(extract)) return;
+        const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+        streamBytes += chunk.length;
+        // Counting the stream (not only declared file sizes) also stops bombs made of padding
+        // or endless zero blocks, which the tar parser would otherwise skip forever.
+        if (streamBytes > opts.maxBytes) {
+          throw new ArchiveError('too-large', `archive stream exceeds the ${opts.maxBytes}-byte limit`);
+        }
+        if (!extract.write(chunk) && !(await drained(extract))) return;
+      }
+      if (!stopping) extract.end(undefined);
+    } catch (err) {
+      if (stopping) return;
+      if (err instanceof ArchiveError) feedFailure ??= err;
+      else sourceError ??= err;
+      extract.destroy(err instanceof Error ? err : new Error(String(err)));
+    }
+  })();
+
+  try {
+    for await (const entry of extract) {
+      try {
+        await extraction.handle(entry, () => streamBytes);
+      } catch (err) {
+        if (err instanceof ArchiveError || !isFsError(err)) throw err;
+        throw new ArchiveError('io', `cannot extract ${displayName(entry.header.name)}: ${errorText(err)}`, entry.header.name, { cause: err });
+      }
+    }
+    await feeding;
+    if (feedFailure) throw feedFailure;
+    if (sourceError !== undefined) throw sourceError;
+    if (streamBytes === 0) throw new ArchiveError('truncated', 'archive is empty (zero bytes)');
+    if (streamBytes < extraction.lastEntryEnd + 2 * BLOCK) {
+      throw new ArchiveError('truncated', 'archive ends without its end-of-archive marker (truncated?)');
+    }
+    return { files: extraction.files, bytes: extraction.bytes, entries: extraction.entries, streamBytes };
+  } catch (err) {
+    stopSource();
+    extract.destroy(new Error('extraction stopped'));
+    await extraction.removeCreated();
+    if (feedFailure) throw feedFailure;
+    if (sourceError !== undefined) throw sourceError;
+    if (err instanceof ArchiveError) throw err;
+    const text = errorText(parseError ?? err);
+    if (/unexpected end of data/i.test(text)) throw new ArchiveError('truncated', 'archive is truncated: it ends inside an entry', undefined, { cause: err });
+    throw new ArchiveError('corrupt', `not a valid tar archive: ${text}`, undefined, { cause: err });
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}

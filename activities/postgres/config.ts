@@ -1,0 +1,126 @@
+import { unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { computeModeName, pageserverLibpqUrls, type ComputeSpec, type GenericOption } from '../../model/compute-spec';
+import { exists, readTextIfExists, writeFileAtomic } from './files';
+import type { ServerUser } from './server-user';
+
+/** compute_ctl's include line: always last, so a temporary override file beats everything above. */
+export const TEMP_OVERRIDE_INCLUDE = "include_if_exists = 'compute_ctl_temp_override.conf'";
+/** compute_ctl's pg_hba line that lets clients in from anywhere with a password. */
+export const PG_HBA_ALL_MD5 = 'host\tall\t\tall\t\tall\t\tmd5';
+
+/** A postgresql.conf string value: single-quoted, quotes doubled, backslashes doubled. */
+export function escapeConfValue(value: string): string {
+  return `'${value.replaceAll("'", "''").replaceAll('\\', '\\\\')}'`;
+}
+
+/** One `cluster.settings` entry as a postgresql.conf line: vartype "string" is quoted, others verbatim. */
+export function settingLine(option: GenericOption): string {
+  if (option.value === undefined) return option.name;
+  return option.vartype === 'string' ? `${option.name} = ${escapeConfValue(option.value)}` : `${option.name} = ${option.value}`;
+}
+
+export interface RenderConfOptions {
+  /** Lines the storage backend needs (written after the spec's settings, before the include). */
+  extraConf?: string;
+  /** Role granted to every spec role; compute_ctl's --privileged-role-name. */
+  privilegedRoleName?: string;
+  /** Locale for lc_messages/lc_monetary/lc_time/lc_numeric; null leaves them out. */
+  locale?: string | null;
+}
+
+/**
+ * postgresql.conf as compute_ctl writes it: the spec's postgresql_conf verbatim, the Neon storage
+ * settings, identity, locale and mode lines, the spec's settings between "Managed by compute_ctl"
+ * markers, then (ours) the storage backend's extra lines, and the temp-override include last.
+ */
+export function renderPostgresqlConf(spec: ComputeSpec, opts: RenderConfOptions = {}): string {
+  const lines: string[] = [];
+  if (spec.cluster.postgresql_conf !== undefined) lines.push(spec.cluster.postgresql_conf);
+  lines.push('# Neon storage settings', '');
+  const info = spec.pageserver_connection_info;
+  if (info.stripe_size !== undefined) {
+    lines.push("# from compute spec's pageserver_connection_info.stripe_size field", `neon.stripe_size=${info.stripe_size}`);
+  }
+  const urls = pageserverLibpqUrls(spec);
+  if (urls) {
+    lines.push("# derived from compute spec's pageserver_connection_info field", `neon.pageserver_connstring=${escapeConfValue(urls.join(','))}`);
+  } else {
+    lines.push('# no neon.pageserver_connstring');
+  }
+  if (spec.safekeeper_connstrings.length > 0) {
+    const generation = spec.safekeepers_generation !== undefined ? `g#${spec.safekeepers_generation}:` : '';
+    lines.push(`neon.safekeepers=${escapeConfValue(generation + spec.safekeeper_connstrings.join(','))}`);
+  }
+  lines.push(`neon.tenant_id=${escapeConfValue(spec.tenant_id)}`, `neon.timeline_id=${escapeConfValue(spec.timeline_id)}`);
+  if (spec.project_id !== undefined) lines.push(`neon.project_id=${escapeConfValue(spec.project_id)}`);
+  if (spec.branch_id !== undefined) lines.push(`neon.branch_id=${escapeConfValue(spec.branch_id)}`);
+  if (spec.endpoint_id !== undefined) lines.push(`neon.endpoint_id=${escapeConfValue(spec.endpoint_id)}`);
+  const locale = opts.locale === undefined ? 'C.UTF-8' : opts.locale;
+  if (locale !== null) {
+    for (const name of ['lc_messages', 'lc_monetary', 'lc_time', 'lc_numeric']) lines.push(`${name}=${escapeConfValue(locale)}`);
+  }
+  lines.push(`neon.compute_mode=${computeModeName(spec.mode)}`);
+  if (spec.mode.kind === 'Static') lines.push('hot_standby=on', `recovery_target_lsn=${escapeConfValue(spec.mode.lsn)}`);
+  if (spec.mode.kind === 'Replica') lines.push('hot_standby=on');
+  lines.push(`neon.privileged_role_name=${escapeConfValue(opts.privilegedRoleName ?? 'neon_superuser')}`);
+  if (spec.cluster.settings !== undefined) {
+    lines.push('# Managed by compute_ctl: begin', ...spec.cluster.settings.map(settingLine), '# Managed by compute_ctl: end');
+  }
+  lines.push(`neon.disable_logical_replication_subscribers=${spec.drop_subscriptions_before_start ? 'true' : 'false'}`);
+  if (opts.extraConf !== undefined && opts.extraConf.trim() !== '') {
+    lines.push('# Storage backend settings: begin', opts.extraConf.replace(/\n+$/, ''), '# Storage backend settings: end');
+  }
+  lines.push(TEMP_OVERRIDE_INCLUDE);
+  return `${lines.join('\n')}\n`;
+}
+
+/** Writes PGDATA/postgresql.conf (whole-file replace, atomically). */
+export async function writePostgresqlConf(pgdata: string, spec: ComputeSpec, opts: RenderConfOptions & { owner?: ServerUser } = {}): Promise<string> {
+  const file = path.join(pgdata, 'postgresql.conf');
+  await writeFileAtomic(file, renderPostgresqlConf(spec, opts), { mode: 0o600, owner: opts.owner });
+  return file;
+}
+
+/**
+ * Adds each line to `text` unless an identical line is already there (compute_ctl's line_in_file).
+ * Returns the new text and the lines added.
+ */
+export function ensureLines(text: string, wanted: string[]): { text: string; added: string[] } {
+  const present = new Set(text.split('\n').map((l) => l.replace(/\r$/, '')));
+  const added = wanted.filter((line) => !present.has(line) && (present.add(line), true));
+  if (added.length === 0) return { text, added };
+  const base = text === '' || text.endsWith('\n') ? text : `${text}\n`;
+  return { text: `${base}${added.join('\n')}\n`, added };
+}
+
+/**
+ * Makes sure pg_hba.conf lets clients in with a password: the storage backend's extra lines first
+ * (pg_hba is first-match, so they must precede the catch-all), then compute_ctl's md5 line.
+ */
+export async function ensurePgHba(pgdata: string, opts: { extraLines?: string[]; owner?: ServerUser } = {}): Promise<{ added: string[] }> {
+  for (const line of opts.extraLines ?? []) {
+    if (/[\r\n\0]/.test(line)) throw new RangeError('a pg_hba.conf line must not contain line breaks');
+  }
+  const file = path.join(pgdata, 'pg_hba.conf');
+  const current = (await readTextIfExists(file)) ?? '';
+  const { text, added } = ensureLines(current, [...(opts.extraLines ?? []), PG_HBA_ALL_MD5]);
+  if (added.length > 0) await writeFileAtomic(file, text, { mode: 0o600, owner: opts.owner });
+  return { added };
+}
+
+/** standby.signal for Replica and Static computes (they run in hot standby); removed for a Primary. */
+export async function ensureStandbySignal(pgdata: string, spec: Pick<ComputeSpec, 'mode'>, opts: { owner?: ServerUser } = {}): Promise<{ standby: boolean; changed: boolean }> {
+  const file = path.join(pgdata, 'standby.signal');
+  const present = await exists(file);
+  const standby = spec.mode.kind !== 'Primary';
+  if (standby && !present) {
+    await writeFileAtomic(file, '', { mode: 0o600, owner: opts.owner });
+    return { standby, changed: true };
+  }
+  if (!standby && present) {
+    await unlink(file);
+    return { standby, changed: true };
+  }
+  return { standby, changed: false };
+}

@@ -1,0 +1,36 @@
+import { ApplicationFailure } from '@temporalio/common';
+import { maskSecrets } from '../../common/errors';
+
+/** Failure types the compute workflow can match on (ApplicationFailure.type). */
+export const PostgresFailure = {
+  /** The postmaster exited before it was ready (broken configuration, corrupt PGDATA, port in use). */
+  StartFailed: 'PostgresStartFailed',
+  /** The postmaster did not report ready within the deadline (it is left running). */
+  StartTimeout: 'PostgresStartTimeout',
+  /** The postmaster did not exit within the deadline after the stop signal. */
+  StopTimeout: 'PostgresStopTimeout',
+  /** The step needs a running Postgres and there is none on PGDATA. */
+  NotRunning: 'PostgresNotRunning',
+  /** A postgres binary is missing or not executable. */
+  BinaryMissing: 'PostgresBinaryMissing',
+  /** PGDATA is a path we refuse to touch. */
+  UnsafePgdata: 'UnsafePgdata',
+  /** A statement of the spec failed (bad owner, conflicting names, ...). */
+  SpecApplyFailed: 'SpecApplyFailed',
+  /** The spec handed to an activity is not a valid spec. */
+  InvalidSpec: 'InvalidComputeSpec',
+  /** Running as root, and the unprivileged user PostgreSQL must run as does not exist. */
+  ServerUserMissing: 'PostgresServerUserMissing',
+  /** PGDATA is gone or belongs to another fresh start (the VM's disk was replaced or wiped). */
+  PgdataLost: 'PgdataLost',
+  /** Another postmaster (not ours, or for another PGDATA) is in the way. */
+  PostmasterConflict: 'PostmasterConflict',
+} as const;
+
+export function nonRetryable(type: string, message: string, details?: unknown): ApplicationFailure {
+  return ApplicationFailure.create({ type, message: maskSecrets(message), nonRetryable: true, details: details === undefined ? [] : [details] });
+}
+
+export function retryable(type: string, message: string, details?: unknown): ApplicationFailure {
+  return ApplicationFailure.create({ type, message: maskSecrets(message), nonRetryable: false, details: details === undefined ? [] : [details] });
+}

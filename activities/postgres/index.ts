@@ -1,0 +1,306 @@
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { parseComputeSpec, type ComputeSpec } from '../../model/compute-spec';
+import { cancellationSignal, currentActivity, heartbeat } from './activity-context';
+import { ensurePgHba, ensureStandbySignal, writePostgresqlConf } from './config';
+import { PostgresFailure, nonRetryable } from './errors';
+import { writeFileAtomic } from './files';
+import { computeLastActive, sampleActivity } from './monitor';
+import { assertIncarnation, markBasebackupComplete, pgdataLooksIntact, prepareFreshPgdata, type PgdataCheck } from './pgdata';
+import {
+  findRunningPostmaster,
+  readPostmasterPid,
+  reloadPostmaster,
+  startPostmaster,
+  stopPostmaster,
+  waitForPostmasterExit,
+  isPostmasterFor,
+  type PostmasterExit,
+  type StopMode,
+} from './process';
+import { resolveServerUser, type ServerUser } from './server-user';
+import { applySpec } from './spec-apply';
+
+export { PostgresFailure } from './errors';
+export type { PostmasterExit, StopMode } from './process';
+export type { PgdataCheck } from './pgdata';
+
+export interface PostgresActivitiesDeps {
+  pgBinDir: string;
+  /** The compute's data directory (a compute worker serves one compute). */
+  pgdata: string;
+  /** The postmaster's stdout/stderr; default `<pgdata>.log` beside PGDATA. */
+  logPath?: string;
+  /** When the worker runs as root, the unprivileged account Postgres runs as (default `postgres`). */
+  serverUser?: string;
+  /**
+   * How the activities reach the compute's Postgres: the superuser compute_ctl calls cloud_admin.
+   * Host and port come from postmaster.pid (its socket directory, else its listen address) unless
+   * `host` is given. The password, if any, stays in the worker (never in workflow history).
+   */
+  admin: { user: string; password?: string; host?: string };
+  /** compute_ctl's --privileged-role-name (default neon_superuser). */
+  privilegedRoleName?: string;
+  /** lc_* locale written to postgresql.conf (default C.UTF-8; null leaves them out). */
+  locale?: string | null;
+  startTimeoutMs?: number;
+  stopTimeoutMs?: number;
+  /** Activity monitor sampling interval (compute_ctl: 500 ms). */
+  monitorIntervalMs?: number;
+}
+
+/** Optional fresh-start check: when given, the step fails with PgdataLost on a foreign PGDATA. */
+interface Incarnated {
+  incarnation?: string;
+}
+
+export interface WatchResult {
+  exited: boolean;
+  lastActive: string | null;
+  exit?: PostmasterExit;
+  /** Why the monitor could not sample (Postgres up but not answering); the watch goes on. */
+  monitorError?: string;
+}
+
+/** The activity's input spec, checked: a workflow hands over a parsed spec, but history is JSON. */
+function checkedSpec(spec: ComputeSpec): ComputeSpec {
+  const parsed = parseComputeSpec(spec);
+  if (!parsed.ok) throw nonRetryable(PostgresFailure.InvalidSpec, `invalid compute spec: ${parsed.errors.join('; ')}`);
+  return parsed.spec;
+}
+
+function connectHost(pidFile: { socketDir?: string; listenAddress?: string } | undefined): string {
+  if (pidFile?.socketDir) return pidFile.socketDir;
+  const listen = pidFile?.listenAddress;
+  if (!listen || listen === '*' || listen === '0.0.0.0') return '127.0.0.1';
+  if (listen === '::') return '::1';
+  return listen;
+}
+
+export function createPostgresActivities(deps: PostgresActivitiesDeps) {
+  const pgdata = path.resolve(deps.pgdata);
+  const logPath = deps.logPath;
+  const privilegedRoleName = deps.privilegedRoleName ?? 'neon_superuser';
+  let owner: ServerUser | undefined | null = null;
+  const serverUser = (): ServerUser | undefined => {
+    if (owner === null) owner = resolveServerUser(deps.serverUser);
+    return owner;
+  };
+
+  async function checkIncarnation(input: Incarnated | undefined): Promise<void> {
+    if (input?.incarnation !== undefined) await assertIncarnation(pgdata, input.incarnation);
+  }
+
+  /** A client on `database` of the running compute, as the admin user. */
+  async function connect(database: string, applicationName = 'compute_ctl'): Promise<pg.Client> {
+    const pidFile = await readPostmasterPid(pgdata);
+    if (!pidFile?.port) throw new Error(`no running postmaster on ${pgdata} to connect to (postmaster.pid missing or incomplete)`);
+    const client = new pg.Client({
+      host: deps.admin.host ?? connectHost(pidFile),
+      port: pidFile.port,
+      user: deps.admin.user,
+      password: deps.admin.password,
+      database,
+      application_name: applicationName,
+      connectionTimeoutMillis: 10_000,
+    });
+    // An idle connection dies with the postmaster; that must surface on the next query, not as an
+    // uncaught 'error' event that takes the worker down.
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      throw err;
+    }
+    return client;
+  }
+
+  const activities = {
+    /** Fresh PGDATA (compute_ctl: every start is a fresh start). Stops a postmaster still running on it first. */
+    async preparePgdata(input: Incarnated = {}): Promise<{ pgdata: string; wiped: boolean; stoppedPid?: number }> {
+      let stoppedPid: number | undefined;
+      const running = await findRunningPostmaster(pgdata);
+      if (running) {
+        // A leftover from an earlier start (a crashed worker); wiping PGDATA under it would corrupt nothing
+        // we keep, but it would hold the port and write into deleted files.
+        await stopPostmaster({ pgdata, mode: 'immediate', timeoutMs: deps.stopTimeoutMs, onTick: () => heartbeat('stopping leftover postmaster') });
+        stoppedPid = running.pid;
+      }
+      const result = await prepareFreshPgdata(pgdata, { owner: serverUser(), incarnation: input.incarnation });
+      return { ...result, ...(stoppedPid !== undefined && { stoppedPid }) };
+    },
+
+    /** Whether PGDATA holds a complete base backup (and, with an incarnation, is this start's). */
+    async checkPgdata(input: Incarnated = {}): Promise<PgdataCheck> {
+      const check = await pgdataLooksIntact(pgdata);
+      if (input.incarnation !== undefined) {
+        try {
+          await assertIncarnation(pgdata, input.incarnation);
+        } catch (err) {
+          return { ...check, intact: false, problems: [...check.problems, (err as Error).message] };
+        }
+      }
+      return check;
+    },
+
+    /** Records a fully unpacked base backup (the unpack step's last act). */
+    async markBasebackupComplete(input: Incarnated & { info: Record<string, string | number | boolean> }): Promise<void> {
+      await checkIncarnation(input);
+      await markBasebackupComplete(pgdata, input.info, { owner: serverUser() });
+    },
+
+    /** postgresql.conf from the spec, plus the storage backend's lines. */
+    async writePostgresConfig(input: Incarnated & { spec: ComputeSpec; extraConf?: string }): Promise<{ path: string; ms: number }> {
+      const started = Date.now();
+      await checkIncarnation(input);
+      const spec = checkedSpec(input.spec);
+      const file = await writePostgresqlConf(pgdata, spec, { extraConf: input.extraConf, privilegedRoleName, locale: deps.locale, owner: serverUser() });
+      return { path: file, ms: Date.now() - started };
+    },
+
+    /** After the base backup: pg_hba.conf lines (storage backend's first, then compute_ctl's md5) and standby.signal. */
+    async prepareStartupFiles(input: Incarnated & { spec: ComputeSpec; extraHbaLines?: string[] }): Promise<{ hbaLinesAdded: number; standby: boolean }> {
+      await checkIncarnation(input);
+      const spec = checkedSpec(input.spec);
+      const { added } = await ensurePgHba(pgdata, { extraLines: input.extraHbaLines, owner: serverUser() });
+      const { standby } = await ensureStandbySignal(pgdata, spec, { owner: serverUser() });
+      return { hbaLinesAdded: added.length, standby };
+    },
+
+    /** Starts Postgres detached and waits (heartbeating) until it is ready; idempotent. */
+    async startPostgres(input: Incarnated & { storageAuthToken?: string } = {}): Promise<{ pid: number; alreadyRunning: boolean; port?: number; logPath: string; ms: number }> {
+      await checkIncarnation(input);
+      const started = await startPostmaster({
+        pgBinDir: deps.pgBinDir,
+        pgdata,
+        logPath,
+        owner: serverUser(),
+        // compute_ctl hands the storage token to Postgres (the neon extension) this way.
+        env: input.storageAuthToken !== undefined ? { NEON_AUTH_TOKEN: input.storageAuthToken } : {},
+        timeoutMs: deps.startTimeoutMs,
+        onTick: (ms) => heartbeat({ waitingForReadyMs: ms }),
+        signal: cancellationSignal(),
+      });
+      return { pid: started.pid, alreadyRunning: started.alreadyRunning, port: started.port, logPath: started.logPath, ms: started.waitedMs };
+    },
+
+    /** Roles and databases (Primary only, unless skip_pg_catalog_updates). */
+    async applySpec(input: { spec: ComputeSpec }): Promise<{ changes: string[]; ms: number; skipped?: string }> {
+      const started = Date.now();
+      const spec = checkedSpec(input.spec);
+      if (spec.mode.kind !== 'Primary') return { changes: [], ms: 0, skipped: `a ${spec.mode.kind} compute is read-only` };
+      if (spec.skip_pg_catalog_updates) return { changes: [], ms: 0, skipped: 'skip_pg_catalog_updates is set' };
+      const changes = await applySpec(spec, {
+        connect: (db) => connect(db, 'compute_ctl:apply_config'),
+        adminUser: deps.admin.user,
+        privilegedRoleName,
+        onPhase: (phase) => heartbeat({ phase }),
+      });
+      return { changes, ms: Date.now() - started };
+    },
+
+    /**
+     * compute_ctl's reconfigure: rewrite postgresql.conf, reload, and (Primary, unless
+     * skip_pg_catalog_updates) re-apply roles and databases with neon.max_cluster_size lifted by
+     * the temporary override file.
+     */
+    async reconfigurePostgres(input: { spec: ComputeSpec; extraConf?: string }): Promise<{ changes: string[]; reloaded: boolean }> {
+      const spec = checkedSpec(input.spec);
+      await writePostgresqlConf(pgdata, spec, { extraConf: input.extraConf, privilegedRoleName, locale: deps.locale, owner: serverUser() });
+      const { reloaded } = await reloadPostmaster(pgdata);
+      if (!reloaded) throw nonRetryable(PostgresFailure.NotRunning, `Postgres is not running on ${pgdata}; cannot reconfigure it`);
+      if (spec.skip_pg_catalog_updates) return { changes: [], reloaded };
+      const override = path.join(pgdata, 'compute_ctl_temp_override.conf');
+      await writeFileAtomic(override, 'neon.max_cluster_size=-1', { mode: 0o600, owner: serverUser() });
+      try {
+        await reloadPostmaster(pgdata);
+        const changes =
+          spec.mode.kind === 'Primary'
+            ? await applySpec(spec, {
+                connect: (db) => connect(db, 'compute_ctl:reconfigure'),
+                adminUser: deps.admin.user,
+                privilegedRoleName,
+                onPhase: (phase) => heartbeat({ phase }),
+              })
+            : [];
+        return { changes, reloaded };
+      } finally {
+        await writeFileAtomic(override, '', { mode: 0o600, owner: serverUser() });
+        await reloadPostmaster(pgdata);
+      }
+    },
+
+    /** SIGHUP to the postmaster (pg_ctl reload). */
+    async reloadPostgres(): Promise<{ reloaded: boolean }> {
+      return { reloaded: (await reloadPostmaster(pgdata)).reloaded };
+    },
+
+    async postmasterStatus(): Promise<{ running: boolean; pid?: number; status?: string; port?: number }> {
+      const running = await findRunningPostmaster(pgdata);
+      return running ? { running: true, pid: running.pid, status: running.status, port: running.port } : { running: false };
+    },
+
+    /** Stops Postgres: fast = SIGINT, immediate = SIGQUIT, smart = SIGTERM; waits (heartbeating) for the exit. */
+    async stopPostgres(input: { mode: StopMode }): Promise<{ wasRunning: boolean; pid?: number; exit?: PostmasterExit }> {
+      if (!['fast', 'immediate', 'smart'].includes(input.mode)) {
+        throw nonRetryable(PostgresFailure.InvalidSpec, `unknown stop mode ${JSON.stringify(input.mode)} (fast, immediate or smart)`);
+      }
+      return stopPostmaster({
+        pgdata,
+        mode: input.mode,
+        timeoutMs: deps.stopTimeoutMs,
+        onTick: (ms) => heartbeat({ stoppingMs: ms }),
+        signal: cancellationSignal(),
+      });
+    },
+
+    /**
+     * One round of compute_ctl's wait-on-postmaster plus activity monitor: samples last_active every
+     * `monitorIntervalMs`, heartbeating it (a retried watch resumes from the heartbeat), and returns
+     * after `reportAfterSeconds`, or at once when the postmaster exits (with how it exited).
+     */
+    async watchPostgres(input: { reportAfterSeconds: number; lastActive: string | null }): Promise<WatchResult> {
+      const resumed = (currentActivity()?.info.heartbeatDetails as { lastActive?: string | null } | undefined)?.lastActive ?? null;
+      let lastActive = input.lastActive;
+      if (resumed && (!lastActive || Date.parse(resumed) > Date.parse(lastActive))) lastActive = resumed;
+      const signal = cancellationSignal();
+      const running = await findRunningPostmaster(pgdata);
+      if (!running) {
+        return { exited: true, lastActive, exit: { pid: 0, exitCode: null, signal: null, message: `postmaster is not running on ${pgdata}`, logTail: '' } };
+      }
+      const deadline = Date.now() + input.reportAfterSeconds * 1000;
+      const interval = deps.monitorIntervalMs ?? 500;
+      let client: pg.Client | undefined;
+      let monitorError: string | undefined;
+      try {
+        for (;;) {
+          signal?.throwIfAborted();
+          if (!(await isPostmasterFor(running.pid, pgdata))) {
+            const exit = await waitForPostmasterExit({ pid: running.pid, pgdata, logPath });
+            return { exited: true, lastActive, exit };
+          }
+          try {
+            client ??= await connect('postgres', 'compute_ctl:compute_monitor');
+            lastActive = computeLastActive(lastActive, await sampleActivity(client, deps.admin.user), new Date());
+            monitorError = undefined;
+          } catch (err) {
+            // As compute_ctl: a failed check is downtime to report, not a reason to stop watching.
+            monitorError = (err as Error).message;
+            await client?.end().catch(() => undefined);
+            client = undefined;
+          }
+          heartbeat({ lastActive });
+          if (Date.now() >= deadline) return { exited: false, lastActive, ...(monitorError && { monitorError }) };
+          await sleep(interval, undefined, { signal }).catch(() => undefined);
+        }
+      } finally {
+        await client?.end().catch(() => undefined);
+      }
+    },
+  };
+  return activities;
+}
+
+export type PostgresActivities = ReturnType<typeof createPostgresActivities>;

@@ -1,0 +1,129 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { UserFacingError } from '../../common/errors';
+import { assertPortFree } from '../../dev/processes';
+import { previousStackSettings, stackDown, stackUp, type StackEndpoints } from '../../dev/stack';
+import { resolveStackSettings } from '../../dev/stack-settings';
+import { installRuntime } from '../../workers/run-worker';
+import { createComputeWorker } from '../../workers/compute';
+import { ComputeClient } from '../compute-client';
+import { cliConfig, openClient } from '../context';
+import { exampleComputeConfig } from '../example-spec';
+import { createTimeline } from '../timelines';
+import { printEndpoints, resolveTemporalCliWithProgress } from './dev';
+import { newNeonId } from './timeline';
+
+const COMPUTE_ID = 'main';
+
+interface MainState {
+  tenantId: string;
+  timelineId: string;
+  port: number;
+}
+
+async function choosePort(preferred: number): Promise<number> {
+  try {
+    await assertPortFree('127.0.0.1', preferred, 'compute', '');
+    return preferred;
+  } catch {
+    const { freePort } = await import('../../dev/processes');
+    return freePort();
+  }
+}
+
+const say = (line: string) => process.stdout.write(`${line}\n`);
+
+/**
+ * `npm start`: the embedded stack, both workers, a timeline and a compute from the example spec.
+ * The timeline is remembered in the stack directory, so the next start serves the same data.
+ * Ctrl-C terminates the compute (fast), then stops everything.
+ */
+export function registerMainCommand(program: Command): void {
+  program
+    .command('main')
+    .description('bring up the dev stack, the workers and a compute from examples/compute-spec.json (npm start)')
+    .action(async () => {
+      installRuntime([]);
+      const dir = resolveStackSettings().dir;
+      const settings = resolveStackSettings({ dir }, process.env, previousStackSettings(dir));
+      const endpoints = await stackUp(settings, { resolveTemporalCli: resolveTemporalCliWithProgress, onProgress: (l) => process.stderr.write(`${l}\n`) });
+      printEndpoints(endpoints);
+      try {
+        await runMainCompute(dir, endpoints);
+      } catch (err) {
+        process.stderr.write(`stopping the stack after the failure (durable-compute dev up brings it back for a look in the Web UI)\n`);
+        await stackDown(dir);
+        throw err;
+      }
+    });
+}
+
+async function runMainCompute(dir: string, endpoints: StackEndpoints): Promise<void> {
+  {
+      const config = cliConfig({ ...process.env, DURABLE_COMPUTE_STACK_DIR: dir });
+
+      const stateFile = path.join(dir, 'main-compute.json');
+      let state: MainState;
+      if (existsSync(stateFile)) {
+        state = JSON.parse(readFileSync(stateFile, 'utf8')) as MainState;
+        say(`reusing timeline ${state.tenantId}/${state.timelineId}`);
+      } else {
+        state = { tenantId: newNeonId(), timelineId: newNeonId(), port: await choosePort(55432) };
+        await createTimeline(config.storage, state.tenantId, { new_timeline_id: state.timelineId, pg_version: 15 });
+        writeFileSync(stateFile, JSON.stringify(state, null, 2));
+        say(`created timeline ${state.tenantId}/${state.timelineId}`);
+      }
+
+      const pgdata = path.join(dir, 'computes', COMPUTE_ID, 'pgdata');
+      mkdirSync(path.dirname(pgdata), { recursive: true, mode: 0o755 });
+      const worker = await createComputeWorker(config, { computeId: COMPUTE_ID, pgdata });
+      const workerRun = worker.worker.run();
+      say(`compute worker running on ${worker.taskQueue}`);
+
+      const { client, close } = await openClient(config);
+      const computes = new ComputeClient(client, config.temporal.controlPlaneTaskQueue);
+      const spec = exampleComputeConfig({
+        tenantId: state.tenantId,
+        timelineId: state.timelineId,
+        pageserverPg: endpoints.pageserver.pg,
+        safekeepers: endpoints.safekeepers.map((sk) => sk.pg),
+        port: state.port,
+        endpointId: 'ep-main',
+      });
+      const current = await computes.status(COMPUTE_ID).catch(() => undefined);
+      if (!current || ['terminated', 'failed'].includes(current.status)) await computes.start(COMPUTE_ID, spec);
+      const running = await computes.waitForRunning(COMPUTE_ID);
+
+      say('');
+      say(`compute ${COMPUTE_ID} is ${running.status} (startup ${running.metrics.total_startup_ms} ms, start LSN ${running.start_lsn ?? 'latest'})`);
+      say(`connect:  psql "postgresql://alice@127.0.0.1:${state.port}/app"   (dev password: see examples/README.md)`);
+      say(`web UI:   ${endpoints.temporal.ui}/namespaces/${endpoints.temporal.namespace}/workflows/compute-${COMPUTE_ID}`);
+      say('Ctrl-C terminates the compute and stops everything.');
+
+      let stopping = false;
+      const stop = async () => {
+        if (stopping) return;
+        stopping = true;
+        say('\nterminating the compute (fast)...');
+        try {
+          const { lsn } = await computes.terminate(COMPUTE_ID, 'fast');
+          say(`compute terminated; safekeepers synced at ${lsn}`);
+        } catch (err) {
+          process.stderr.write(`terminate failed: ${(err as Error).message}\n`);
+        }
+        worker.worker.shutdown();
+        await workerRun.catch(() => undefined);
+        await worker.connection.close();
+        await close();
+        const stopped = await stackDown(dir);
+        say(`stopped ${stopped.join(', ')}`);
+        process.exit(0);
+      };
+      process.on('SIGINT', () => void stop());
+      process.on('SIGTERM', () => void stop());
+      await workerRun.catch((err: Error) => {
+        throw new UserFacingError(`the compute worker stopped: ${err.message}`);
+      });
+  }
+}

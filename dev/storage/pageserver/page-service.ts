@@ -1,0 +1,70 @@
+/**
+ * The page service: Neon's libpq commands on the pgwire server. `basebackup` streams the image's
+ * precomputed tar (gunzipped on the fly without --gzip); `lease lsn` is accepted trivially since
+ * the dev pageserver never garbage-collects images.
+ */
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { isNeonId } from '../../../model/ids';
+import { isLsn, parseLsn } from '../../../model/lsn';
+import { PgWireError, type PgWireSession, type QueryResult } from '../pgwire/server';
+import { PageserverError, type PageserverService } from './service';
+
+const LEASE_MS = 10 * 60 * 1000;
+
+function neonId(value: string | undefined, what: string): string {
+  if (value === undefined) throw new PgWireError(`missing ${what}`, '42601');
+  if (!isNeonId(value)) throw new PgWireError(`invalid ${what} ${JSON.stringify(value)}: expected 32 lower-case hex characters`, '22023');
+  return value;
+}
+
+function lsnArg(value: string, what: string): bigint {
+  if (!isLsn(value)) throw new PgWireError(`invalid ${what} ${JSON.stringify(value)}: expected an LSN like 0/16B5A50`, '22023');
+  return parseLsn(value);
+}
+
+function wrap(err: unknown): never {
+  if (err instanceof PageserverError) {
+    throw new PgWireError(err.message, err.status === 404 ? '58P01' : err.status === 400 ? '22023' : 'XX000');
+  }
+  throw err;
+}
+
+async function basebackup(service: PageserverService, args: string[], log: (l: string) => void): Promise<QueryResult> {
+  const positional = args.filter((a) => !a.startsWith('--'));
+  const flags = args.filter((a) => a.startsWith('--'));
+  const unknown = flags.filter((f) => f !== '--gzip' && f !== '--replica');
+  if (unknown.length > 0) throw new PgWireError(`basebackup: unknown option ${unknown.join(' ')}`, '42601');
+  if (positional.length < 2 || positional.length > 3) {
+    throw new PgWireError('usage: basebackup <tenant_id> <timeline_id> [<lsn>] [--gzip] [--replica]', '42601');
+  }
+  const tenantId = neonId(positional[0], 'tenant_id');
+  const timelineId = neonId(positional[1], 'timeline_id');
+  const lsn = positional[2] === undefined ? undefined : lsnArg(positional[2], 'LSN');
+  const gzip = flags.includes('--gzip');
+  const started = Date.now();
+  const { image, tarball } = await service.imageForBasebackup(tenantId, timelineId, lsn).catch(wrap);
+  log(`basebackup ${tenantId}/${timelineId} at ${image.lsn}${gzip ? ' (gzip)' : ''}: image ready in ${Date.now() - started} ms`);
+  const file = createReadStream(tarball);
+  if (gzip) return { kind: 'copyOut', stream: file };
+  // pipeline() destroys both streams if either fails or the client goes away.
+  return { kind: 'copyOut', stream: pipeline(file, createGunzip(), () => undefined) };
+}
+
+export function createPageServiceHandler(service: PageserverService, log: (line: string) => void) {
+  return async function onQuery(_session: PgWireSession, sql: string): Promise<QueryResult> {
+    const words = sql.trim().replace(/;\s*$/, '').split(/\s+/).filter(Boolean);
+    const command = (words[0] ?? '').toLowerCase();
+    if (command === 'basebackup') return basebackup(service, words.slice(1), log);
+    if (command === 'lease' && (words[1] ?? '').toLowerCase() === 'lsn') {
+      if (words.length !== 5) throw new PgWireError('usage: lease lsn <tenant_shard_id> <timeline_id> <lsn>', '42601');
+      const tenantId = neonId(words[2]!.split('-')[0], 'tenant_shard_id');
+      const timelineId = neonId(words[3], 'timeline_id');
+      lsnArg(words[4]!, 'LSN');
+      await service.timelineInfo(tenantId, timelineId).catch(wrap);
+      return { kind: 'rows', columns: ['valid_until'], rows: [[String(Date.now() + LEASE_MS)]], tag: 'SELECT 1' };
+    }
+    throw new PgWireError(`unsupported command: ${JSON.stringify(sql.trim().slice(0, 100))}`, '0A000');
+  };
+}

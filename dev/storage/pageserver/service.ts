@@ -1,0 +1,295 @@
+/**
+ * The pageserver's operations, independent of the protocols that expose them: timeline creation
+ * (bootstrap, branch, import hook), listing, deletion, TimelineInfo, and the image for a base
+ * backup at an LSN. Errors carry an HTTP-ish status so both front ends can map them.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { formatLsn, parseLsn } from '../../../model/lsn';
+import type { PgInstallation } from '../../../common/pg-binaries';
+import { chownForPostgres } from '../../../common/pg-identity';
+import { fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
+import { IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta } from './images';
+import { KeyedMutex } from './keyed-mutex';
+import { materializeAt } from './materialize';
+import { runInitdb } from './postgres-run';
+import type { SafekeeperClient } from './safekeeper-client';
+import type { TimelineCreation, TimelineMeta, TimelineStore } from './timeline-store';
+
+export class PageserverError extends Error {
+  override name = 'PageserverError';
+  constructor(
+    public readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export const SUPPORTED_PG_VERSION = 15;
+
+/**
+ * Extension point for `import_pgdata`: fetch and validate the data directory (cleanly shut down
+ * PostgreSQL 15) into `targetPgdata`. The pageserver then makes it the timeline's first image.
+ */
+export type ImportPgdataHandler = (request: {
+  tenantId: string;
+  timelineId: string;
+  importPgdata: unknown;
+  targetPgdata: string;
+}) => Promise<void>;
+
+export type CreateTimelineRequest =
+  | { mode: 'bootstrap'; timelineId: string; pgVersion: number }
+  | { mode: 'branch'; timelineId: string; ancestorTimelineId: string; ancestorStartLsn: bigint | undefined }
+  | { mode: 'import'; timelineId: string; importPgdata: unknown; idempotencyKey: string | null };
+
+export interface ServiceDeps {
+  store: TimelineStore;
+  safekeepers: SafekeeperClient;
+  install: PgInstallation;
+  materializeTimeoutMs: number;
+  importPgdata?: ImportPgdataHandler;
+  log: (line: string) => void;
+}
+
+interface TimelineState {
+  meta: TimelineMeta;
+  images: ImageMeta[];
+  lastRecordLsn: bigint;
+  prevRecordLsn: bigint | null;
+  flushes: Awaited<ReturnType<SafekeeperClient['flushLsns']>>;
+}
+
+export class PageserverService {
+  private readonly tenantLocks = new KeyedMutex();
+  private readonly timelineLocks = new KeyedMutex();
+
+  constructor(private readonly deps: ServiceDeps) {}
+
+  private async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {
+    const meta = await this.deps.store.get(tenantId, timelineId);
+    if (!meta) throw new PageserverError(404, `timeline ${tenantId}/${timelineId} not found`);
+    return meta;
+  }
+
+  /** Images, safekeeper positions and the resulting last_record_lsn of a timeline. */
+  private async state(meta: TimelineMeta): Promise<TimelineState> {
+    const images = await this.deps.store.images(meta.tenant_id, meta.timeline_id).list();
+    const newest = images[images.length - 1];
+    if (!newest) throw new PageserverError(500, `timeline ${meta.tenant_id}/${meta.timeline_id} has no image`);
+    const flushes = this.deps.safekeepers.count > 0 ? await this.deps.safekeepers.flushLsns(meta.tenant_id, meta.timeline_id) : [];
+    const quorum = this.deps.safekeepers.quorumFlush(flushes);
+    const imageLsn = parseLsn(newest.lsn);
+    const lastRecordLsn = quorum !== undefined && quorum > imageLsn ? quorum : imageLsn;
+    const prevRecordLsn = lastRecordLsn === imageLsn ? parseLsn(newest.prev_record_lsn) : null;
+    return { meta, images, lastRecordLsn, prevRecordLsn, flushes };
+  }
+
+  private timelineInfoOf(s: TimelineState): Record<string, unknown> {
+    const newest = s.images[s.images.length - 1]!;
+    return {
+      tenant_id: s.meta.tenant_id,
+      timeline_id: s.meta.timeline_id,
+      ancestor_timeline_id: s.meta.ancestor_timeline_id,
+      ancestor_lsn: s.meta.ancestor_lsn,
+      last_record_lsn: formatLsn(s.lastRecordLsn),
+      prev_record_lsn: s.prevRecordLsn === null ? null : formatLsn(s.prevRecordLsn),
+      disk_consistent_lsn: newest.lsn,
+      remote_consistent_lsn: newest.lsn,
+      remote_consistent_lsn_visible: newest.lsn,
+      initdb_lsn: s.meta.initdb_lsn,
+      latest_gc_cutoff_lsn: s.meta.start_lsn,
+      applied_gc_cutoff_lsn: s.meta.start_lsn,
+      pg_version: s.meta.pg_version,
+      state: 'Active',
+      walreceiver_status: s.flushes.length > 0 ? 'connected' : 'disconnected',
+      current_logical_size: 0,
+      current_physical_size: s.images.reduce((n, i) => n + i.basebackup_bytes, 0),
+      is_archived: false,
+      // Dev extras: the images the pageserver holds (each a cheap base backup).
+      image_lsns: s.images.map((i) => i.lsn),
+    };
+  }
+
+  async timelineInfo(tenantId: string, timelineId: string): Promise<Record<string, unknown>> {
+    return this.timelineInfoOf(await this.state(await this.meta(tenantId, timelineId)));
+  }
+
+  async listTimelines(tenantId: string): Promise<Record<string, unknown>[]> {
+    if (!(await this.deps.store.tenantExists(tenantId))) throw new PageserverError(404, `tenant ${tenantId} not found`);
+    const metas = await this.deps.store.list(tenantId);
+    return Promise.all(metas.map(async (m) => this.timelineInfoOf(await this.state(m))));
+  }
+
+  async listTenants(): Promise<{ id: string }[]> {
+    return (await this.deps.store.listTenants()).map((id) => ({ id }));
+  }
+
+  async ensureTenant(tenantId: string): Promise<void> {
+    await this.tenantLocks.run(tenantId, () => this.deps.store.ensureTenant(tenantId));
+  }
+
+  /** Creates a timeline; an identical repeat answers the existing one, a different one is a 409. */
+  async createTimeline(tenantId: string, req: CreateTimelineRequest): Promise<Record<string, unknown>> {
+    await this.tenantLocks.run(tenantId, async () => {
+      const creation = this.creationOf(req);
+      const existing = await this.deps.store.get(tenantId, req.timelineId);
+      if (existing) {
+        if (JSON.stringify(existing.creation) !== JSON.stringify(creation)) {
+          throw new PageserverError(
+            409,
+            `timeline ${tenantId}/${req.timelineId} already exists with different parameters (${JSON.stringify(existing.creation)})`,
+          );
+        }
+        return;
+      }
+      if (req.mode === 'bootstrap') await this.bootstrap(tenantId, req.timelineId, creation);
+      else if (req.mode === 'branch') await this.branch(tenantId, req.timelineId, req.ancestorTimelineId, req.ancestorStartLsn, creation);
+      else await this.importTimeline(tenantId, req.timelineId, req.importPgdata, creation);
+    });
+    return this.timelineInfo(tenantId, req.timelineId);
+  }
+
+  private creationOf(req: CreateTimelineRequest): TimelineCreation {
+    switch (req.mode) {
+      case 'bootstrap':
+        return { mode: 'bootstrap', pg_version: req.pgVersion };
+      case 'branch':
+        return {
+          mode: 'branch',
+          ancestor_timeline_id: req.ancestorTimelineId,
+          ancestor_start_lsn: req.ancestorStartLsn === undefined ? null : formatLsn(req.ancestorStartLsn),
+        };
+      case 'import':
+        return { mode: 'import', idempotency_key: req.idempotencyKey };
+    }
+  }
+
+  private async bootstrap(tenantId: string, timelineId: string, creation: TimelineCreation): Promise<void> {
+    const started = Date.now();
+    await this.deps.store.create(tenantId, timelineId, async (_dir, images) => {
+      const scratch = await images.scratch({ forPostgres: true });
+      chownForPostgres(scratch);
+      await runInitdb(this.deps.install, path.join(scratch, PGDATA_DIR));
+      const image = await images.commit(scratch, 'initdb');
+      return this.newMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
+    });
+    this.deps.log(`bootstrapped timeline ${tenantId}/${timelineId} in ${Date.now() - started} ms`);
+  }
+
+  private async importTimeline(tenantId: string, timelineId: string, importPgdata: unknown, creation: TimelineCreation): Promise<void> {
+    const handler = this.deps.importPgdata;
+    if (!handler) throw new PageserverError(501, 'import_pgdata is not implemented yet');
+    await this.deps.store.create(tenantId, timelineId, async (_dir, images) => {
+      const scratch = await images.scratch({ forPostgres: false });
+      await handler({ tenantId, timelineId, importPgdata, targetPgdata: path.join(scratch, PGDATA_DIR) });
+      const image = await images.commit(scratch, 'import');
+      return this.newMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
+    });
+  }
+
+  private async branch(
+    tenantId: string,
+    timelineId: string,
+    ancestorId: string,
+    requestedLsn: bigint | undefined,
+    creation: TimelineCreation,
+  ): Promise<void> {
+    const ancestor = await this.deps.store.get(tenantId, ancestorId);
+    if (!ancestor) throw new PageserverError(404, `ancestor timeline ${tenantId}/${ancestorId} not found`);
+    const image = await this.imageAt(ancestor, requestedLsn, 'ancestor_start_lsn');
+    const ancestorImages = this.deps.store.images(tenantId, ancestorId);
+    const from = path.dirname(ancestorImages.pgdata(image));
+    await this.deps.store.create(tenantId, timelineId, async (_dir, images) => {
+      const scratch = await images.scratch({ forPostgres: false });
+      // Images are immutable: the branch shares the ancestor's files.
+      await linkTree(path.join(from, PGDATA_DIR), path.join(scratch, PGDATA_DIR));
+      await fsp.link(path.join(from, TARBALL), path.join(scratch, TARBALL));
+      const branchImage: ImageMeta = { ...image, source: 'branch', created_at: new Date().toISOString() };
+      await writeJsonAtomic(path.join(scratch, IMAGE_FILE), branchImage);
+      await fsyncTree(scratch);
+      await fsp.rename(scratch, images.imageDir(parseLsn(image.lsn)));
+      await fsyncDir(images.dir);
+      return this.newMeta(tenantId, timelineId, branchImage, creation, {
+        initdbLsn: ancestor.initdb_lsn,
+        ancestorTimelineId: ancestorId,
+        ancestorLsn: image.lsn,
+      });
+    });
+    this.deps.log(`branched ${tenantId}/${timelineId} from ${ancestorId} at ${image.lsn}`);
+  }
+
+  private newMeta(
+    tenantId: string,
+    timelineId: string,
+    image: ImageMeta,
+    creation: TimelineCreation,
+    extra: { initdbLsn: string; ancestorTimelineId?: string; ancestorLsn?: string },
+  ): TimelineMeta {
+    return {
+      tenant_id: tenantId,
+      timeline_id: timelineId,
+      pg_version: SUPPORTED_PG_VERSION,
+      ancestor_timeline_id: extra.ancestorTimelineId ?? null,
+      ancestor_lsn: extra.ancestorLsn ?? null,
+      initdb_lsn: extra.initdbLsn,
+      start_lsn: image.lsn,
+      created_at: new Date().toISOString(),
+      creation,
+    };
+  }
+
+  async deleteTimeline(tenantId: string, timelineId: string): Promise<void> {
+    await this.tenantLocks.run(tenantId, async () => {
+      await this.meta(tenantId, timelineId);
+      const children = (await this.deps.store.list(tenantId)).filter((m) => m.ancestor_timeline_id === timelineId);
+      if (children.length > 0) {
+        throw new PageserverError(412, `timeline ${tenantId}/${timelineId} has child timelines: ${children.map((c) => c.timeline_id).join(', ')}`);
+      }
+      await this.timelineLocks.run(`${tenantId}/${timelineId}`, () => this.deps.store.delete(tenantId, timelineId));
+      this.deps.log(`deleted timeline ${tenantId}/${timelineId}`);
+    });
+  }
+
+  /** The image holding the timeline's state at `lsn` (latest if undefined), materialized if needed. */
+  async imageForBasebackup(tenantId: string, timelineId: string, lsn: bigint | undefined): Promise<{ image: ImageMeta; tarball: string }> {
+    const meta = await this.meta(tenantId, timelineId);
+    const image = await this.imageAt(meta, lsn, 'LSN');
+    return { image, tarball: this.deps.store.images(tenantId, timelineId).tarball(image) };
+  }
+
+  private async imageAt(meta: TimelineMeta, lsn: bigint | undefined, what: string): Promise<ImageMeta> {
+    const s = await this.state(meta);
+    const target = lsn ?? s.lastRecordLsn;
+    const start = parseLsn(meta.start_lsn);
+    const id = `${meta.tenant_id}/${meta.timeline_id}`;
+    if (target < start) {
+      throw new PageserverError(400, `${what} ${formatLsn(target)} is before the start of timeline ${id} (${meta.start_lsn})`);
+    }
+    if (target > s.lastRecordLsn) {
+      throw new PageserverError(
+        400,
+        `${what} ${formatLsn(target)} is beyond the last record LSN ${formatLsn(s.lastRecordLsn)} of timeline ${id}: that WAL is not available yet`,
+      );
+    }
+    const cached = s.images.find((i) => parseLsn(i.lsn) === target);
+    if (cached) return cached;
+    const images = this.deps.store.images(meta.tenant_id, meta.timeline_id);
+    return this.timelineLocks.run(id, () =>
+      materializeAt(
+        {
+          install: this.deps.install,
+          safekeepers: this.deps.safekeepers,
+          tenantId: meta.tenant_id,
+          timelineId: meta.timeline_id,
+          images,
+          flushes: s.flushes,
+          timeoutMs: this.deps.materializeTimeoutMs,
+          log: this.deps.log,
+        },
+        target,
+      ),
+    );
+  }
+}
