@@ -28,29 +28,35 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-test-stack-'));
   // The dev storage runs PostgreSQL as an unprivileged user when we are root; it must reach in.
   chmodSync(dir, 0o755);
-  const settings = resolveStackSettings(
-    {
-      dir,
-      ports: {
-        temporal: await freePort(),
-        temporalUi: await freePort(),
-        s3: await freePort(),
-        pageserverPg: await freePort(),
-        pageserverHttp: await freePort(),
-        safekeeperPg: await freePortRange(3),
-        safekeeperHttp: await freePortRange(3),
+  // Free ports are only free until someone takes them (the Temporal server itself binds random
+  // ports for its HTTP API and metrics), so a clash is retried with fresh ports.
+  for (let attempt = 1; ; attempt++) {
+    const settings = resolveStackSettings(
+      {
+        dir,
+        ports: {
+          temporal: await freePort(),
+          temporalUi: await freePort(),
+          s3: await freePort(),
+          pageserverPg: await freePort(),
+          pageserverHttp: await freePort(),
+          safekeeperPg: await freePortRange(3),
+          safekeeperHttp: await freePortRange(3),
+        },
       },
-    },
-    {},
-  );
-  try {
-    const endpoints = await stackUp(settings, {
-      resolveTemporalCli: async () => (await provisionTemporalCli({ onProgress: (l) => console.log(l) })).path,
-    });
-    project.provide('stack', endpoints);
-  } catch (err) {
-    await stackDown(dir);
-    throw err;
+      {},
+    );
+    try {
+      const endpoints = await stackUp(settings, {
+        resolveTemporalCli: async () => (await provisionTemporalCli({ onProgress: (l) => console.log(l) })).path,
+      });
+      project.provide('stack', endpoints);
+      break;
+    } catch (err) {
+      await stackDown(dir);
+      if (attempt >= 3 || !/already in use/.test((err as Error).message)) throw err;
+      console.log(`test stack: ${(err as Error).message}; retrying with other ports`);
+    }
   }
   return async () => {
     await stackDown(dir);

@@ -1,14 +1,20 @@
 import { Client, Connection } from '@temporalio/client';
 import { inject } from 'vitest';
 import { loadConfig, type AppConfig } from '../../common/config';
-import { devS3Credentials } from '../../dev/stack';
+import { devPayloadKeyFile, devS3Credentials } from '../../dev/stack';
 
 /** Configuration pointing at the stack the global setup started (or was given). */
 export function testConfig(extraEnv: Record<string, string> = {}): AppConfig {
   const stack = inject('stack');
   return loadConfig(
     { PG_BIN_DIR: process.env.PG_BIN_DIR, ...extraEnv },
-    { temporal: stack.temporal, s3: { ...stack.s3, ...devS3Credentials() } },
+    {
+      temporal: stack.temporal,
+      s3: { ...stack.s3, ...devS3Credentials() },
+      pageserver: stack.pageserver,
+      safekeepers: stack.safekeepers,
+      payloadKeyFile: devPayloadKeyFile(stack.stackDir),
+    },
   );
 }
 
@@ -24,6 +30,11 @@ export function testEnv(): Record<string, string> {
     S3_REGION: stack.s3.region,
     AWS_ACCESS_KEY_ID: creds.accessKeyId,
     AWS_SECRET_ACCESS_KEY: creds.secretAccessKey,
+    PAGESERVER_HTTP_URL: stack.pageserver.http,
+    PAGESERVER_PG: stack.pageserver.pg,
+    SAFEKEEPERS: stack.safekeepers.map((sk) => sk.pg).join(','),
+    SAFEKEEPERS_HTTP_URLS: stack.safekeepers.map((sk) => sk.http).join(','),
+    DURABLE_COMPUTE_PAYLOAD_KEY_FILE: devPayloadKeyFile(stack.stackDir),
   };
 }
 

@@ -1,0 +1,8 @@
+/** Cache-state offload and prewarm (Neon LFC and stock PostgreSQL 15 shared_buffers). */
+export { createCacheActivities, type CacheActivities, type CacheActivitiesDeps, type OffloadCacheStateInput, type PrewarmCacheInput, type PrewarmHeartbeat } from './activities';
+export { INCOMPATIBLE_CACHE_STATE, type CacheBackend, type PrewarmCounts, type PrewarmOptions } from './backend';
+export { createNeonCacheBackend, type NeonCacheBackendOptions } from './neon-backend';
+export { type ConnectFn } from './pg-session';
+export { CORRUPT_CACHE_STATE, decodeCacheState, encodeCacheState, type Compression } from './state-codec';
+export { createStockCacheBackend, stockCacheConf, type StockCacheBackendOptions } from './stock-backend';
+export { createCacheStateStore, type CacheStateStore, type CacheStateStoreOptions } from './store';

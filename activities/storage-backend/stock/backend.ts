@@ -1,0 +1,156 @@
+/**
+ * The `stock` storage backend: stock PostgreSQL 15 made durable on the safekeepers by the WAL
+ * pusher (wal-pusher.ts) and synced by sync-safekeepers-main.ts.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { maskSecrets } from '../../../common/errors';
+import { tsNodeArgs } from '../../../common/paths';
+import { pgSpawnIdentity } from '../../../common/pg-identity';
+import { isNeonId } from '../../../model/ids';
+import type { ComputeStorageBackend, PostgresReadyContext } from '../types';
+import { processStartTime } from './local-postgres';
+import { confLine } from './pg-conf';
+import { livePusherPid, PUSHER_LOG_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
+import { PUSHER_APPLICATION_NAME } from './wal-pusher';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const PUSHER_MAIN = path.join(here, 'wal-pusher-main.ts');
+const SYNC_MAIN = path.join(here, 'sync-safekeepers-main.ts');
+const PUSHER_READY_TIMEOUT_MS = 60_000;
+
+function logTail(file: string, lines = 20): string {
+  try {
+    return maskSecrets(readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n'));
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** The pusher's last reported status for this data directory (undefined if it never ran). */
+export function walPusherStatus(pgdata: string): (PusherStatus & { alive: boolean }) | undefined {
+  const status = readPusherStatus(pgdata);
+  if (!status) return undefined;
+  return { ...status, alive: livePusherPid(pgdata) === status.pid };
+}
+
+function validate(ctx: PostgresReadyContext): void {
+  if (!isNeonId(ctx.tenantId)) throw new Error(`tenant ID ${JSON.stringify(ctx.tenantId)} is not 32 lower-case hex characters`);
+  if (!isNeonId(ctx.timelineId)) throw new Error(`timeline ID ${JSON.stringify(ctx.timelineId)} is not 32 lower-case hex characters`);
+  if (ctx.safekeepers.length === 0) throw new Error('a primary compute needs at least one safekeeper');
+  for (const sk of ctx.safekeepers) {
+    if (!/^[^\s,:]+:\d{1,5}$/.test(sk)) throw new Error(`safekeeper address ${JSON.stringify(sk)} is not host:port`);
+  }
+}
+
+function startPusher(ctx: PostgresReadyContext): number {
+  const logFile = path.join(ctx.pgdata, PUSHER_LOG_FILE);
+  const fd = openSync(logFile, 'a', 0o600);
+  try {
+    const args = [
+      ...tsNodeArgs(),
+      PUSHER_MAIN,
+      '--pgdata',
+      ctx.pgdata,
+      '--user',
+      ctx.superuser ?? 'cloud_admin',
+      '--tenant-id',
+      ctx.tenantId,
+      '--timeline-id',
+      ctx.timelineId,
+      '--safekeepers',
+      ctx.safekeepers.join(','),
+    ];
+    const child = spawn(process.execPath, args, {
+      // Its own session, so the pusher outlives a restart of the worker that started it.
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      cwd: ctx.pgdata,
+      // As the user Postgres runs as (when we are root), so its files in PGDATA belong to that user.
+      ...pgSpawnIdentity(),
+      // A minimal environment: the pusher needs nothing of the worker's, except the token.
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        ...(ctx.authToken !== undefined ? { NEON_AUTH_TOKEN: ctx.authToken } : {}),
+      },
+    });
+    if (child.pid === undefined) throw new Error('could not start the WAL pusher');
+    child.unref();
+    writePidFile(ctx.pgdata, child.pid);
+    return child.pid;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Waits until the pusher `pid` streams, or fails with its own words. */
+async function waitForPusher(pgdata: string, pid: number): Promise<void> {
+  const started = processStartTime(pid);
+  const deadline = Date.now() + PUSHER_READY_TIMEOUT_MS;
+  const logFile = path.join(pgdata, PUSHER_LOG_FILE);
+  for (;;) {
+    const status = readPusherStatus(pgdata);
+    if (status?.pid === pid) {
+      if (status.phase === 'streaming') return;
+      if (status.phase === 'failed') throw new Error(`the WAL pusher failed: ${maskSecrets(status.error ?? 'unknown error')}\n${logTail(logFile)}`);
+      if (status.phase === 'exited' || status.phase === 'stopping') throw new Error(`the WAL pusher stopped (${status.phase}): has Postgres exited?\n${logTail(logFile)}`);
+    }
+    if (started === undefined || processStartTime(pid) !== started) {
+      throw new Error(`the WAL pusher (pid ${pid}) exited during startup. Last lines of ${logFile}:\n${logTail(logFile)}`);
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`the WAL pusher did not start streaming within ${PUSHER_READY_TIMEOUT_MS / 1000} s. Last lines of ${logFile}:\n${logTail(logFile)}`);
+    }
+    await sleep(100);
+  }
+}
+
+export const stockStorageBackend: ComputeStorageBackend = {
+  name: 'stock',
+
+  postgresqlConf(ctx) {
+    const lines = [
+      '# storage: stock PostgreSQL; the WAL pusher forwards WAL to the safekeepers',
+      confLine('neon.tenant_id', ctx.tenantId),
+      confLine('neon.timeline_id', ctx.timelineId),
+      confLine('neon.safekeepers', ctx.safekeepers.join(',')),
+    ];
+    if (ctx.mode === 'Primary') {
+      lines.push(
+        confLine('wal_level', 'replica'),
+        confLine('max_wal_senders', 10),
+        confLine('max_replication_slots', 10),
+        // COMMIT waits until the pusher reports that a quorum of safekeepers flushed it.
+        confLine('synchronous_standby_names', PUSHER_APPLICATION_NAME),
+        confLine('synchronous_commit', 'on'),
+        confLine('wal_sender_timeout', '60s'),
+        // After a backend crash Postgres would re-run recovery and could rewrite WAL the pusher
+        // already forwarded; stopping instead lets the control plane restart from the safekeepers.
+        confLine('restart_after_crash', false),
+      );
+    } else {
+      lines.push(confLine('hot_standby', true));
+    }
+    return `${lines.join('\n')}\n`;
+  },
+
+  hbaLines() {
+    // The pusher connects over the local socket with the replication protocol.
+    return ['local replication all trust'];
+  },
+
+  async afterPostgresReady(ctx) {
+    if ((ctx.mode ?? 'Primary') !== 'Primary') return;
+    validate(ctx);
+    const running = livePusherPid(ctx.pgdata);
+    const pid = running ?? startPusher(ctx);
+    await waitForPusher(ctx.pgdata, pid);
+  },
+
+  syncSafekeepersCommand(_pgBinDir) {
+    return [process.execPath, ...tsNodeArgs(), SYNC_MAIN];
+  },
+};

@@ -1,0 +1,57 @@
+/**
+ * The WAL pusher process (started detached by the stock storage backend):
+ *   wal-pusher-main.ts --pgdata DIR --user ROLE --tenant-id ID --timeline-id ID --safekeepers h:p,h:p,h:p
+ * The storage auth token, if any, comes from NEON_AUTH_TOKEN (never on the command line). Logs go
+ * to stdout; status to PGDATA/wal_pusher.status. Exits 0 once Postgres stopped and its WAL is on a
+ * quorum of safekeepers; SIGTERM stops it the same way.
+ */
+import { Command } from 'commander';
+import { maskSecrets } from '../../../common/errors';
+import { isNeonId } from '../../../model/ids';
+import { parseSafekeeperList } from './pg-conf';
+import { livePusherPid, writePidFile } from './pusher-files';
+import { WalPusher } from './wal-pusher';
+
+const program = new Command()
+  .name('wal-pusher')
+  .requiredOption('--pgdata <dir>', "the compute's data directory")
+  .requiredOption('--user <role>', 'role to connect to Postgres as (needs REPLICATION)')
+  .requiredOption('--tenant-id <id>', 'tenant ID')
+  .requiredOption('--timeline-id <id>', 'timeline ID')
+  .requiredOption('--safekeepers <list>', 'comma-separated host:port list')
+  .parse();
+const opts = program.opts<{ pgdata: string; user: string; tenantId: string; timelineId: string; safekeepers: string }>();
+const log = (line: string) => console.log(`${new Date().toISOString()} wal-pusher[${process.pid}] ${maskSecrets(line)}`);
+
+async function main(): Promise<void> {
+  if (!isNeonId(opts.tenantId)) throw new Error(`--tenant-id ${JSON.stringify(opts.tenantId)} is not 32 lower-case hex characters`);
+  if (!isNeonId(opts.timelineId)) throw new Error(`--timeline-id ${JSON.stringify(opts.timelineId)} is not 32 lower-case hex characters`);
+  const other = livePusherPid(opts.pgdata);
+  if (other !== undefined && other !== process.pid) throw new Error(`another WAL pusher (pid ${other}) already serves ${opts.pgdata}`);
+  writePidFile(opts.pgdata, process.pid);
+  // The token is this process's documented input (like NEON_AUTH_TOKEN for Neon's compute).
+  const authToken = process.env.NEON_AUTH_TOKEN || undefined;
+  const pusher = new WalPusher({
+    pgdata: opts.pgdata,
+    user: opts.user,
+    tenantId: opts.tenantId,
+    timelineId: opts.timelineId,
+    safekeepers: parseSafekeeperList(opts.safekeepers),
+    ...(authToken !== undefined ? { authToken } : {}),
+    log,
+  });
+  process.on('SIGTERM', () => {
+    log('SIGTERM: stopping');
+    pusher.requestStop();
+  });
+  process.on('SIGINT', () => pusher.requestStop());
+  await pusher.run();
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    log(`failed: ${(err as Error).message}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,68 @@
+import { chmodSync, mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { inject } from 'vitest';
+import { ComputeClient } from '../../client/compute-client';
+import { exampleComputeConfig } from '../../client/example-spec';
+import { openClient } from '../../client/context';
+import { createTimeline } from '../../client/timelines';
+import { freePort } from '../../dev/processes';
+import { neonId, uniqueId } from './ids';
+import { startProcess, type WorkerProcess } from './processes';
+import { testConfig, testEnv } from './stack';
+
+/** Short watch intervals so failures are noticed within seconds in tests. */
+export const TEST_WORKFLOW_OPTIONS = { watchReportSeconds: 2, watchHeartbeatTimeoutSeconds: 5 };
+
+export interface TestTimeline {
+  tenantId: string;
+  timelineId: string;
+}
+
+export async function createTestTimeline(): Promise<TestTimeline> {
+  const tenantId = neonId();
+  const timelineId = neonId();
+  await createTimeline(testConfig().storage, tenantId, { new_timeline_id: timelineId, pg_version: 15 });
+  return { tenantId, timelineId };
+}
+
+/** The example spec (two roles, two databases, settings, a delete_role delta) for a timeline on the test stack. */
+export async function exampleSpecFor(timeline: TestTimeline, port?: number): Promise<{ spec: Record<string, unknown>; port: number }> {
+  const stack = inject('stack');
+  const chosen = port ?? (await freePort());
+  const spec = exampleComputeConfig({
+    tenantId: timeline.tenantId,
+    timelineId: timeline.timelineId,
+    pageserverPg: stack.pageserver.pg,
+    safekeepers: stack.safekeepers.map((sk) => sk.pg),
+    port: chosen,
+    endpointId: uniqueId('ep'),
+  });
+  return { spec, port: chosen };
+}
+
+/** A PGDATA location a PostgreSQL running as the `postgres` user can reach. */
+export function testPgdata(): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-compute-'));
+  chmodSync(dir, 0o755);
+  return path.join(dir, 'pgdata');
+}
+
+/** Environment for child processes of the compute tests: the stack plus its payload key. */
+export function computeEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return { ...testEnv(), ...extra };
+}
+
+/** Starts `durable-compute worker compute` as a separate process, as inside a compute VM. */
+export function startComputeWorker(computeId: string, pgdata: string, failpoints: string[] = []): Promise<WorkerProcess> {
+  return startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
+    env: computeEnv(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(',') } : {}),
+    readyLine: /compute worker ready/,
+  });
+}
+
+export async function testComputeClient(): Promise<{ computes: ComputeClient; close: () => Promise<void> }> {
+  const config = testConfig();
+  const { client, close } = await openClient(config);
+  return { computes: new ComputeClient(client, config.temporal.controlPlaneTaskQueue), close };
+}

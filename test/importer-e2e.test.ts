@@ -1,0 +1,446 @@
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ApplicationFailure } from '@temporalio/common';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findPostgres, pgBin } from '../common/pg-binaries';
+import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
+import { createImporterActivities, type ImporterActivities } from '../activities/importer/activities';
+import type { UploadProgress, UploadResult } from '../activities/importer/upload';
+import { createS3Client } from '../activities/s3/client';
+import { getObjectBytes, listObjects } from '../activities/s3/objects';
+import { buildImportSpec } from '../activities/secrets/import-spec';
+import { createLocalKeyProvider, generateLocalKey, parseLocalKey } from '../activities/secrets/local-aes';
+import { importPgdataFromS3 } from '../dev/storage/pgdata-import';
+import { freePort } from '../dev/processes';
+import { uniqueId } from './helpers/ids';
+import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { testConfig } from './helpers/stack';
+
+/**
+ * The importer's activities against a real PostgreSQL 15 source (password authentication over
+ * loopback), a real scratch Postgres and the test stack's s3rver, run in Temporal's activity
+ * context (heartbeats, cancellation, heartbeat details of a previous attempt).
+ */
+
+const run = promisify(execFile);
+const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
+const PASSWORD = 'p@ss:w/rd pct%';
+const DATABASE = 'appdb';
+const MiB = 1024 * 1024;
+
+let source: ThrowawayPostgres;
+let root: string;
+let s3: S3Client;
+let bucket: string;
+const keyProviders = { Local: createLocalKeyProvider({ 'test-key': parseLocalKey(generateLocalKey()) }) };
+let sourceFingerprint: Record<string, string>;
+/** Commands sent through `s3`: name (PutObjectCommand, UploadPartCommand...) and key. */
+const sent: { command: string; key?: string }[] = [];
+
+function sourceUrl(password = PASSWORD, database = DATABASE): string {
+  return `postgresql://importer:${encodeURIComponent(password)}@127.0.0.1:${source.port}/${database}`;
+}
+
+async function newImport(opts: { password?: string; database?: string } = {}): Promise<{ prefix: string; workdir: string }> {
+  const prefix = uniqueId('imports/e2e');
+  const spec = await buildImportSpec({ providers: keyProviders, kind: 'Local', keyId: 'test-key', sourceConnstring: sourceUrl(opts.password, opts.database) });
+  await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/spec.json`, Body: JSON.stringify(spec) }));
+  return { prefix, workdir: path.join(root, uniqueId('work')) };
+}
+
+function activities(overrides: Partial<Parameters<typeof createImporterActivities>[0]> = {}): ImporterActivities {
+  return createImporterActivities({
+    s3,
+    bucket,
+    install,
+    keyProviders,
+    // Keep the scratch server small on a shared test machine.
+    resources: { totalMemoryBytes: 1024 * MiB, cpus: 2 },
+    upload: { concurrency: 4, partSize: 5 * MiB, multipartThreshold: 8 * MiB },
+    ...overrides,
+  });
+}
+
+const FINGERPRINT_SQL = `
+  SELECT 'customers' AS t, count(*)::text || ':' || md5(coalesce(string_agg(c::text, ',' ORDER BY id), '')) AS f FROM customers c
+  UNION ALL SELECT 'orders', count(*)::text || ':' || md5(coalesce(string_agg(o::text, ',' ORDER BY id), '')) FROM orders o
+  UNION ALL SELECT 'events', count(*)::text || ':' || md5(coalesce(string_agg(e::text, ',' ORDER BY id), '')) FROM events e
+  UNION ALL SELECT 'invoice_seq', last_value::text FROM invoice_seq
+  UNION ALL SELECT 'orders_id_seq', last_value::text FROM orders_id_seq
+  UNION ALL SELECT 'indexes', string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'
+  UNION ALL SELECT 'view', (SELECT count(*)::text FROM big_spenders)`;
+
+async function fingerprint(client: pg.Client): Promise<Record<string, string>> {
+  const { rows } = await client.query<{ t: string; f: string }>(FINGERPRINT_SQL);
+  return Object.fromEntries(rows.map((r) => [r.t, r.f]));
+}
+
+beforeAll(async () => {
+  root = mkdtempSync(path.join(os.tmpdir(), 'dc-importer-'));
+  chownForPostgres(root, false);
+  const config = testConfig();
+  s3 = createS3Client(config.s3);
+  s3.middlewareStack.add(
+    (next, context) => async (args) => {
+      sent.push({ command: context.commandName ?? '?', key: (args.input as { Key?: string }).Key });
+      try {
+        return await next(args);
+      } catch (err) {
+        // A server error names the request in the test output (s3rver says no more than InternalError).
+        const input = args.input as { Key?: string; Prefix?: string };
+        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode ?? 0;
+        if (status === 500) console.error(`S3 ${context.commandName} ${input.Key ?? input.Prefix ?? ''} failed: ${(err as Error).name}: ${(err as Error).message}`);
+        throw err;
+      }
+    },
+    { step: 'initialize', name: 'countCommands' },
+  );
+  bucket = config.s3.bucket;
+
+  source = await startThrowawayPostgres();
+  // The importer authenticates with a password over TCP; the test's superuser keeps trust.
+  writeFileSync(
+    path.join(source.dataDir, 'pg_hba.conf'),
+    'local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n',
+  );
+  chownForPostgres(path.join(source.dataDir, 'pg_hba.conf'), false);
+  await source.query('SELECT pg_reload_conf()');
+  await source.query(`CREATE ROLE importer LOGIN PASSWORD ${pg.escapeLiteral(PASSWORD)}`);
+  await source.query(`CREATE DATABASE ${DATABASE} OWNER importer`);
+
+  const client = new pg.Client({ connectionString: sourceUrl() });
+  await client.connect();
+  try {
+    await client.query(`
+      CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE NOT NULL);
+      CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers(id), amount numeric(12,2) NOT NULL, created_at timestamptz NOT NULL);
+      CREATE INDEX orders_customer_idx ON orders (customer_id);
+      CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
+      CREATE INDEX events_kind_idx ON events (kind);
+      CREATE SEQUENCE invoice_seq START 1000;
+      CREATE VIEW big_spenders AS SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id HAVING sum(amount) > 5000;
+      INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 20000) g;
+      INSERT INTO orders (customer_id, amount, created_at)
+        SELECT 1 + (g * 7919) % 20000, ((g * 31) % 100000) / 100.0, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, 100000) g;
+      -- About 40 MB: one relation file big enough for a multipart upload.
+      INSERT INTO events SELECT g, 'kind-' || (g % 17), md5(g::text) || repeat(md5((g * 3)::text), 3) FROM generate_series(1, 250000) g;
+      SELECT nextval('invoice_seq') FROM generate_series(1, 42);
+    `);
+    sourceFingerprint = await fingerprint(client);
+  } finally {
+    await client.end();
+  }
+  expect(sourceFingerprint.events).toMatch(/^250000:/);
+  expect(sourceFingerprint.invoice_seq).toBe('1041');
+}, 600_000);
+
+afterAll(async () => {
+  for (const dir of root ? readdirSync(root) : []) {
+    if (dir.startsWith('work-')) await activities().destroyWorkdir({ workdir: path.join(root, dir) }).catch(() => undefined);
+  }
+  await source?.stop();
+  s3?.destroy();
+  if (root) rmSync(root, { recursive: true, force: true });
+}, 300_000);
+
+/** Starts Postgres 15 on a downloaded data directory and returns the fingerprint of the imported database. */
+async function fingerprintOfDataDir(dataDir: string): Promise<Record<string, string>> {
+  const port = await freePort();
+  writeFileSync(path.join(dataDir, 'postgresql.auto.conf'), `port = ${port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '${root}'\n`);
+  chownForPostgres(dataDir);
+  await run(pgBin(install, 'pg_ctl'), ['-D', dataDir, '-l', `${dataDir}.log`, '-w', '-t', '120', 'start'], pgSpawnIdentity());
+  try {
+    // The scratch server's socket trusts its owner; TCP needs the scratch password we don't have.
+    const client = new pg.Client({ host: root, port, user: 'cloud_admin', database: DATABASE });
+    await client.connect();
+    try {
+      return await fingerprint(client);
+    } finally {
+      await client.end();
+    }
+  } finally {
+    await run(pgBin(install, 'pg_ctl'), ['-D', dataDir, '-m', 'fast', '-w', 'stop'], pgSpawnIdentity());
+  }
+}
+
+async function waitFor(what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** MockActivityEnvironment.run with the activity's own result type. */
+function runIn<A extends unknown[], R>(env: MockActivityEnvironment, fn: (...args: A) => Promise<R>, ...args: A): Promise<R> {
+  return env.run(fn, ...args) as Promise<R>;
+}
+
+function countUploads(from: number): number {
+  return sent.slice(from).filter((c) => c.command === 'PutObjectCommand' || c.command === 'CreateMultipartUploadCommand').length;
+}
+
+describe('fast import activities', () => {
+  const state: { prefix?: string; workdir?: string; upload?: UploadResult } = {};
+
+  it('import a database: scratch init, dump, restore, stop, upload, status; the download starts with the same data', async () => {
+    const { prefix, workdir } = await newImport();
+    Object.assign(state, { prefix, workdir });
+    const a = activities();
+    const env = new MockActivityEnvironment();
+    const heartbeats: unknown[] = [];
+    env.on('heartbeat', (d: unknown) => heartbeats.push(d));
+
+    const init = await runIn(env, a.initScratchPostgres, { workdir, database: DATABASE });
+    expect(init).toMatchObject({ reusedDataDir: false, started: true, createdDatabase: true });
+    // Idempotent: a second call reuses the data directory and the running server.
+    expect(await runIn(env, a.initScratchPostgres, { workdir, database: DATABASE })).toMatchObject({ reusedDataDir: true, started: false, createdDatabase: false, port: init.port });
+
+    const dump = await runIn(env, a.dumpSource, { workdir, prefix, jobs: 2 });
+    expect(dump.skipped).toBe(false);
+    expect(readFileSync(path.join(workdir, 'pg_dump.log'), 'utf8')).not.toContain('s3cr3t');
+    const restore = await runIn(env, a.restoreDump, { workdir, database: DATABASE, jobs: 2 });
+    expect(restore).toEqual({ skipped: false, tocSha256: dump.tocSha256 });
+    const stopped = await runIn(env, a.stopScratchPostgres, { workdir });
+    expect(stopped.state).toBe('shut down');
+
+    // A symlink in the data directory is skipped, not followed.
+    symlinkSync('/etc/passwd', path.join(workdir, 'pgdata', 'pg_stat', 'not-a-real-file'));
+    const before = sent.length;
+    const upload = await runIn(env, a.uploadPgdata, { workdir, prefix });
+    state.upload = upload;
+    expect(upload.skippedSymlinks).toEqual(['pg_stat/not-a-real-file']);
+    expect(upload.uploadedFiles).toBe(upload.filesTotal);
+    expect(upload.skippedFiles).toBe(0);
+    expect(sent.slice(before).map((c) => c.command)).toContain('CreateMultipartUploadCommand');
+    expect(heartbeats.filter((h) => (h as UploadProgress).phase === 'upload').length).toBeGreaterThanOrEqual(upload.filesTotal);
+    const keys: string[] = [];
+    for await (const o of listObjects(s3, bucket, `${prefix}/pgdata/`)) keys.push(o.key);
+    expect(keys).toHaveLength(upload.filesTotal);
+    expect(keys.some((k) => k.includes('not-a-real-file'))).toBe(false);
+
+    expect(await getObjectBytes(s3, bucket, `${prefix}/status/pgdata`)).toBeUndefined();
+    await runIn(env, a.writePgdataStatus, { prefix });
+    await runIn(env, a.writeFastImportStatus, { prefix });
+    expect(JSON.parse((await getObjectBytes(s3, bucket, `${prefix}/status/pgdata`))!.toString())).toEqual({ done: true });
+    expect(JSON.parse((await getObjectBytes(s3, bucket, `${prefix}/status/fast_import`))!.toString())).toEqual({ command: 'pgdata', done: true });
+
+    const target = path.join(root, uniqueId('imported'));
+    const imported = await importPgdataFromS3({ s3, bucket, prefix, targetDir: target });
+    expect(imported.pgVersion).toBe(15);
+    expect(imported.checkpointLsn).toBe(stopped.checkpointLsn);
+    expect(await fingerprintOfDataDir(target)).toEqual(sourceFingerprint);
+  });
+
+  it('never redoes a completed dump, and redoes an incomplete one from scratch', async () => {
+    const { workdir, prefix } = state;
+    const a = activities();
+    const env = new MockActivityEnvironment();
+    const tocMtime = statSync(path.join(workdir!, 'dumpdir', 'toc.dat')).mtimeMs;
+    const again = await runIn(env, a.dumpSource, { workdir: workdir!, prefix: prefix! });
+    expect(again.skipped).toBe(true);
+    expect(statSync(path.join(workdir!, 'dumpdir', 'toc.dat')).mtimeMs).toBe(tocMtime);
+
+    // An incomplete dump (no completion marker) in another work directory: removed and redone.
+    const other = path.join(root, uniqueId('work'));
+    const partial = path.join(other, 'dumpdir');
+    await run('mkdir', ['-p', partial]);
+    writeFileSync(path.join(partial, 'toc.dat'), 'half a table of contents');
+    writeFileSync(path.join(partial, '9999.dat.gz'), 'leftover');
+    const redone = await runIn(env, a.dumpSource, { workdir: other, prefix: prefix! });
+    expect(redone.skipped).toBe(false);
+    expect(existsSync(path.join(partial, '9999.dat.gz'))).toBe(false);
+    expect(redone.tocSha256).not.toBe('');
+    expect((await runIn(env, a.dumpSource, { workdir: other, prefix: prefix! })).skipped).toBe(true);
+    rmSync(other, { recursive: true, force: true });
+  });
+
+  it('restarts an interrupted restore in a clean database', async () => {
+    const { workdir } = state;
+    const a = activities();
+    // Forget the finished restore, as if the worker had died during it.
+    rmSync(path.join(workdir!, 'restore.done.json'));
+    const env = new MockActivityEnvironment();
+    const interrupted = runIn(env, a.restoreDump, { workdir: workdir!, database: DATABASE, jobs: 2 });
+    const scratch = JSON.parse(readFileSync(path.join(workdir!, 'scratch.json'), 'utf8')) as { port: number };
+    const scratchClient = () => new pg.Client({ host: path.join(workdir!, 'run'), port: scratch.port, user: 'cloud_admin', database: DATABASE });
+    await waitFor('pg_restore to have created tables', async () => {
+      if (!existsSync(path.join(workdir!, 'pg_restore.pid'))) return false;
+      const c = scratchClient();
+      try {
+        await c.connect();
+        const { rows } = await c.query<{ n: string }>("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'");
+        return Number(rows[0]!.n) > 0;
+      } catch {
+        return false;
+      } finally {
+        await c.end().catch(() => undefined);
+      }
+    });
+    const pid = (JSON.parse(readFileSync(path.join(workdir!, 'pg_restore.pid'), 'utf8')) as { pid: number }).pid;
+    env.cancel();
+    await expect(interrupted).rejects.toThrow();
+    await waitFor('the cancelled pg_restore to exit', () => !existsSync(`/proc/${pid}`) || readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] === 'Z', 30_000);
+
+    // Something the half-restored database holds that the source does not.
+    const c = scratchClient();
+    await c.connect();
+    await c.query('CREATE TABLE IF NOT EXISTS leftover_from_interrupted_restore (x int)');
+    await c.end();
+
+    const resumed = await runIn(new MockActivityEnvironment({ attempt: 2 }), a.restoreDump, { workdir: workdir!, database: DATABASE, jobs: 2 });
+    expect(resumed.skipped).toBe(false);
+    const check = scratchClient();
+    await check.connect();
+    try {
+      const { rows } = await check.query("SELECT 1 FROM pg_tables WHERE tablename = 'leftover_from_interrupted_restore'");
+      expect(rows).toHaveLength(0);
+      expect(await fingerprint(check)).toEqual(sourceFingerprint);
+    } finally {
+      await check.end();
+    }
+    expect((await runIn(new MockActivityEnvironment(), a.restoreDump, { workdir: workdir!, database: DATABASE })).skipped).toBe(true);
+    await runIn(new MockActivityEnvironment(), a.stopScratchPostgres, { workdir: workdir! });
+  });
+
+  it('resumes an upload aborted half way, sending only the missing files and the missing parts of a half-sent one', async () => {
+    const { workdir } = state;
+    const prefix = uniqueId('imports/resume');
+    const a = activities();
+
+    // Cancel past half the files, while a multipart upload has some parts done (a WAL segment:
+    // they come late in the sorted order and go up in 4 parts of 5 MiB).
+    const first = new MockActivityEnvironment();
+    let last: UploadProgress | undefined;
+    first.on('heartbeat', (d: UploadProgress) => {
+      last = d;
+      if (d.filesDone >= d.filesTotal / 2 && d.inFlight.some((m) => m.parts.length >= 2)) first.cancel();
+    });
+    const start1 = sent.length;
+    await expect(runIn(first, a.uploadPgdata, { workdir: workdir!, prefix })).rejects.toThrow();
+    const putsBeforeAbort = countUploads(start1);
+    expect(last!.filesDone).toBeGreaterThanOrEqual(last!.filesTotal / 2);
+    expect(last!.filesDone).toBeLessThan(last!.filesTotal);
+    const halfSent = last!.inFlight.find((m) => m.parts.length >= 2)!;
+    const halfSentParts = Math.ceil(halfSent.size / halfSent.partSize);
+    expect(halfSent.parts.length).toBeLessThan(halfSentParts);
+
+    const second = new MockActivityEnvironment({ attempt: 2, heartbeatDetails: last });
+    const start2 = sent.length;
+    const resumed = await runIn(second, a.uploadPgdata, { workdir: workdir!, prefix });
+    const resumedRequests = sent.slice(start2);
+    const { inFlight: _inFlight, ...lastSummary } = last!;
+    expect(resumed.resumedFrom).toEqual(lastSummary);
+    expect(resumed.filesDone).toBe(resumed.filesTotal);
+    expect(resumed.skippedFiles).toBeGreaterThanOrEqual(last!.filesDone);
+    expect(resumed.uploadedFiles + resumed.skippedFiles).toBe(resumed.filesTotal);
+    // The half-sent file continued its multipart upload: no new upload, only its missing parts.
+    expect(resumed.resumedParts).toBeGreaterThanOrEqual(halfSent.parts.length);
+    expect(resumedRequests.filter((c) => c.key === halfSent.key && c.command === 'CreateMultipartUploadCommand')).toHaveLength(0);
+    expect(resumedRequests.filter((c) => c.key === halfSent.key && c.command === 'UploadPartCommand')).toHaveLength(halfSentParts - halfSent.parts.length);
+    // Every other PUT of the resumed run is a file that was missing; together, at most the files
+    // in flight at the abort were started twice.
+    const continued = last!.inFlight.filter((m) => resumedRequests.some((c) => c.key === m.key && c.command === 'CompleteMultipartUploadCommand')).length;
+    expect(countUploads(start2)).toBe(resumed.uploadedFiles - continued);
+    expect(putsBeforeAbort + countUploads(start2)).toBeLessThanOrEqual(resumed.filesTotal + 4);
+
+    // One object deleted and one replaced by different content of the same size: exactly those two go again.
+    const keys: { key: string; size: number }[] = [];
+    for await (const o of listObjects(s3, bucket, `${prefix}/pgdata/`)) keys.push(o);
+    const victims = keys.filter((o) => /\/base\/\d+\/\d+$/.test(o.key) && o.size === 8192).slice(0, 2);
+    expect(victims).toHaveLength(2);
+    await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: victims[0]!.key }));
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: victims[1]!.key, Body: Buffer.alloc(8192, 1) }));
+    const start3 = sent.length;
+    const repaired = await runIn(new MockActivityEnvironment(), a.uploadPgdata, { workdir: workdir!, prefix });
+    expect(repaired.uploadedFiles).toBe(2);
+    expect(countUploads(start3)).toBe(2);
+
+    const start4 = sent.length;
+    const noop = await runIn(new MockActivityEnvironment(), a.uploadPgdata, { workdir: workdir!, prefix });
+    expect(noop).toMatchObject({ uploadedFiles: 0, skippedFiles: noop.filesTotal });
+    expect(countUploads(start4)).toBe(0);
+
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/status/pgdata`, Body: '{"done":true}' }));
+    const target = path.join(root, uniqueId('resumed'));
+    await importPgdataFromS3({ s3, bucket, prefix, targetDir: target });
+    expect(await fingerprintOfDataDir(target)).toEqual(sourceFingerprint);
+  });
+
+  it('cleans a prefix so a new attempt starts empty', async () => {
+    const prefix = uniqueId('imports/clean');
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/spec.json`, Body: '{}' }));
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/pgdata/PG_VERSION`, Body: '15\n' }));
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/status/pgdata`, Body: '{"done":true}' }));
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}-sibling/keep`, Body: 'x' }));
+    const a = activities();
+    const env = new MockActivityEnvironment();
+    expect(await runIn(env, a.cleanImportPrefix, { prefix, keepSpec: true })).toEqual({ deleted: 2 });
+    expect(await getObjectBytes(s3, bucket, `${prefix}/spec.json`)).toBeDefined();
+    expect(await runIn(env, a.cleanImportPrefix, { prefix })).toEqual({ deleted: 1 });
+    expect(await getObjectBytes(s3, bucket, `${prefix}-sibling/keep`)).toBeDefined();
+    await expect(runIn(env, a.cleanImportPrefix, { prefix: '../escape' })).rejects.toThrow(/not a safe relative S3 prefix/);
+  });
+});
+
+describe('permanent importer failures', () => {
+  async function failureOf(p: Promise<unknown>): Promise<ApplicationFailure> {
+    const err = await p.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ApplicationFailure);
+    return err as ApplicationFailure;
+  }
+
+  it('a wrong source password: non-retryable, connection string masked, and status/fast_import says why', async () => {
+    const wrong = 'definitely-not-it-42';
+    const { prefix, workdir } = await newImport({ password: wrong });
+    const a = activities();
+    const env = new MockActivityEnvironment();
+    const failure = await failureOf(runIn(env, a.dumpSource, { workdir, prefix }));
+    expect(failure.type).toBe('SourceAuthenticationFailed');
+    expect(failure.nonRetryable).toBe(true);
+    expect(failure.message).toMatch(/password authentication failed for user "importer"/);
+    expect(failure.message).toContain(`postgresql://importer:********@127.0.0.1:${source.port}/${DATABASE}`);
+    expect(failure.message).not.toContain(wrong);
+    expect(readFileSync(path.join(workdir, 'pg_dump.log'), 'utf8')).not.toContain(wrong);
+    expect(existsSync(path.join(workdir, 'dumpdir.done.json'))).toBe(false);
+
+    await runIn(env, a.writeFastImportStatus, { prefix, error: `${failure.message} (${sourceUrl(wrong)})` });
+    const status = JSON.parse((await getObjectBytes(s3, bucket, `${prefix}/status/fast_import`))!.toString()) as { done: boolean; error: string; command: string };
+    expect(status).toMatchObject({ command: 'pgdata', done: false });
+    expect(status.error).toMatch(/password authentication failed/);
+    expect(status.error).not.toContain(wrong);
+  });
+
+  it('a missing source database, a missing spec, an undecryptable spec and a missing pg_dump are permanent', async () => {
+    const a = activities();
+    const env = new MockActivityEnvironment();
+    const noDb = await newImport({ database: 'no_such_db' });
+    const missingDb = await failureOf(runIn(env, a.dumpSource, noDb));
+    expect(missingDb.type).toBe('SourceDatabaseMissing');
+    expect(missingDb.message).toMatch(/database "no_such_db" does not exist/);
+    expect(missingDb.message).not.toContain(PASSWORD);
+    expect(missingDb.message).not.toContain(encodeURIComponent(PASSWORD));
+
+    const noSpec = await failureOf(runIn(env, a.dumpSource, { workdir: path.join(root, uniqueId('work')), prefix: uniqueId('imports/none') }));
+    expect(noSpec).toMatchObject({ type: 'ImportSpecMissing', nonRetryable: true });
+
+    const otherKey = activities({ keyProviders: { Local: createLocalKeyProvider({ 'test-key': parseLocalKey(generateLocalKey()) }) } });
+    const { prefix, workdir } = await newImport();
+    const undecryptable = await failureOf(runIn(env, otherKey.dumpSource, { workdir, prefix }));
+    expect(undecryptable).toMatchObject({ type: 'DecryptionFailed', nonRetryable: true });
+
+    const noBinaries = activities({ install: { ...install, binDir: path.join(root, 'no-such-bin') } });
+    const missingBinary = await failureOf(runIn(env, noBinaries.dumpSource, { workdir, prefix }));
+    expect(missingBinary).toMatchObject({ type: 'MissingBinary', nonRetryable: true });
+  });
+});
