@@ -72,3 +72,6 @@ const COMPUTE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 export function isValidComputeId(id: string): boolean {
   return COMPUTE_ID.test(id);
 }
+
+/** ApplicationFailure type of a step that found PGDATA wiped or from another start; the workflow redoes the fresh start. */
+export const PGDATA_LOST = 'PgdataLost';

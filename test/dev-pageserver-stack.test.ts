@@ -51,7 +51,7 @@ async function unpack(source: NodeJS.ReadableStream[], dir: string): Promise<voi
       return;
     }
     const parts: Buffer[] = [];
-    stream.on('data', (d: Buffer) => parts.push(d));
+    stream.on('data', (d: unknown) => parts.push(d as Buffer));
     stream.on('end', () => {
       fsp.writeFile(target, Buffer.concat(parts), { mode: header.mode ?? 0o600 }).then(() => next(), next);
     });

@@ -137,7 +137,7 @@ async function unpackTar(source: NodeJS.ReadableStream[], dir: string): Promise<
       stream.on('end', () => next());
     } else if (header.type === 'file') {
       const parts: Buffer[] = [];
-      stream.on('data', (d: Buffer) => parts.push(d));
+      stream.on('data', (d: unknown) => parts.push(d as Buffer));
       stream.on('end', () => {
         fsp.writeFile(target, Buffer.concat(parts), { mode: header.mode ?? 0o600 }).then(() => next(), next);
       });
@@ -159,7 +159,7 @@ async function fetchBasebackup(port: number, command: string, dir: string): Prom
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     let bytes = 0;
     const copy = client.query(to(command));
-    copy.on('data', (d: Buffer) => (bytes += d.length));
+    copy.on('data', (d: unknown) => (bytes += (d as Buffer).length));
     const names = await unpackTar([copy, createGunzip()], dir);
     return { names, connectMs, totalMs: performance.now() - started, bytes };
   } finally {

@@ -34,5 +34,4 @@ export interface ControlPlaneActivities {
   }): Promise<{ synced: boolean; lsn: string | null; reason?: string; ms: number }>;
 }
 
-/** ApplicationFailure types the workflow reacts to. */
-export const PGDATA_LOST = 'PgdataLost';
+export { PGDATA_LOST } from '../../model/compute-status';

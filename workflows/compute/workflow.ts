@@ -11,9 +11,9 @@ import {
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import { PGDATA_LOST } from '../../activities/compute/types';
 import { parseComputeConfig, type ComputeConfig } from '../../model/compute-spec';
 import {
+  PGDATA_LOST,
   computeTaskQueue,
   emptyStartupMetrics,
   type ComputeStartupMetrics,
@@ -21,7 +21,7 @@ import {
   type ComputeStatusResponse,
   type TerminateMode,
 } from '../../model/compute-status';
-import { computeNodeActivities, controlPlaneActivities } from './activities';
+import { computeNodeActivities, controlPlaneActivities } from './activity-proxies';
 import { configureUpdate, statusQuery, terminateUpdate } from './messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
