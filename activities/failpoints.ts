@@ -4,14 +4,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 /**
  * Named pause points for fault-injection tests, in the spirit of Neon's failpoints: a worker
  * started with failpoints {"startPostgres"} stops at the start of that activity's first attempt
- * (heartbeating, so it looks alive) until the test kills the worker. With no failpoints configured
- * — always in production — this returns at once.
+ * (heartbeating, so it looks alive) until the test kills the worker or cancels the activity. Each
+ * fires once per worker process. With no failpoints configured — always in production — this
+ * returns at once.
  */
 export function createFailpoints(enabled: ReadonlySet<string>) {
+  const fired = new Set<string>();
   return async function failpoint(name: string): Promise<void> {
-    if (!enabled.has(name)) return;
+    if (!enabled.has(name) || fired.has(name)) return;
     const ctx = Context.current();
     if (ctx.info.attempt > 1) return;
+    fired.add(name);
     console.log(`failpoint ${name} reached (pid ${process.pid})`);
     for (;;) {
       ctx.heartbeat();

@@ -1,6 +1,8 @@
 import { Command } from 'commander';
 import { registerComputeCommands } from './commands/compute';
 import { registerDevCommands } from './commands/dev';
+import { registerImportCommands } from './commands/import';
+import { registerLfcCommands } from './commands/lfc';
 import { registerMainCommand } from './commands/main';
 import { registerTimelineCommands } from './commands/timeline';
 import { registerWorkerCommands } from './commands/worker';
@@ -14,6 +16,8 @@ registerDevCommands(program);
 registerComputeCommands(program);
 registerWorkerCommands(program);
 registerTimelineCommands(program);
+registerImportCommands(program);
 registerMainCommand(program);
+registerLfcCommands(program);
 
 program.parseAsync(process.argv).catch(exitWithError);

@@ -15,7 +15,17 @@ import {
   type ComputeStatusResponse,
   type TerminateMode,
 } from '../model/compute-status';
-import { configureUpdate, statusQuery, terminateUpdate } from '../workflows/compute/messages';
+import type { OffloadState, PrewarmState } from '../model/cache-state';
+import {
+  cancelPrewarmUpdate,
+  configureUpdate,
+  lfcStatusQuery,
+  offloadUpdate,
+  prewarmUpdate,
+  statusQuery,
+  terminateUpdate,
+  type LfcStatus,
+} from '../workflows/compute/messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../workflows/compute/search-attributes';
 import type { computeWorkflow, ComputeWorkflowOptions } from '../workflows/compute/workflow';
 
@@ -140,6 +150,51 @@ export class ComputeClient {
       if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
       if (err instanceof WorkflowUpdateFailedError) throw new UserFacingError(`terminate refused: ${rootMessage(err)}`);
       throw err;
+    }
+  }
+
+  /** Runs an update, turning "not found" and refusals into messages a user can act on. */
+  private async update<R>(computeId: string, what: string, run: () => Promise<R>): Promise<R> {
+    try {
+      return await run();
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
+      if (err instanceof WorkflowUpdateFailedError) throw new UserFacingError(`${what} refused: ${rootMessage(err)}`);
+      throw err;
+    }
+  }
+
+  async lfcStatus(computeId: string): Promise<LfcStatus> {
+    try {
+      return await this.handle(computeId).query(lfcStatusQuery);
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
+      throw err;
+    }
+  }
+
+  /** compute_ctl's POST /lfc/prewarm: starts a prewarm (refused while one runs). */
+  prewarm(computeId: string, fromEndpoint?: string): Promise<PrewarmState> {
+    return this.update(computeId, 'prewarm', () => this.handle(computeId).executeUpdate(prewarmUpdate, { args: [{ fromEndpoint }] }));
+  }
+
+  cancelPrewarm(computeId: string): Promise<PrewarmState> {
+    return this.update(computeId, 'cancel', () => this.handle(computeId).executeUpdate(cancelPrewarmUpdate, { args: [] }));
+  }
+
+  /** compute_ctl's POST /lfc/offload: starts an offload (refused while one runs). */
+  offload(computeId: string): Promise<OffloadState> {
+    return this.update(computeId, 'offload', () => this.handle(computeId).executeUpdate(offloadUpdate, { args: [] }));
+  }
+
+  /** Polls the cache state until `done` holds. */
+  async waitForLfc(computeId: string, done: (s: LfcStatus) => boolean, timeoutMs = 600_000): Promise<LfcStatus> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = await this.lfcStatus(computeId);
+      if (done(s)) return s;
+      if (Date.now() > deadline) throw new UserFacingError(`compute ${computeId}: cache operation still running after ${timeoutMs / 1000} s`);
+      await sleep(250);
     }
   }
 

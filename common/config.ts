@@ -62,8 +62,36 @@ export interface AppConfig {
   payloadKeys?: PayloadKeys;
   pgBinDir?: string;
   stackDir: string;
+  /** S3 key prefix for cache (LFC) state objects. */
+  cacheStatePrefix: string;
   /** Fault-injection pause points for tests (DURABLE_COMPUTE_FAILPOINTS=a,b); empty in production. */
   failpoints: string[];
+  /** Fast import: how source connection strings are encrypted, and the importer host's settings. */
+  imports: ImportConfig;
+}
+
+/**
+ * Fast import settings. The source connection string is encrypted by the client under `key` and
+ * decrypted only on the importer; `Local` keys live in a file (the embedded default, created in
+ * the stack directory on first use), `KMS` keys in AWS KMS.
+ */
+export interface ImportConfig {
+  key: { kind: 'Local'; keyId: string; file: string; isDefaultFile: boolean } | { kind: 'KMS'; keyId: string };
+  /** The local key file is also read when specs name a Local key while new ones use KMS. */
+  localKeyFile: string;
+  kms: { region: string; endpoint?: string };
+  importer: {
+    /** Working directories of imports on this host (dump, scratch data directory). */
+    workdirRoot: string;
+    /** This host's identity (its task queue); default: kept in <workdirRoot>/host-id. */
+    hostId?: string;
+    /** The queue all importers of one pool share (claims of new local runs). */
+    sharedTaskQueue: string;
+    uploadConcurrency?: number;
+    /** Memory and CPUs the scratch Postgres is sized for; default: this machine's. */
+    memoryMb?: number;
+    cpus?: number;
+  };
 }
 
 /** Endpoints of a running dev stack, used for whatever the environment leaves unset. */
@@ -216,10 +244,48 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
       credentials,
     },
     pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
+    cacheStatePrefix:
+      read(env, 'DURABLE_COMPUTE_CACHE_PREFIX', z.string().regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'expected a relative S3 key prefix')) ?? 'lfc',
     failpoints: (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated activity names')) ?? '')
       .split(',')
       .filter(Boolean),
+    imports: loadImportConfig(env, read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir),
     stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
+  };
+}
+
+const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
+
+function loadImportConfig(env: Env, stackDir: string): ImportConfig {
+  const localKeyFile = read(env, 'DURABLE_COMPUTE_IMPORT_KEY_FILE', z.string().min(1).transform((p) => path.resolve(p)));
+  const file = localKeyFile ?? path.join(stackDir, 'import.key');
+  const kmsKeyId = read(env, 'DURABLE_COMPUTE_IMPORT_KMS_KEY_ID', z.string().min(1).max(2048));
+  const region = z.string().regex(/^[a-z0-9-]{2,32}$/, 'not a valid region');
+  return {
+    key: kmsKeyId
+      ? { kind: 'KMS', keyId: kmsKeyId }
+      : {
+          kind: 'Local',
+          keyId: read(env, 'DURABLE_COMPUTE_IMPORT_KEY_ID', z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/, 'expected 1-128 letters, digits, . _ : -')) ?? 'durable-compute-local',
+          file,
+          isDefaultFile: localKeyFile === undefined,
+        },
+    localKeyFile: file,
+    kms: {
+      region: read(env, 'DURABLE_COMPUTE_IMPORT_KMS_REGION', region) ?? read(env, 'AWS_REGION', region) ?? 'us-east-1',
+      endpoint: read(env, 'AWS_ENDPOINT_URL_KMS', httpUrl),
+    },
+    importer: {
+      workdirRoot:
+        read(env, 'DURABLE_COMPUTE_IMPORTER_WORKDIR', z.string().refine((p) => path.isAbsolute(p), 'expected an absolute path').transform((p) => path.normalize(p))) ??
+        path.join(stackDir, 'importer'),
+      hostId: read(env, 'DURABLE_COMPUTE_IMPORTER_HOST_ID', z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/, 'expected 1-100 letters, digits, . _ -')),
+      sharedTaskQueue:
+        read(env, 'DURABLE_COMPUTE_IMPORTER_TASK_QUEUE', z.string().regex(/^[A-Za-z0-9._:-]{1,150}$/, 'not a valid task queue name')) ?? 'durable-compute-importer',
+      uploadConcurrency: read(env, 'DURABLE_COMPUTE_IMPORTER_UPLOAD_CONCURRENCY', positiveInt(64)),
+      memoryMb: read(env, 'DURABLE_COMPUTE_IMPORTER_MEMORY_MB', positiveInt(16 * 1024 * 1024)),
+      cpus: read(env, 'DURABLE_COMPUTE_IMPORTER_CPUS', positiveInt(1024)),
+    },
   };
 }
 

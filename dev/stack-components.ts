@@ -5,7 +5,7 @@ import { projectRoot, tsNodeArgs } from '../common/paths';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
 import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
 import { canConnect, spawnDetached, type TrackedProcess } from './processes';
-import type { StackSettings } from './stack-settings';
+import { DEV_S3_CREDENTIALS, type StackSettings } from './stack-settings';
 
 type PortKey = keyof StackSettings['ports'];
 
@@ -30,8 +30,8 @@ async function tcpOpen(host: string, port: number): Promise<void> {
   if (!(await canConnect(host, port))) throw new Error(`nothing accepts connections on ${host}:${port}`);
 }
 
-function runTs(s: StackSettings, name: string, script: string, args: string[], env?: NodeJS.ProcessEnv): TrackedProcess {
-  return spawnDetached(process.execPath, [...tsNodeArgs(), path.join(projectRoot, script), ...args], {
+function runTs(s: StackSettings, name: string, script: string, args: string[], env?: NodeJS.ProcessEnv, nodeFlags: string[] = []): TrackedProcess {
+  return spawnDetached(process.execPath, [...nodeFlags, ...tsNodeArgs(), path.join(projectRoot, script), ...args], {
     log: path.join(s.dir, `${name}.log`),
     cwd: projectRoot,
     env,
@@ -84,8 +84,12 @@ const temporalComponent: StackComponent = {
 const s3Component: StackComponent = {
   name: 's3',
   ports: (s) => [{ port: s.ports.s3, key: 's3' }],
+  // s3rver makes ListObjectsV2 continuation tokens with DES, which OpenSSL 3 only offers through
+  // its legacy provider: without it, any paged V2 listing (aws s3 sync, the SDK's paginator) fails.
   start: (s) =>
-    runTs(s, 's3', 'dev/s3-server-main.ts', ['--host', s.host, '--port', String(s.ports.s3), '--dir', path.join(s.dir, 's3'), '--bucket', s.bucket]),
+    runTs(s, 's3', 'dev/s3-server-main.ts', ['--host', s.host, '--port', String(s.ports.s3), '--dir', path.join(s.dir, 's3'), '--bucket', s.bucket], undefined, [
+      '--openssl-legacy-provider',
+    ]),
   probe: (s) => httpOk(`http://${s.host}:${s.ports.s3}/`),
   readyTimeoutMs: 30_000,
 };
@@ -140,7 +144,16 @@ const pageserverComponent: StackComponent = {
       String(s.ports.pageserverHttp),
       '--safekeepers',
       safekeepers.join(','),
-    ]);
+      // import_pgdata reads the stack's bucket; the credentials travel in the environment, not argv.
+      '--s3-endpoint',
+      `http://${s.host}:${s.ports.s3}`,
+      '--s3-buckets',
+      s.bucket,
+      '--s3-region',
+      s.region,
+      '--import-poll-ms',
+      '1000',
+    ], { ...process.env, AWS_ACCESS_KEY_ID: DEV_S3_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: DEV_S3_CREDENTIALS.secretAccessKey });
   },
   async probe(s) {
     await tcpOpen(s.host, s.ports.pageserverPg);

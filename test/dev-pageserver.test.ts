@@ -195,7 +195,7 @@ async function startCompute(root: string): Promise<Compute> {
     pgdata,
     port,
     async query<T extends pg.QueryResultRow>(sql: string) {
-      const c = new pg.Client({ host: '127.0.0.1', port, user: 'cloud_admin', database: 'postgres' });
+      const c = new pg.Client({ host: root, port, user: 'cloud_admin', database: 'postgres' });
       await c.connect();
       try {
         return (await c.query<T>(sql)).rows;

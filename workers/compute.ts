@@ -33,6 +33,7 @@ export async function createComputeWorker(config: AppConfig, opts: ComputeWorker
     backend: computeStorageBackend(opts.storageBackend ?? 'stock'),
     syncSafekeepersCommand: opts.syncSafekeepersCommand,
     failpoint: createFailpoints(new Set(opts.failpoints ?? [])),
+    cacheStorage: { s3: config.s3, prefix: config.cacheStatePrefix },
   });
   const taskQueue = computeTaskQueue(opts.computeId);
   const handle = await createWorker(config, {

@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { createControlPlaneActivities } from '../activities/compute/control-plane-activities';
+import { importControlActivitiesFor } from '../activities/import-control';
 import type { AppConfig } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { createWorker } from './run-worker';
@@ -11,7 +12,7 @@ export async function createControlPlaneWorker(config: AppConfig) {
   return createWorker(config, {
     taskQueue: config.temporal.controlPlaneTaskQueue,
     workflowsPath: WORKFLOWS_PATH,
-    activities: createControlPlaneActivities(),
+    activities: { ...createControlPlaneActivities(), ...importControlActivitiesFor(config) },
     dataConverter: encryptedDataConverter(config.payloadKeys),
     identity: `control-plane@${process.pid}`,
   });

@@ -1,2 +1,3 @@
 // Every workflow type the control-plane worker runs.
 export { computeWorkflow } from './compute/workflow';
+export { importWorkflow } from './import/workflow';

@@ -4,6 +4,8 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import type { TerminateMode } from '../../model/compute-status';
+import type { S3Config } from '../../common/config';
+import { stockCacheConf } from '../cache';
 import { type Failpoint } from '../failpoints';
 import { fetchBasebackup, StorageError } from '../pageserver';
 import { createPostgresActivities, PostgresFailure } from '../postgres';
@@ -11,10 +13,13 @@ import { INCARNATION_FILE } from '../postgres/pgdata';
 import { readPostmasterPid } from '../postgres/process';
 import { runSyncSafekeepers, SyncSafekeepersError } from '../safekeepers';
 import type { ComputeStorageBackend } from '../storage-backend';
+import { createComputeCacheActivities } from './cache-node-activities';
 import { PGDATA_LOST, type ComputeNodeActivities } from './types';
 
 export interface ComputeNodeDeps {
   pgBinDir: string;
+  /** Where cache state is kept (S3 bucket and key prefix). */
+  cacheStorage: { s3: S3Config; prefix: string };
   pgdata: string;
   backend: ComputeStorageBackend;
   /** Overrides the backend's sync command (Neon: `postgres --sync-safekeepers`). */
@@ -44,13 +49,27 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
   });
   const { failpoint, backend } = deps;
 
+  const cacheBackend = backend.name === 'neon' ? 'neon' : 'stock';
+  const cache = createComputeCacheActivities({
+    pgdata: deps.pgdata,
+    backend: cacheBackend,
+    s3: deps.cacheStorage.s3,
+    prefix: deps.cacheStorage.prefix,
+    adminUser: deps.adminUser,
+    failpoint,
+  });
+
+  // What the storage backend needs, plus what the stock cache backend needs (Neon's LFC needs nothing).
   const backendConf = (spec: ComputeSpec) =>
-    backend.postgresqlConf({
-      tenantId: spec.tenant_id,
-      timelineId: spec.timeline_id,
-      safekeepers: spec.safekeeper_connstrings,
-      mode: spec.mode.kind,
-    });
+    [
+      backend.postgresqlConf({
+        tenantId: spec.tenant_id,
+        timelineId: spec.timeline_id,
+        safekeepers: spec.safekeeper_connstrings,
+        mode: spec.mode.kind,
+      }),
+      cacheBackend === 'stock' ? stockCacheConf() : '',
+    ].join('\n');
 
   /** Removes what a crashed unpack left, keeping the files written before it. */
   async function clearPartialUnpack(): Promise<void> {
@@ -60,6 +79,8 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
   }
 
   return {
+    ...cache,
+
     async preparePgdata({ incarnation }) {
       await failpoint('preparePgdata');
       await postgres.preparePgdata({ incarnation });

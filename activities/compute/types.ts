@@ -1,5 +1,6 @@
 import type { ComputeSpec } from '../../model/compute-spec';
 import type { TerminateMode } from '../../model/compute-status';
+import type { ComputeCacheActivities } from './cache-node-activities';
 
 /**
  * The contract between the compute workflow and its activities. Compute-node activities run in the
@@ -10,7 +11,7 @@ import type { TerminateMode } from '../../model/compute-status';
  * every later step checks it, so a step never runs on a directory from another start (or on a
  * replaced VM's empty disk) and fails with the non-retryable type PgdataLost instead.
  */
-export interface ComputeNodeActivities {
+export interface ComputeNodeActivities extends ComputeCacheActivities {
   preparePgdata(input: { incarnation: string }): Promise<void>;
   writePostgresConfig(input: { incarnation: string; spec: ComputeSpec }): Promise<{ ms: number }>;
   syncSafekeepers(input: { incarnation: string; storageAuthToken?: string }): Promise<{ lsn: string; ms: number }>;

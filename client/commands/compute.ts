@@ -21,7 +21,7 @@ export function readSpecFile(file: string): unknown {
   }
 }
 
-async function withComputeClient<T>(fn: (c: ComputeClient) => Promise<T>): Promise<T> {
+export async function withComputeClient<T>(fn: (c: ComputeClient) => Promise<T>): Promise<T> {
   const config = cliConfig();
   const { client, close } = await openClient(config);
   try {

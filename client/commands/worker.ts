@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { runUntilShutdown } from '../../workers/run-worker';
 import { createComputeWorker } from '../../workers/compute';
 import { createControlPlaneWorker } from '../../workers/control-plane';
+import { createImporterWorker, runImporterUntilShutdown } from '../../workers/importer';
 import { cliConfig } from '../context';
 
 export function registerWorkerCommands(program: Command): void {
@@ -15,6 +16,19 @@ export function registerWorkerCommands(program: Command): void {
       const handle = await createControlPlaneWorker(config);
       await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue}`));
       console.log('control-plane worker stopped');
+    });
+
+  worker
+    .command('importer')
+    .description("an importer host: claims fast imports, runs their dump, restore and upload on this machine's disk")
+    .option('--pg-bin <dir>', 'PostgreSQL bin directory (default: PG_BIN_DIR, pg_config, /usr/lib/postgresql/15/bin)')
+    .action(async (opts: { pgBin?: string }) => {
+      const config = cliConfig();
+      const handle = await createImporterWorker(config, { pgBinDir: opts.pgBin });
+      await runImporterUntilShutdown(handle, () =>
+        console.log(`importer worker ready: host ${handle.host.hostId} on ${handle.host.taskQueue}, work directory ${handle.host.workdirRoot}`),
+      );
+      console.log('importer worker stopped');
     });
 
   worker

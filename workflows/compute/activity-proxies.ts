@@ -1,4 +1,4 @@
-import { proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { ComputeNodeActivities, ControlPlaneActivities } from '../../activities/compute/types';
 
 /**
@@ -46,11 +46,13 @@ export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSe
       retry: { initialInterval: '500 ms', maximumAttempts: 10 },
       summary: 'apply roles and databases',
     }).applySpec,
-    // One attempt: a watch that stops heartbeating means the compute worker (or VM) is gone.
+    // A watch that stops heartbeating means the compute worker is gone. It gets one more attempt,
+    // which a restarted worker must pick up within the same timeout; otherwise the VM is lost.
     watchPostgres: on({
       startToCloseTimeout: `${watchReportSeconds + 120} seconds`,
       heartbeatTimeout: `${watchHeartbeatTimeoutSeconds} seconds`,
-      retry: { maximumAttempts: 1 },
+      scheduleToStartTimeout: `${watchHeartbeatTimeoutSeconds} seconds`,
+      retry: { maximumAttempts: 2, initialInterval: '200 ms' },
       summary: 'watch Postgres',
     }).watchPostgres,
     reconfigurePostgres: on({
@@ -73,3 +75,24 @@ export const controlPlaneActivities = proxyActivities<ControlPlaneActivities>({
   retry: { initialInterval: '200 ms', maximumAttempts: 3 },
   summary: 'safekeeper quorum check',
 });
+
+/** Cache offload and prewarm on the compute; a prewarm heartbeats its progress and resumes from it. */
+export function computeCacheActivities(taskQueue: string) {
+  const on = (options: ActivityOptions) => proxyActivities<ComputeNodeActivities>({ ...options, taskQueue });
+  return {
+    prewarmCache: on({
+      startToCloseTimeout: '30 minutes',
+      heartbeatTimeout: '10 seconds',
+      // Let the SQL be cancelled before the workflow records the prewarm as cancelled.
+      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      retry: { initialInterval: '1 second', maximumAttempts: 5 },
+      summary: 'prewarm cache',
+    }).prewarmCache,
+    offloadCacheState: on({
+      startToCloseTimeout: '5 minutes',
+      heartbeatTimeout: '10 seconds',
+      retry: { initialInterval: '1 second', maximumAttempts: 3 },
+      summary: 'offload cache state',
+    }).offloadCacheState,
+  };
+}

@@ -1,4 +1,5 @@
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { CACHE_METRICS, OffloadState, PrewarmState } from '../../model/cache-state';
 import type { ComputeStatusResponse, TerminateMode } from '../../model/compute-status';
 
 /** compute_ctl's POST /configure: takes a ComputeConfig or bare ComputeSpec JSON; returns the final status. */
@@ -9,3 +10,22 @@ export const terminateUpdate = defineUpdate<{ lsn: string | null }, [{ mode?: Te
 
 /** compute_ctl's GET /status, plus startup timings under /metrics.json names. */
 export const statusQuery = defineQuery<ComputeStatusResponse>('status');
+
+/** compute_ctl's POST /lfc/prewarm[?from_endpoint=]: starts a prewarm; refused while one runs (429). */
+export const prewarmUpdate = defineUpdate<PrewarmState, [{ fromEndpoint?: string }]>('lfcPrewarm');
+
+/** compute_ctl's DELETE /lfc/prewarm: cancels the running prewarm, down to its SQL. */
+export const cancelPrewarmUpdate = defineUpdate<PrewarmState, []>('lfcCancelPrewarm');
+
+/** compute_ctl's POST /lfc/offload: starts an offload; refused while one runs (429). */
+export const offloadUpdate = defineUpdate<OffloadState, []>('lfcOffload');
+
+export interface LfcStatus {
+  prewarm: PrewarmState;
+  offload: OffloadState;
+  /** Counters under compute_ctl's /metrics names. */
+  metrics: Record<(typeof CACHE_METRICS)[keyof typeof CACHE_METRICS], number>;
+}
+
+/** compute_ctl's GET /lfc/prewarm and GET /lfc/offload, together. */
+export const lfcStatusQuery = defineQuery<LfcStatus>('lfcStatus');

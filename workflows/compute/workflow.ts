@@ -2,7 +2,10 @@ import {
   allHandlersFinished,
   ApplicationFailure,
   ActivityFailure,
+  CancellationScope,
   condition,
+  isCancellation,
+  sleep,
   continueAsNew,
   log,
   setCurrentDetails,
@@ -11,6 +14,7 @@ import {
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
+import { CACHE_METRICS, mayOffloadPeriodically, type OffloadState, type PrewarmState } from '../../model/cache-state';
 import { parseComputeConfig, type ComputeConfig } from '../../model/compute-spec';
 import {
   PGDATA_LOST,
@@ -21,8 +25,8 @@ import {
   type ComputeStatusResponse,
   type TerminateMode,
 } from '../../model/compute-status';
-import { computeNodeActivities, controlPlaneActivities } from './activity-proxies';
-import { configureUpdate, statusQuery, terminateUpdate } from './messages';
+import { computeCacheActivities, computeNodeActivities, controlPlaneActivities } from './activity-proxies';
+import { cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
 export interface ComputeWorkflowOptions {
@@ -44,6 +48,16 @@ export interface CarriedComputeState {
   status: 'running' | 'failed';
   error: string | null;
   incarnation: string;
+  prewarm: PrewarmState;
+  offload: OffloadState;
+  lfcCounters: LfcCounters;
+}
+
+interface LfcCounters {
+  prewarms: number;
+  prewarmErrors: number;
+  offloads: number;
+  offloadErrors: number;
 }
 
 export interface ComputeWorkflowInput {
@@ -76,6 +90,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   const watchHeartbeatTimeoutSeconds = input.options?.watchHeartbeatTimeoutSeconds ?? 15;
   const maxWatchRounds = input.options?.maxWatchRoundsPerRun ?? 1000;
   const node = computeNodeActivities(computeTaskQueue(input.computeId), watchHeartbeatTimeoutSeconds, watchReportSeconds);
+  const cache = computeCacheActivities(computeTaskQueue(input.computeId));
 
   let config: ComputeConfig | undefined = input.carried?.config;
   let status: ComputeStatus = input.carried?.status ?? 'empty';
@@ -88,6 +103,15 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   let currentIncarnation = input.carried?.incarnation ?? '';
   const startTime = input.carried?.startTime ?? new Date(workflowInfo().startTime).toISOString();
   const metrics: ComputeStartupMetrics = input.carried?.metrics ?? emptyStartupMetrics();
+
+  // Cache (LFC) offload and prewarm: at most one of each at a time; background work stops with Postgres.
+  let prewarm: PrewarmState = input.carried?.prewarm ?? { status: 'not_prewarmed' };
+  let offload: OffloadState = input.carried?.offload ?? { status: 'not_offloaded' };
+  const lfcCounters: LfcCounters = input.carried?.lfcCounters ?? { prewarms: 0, prewarmErrors: 0, offloads: 0, offloadErrors: 0 };
+  let prewarmScope: CancellationScope | undefined;
+  let offloadRunning = false;
+  const background = new CancellationScope();
+  const backgroundTasks: Promise<void>[] = [];
 
   const setStatus = (next: ComputeStatus, reason?: string) => {
     status = next;
@@ -196,6 +220,121 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     },
   );
 
+  const cacheTarget = () => ({
+    tenantId: config!.spec.tenant_id,
+    timelineId: config!.spec.timeline_id,
+    endpointId: config!.spec.endpoint_id ?? input.computeId,
+  });
+
+  const startPrewarm = (fromEndpointId?: string) => {
+    prewarm = { status: 'prewarming' };
+    // Created inside the background scope, so Postgres stopping cancels it too.
+    const task = background.run(async () => {
+      const scope = new CancellationScope();
+      prewarmScope = scope;
+      try {
+        prewarm = await scope.run(() => cache.prewarmCache({ ...cacheTarget(), ...(fromEndpointId ? { fromEndpointId } : {}) }));
+        lfcCounters.prewarms += 1;
+      } catch (err) {
+        if (isCancellation(err)) {
+          prewarm = { status: 'cancelled' };
+        } else {
+          prewarm = { status: 'failed', error: describeFailure(err) };
+          lfcCounters.prewarmErrors += 1;
+        }
+      } finally {
+        if (prewarmScope === scope) prewarmScope = undefined;
+      }
+    });
+    backgroundTasks.push(task.catch(() => undefined));
+  };
+
+  const runOffload = async (): Promise<void> => {
+    offloadRunning = true;
+    offload = { status: 'offloading' };
+    try {
+      offload = await cache.offloadCacheState(cacheTarget());
+      if (offload.status === 'completed') lfcCounters.offloads += 1;
+    } catch (err) {
+      offload = { status: 'failed', error: isCancellation(err) ? 'cancelled: Postgres stopped' : describeFailure(err) };
+      if (!isCancellation(err)) lfcCounters.offloadErrors += 1;
+    } finally {
+      offloadRunning = false;
+    }
+  };
+
+  /** compute_ctl's loop: first offload one full interval after start; skipped while the prewarm state forbids it. */
+  const periodicOffload = async (intervalSeconds: number): Promise<void> => {
+    for (;;) {
+      await sleep(intervalSeconds * 1000);
+      if (offloadRunning) continue;
+      if (!mayOffloadPeriodically(prewarm)) {
+        log.info('periodic cache offload skipped', { prewarm: prewarm.status });
+        continue;
+      }
+      await runOffload();
+    }
+  };
+
+  const lfcRunning = () => status === 'running' && postgresRunning;
+
+  setHandler(lfcStatusQuery, () => ({
+    prewarm,
+    offload,
+    metrics: {
+      [CACHE_METRICS.prewarms]: lfcCounters.prewarms,
+      [CACHE_METRICS.prewarmErrors]: lfcCounters.prewarmErrors,
+      [CACHE_METRICS.offloads]: lfcCounters.offloads,
+      [CACHE_METRICS.offloadErrors]: lfcCounters.offloadErrors,
+    },
+  }));
+
+  setHandler(
+    prewarmUpdate,
+    (arg) => {
+      startPrewarm(arg.fromEndpoint);
+      return prewarm;
+    },
+    {
+      validator: (arg) => {
+        if (!lfcRunning()) throw new Error(`compute ${input.computeId} is ${status}; prewarm needs a running compute`);
+        if (prewarmScope) throw new Error('a prewarm is already running');
+        if (arg.fromEndpoint !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(arg.fromEndpoint)) {
+          throw new Error(`from_endpoint is not a valid endpoint ID: ${JSON.stringify(arg.fromEndpoint)}`);
+        }
+      },
+    },
+  );
+
+  setHandler(
+    cancelPrewarmUpdate,
+    async () => {
+      const scope = prewarmScope;
+      scope?.cancel();
+      await condition(() => prewarmScope !== scope);
+      return prewarm;
+    },
+    {
+      validator: () => {
+        if (!prewarmScope) throw new Error('no prewarm is running');
+      },
+    },
+  );
+
+  setHandler(
+    offloadUpdate,
+    () => {
+      backgroundTasks.push(background.run(runOffload).catch(() => undefined));
+      return offload;
+    },
+    {
+      validator: () => {
+        if (!lfcRunning()) throw new Error(`compute ${input.computeId} is ${status}; offload needs a running compute`);
+        if (offloadRunning) throw new Error('an offload is already running');
+      },
+    },
+  );
+
   upsertSearchAttributes([{ key: COMPUTE_ID, value: input.computeId }]);
 
   if (!input.carried) {
@@ -242,12 +381,21 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     }
     metrics.total_startup_ms = Date.now() - startupStarted + metrics.wait_for_spec_ms;
     setStatus('running');
+    // The prewarm starts first, so it is 'prewarming' before any periodic offload can look at it.
+    if (config!.spec.autoprewarm) startPrewarm();
+  }
+  const offloadInterval = config!.spec.offload_lfc_interval_seconds;
+  if (offloadInterval !== undefined && offloadInterval > 0) {
+    backgroundTasks.push(background.run(() => periodicOffload(offloadInterval)).catch(() => undefined));
   }
 
   // Watch until the postmaster exits. Each round reports last_active.
   let exitReason: string | undefined;
   for (let round = 0; ; round++) {
-    if (round >= maxWatchRounds && !reconfiguring && terminationMode === undefined) {
+    const historyLong = round >= maxWatchRounds || workflowInfo().continueAsNewSuggested;
+    if (historyLong && !reconfiguring && terminationMode === undefined && !prewarmScope && !offloadRunning) {
+      background.cancel();
+      await Promise.all(backgroundTasks);
       await condition(allHandlersFinished);
       return continueAsNew<typeof computeWorkflow>({
         ...input,
@@ -261,6 +409,9 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
           status: status === 'failed' ? 'failed' : 'running',
           error,
           incarnation: currentIncarnation,
+          prewarm,
+          offload,
+          lfcCounters,
         },
       });
     }
@@ -277,6 +428,9 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     }
   }
   postgresRunning = false;
+  // compute_ctl's cache loops stop when Postgres stops; no final offload.
+  background.cancel();
+  await Promise.all(backgroundTasks);
 
   if (terminationMode !== undefined) {
     // After Postgres stops, a Primary syncs the safekeepers once more; that LSN is the answer.

@@ -2,9 +2,15 @@
  * Process entry of the dev pageserver:
  *   node --import tsx dev/storage/pageserver/main.ts --dir <dir> --pg-port <p> --http-port <p>
  *     [--host 127.0.0.1] [--safekeepers http://127.0.0.1:7676,...] [--auth-token TOKEN] [--pg-bin-dir DIR]
+ *     [--s3-endpoint http://127.0.0.1:4568 --s3-buckets b1,b2 [--s3-region us-east-1]]
+ *     [--import-poll-ms 10000] [--import-complete-url http://control-plane]
+ * With --s3-endpoint, import_pgdata is served from those buckets (credentials from AWS_ACCESS_KEY_ID
+ * and AWS_SECRET_ACCESS_KEY, never from the command line); without it, import_pgdata answers 501.
  * Prints `pageserver ready` once both listeners accept; SIGTERM/SIGINT stop it gracefully.
  */
 import { parseArgs } from 'node:util';
+import { createS3Client } from '../../../activities/s3/client';
+import { createImportPgdataHandler } from '../pgdata-import/handler';
 import { startPageserver } from './pageserver';
 
 function port(value: string | undefined, flag: string): number {
@@ -25,6 +31,11 @@ async function main(): Promise<void> {
       safekeepers: { type: 'string', default: '' },
       'auth-token': { type: 'string' },
       'pg-bin-dir': { type: 'string' },
+      's3-endpoint': { type: 'string' },
+      's3-buckets': { type: 'string', default: '' },
+      's3-region': { type: 'string', default: 'us-east-1' },
+      'import-poll-ms': { type: 'string', default: '10000' },
+      'import-complete-url': { type: 'string' },
     },
     strict: true,
   });
@@ -36,6 +47,27 @@ async function main(): Promise<void> {
   for (const url of safekeepers) {
     if (!/^https?:\/\/[^/\s]+\/?$/.test(url)) throw new Error(`--safekeepers: ${JSON.stringify(url)} is not an http://host:port URL`);
   }
+  const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
+  let importPgdata;
+  if (values['s3-endpoint']) {
+    if (!/^https?:\/\/[^/\s]+\/?$/.test(values['s3-endpoint'])) throw new Error(`--s3-endpoint: ${JSON.stringify(values['s3-endpoint'])} is not an http://host:port URL`);
+    const buckets = values['s3-buckets'].split(',').map((b) => b.trim()).filter(Boolean);
+    if (buckets.length === 0) throw new Error('--s3-endpoint needs --s3-buckets (the buckets import_pgdata may read)');
+    const accessKeyId = process.env.AWS_ACCESS_KEY_ID;
+    const secretAccessKey = process.env.AWS_SECRET_ACCESS_KEY;
+    const s3 = createS3Client({
+      endpoint: values['s3-endpoint'],
+      region: values['s3-region'],
+      bucket: buckets[0]!,
+      forcePathStyle: true,
+      ...(accessKeyId && secretAccessKey ? { credentials: { accessKeyId, secretAccessKey } } : {}),
+    });
+    importPgdata = createImportPgdataHandler({ s3, allowedBuckets: buckets, log });
+  }
+  const pollMs = Number(values['import-poll-ms']);
+  if (!Number.isInteger(pollMs) || pollMs < 100 || pollMs > 600_000) throw new Error(`--import-poll-ms must be 100-600000, got ${values['import-poll-ms']}`);
+  const completeUrl = values['import-complete-url'];
+  if (completeUrl !== undefined && !/^https?:\/\/\S+$/.test(completeUrl)) throw new Error(`--import-complete-url: ${JSON.stringify(completeUrl)} is not an http(s) URL`);
   const server = await startPageserver({
     dir: values.dir,
     host: values.host,
@@ -44,6 +76,10 @@ async function main(): Promise<void> {
     safekeepers,
     ...(values['auth-token'] ? { authToken: values['auth-token'] } : {}),
     ...(values['pg-bin-dir'] ? { pgBinDir: values['pg-bin-dir'] } : {}),
+    ...(importPgdata ? { importPgdata } : {}),
+    importPollIntervalMs: pollMs,
+    ...(completeUrl ? { importCompleteUrl: completeUrl } : {}),
+    log,
   });
   console.log(`pageserver ready (page service ${values.host}:${server.pgPort}, http ${values.host}:${server.httpPort})`);
   let stopping = false;

@@ -11,6 +11,7 @@ import { createHttpHandler } from './http-api';
 import { createPageServiceHandler } from './page-service';
 import { postgresCannotReach, stopAllPostgres } from './postgres-run';
 import { SafekeeperClient } from './safekeeper-client';
+import { importCompleteNotifier } from './pgdata-imports';
 import { PageserverService, type ImportPgdataHandler } from './service';
 import { TimelineStore } from './timeline-store';
 
@@ -27,6 +28,10 @@ export interface PageserverOptions {
   authToken?: string;
   pgBinDir?: string;
   importPgdata?: ImportPgdataHandler;
+  /** How often a background import checks for the upload's commit marker (default 10 s, as Neon). */
+  importPollIntervalMs?: number;
+  /** Where the storage controller's `PUT .../import_complete` callback goes when an import ends. */
+  importCompleteUrl?: string;
   /** Upper bound for one WAL replay (default 10 minutes). */
   materializeTimeoutMs?: number;
   log?: (line: string) => void;
@@ -53,7 +58,12 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     materializeTimeoutMs: opts.materializeTimeoutMs ?? 10 * 60 * 1000,
     log,
     ...(opts.importPgdata ? { importPgdata: opts.importPgdata } : {}),
+    imports: {
+      pollIntervalMs: opts.importPollIntervalMs ?? 10_000,
+      ...(opts.importCompleteUrl ? { onComplete: importCompleteNotifier(opts.importCompleteUrl, { token: opts.authToken, log }) } : {}),
+    },
   });
+  await service.init();
 
   const pgwire = await startPgWireServer({
     host: opts.host,
@@ -75,6 +85,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     });
   } catch (err) {
     await pgwire.close();
+    await service.close();
     throw err;
   }
 
@@ -85,7 +96,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     async close() {
       const httpClosed = new Promise<void>((resolve) => httpServer.close(() => resolve()));
       httpServer.closeAllConnections();
-      await Promise.all([pgwire.close(), httpClosed]);
+      await Promise.all([pgwire.close(), httpClosed, service.close()]);
       await stopAllPostgres();
     },
   };

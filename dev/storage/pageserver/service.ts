@@ -12,6 +12,7 @@ import { fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
 import { IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta } from './images';
 import { KeyedMutex } from './keyed-mutex';
 import { materializeAt } from './materialize';
+import { PgdataImports, type PgdataImportRecord } from './pgdata-imports';
 import { runInitdb } from './postgres-run';
 import type { SafekeeperClient } from './safekeeper-client';
 import type { TimelineCreation, TimelineMeta, TimelineStore } from './timeline-store';
@@ -31,13 +32,19 @@ export const SUPPORTED_PG_VERSION = 15;
 /**
  * Extension point for `import_pgdata`: fetch and validate the data directory (cleanly shut down
  * PostgreSQL 15) into `targetPgdata`. The pageserver then makes it the timeline's first image.
+ * With `isCommitted`, the import runs in the background and first waits for the upload's commit
+ * marker (Neon's behaviour); `validate` refuses a malformed request before anything is recorded.
  */
-export type ImportPgdataHandler = (request: {
+export type ImportPgdataHandler = ((request: {
   tenantId: string;
   timelineId: string;
   importPgdata: unknown;
   targetPgdata: string;
-}) => Promise<void>;
+  signal?: AbortSignal;
+}) => Promise<unknown>) & {
+  validate?: (importPgdata: unknown) => unknown;
+  isCommitted?: (importPgdata: unknown) => Promise<boolean>;
+};
 
 export type CreateTimelineRequest =
   | { mode: 'bootstrap'; timelineId: string; pgVersion: number }
@@ -50,6 +57,8 @@ export interface ServiceDeps {
   install: PgInstallation;
   materializeTimeoutMs: number;
   importPgdata?: ImportPgdataHandler;
+  /** Background imports (with a handler that has `isCommitted`): poll interval and completion callback. */
+  imports?: { pollIntervalMs: number; onComplete?: (record: PgdataImportRecord) => Promise<void> };
   log: (line: string) => void;
 }
 
@@ -64,8 +73,35 @@ interface TimelineState {
 export class PageserverService {
   private readonly tenantLocks = new KeyedMutex();
   private readonly timelineLocks = new KeyedMutex();
+  /** Imports running in the background or failed; undefined without a background-capable handler. */
+  private readonly imports: PgdataImports | undefined;
 
-  constructor(private readonly deps: ServiceDeps) {}
+  constructor(private readonly deps: ServiceDeps) {
+    const handler = deps.importPgdata;
+    if (handler?.isCommitted) {
+      const isCommitted = handler.isCommitted;
+      this.imports = new PgdataImports({
+        dir: path.join(path.dirname(deps.store.tenantsDir), 'imports'),
+        pollIntervalMs: deps.imports?.pollIntervalMs ?? 10_000,
+        onComplete: deps.imports?.onComplete,
+        log: deps.log,
+        runner: {
+          isCommitted: (record) => isCommitted(record.import_pgdata),
+          build: (record, signal) =>
+            this.buildImportedTimeline(record.tenant_id, record.timeline_id, record.import_pgdata, { mode: 'import', idempotency_key: record.idempotency_key }, signal),
+        },
+      });
+    }
+  }
+
+  /** Resumes background imports a previous run of the pageserver left running. */
+  async init(): Promise<void> {
+    await this.imports?.init();
+  }
+
+  async close(): Promise<void> {
+    await this.imports?.close();
+  }
 
   private async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {
     const meta = await this.deps.store.get(tenantId, timelineId);
@@ -113,7 +149,27 @@ export class PageserverService {
   }
 
   async timelineInfo(tenantId: string, timelineId: string): Promise<Record<string, unknown>> {
+    const importing = this.imports?.get(tenantId, timelineId);
+    if (importing && !(await this.deps.store.get(tenantId, timelineId))) return this.importingInfoOf(importing);
     return this.timelineInfoOf(await this.state(await this.meta(tenantId, timelineId)));
+  }
+
+  /** A timeline whose import has not finished: Loading while it runs, Broken with the reason once it failed. */
+  private importingInfoOf(record: PgdataImportRecord): Record<string, unknown> {
+    return {
+      tenant_id: record.tenant_id,
+      timeline_id: record.timeline_id,
+      ancestor_timeline_id: null,
+      ancestor_lsn: null,
+      last_record_lsn: '0/0',
+      prev_record_lsn: null,
+      disk_consistent_lsn: '0/0',
+      remote_consistent_lsn: '0/0',
+      pg_version: SUPPORTED_PG_VERSION,
+      state: record.state === 'failed' ? { Broken: { reason: `import_pgdata failed: ${record.error}`, backtrace: '' } } : 'Loading',
+      // Dev extra: what the import is doing.
+      import_pgdata: { state: record.state, error: record.error, started_at: record.started_at, finished_at: record.finished_at },
+    };
   }
 
   async listTimelines(tenantId: string): Promise<Record<string, unknown>[]> {
@@ -134,6 +190,15 @@ export class PageserverService {
   async createTimeline(tenantId: string, req: CreateTimelineRequest): Promise<Record<string, unknown>> {
     await this.tenantLocks.run(tenantId, async () => {
       const creation = this.creationOf(req);
+      const importing = this.imports?.get(tenantId, req.timelineId);
+      if (importing && !(await this.deps.store.get(tenantId, req.timelineId))) {
+        if (req.mode !== 'import' || importing.idempotency_key !== req.idempotencyKey) {
+          throw new PageserverError(409, `timeline ${tenantId}/${req.timelineId} is being imported with another idempotency key`);
+        }
+        // The same import again: still running is "come back later"; failed is answered with the broken timeline.
+        if (importing.state === 'running') throw new PageserverError(429, `import_pgdata of ${tenantId}/${req.timelineId} is still in progress`);
+        return;
+      }
       const existing = await this.deps.store.get(tenantId, req.timelineId);
       if (existing) {
         if (JSON.stringify(existing.creation) !== JSON.stringify(creation)) {
@@ -181,12 +246,33 @@ export class PageserverService {
   private async importTimeline(tenantId: string, timelineId: string, importPgdata: unknown, creation: TimelineCreation): Promise<void> {
     const handler = this.deps.importPgdata;
     if (!handler) throw new PageserverError(501, 'import_pgdata is not implemented yet');
+    try {
+      handler.validate?.(importPgdata);
+    } catch (err) {
+      throw new PageserverError(400, (err as Error).message);
+    }
+    if (this.imports) {
+      // Accepted: the import waits for the commit marker and runs in the background.
+      await this.deps.store.ensureTenant(tenantId);
+      await this.imports.start(tenantId, timelineId, creation.mode === 'import' ? creation.idempotency_key : null, importPgdata);
+      return;
+    }
+    await this.buildImportedTimeline(tenantId, timelineId, importPgdata, creation);
+  }
+
+  /** Downloads the validated data directory and makes it the first image of a new timeline. */
+  private async buildImportedTimeline(tenantId: string, timelineId: string, importPgdata: unknown, creation: TimelineCreation, signal?: AbortSignal): Promise<void> {
+    const handler = this.deps.importPgdata!;
+    const started = Date.now();
     await this.deps.store.create(tenantId, timelineId, async (_dir, images) => {
       const scratch = await images.scratch({ forPostgres: false });
-      await handler({ tenantId, timelineId, importPgdata, targetPgdata: path.join(scratch, PGDATA_DIR) });
+      await handler({ tenantId, timelineId, importPgdata, targetPgdata: path.join(scratch, PGDATA_DIR), signal });
+      signal?.throwIfAborted();
       const image = await images.commit(scratch, 'import');
+      signal?.throwIfAborted();
       return this.newMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
     });
+    this.deps.log(`imported timeline ${tenantId}/${timelineId} in ${Date.now() - started} ms`);
   }
 
   private async branch(
@@ -242,6 +328,12 @@ export class PageserverService {
 
   async deleteTimeline(tenantId: string, timelineId: string): Promise<void> {
     await this.tenantLocks.run(tenantId, async () => {
+      // A running import is stopped first (it might otherwise finish right after the deletion).
+      const hadImport = (await this.imports?.remove(tenantId, timelineId)) ?? false;
+      if (hadImport && !(await this.deps.store.get(tenantId, timelineId))) {
+        this.deps.log(`deleted importing timeline ${tenantId}/${timelineId}`);
+        return;
+      }
       await this.meta(tenantId, timelineId);
       const children = (await this.deps.store.list(tenantId)).filter((m) => m.ancestor_timeline_id === timelineId);
       if (children.length > 0) {

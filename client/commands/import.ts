@@ -1,0 +1,172 @@
+import { readFileSync } from 'node:fs';
+import cliProgress from 'cli-progress';
+import type { Command } from 'commander';
+import { maskSecrets, UserFacingError } from '../../common/errors';
+import { ImportClient, type ImportStatusView } from '../import-client';
+import { cliConfig, openClient } from '../context';
+import { printJson } from '../output';
+
+/**
+ * The source connection string: from a file or stdin (`-`), so it stays out of shell history and
+ * process listings; a literal URL on the command line is accepted but discouraged.
+ */
+export function readSource(opts: { source?: string; sourceFile?: string }): string {
+  if (opts.source !== undefined && opts.sourceFile !== undefined) throw new UserFacingError('give either --source or --source-file, not both');
+  let text: string;
+  if (opts.sourceFile !== undefined || opts.source === '-') {
+    const from = opts.sourceFile ?? '-';
+    try {
+      text = readFileSync(from === '-' ? 0 : from, 'utf8');
+    } catch (err) {
+      throw new UserFacingError(`cannot read the source connection string from ${from === '-' ? 'stdin' : from}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  } else if (opts.source !== undefined) {
+    process.stderr.write('durable-compute: note: a connection string on the command line may end up in your shell history; prefer --source-file FILE or --source - (stdin)\n');
+    text = opts.source;
+  } else {
+    throw new UserFacingError('the source is required: --source-file FILE, --source - (stdin), or --source URL');
+  }
+  const line = text.trim();
+  if (!line) throw new UserFacingError('the source connection string is empty');
+  if (line.includes('\n')) throw new UserFacingError('the source must be a single connection string (one line)');
+  return line;
+}
+
+async function withImportClient<T>(fn: (c: ImportClient) => Promise<T>): Promise<T> {
+  const config = cliConfig();
+  const { client, close } = await openClient(config);
+  try {
+    return await fn(new ImportClient(client, config.temporal.controlPlaneTaskQueue, config.imports));
+  } finally {
+    await close();
+  }
+}
+
+function mib(bytes: number | null | undefined): string {
+  return bytes === null || bytes === undefined ? '-' : `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+export function formatImportStatus(s: ImportStatusView): string {
+  const p = s.progress;
+  const lines = [
+    `import:    ${s.import_id}`,
+    `phase:     ${s.phase}${s.workflow_status !== 'RUNNING' ? ` (workflow ${s.workflow_status.toLowerCase()})` : ''}`,
+    `timeline:  ${s.tenant_id}/${s.timeline_id}`,
+    `database:  ${s.database}`,
+    `host:      ${s.host ?? '-'}${s.local_run > 1 ? ` (local run ${s.local_run})` : ''}`,
+    `progress:  ${p ? `${mib(p.bytesDone)}${p.bytesTotal !== null ? ` of ${mib(p.bytesTotal)}` : ''}${p.filesTotal !== null ? `, ${p.filesDone ?? 0}/${p.filesTotal} files` : ''}` : '-'}`,
+  ];
+  if (s.running_step) lines.push(`step:      ${s.running_step.name} (attempt ${s.running_step.attempt})`);
+  for (const c of s.host_changes) lines.push(`moved:     host ${c.from} lost, local steps restarted on ${c.to ?? '(waiting for a host)'}: ${c.reason}`);
+  if (s.upload) lines.push(`upload:    ${s.upload.uploaded_files} files sent, ${s.upload.skipped_files} already there (of ${s.upload.files_total})`);
+  if (s.start_lsn) lines.push(`start LSN: ${s.start_lsn}`);
+  if (s.error) lines.push(`error:     ${s.error}`);
+  return `${maskSecrets(lines.join('\n'))}\n`;
+}
+
+/** A progress bar on a terminal (bytes of the running step), one line per phase change otherwise. */
+function progressReporter(json: boolean): { update: (s: ImportStatusView) => void; stop: () => void } {
+  if (json) return { update: () => {}, stop: () => {} };
+  if (!process.stderr.isTTY) {
+    let last = '';
+    return {
+      update: (s) => {
+        if (s.phase !== last) process.stderr.write(`${new Date().toISOString()} ${s.phase}${s.host ? ` on ${s.host}` : ''}\n`);
+        last = s.phase;
+      },
+      stop: () => {},
+    };
+  }
+  const bar = new cliProgress.SingleBar(
+    { format: '{phase} |{bar}| {percentage}% {done} / {total}', hideCursor: true, stream: process.stderr, clearOnComplete: false },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  return {
+    update: (s) => {
+      const total = s.progress?.bytesTotal ?? 0;
+      const done = s.progress?.bytesDone ?? 0;
+      const payload = { phase: s.phase.padEnd(17), done: mib(done), total: total ? mib(total) : '?' };
+      if (!started) {
+        bar.start(Math.max(1, total), done, payload);
+        started = true;
+      } else {
+        bar.setTotal(Math.max(1, total || done || 1));
+        bar.update(done, payload);
+      }
+    },
+    stop: () => {
+      if (started) bar.stop();
+    },
+  };
+}
+
+function parseJobs(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw new UserFacingError(`--jobs must be an integer 1-256, got ${value}`);
+  return n;
+}
+
+export function registerImportCommands(program: Command): void {
+  const imp = program.command('import').description('fast import of a large database into a new timeline (durable: resumes where it stopped)');
+
+  imp
+    .command('start')
+    .description('start an import: dump the source into a scratch Postgres on an importer, upload it, and build the timeline')
+    .requiredOption('--import-id <id>', 'the import ID (its workflow is import-<id>)')
+    .option('--source <url>', "source connection string, or '-' to read it from stdin (keeps it out of shell history)")
+    .option('--source-file <file>', 'file holding the source connection string')
+    .requiredOption('--tenant <id>', 'tenant ID (32 hex characters)')
+    .requiredOption('--timeline <id>', 'the new timeline ID (32 hex characters)')
+    .option('--database <name>', "target database (default: the source's, or neondb for postgres)")
+    .option('--jobs <n>', 'parallel jobs for pg_dump and pg_restore (default: the importer host CPUs)')
+    .option('--wait', 'wait for the end: exit 0 when done, non-zero with the reason when failed')
+    .option('--json', 'print the status as JSON')
+    .action(async (opts: { importId: string; source?: string; sourceFile?: string; tenant: string; timeline: string; database?: string; jobs?: string; wait?: boolean; json?: boolean }) => {
+      const sourceConnstring = readSource(opts);
+      const jobs = parseJobs(opts.jobs);
+      await withImportClient(async (c) => {
+        await c.start({ importId: opts.importId, sourceConnstring, tenantId: opts.tenant, timelineId: opts.timeline, database: opts.database, jobs });
+        let status: ImportStatusView;
+        if (opts.wait) {
+          const reporter = progressReporter(Boolean(opts.json));
+          try {
+            status = await c.wait(opts.importId, { onUpdate: reporter.update });
+          } finally {
+            reporter.stop();
+          }
+        } else {
+          status = await c.status(opts.importId);
+        }
+        if (opts.json) printJson(status);
+        else process.stdout.write(formatImportStatus(status));
+      });
+    });
+
+  imp
+    .command('status')
+    .description('phase, host, bytes done and total of an import')
+    .requiredOption('--import-id <id>', 'the import ID')
+    .option('--json', 'print JSON')
+    .action(async (opts: { importId: string; json?: boolean }) => {
+      await withImportClient(async (c) => {
+        const status = await c.status(opts.importId);
+        if (opts.json) printJson(status);
+        else process.stdout.write(formatImportStatus(status));
+      });
+    });
+
+  imp
+    .command('cancel')
+    .description('cancel an import: its timeline is deleted and status/fast_import records the cancellation')
+    .requiredOption('--import-id <id>', 'the import ID')
+    .option('--json', 'print JSON')
+    .action(async (opts: { importId: string; json?: boolean }) => {
+      await withImportClient(async (c) => {
+        const status = await c.cancel(opts.importId);
+        if (opts.json) printJson(status);
+        else process.stdout.write(formatImportStatus(status));
+      });
+    });
+}

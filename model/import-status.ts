@@ -1,0 +1,123 @@
+/**
+ * Fast import: identities, names and the status shape shared by the workflow, the workers, the
+ * client and the CLI. Pure code (no I/O), so the workflow may import it.
+ */
+
+/** Where an import is. `prepare`: spec written and the pageserver told; `done`, `failed`, `cancelled` are final. */
+export const IMPORT_PHASES = ['prepare', 'init', 'dump', 'restore', 'upload', 'pageserver_import', 'done', 'failed', 'cancelled'] as const;
+export type ImportPhase = (typeof IMPORT_PHASES)[number];
+
+export function isFinalImportPhase(phase: ImportPhase): boolean {
+  return phase === 'done' || phase === 'failed' || phase === 'cancelled';
+}
+
+const IMPORT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+export function isValidImportId(id: string): boolean {
+  return IMPORT_ID.test(id);
+}
+
+/** One workflow per import, found again from the import ID alone. */
+export function importWorkflowId(importId: string): string {
+  return `import-${importId}`;
+}
+
+/**
+ * The pageserver's idempotency key: derived from the import's identity, never from a run, so a
+ * retried start (or a new run of the same import) is recognised as the same import.
+ */
+export function importIdempotencyKey(importId: string): string {
+  return `durable-compute/import/${importId}`;
+}
+
+/** The import's S3 prefix (relative to the bucket): spec.json, pgdata/ and status/ live below it. */
+export function importPrefix(importId: string): string {
+  return `imports/${importId}`;
+}
+
+/** The default queue every importer polls: only the first step of each local run goes there. */
+export const IMPORTER_SHARED_TASK_QUEUE = 'durable-compute-importer';
+
+/** The queue only one importer host polls: the steps whose files live on that host. */
+export function importerHostTaskQueue(sharedQueue: string, hostId: string): string {
+  return `${sharedQueue}-host-${hostId}`;
+}
+
+const HOST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+
+export function isValidImporterHostId(id: string): boolean {
+  return HOST_ID.test(id);
+}
+
+/** Databases the scratch server needs for itself; an import cannot restore into them. */
+export const RESERVED_TARGET_DATABASES = ['postgres', 'template0', 'template1'] as const;
+
+/** The database a source is restored into when none is named: the source's own, unless it is reserved. */
+export function defaultTargetDatabase(sourceDatabase: string | undefined): string {
+  if (!sourceDatabase || (RESERVED_TARGET_DATABASES as readonly string[]).includes(sourceDatabase)) return 'neondb';
+  return sourceDatabase;
+}
+
+function utf8Length(text: string): number {
+  let n = 0;
+  for (const ch of text) {
+    const c = ch.codePointAt(0)!;
+    n += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+  }
+  return n;
+}
+
+export function targetDatabaseProblem(name: string): string | undefined {
+  if (name.length === 0 || utf8Length(name) > 63 || name.includes('\0')) return 'must be 1-63 bytes without NUL';
+  if ((RESERVED_TARGET_DATABASES as readonly string[]).includes(name)) return `${name} is the scratch server's own database`;
+  return undefined;
+}
+
+/** One move of the local steps to another importer host. */
+export interface ImportHostChange {
+  from: string;
+  to: string | null;
+  reason: string;
+  at: string;
+}
+
+/** Progress of the step that runs now, from its heartbeats (dump: bytes written so far; upload: of the data directory). */
+export interface ImportProgress {
+  bytesDone: number;
+  bytesTotal: number | null;
+  filesDone: number | null;
+  filesTotal: number | null;
+}
+
+/** What `import status` shows. Keys are only ever added. */
+export interface ImportStatus {
+  import_id: string;
+  tenant_id: string;
+  timeline_id: string;
+  database: string;
+  phase: ImportPhase;
+  /** The importer host doing the local steps, once one claimed them. */
+  host: string | null;
+  host_changes: ImportHostChange[];
+  /** Local runs (1 + host changes): each starts again from an empty working directory. */
+  local_run: number;
+  started_at: string;
+  finished_at: string | null;
+  error: string | null;
+  /** Steps done, in order, with how long they took. */
+  steps: { name: string; ms: number; note?: string }[];
+  /** Filled by the workflow at phase ends; `import status` overlays the running step's heartbeat. */
+  progress: ImportProgress | null;
+  dump: { bytes: number; files: number; skipped: boolean } | null;
+  upload: {
+    files_total: number;
+    bytes_total: number;
+    uploaded_files: number;
+    uploaded_bytes: number;
+    skipped_files: number;
+    skipped_bytes: number;
+    resumed_parts: number;
+  } | null;
+  /** The timeline's start LSN once the pageserver finished. */
+  start_lsn: string | null;
+}

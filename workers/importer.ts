@@ -1,0 +1,83 @@
+import type { NativeConnection, Worker } from '@temporalio/worker';
+import { createImporterActivities } from '../activities/importer/activities';
+import { detectHostResources } from '../activities/importer/bulk-load-settings';
+import { createImporterClaimActivities, createImporterHostActivities, resolveImporterHost, type ImporterHost } from '../activities/import-control/importer-host';
+import { importKeyProviders } from '../activities/import-control/keys';
+import { createS3Client } from '../activities/s3/client';
+import type { AppConfig } from '../common/config';
+import { encryptedDataConverter } from '../common/codec/data-converter';
+import { findPostgres } from '../common/pg-binaries';
+import { createWorker } from './run-worker';
+
+const MiB = 1024 * 1024;
+
+export interface ImporterWorkerHandle {
+  host: ImporterHost;
+  /** Claims local runs and writes the status objects: any importer may do that. */
+  shared: { worker: Worker; connection: NativeConnection };
+  /** The steps whose files live on this host. */
+  local: { worker: Worker; connection: NativeConnection };
+}
+
+/**
+ * The worker on an importer machine: the importer steps on this host's own task queue, and the
+ * claim of new local runs on the queue all importers share. Activities only; the import
+ * workflow runs on the control-plane worker.
+ */
+export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?: string } = {}): Promise<ImporterWorkerHandle> {
+  const install = findPostgres({ pgBinDir: opts.pgBinDir ?? config.pgBinDir });
+  const settings = config.imports.importer;
+  const host = resolveImporterHost(settings.workdirRoot, settings.sharedTaskQueue, settings.hostId);
+  const detected = detectHostResources();
+  const importer = createImporterActivities({
+    s3: createS3Client(config.s3),
+    bucket: config.s3.bucket,
+    install,
+    keyProviders: importKeyProviders(config.imports),
+    resources: {
+      totalMemoryBytes: settings.memoryMb ? settings.memoryMb * MiB : detected.totalMemoryBytes,
+      cpus: settings.cpus ?? detected.cpus,
+    },
+    upload: settings.uploadConcurrency ? { concurrency: settings.uploadConcurrency } : undefined,
+  });
+  const dataConverter = encryptedDataConverter(config.payloadKeys);
+  const identity = `importer-${host.hostId}@${process.pid}`;
+  const local = await createWorker(config, {
+    taskQueue: host.taskQueue,
+    activities: createImporterHostActivities(host, importer),
+    dataConverter,
+    identity,
+  });
+  try {
+    const shared = await createWorker(config, {
+      taskQueue: host.sharedTaskQueue,
+      activities: {
+        ...createImporterClaimActivities(host),
+        writePgdataStatus: importer.writePgdataStatus,
+        writeFastImportStatus: importer.writeFastImportStatus,
+      },
+      dataConverter,
+      identity,
+    });
+    return { host, shared, local };
+  } catch (err) {
+    await local.connection.close();
+    throw err;
+  }
+}
+
+/** Runs both workers until a shutdown signal, then closes their connections. */
+export async function runImporterUntilShutdown(handle: ImporterWorkerHandle, onReady?: () => void): Promise<void> {
+  const workers = [handle.local.worker, handle.shared.worker];
+  try {
+    // If one stops (fatal error), the other is drained too: half an importer is no importer.
+    const stopOthers = () => {
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+    };
+    const running = Promise.all(workers.map((w) => w.run().finally(stopOthers)));
+    onReady?.();
+    await running;
+  } finally {
+    await Promise.all([handle.local.connection.close(), handle.shared.connection.close()]);
+  }
+}
