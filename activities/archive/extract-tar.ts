@@ -1,4 +1,4 @@
-import { constants as fsConstants } from 'node:fs';
+import { closeSync, fchmodSync, fchownSync, constants as fsConstants, openSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -222,20 +222,34 @@ class Extraction {
         name,
       );
     }
-    const abs = await this.clearSpot(name, parts);
-    // O_EXCL + O_NOFOLLOW: the spot was just cleared; if anything appeared there since, refuse rather than follow it.
-    const fh = await fs.open(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+    // O_EXCL + O_NOFOLLOW never follows or reuses anything already there. The common case (a fresh
+    // spot) costs one open; only a name that exists is cleared (never a directory) and tried again.
+    const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+    await this.ensureDirs(name, parts.slice(0, -1));
+    let abs = this.abs(parts);
+    let fd: number;
+    try {
+      fd = openSync(abs, flags, 0o600);
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST') && !isErrno(err, 'ELOOP')) throw err;
+      abs = await this.clearSpot(name, parts);
+      fd = openSync(abs, flags, 0o600);
+    }
     this.created.push({ abs, dir: false });
     let written = 0;
+    // A data directory is mostly many small files: synchronous writes of each chunk as it arrives
+    // avoid a thread-pool round trip per call, and memory stays bounded by the chunk size.
     try {
       for await (const chunk of entry as AsyncIterable<Buffer>) {
+        let offset = 0;
+        while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
         written += chunk.length;
-        await fh.write(chunk);
       }
-      await fh.chmod(fileMode(mode));
-      if (this.opts.owner) await fh.chown(this.opts.owner.uid, this.opts.owner.gid);
+      // Created 0600; only a different mode needs a chmod (most of a data directory is 0600).
+      if (fileMode(mode) !== 0o600) fchmodSync(fd, fileMode(mode));
+      if (this.opts.owner) fchownSync(fd, this.opts.owner.uid, this.opts.owner.gid);
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
     if (written !== size) throw new ArchiveError('truncated', `archive ended inside ${displayName(name)}`, name);
     this.files++;
