@@ -11,6 +11,20 @@ export interface PgIdentity {
 
 let cached: PgIdentity | null | undefined;
 
+/** uid and gid of a local system account, from /etc/passwd; undefined when there is no such user. */
+export function systemUser(user: string): PgIdentity | undefined {
+  const line = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .find((l) => l.split(':')[0] === user);
+  if (!line) return undefined;
+  const fields = line.split(':');
+  return { user, uid: Number(fields[2]), gid: Number(fields[3]) };
+}
+
+export function runningAsRoot(): boolean {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
 /**
  * PostgreSQL's server binaries (initdb, postgres, pg_ctl) refuse to run as root. When this
  * process is root (containers, CI), they run as an unprivileged system user instead: the one named
@@ -18,22 +32,19 @@ let cached: PgIdentity | null | undefined;
  */
 export function postgresIdentity(): PgIdentity | undefined {
   if (cached !== undefined) return cached ?? undefined;
-  if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
+  if (!runningAsRoot()) {
     cached = null;
     return undefined;
   }
   const user = process.env.DURABLE_COMPUTE_PG_USER || 'postgres';
-  const line = readFileSync('/etc/passwd', 'utf8')
-    .split('\n')
-    .find((l) => l.split(':')[0] === user);
-  if (!line) {
+  const found = systemUser(user);
+  if (!found) {
     throw new UserFacingError(
       `Running as root, PostgreSQL needs an unprivileged user to run as, and user ${JSON.stringify(user)} does not exist. ` +
         'Install the Debian package postgresql-15 (it creates `postgres`) or set DURABLE_COMPUTE_PG_USER.',
     );
   }
-  const fields = line.split(':');
-  cached = { user, uid: Number(fields[2]), gid: Number(fields[3]) };
+  cached = found;
   return cached;
 }
 

@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { runningAsRoot, systemUser } from '../../common/pg-identity';
 import { PostgresFailure, nonRetryable } from './errors';
 
 /** The unprivileged account the postmaster runs as when the worker itself runs as root. */
@@ -8,10 +8,6 @@ export interface ServerUser {
   gid: number;
 }
 
-function idOf(name: string, flag: '-u' | '-g'): number {
-  return Number.parseInt(execFileSync('id', [flag, name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }).trim(), 10);
-}
-
 /**
  * PostgreSQL refuses to run as root ("root execution of the PostgreSQL server is not permitted").
  * A compute worker on a VM may well run as root, so then the postmaster (and initdb) run as an
@@ -19,16 +15,16 @@ function idOf(name: string, flag: '-u' | '-g'): number {
  * to it. When the worker is not root, Postgres simply runs as the worker's user: returns undefined.
  */
 export function resolveServerUser(name = 'postgres'): ServerUser | undefined {
-  if (typeof process.getuid !== 'function' || process.getuid() !== 0) return undefined;
+  if (!runningAsRoot()) return undefined;
   if (!/^[a-z_][a-z0-9_-]*\$?$/i.test(name)) {
     throw nonRetryable(PostgresFailure.ServerUserMissing, `not a valid user name for the PostgreSQL server: ${JSON.stringify(name)}`);
   }
-  try {
-    return { name, uid: idOf(name, '-u'), gid: idOf(name, '-g') };
-  } catch {
+  const found = systemUser(name);
+  if (!found) {
     throw nonRetryable(
       PostgresFailure.ServerUserMissing,
       `the worker runs as root and PostgreSQL must not; no user ${JSON.stringify(name)} to run it as (create it, or run the worker as an unprivileged user)`,
     );
   }
+  return { name, uid: found.uid, gid: found.gid };
 }
