@@ -119,7 +119,7 @@ export async function fetchBasebackup(opts: FetchBasebackupOptions): Promise<Fet
       let extractError: unknown;
       let extracted: ExtractResult | undefined;
       try {
-        await pipeline(data, createGunzip(), (tarStream: AsyncIterable<Buffer>) => {
+        await pipeline(data, createGunzip({ chunkSize: 256 * 1024 }), (tarStream: AsyncIterable<Buffer>) => {
           // The whole stream is read, past the end-of-archive marker, so an error the server
           // sends after the archive still fails the fetch.
           extraction = extractTarStream(tarStream, opts.targetDir, {
