@@ -1,3 +1,5 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   WorkflowExecutionAlreadyStartedError,
@@ -24,7 +26,7 @@ import {
   type ImportProgress,
   type ImportStatus,
 } from '../model/import-status';
-import { importStatusQuery } from '../workflows/import/messages';
+import { importCompleteSignal, importStatusQuery } from '../workflows/import/messages';
 import { IMPORT_ID, TENANT_ID, TIMELINE_ID } from '../workflows/import/search-attributes';
 import type { importWorkflow, ImportWorkflowOptions } from '../workflows/import/workflow';
 
@@ -226,4 +228,83 @@ export class ImportClient {
       throw err;
     }
   }
+}
+
+/**
+ * The control plane's `PUT /import_complete` endpoint, which the storage controller (the dev
+ * pageserver with --import-complete-url) calls when an import ends: it finds the running import
+ * of that timeline and signals it, so the workflow stops waiting at once instead of at its next
+ * poll. Idempotent, as the caller repeats the call until it is acknowledged: 200 when the import
+ * was signalled or none is running (nothing left to tell), 400 for a malformed body, 503 when
+ * Temporal cannot be reached (the caller retries).
+ */
+export function importCompleteHandler(client: Client, log: (line: string) => void = () => {}) {
+  const send = (res: http.ServerResponse, status: number, body: unknown) => {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    res.end(text);
+  };
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    if (req.url !== '/import_complete') return send(res, 404, { msg: `no route for ${req.method} ${req.url}` });
+    if (req.method !== 'PUT') return send(res, 405, { msg: `method ${req.method} not allowed` });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > 64 * 1024) return send(res, 413, { msg: 'body too large' });
+      chunks.push(chunk);
+    }
+    let body: { tenant_id?: unknown; timeline_id?: unknown; error?: unknown };
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof body;
+    } catch {
+      return send(res, 400, { msg: 'body is not JSON' });
+    }
+    const { tenant_id, timeline_id, error } = body ?? {};
+    if (typeof tenant_id !== 'string' || !isNeonId(tenant_id) || typeof timeline_id !== 'string' || !isNeonId(timeline_id)) {
+      return send(res, 400, { msg: 'tenant_id and timeline_id must be 32 lower-case hex characters' });
+    }
+    if (error !== null && error !== undefined && typeof error !== 'string') return send(res, 400, { msg: 'error must be a string or null' });
+    const notice = { tenant_id, timeline_id, error: typeof error === 'string' ? maskSecrets(error).slice(0, 4000) : null };
+    try {
+      const query = `WorkflowType = 'importWorkflow' AND TenantId = '${tenant_id}' AND TimelineId = '${timeline_id}' AND ExecutionStatus = 'Running'`;
+      let signalled = 0;
+      for await (const wf of client.workflow.list({ query })) {
+        await client.workflow.getHandle(wf.workflowId, wf.runId).signal(importCompleteSignal, notice);
+        signalled++;
+      }
+      log(`import_complete ${tenant_id}/${timeline_id}${notice.error ? ` (error: ${notice.error})` : ''}: signalled ${signalled} import(s)`);
+      return send(res, 200, { signalled });
+    } catch (err) {
+      log(`import_complete ${tenant_id}/${timeline_id}: ${maskSecrets((err as Error).message)}`);
+      return send(res, 503, { msg: 'cannot reach Temporal; retry' });
+    }
+  };
+  return (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    handle(req, res).catch((err: unknown) => {
+      if (!res.headersSent) send(res, 500, { msg: maskSecrets(err instanceof Error ? err.message : String(err)) });
+      else res.destroy();
+    });
+  };
+}
+
+/** Serves `importCompleteHandler` on host:port until closed. */
+export async function startImportCallbackServer(client: Client, opts: { host: string; port: number; log?: (line: string) => void }): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = http.createServer(importCompleteHandler(client, opts.log));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://${opts.host}:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
 }

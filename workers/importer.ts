@@ -47,6 +47,8 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
     activities: createImporterHostActivities(host, importer),
     dataConverter,
     identity,
+    // Progress reaches `import status` (and a resumed attempt) within seconds, not every 0.8 x the heartbeat timeout.
+    maxHeartbeatThrottleInterval: '5 seconds',
   });
   try {
     const shared = await createWorker(config, {

@@ -5,6 +5,8 @@ import path from 'node:path';
 import { asyncLocalStorage, type Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ImporterActivities } from '../importer/activities';
+import { dumpPaths } from '../importer/dump-restore';
+import { killRecordedGroup } from '../importer/run-tool';
 import { importerHostTaskQueue, isValidImportId, isValidImporterHostId } from '../../model/import-status';
 
 /**
@@ -136,7 +138,14 @@ export function createImporterHostActivities(host: ImporterHost, importer: Impor
     restoreDump: local(importer.restoreDump),
     stopScratchPostgres: local(importer.stopScratchPostgres),
     uploadPgdata: local(importer.uploadPgdata),
-    destroyWorkdir: local(importer.destroyWorkdir),
+    // A tool whose activity never heard of its cancellation (its worker died first) may still run,
+    // frozen or not: stop its process group before its directory goes.
+    destroyWorkdir: local(async (input: { workdir: string }) => {
+      const paths = dumpPaths(input.workdir);
+      await killRecordedGroup(paths.dumpPidFile);
+      await killRecordedGroup(paths.restorePidFile);
+      return importer.destroyWorkdir(input);
+    }),
   };
 }
 

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { maskSecrets, UserFacingError } from '../../common/errors';
-import { ImportClient, type ImportStatusView } from '../import-client';
+import { ImportClient, startImportCallbackServer, type ImportStatusView } from '../import-client';
 import { cliConfig, openClient } from '../context';
 import { printJson } from '../output';
 
@@ -155,6 +155,25 @@ export function registerImportCommands(program: Command): void {
         if (opts.json) printJson(status);
         else process.stdout.write(formatImportStatus(status));
       });
+    });
+
+  imp
+    .command('callback-server')
+    .description("the control plane's PUT /import_complete endpoint: turns the storage's completion callback into a signal to the import")
+    .option('--listen <host:port>', 'address to listen on (point the pageserver --import-complete-url here)', '127.0.0.1:7688')
+    .action(async (opts: { listen: string }) => {
+      const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(opts.listen);
+      if (!m || Number(m[2]) > 65535) throw new UserFacingError(`--listen must be host:port, got ${opts.listen}`);
+      const config = cliConfig();
+      const { client, close } = await openClient(config);
+      const server = await startImportCallbackServer(client, { host: m[1]!, port: Number(m[2]), log: (line) => console.log(`${new Date().toISOString()} ${line}`) });
+      console.log(`import callback server ready on ${server.url}/import_complete`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await server.close();
+      await close();
     });
 
   imp
