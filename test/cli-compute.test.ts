@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { neonId, uniqueId } from './helpers/ids';
 import { runCli } from './helpers/cli';
-import { exampleSpecFor, startComputeWorker, testPgdata } from './helpers/compute';
+import { cleanupComputes, exampleSpecFor, startComputeWorker, testPgdata } from './helpers/compute';
 import { killAllProcesses } from './helpers/processes';
 import { testEnv } from './helpers/stack';
 
@@ -71,4 +71,10 @@ describe('the durable-compute CLI drives a compute', () => {
     const unknown = await cli(['compute', 'status', '--compute-id', uniqueId('ghost')]);
     expect(unknown.stderr).toMatch(/no compute with ID/);
   });
+});
+
+// Whatever a failed compute left running dies with this file's tests.
+afterAll(async () => {
+  await killAllProcesses();
+  await cleanupComputes();
 });

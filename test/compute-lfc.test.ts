@@ -7,7 +7,7 @@ import { createS3Client } from '../activities/s3/client';
 import type { ComputeClient } from '../client/compute-client';
 import { cacheStateKey } from '../model/cache-state';
 import { computeWorkflowId } from '../model/compute-status';
-import { createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
+import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses, type WorkerProcess } from './helpers/processes';
 import { testConfig } from './helpers/stack';
@@ -182,4 +182,10 @@ describe('cache offload and prewarm in the compute workflow', () => {
       await raw.close();
     }
   });
+});
+
+// Whatever a failed compute left running dies with this file's tests.
+afterAll(async () => {
+  await killAllProcesses();
+  await cleanupComputes();
 });

@@ -8,7 +8,7 @@ import { encryptedDataConverter } from '../common/codec/data-converter';
 import { EncryptionCodec } from '../common/codec/encryption-codec';
 import { computeWorkflowId } from '../model/compute-status';
 import { WORKFLOWS_PATH } from '../workers/control-plane';
-import { createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
+import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { decryptedHistoryJson, historyTexts, REPLAY_FIXTURE } from './helpers/history';
 import { killAllProcesses } from './helpers/processes';
@@ -165,4 +165,10 @@ describe('compute lifecycle on the real stack', () => {
       await connection.close();
     }
   });
+});
+
+// Whatever a failed compute left running dies with this file's tests.
+afterAll(async () => {
+  await killAllProcesses();
+  await cleanupComputes();
 });

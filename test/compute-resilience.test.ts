@@ -5,7 +5,7 @@ import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ComputeClient } from '../client/compute-client';
 import { computeWorkflowId } from '../model/compute-status';
-import { createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
+import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses, type WorkerProcess } from './helpers/processes';
 import { testConfig } from './helpers/stack';
@@ -167,4 +167,10 @@ describe('spec validation', () => {
     await expect(computes.start(computeId, spec)).rejects.toThrow(field);
     await expect(raw.workflow.getHandle(computeWorkflowId(computeId)).describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
   });
+});
+
+// Whatever a failed compute left running dies with this file's tests.
+afterAll(async () => {
+  await killAllProcesses();
+  await cleanupComputes();
 });

@@ -1,4 +1,5 @@
-import { chmodSync, mkdtempSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { inject } from 'vitest';
@@ -41,11 +42,64 @@ export async function exampleSpecFor(timeline: TestTimeline, port?: number): Pro
   return { spec, port: chosen };
 }
 
+const pgdatas: string[] = [];
+
 /** A PGDATA location a PostgreSQL running as the `postgres` user can reach. */
 export function testPgdata(): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-compute-'));
   chmodSync(dir, 0o755);
-  return path.join(dir, 'pgdata');
+  const pgdata = path.join(dir, 'pgdata');
+  pgdatas.push(pgdata);
+  return pgdata;
+}
+
+function pidFrom(file: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(file, 'utf8').split('\n')[0] ?? '', 10);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function commandLine(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Stops whatever a test's computes left running (a compute that failed keeps its Postgres, as
+ * compute_ctl's would): the postmaster (immediate shutdown) and the WAL pusher, then removes the
+ * directories. For every compute test file's teardown.
+ */
+export async function cleanupComputes(): Promise<void> {
+  for (const pgdata of pgdatas.splice(0)) {
+    for (const [file, signal, command] of [
+      ['postmaster.pid', 'SIGQUIT', 'postgres'],
+      ['wal_pusher.pid', 'SIGKILL', 'wal-pusher'],
+    ] as const) {
+      const pid = pidFrom(path.join(pgdata, file));
+      // Only a process that still is what the pid file says (pids get reused).
+      if (pid === undefined || !commandLine(pid).includes(command)) continue;
+      try {
+        process.kill(pid, signal);
+      } catch {
+        continue;
+      }
+      for (let i = 0; i < 100; i++) {
+        try {
+          process.kill(pid, 0);
+        } catch {
+          break;
+        }
+        await sleep(100);
+      }
+    }
+    rmSync(path.dirname(pgdata), { recursive: true, force: true });
+  }
 }
 
 /** Environment for child processes of the compute tests: the stack plus its payload key. */
