@@ -1,53 +1,61 @@
 /**
- * Fast-import benchmark: a pgbench database copied into a throwaway Postgres and its data
- * directory uploaded to S3, three ways, plus the cost of an upload killed half way.
+ * Fast-import benchmark: a pgbench database imported end to end by the durable workflow on the
+ * embedded stack, against two hand-run pipelines that stop once the data directory is in S3,
+ * and the same workflow with its importer SIGKILLed half way through the upload.
  *
  *   node --import tsx bench/import.ts
  *
- *   (a) pg_dump -Fd -j2 + pg_restore -j2 + `aws s3 sync`, by hand
- *   (b) pgcopydb clone (2 table jobs, 2 index jobs) + `aws s3 sync`
- *   (c) our importer activities end to end (init, dump, restore, stop, upload, status)
- *   (d) our upload SIGKILLed half way and resumed, against the uninterrupted upload of (c);
- *       and `aws s3 sync` killed half way and rerun, for comparison
+ *   (a) pg_dump -Fd -jN + pg_restore -jN + `aws s3 sync`, by hand
+ *   (b) pgcopydb clone (N table jobs, N index jobs) + `aws s3 sync`
+ *   (c) `import start`: the import workflow (Temporal, control-plane worker, one importer worker
+ *       process) up to the commit marker, then the dev pageserver's import until the timeline is
+ *       active; checked by starting a compute on the new timeline
+ *   (d) (c) again with the importer worker SIGKILLed once half the bytes are uploaded (by its
+ *       heartbeats) and restarted at once: the resumed upload sends only what was missing
  *
- * All three restore into the same kind of target: a fresh initdb started with the importer's
- * bulk-load settings, so the comparison is of the copy and upload tools, not of the tuning.
- * S3 is a private s3rver on loopback (run with --openssl-legacy-provider, which its ListObjectsV2
- * pagination needs on Node 20 and which `aws s3 sync` uses).
+ * (a) and (b) restore into the same kind of target as the importer: a fresh initdb started with
+ * the importer's bulk-load settings, so the comparison is of the pipelines, not of the tuning.
+ * Everything runs on this machine: a private dev stack on free ports (s3rver with
+ * --openssl-legacy-provider, which `aws s3 sync`'s ListObjectsV2 paging needs).
  *
  * BENCH_IMPORT_SCALE  pgbench scale factor (default 100, about 1.5 GB)
  * BENCH_IMPORT_JOBS   parallel jobs for every tool (default 2)
  * BENCH_IMPORT_OUT    results file (default bench/results/import.md)
- * BENCH_IMPORT_SKIP   comma-separated parts to leave out: pgdump,pgcopydb,resume (ours always runs)
+ * BENCH_IMPORT_SKIP   comma-separated parts to leave out: pgdump,pgcopydb,kill,verify
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import pg from 'pg';
-import { projectRoot, tsNodeArgs } from '../common/paths';
+import { projectRoot } from '../common/paths';
 import { findPostgres, pgBin, type PgInstallation } from '../common/pg-binaries';
-import { pgSpawnIdentity } from '../common/pg-identity';
-import { createImporterActivities } from '../activities/importer/activities';
-import type { StepContext } from '../activities/importer/activity-context';
+import { chownForPostgres } from '../common/pg-identity';
+import { loadConfig, type AppConfig } from '../common/config';
 import { detectHostResources, type HostResources } from '../activities/importer/bulk-load-settings';
 import { COMMON_DUMP_RESTORE_OPTIONS } from '../activities/importer/dump-restore';
-import { ensureDatabase, ensureScratchRunning, initScratchDataDir, scratchPaths, stopScratch, withScratchClient } from '../activities/importer/scratch-postgres';
-import { uploadDataDirectory, type UploadProgress } from '../activities/importer/upload';
+import { destroyScratch, ensureDatabase, ensureScratchRunning, initScratchDataDir, scratchPaths, stopScratch, withScratchClient } from '../activities/importer/scratch-postgres';
 import { createS3Client } from '../activities/s3/client';
 import { listObjects } from '../activities/s3/objects';
-import { buildImportSpec } from '../activities/secrets/import-spec';
-import { createLocalKeyProvider, generateLocalKey, parseLocalKey } from '../activities/secrets/local-aes';
-import { canConnect, freePort } from '../dev/processes';
+import { generateLocalKey } from '../activities/secrets/local-aes';
+import { ComputeClient } from '../client/compute-client';
+import { openClient } from '../client/context';
+import { exampleComputeConfig } from '../client/example-spec';
+import { ImportClient, type ImportStatusView } from '../client/import-client';
+import { freePort, freePortRange } from '../dev/processes';
+import { devPayloadKeyFile, devS3Credentials, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
+import { resolveStackSettings } from '../dev/stack-settings';
+import { provisionTemporalCli } from '../dev/temporal-cli';
+import { importPrefix } from '../model/import-status';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../test/helpers/postgres';
+import { startProcess, type WorkerProcess } from '../test/helpers/processes';
 
 const run = promisify(execFile);
-const BUCKET = 'bench';
 const DATABASE = 'bench';
 const MiB = 1024 * 1024;
 
@@ -68,6 +76,21 @@ interface MethodResult {
   objects: number;
   bytes: number;
   note?: string;
+}
+
+interface Bench {
+  root: string;
+  install: PgInstallation;
+  resources: HostResources;
+  source: ThrowawayPostgres;
+  sourceFingerprint: string;
+  s3: S3Client;
+  bucket: string;
+  endpoints: StackEndpoints;
+  /** Environment of every child process (importer, compute worker): the private stack and the import key. */
+  env: Record<string, string>;
+  imports: ImportClient;
+  computes: ComputeClient;
 }
 
 function log(line: string): void {
@@ -95,25 +118,11 @@ async function exec(command: string, args: string[], env: Record<string, string>
   }
 }
 
-async function startS3(root: string): Promise<{ endpoint: string; child: ChildProcess }> {
-  const port = await freePort();
-  const child = spawn(
-    process.execPath,
-    ['--openssl-legacy-provider', ...tsNodeArgs(), path.join(projectRoot, 'dev', 's3-server-main.ts'), '--port', String(port), '--dir', path.join(root, 's3'), '--bucket', BUCKET],
-    { stdio: 'ignore' },
-  );
-  const deadline = Date.now() + 60_000;
-  while (!(await canConnect('127.0.0.1', port))) {
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error('s3rver did not start');
-    await sleep(200);
-  }
-  return { endpoint: `http://127.0.0.1:${port}`, child };
-}
-
 function awsEnv(): Record<string, string> {
+  const creds = devS3Credentials();
   return {
-    AWS_ACCESS_KEY_ID: 'S3RVER',
-    AWS_SECRET_ACCESS_KEY: 'S3RVER',
+    AWS_ACCESS_KEY_ID: creds.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: creds.secretAccessKey,
     AWS_DEFAULT_REGION: 'us-east-1',
     // s3rver does not understand the newer default checksums.
     AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
@@ -121,14 +130,14 @@ function awsEnv(): Record<string, string> {
   };
 }
 
-function awsSyncArgs(pgdata: string, prefix: string, endpoint: string): string[] {
-  return ['s3', 'sync', pgdata, `s3://${BUCKET}/${prefix}/pgdata`, '--endpoint-url', endpoint, '--no-progress', '--only-show-errors'];
+function awsSync(ctx: Bench, pgdata: string, prefix: string): Promise<string> {
+  return exec('aws', ['s3', 'sync', pgdata, `s3://${ctx.bucket}/${prefix}/pgdata`, '--endpoint-url', ctx.endpoints.s3.endpoint, '--no-progress', '--only-show-errors'], awsEnv());
 }
 
-async function prefixSize(s3: S3Client, prefix: string): Promise<{ objects: number; bytes: number }> {
+async function prefixSize(ctx: Bench, prefix: string): Promise<{ objects: number; bytes: number }> {
   let objects = 0;
   let bytes = 0;
-  for await (const o of listObjects(s3, BUCKET, `${prefix}/pgdata/`)) {
+  for await (const o of listObjects(ctx.s3, ctx.bucket, `${prefix}/pgdata/`)) {
     objects++;
     bytes += o.size;
   }
@@ -152,6 +161,12 @@ async function freshTarget(install: PgInstallation, workdir: string, resources: 
   return { conn, url };
 }
 
+function finish(method: string, steps: Step[], size: { objects: number; bytes: number }, fingerprint: string | undefined, ctx: Bench, totalSeconds?: number): MethodResult {
+  const note = fingerprint === undefined ? 'not checked' : fingerprint === ctx.sourceFingerprint ? 'rows and checksum match' : `MISMATCH: ${fingerprint}`;
+  if (fingerprint !== undefined && fingerprint !== ctx.sourceFingerprint) log(`WARNING: ${method} copied ${fingerprint}, source has ${ctx.sourceFingerprint}`);
+  return { method, steps, totalSeconds: totalSeconds ?? steps.reduce((n, s) => n + s.seconds, 0), ...size, note };
+}
+
 async function methodPgDump(ctx: Bench): Promise<MethodResult> {
   const steps: Step[] = [];
   const workdir = path.join(ctx.root, 'a');
@@ -163,9 +178,8 @@ async function methodPgDump(ctx: Bench): Promise<MethodResult> {
   await timed(steps, 'pg_restore', () => exec(pgBin(ctx.install, 'pg_restore'), [`--jobs=${jobs}`, ...COMMON_DUMP_RESTORE_OPTIONS, '--dbname', url, dumpDir]));
   const fp = await withScratchClient(conn, DATABASE, pgbenchFingerprint);
   await timed(steps, 'stop', () => stopScratch({ install: ctx.install, workdir, resources: ctx.resources, restoreJobs: jobs }));
-  await timed(steps, 'aws s3 sync', () => exec('aws', awsSyncArgs(scratchPaths(workdir).pgdata, 'a', ctx.endpoint), awsEnv()));
-  const size = await prefixSize(ctx.s3, 'a');
-  return finish('pg_dump + pg_restore + aws s3 sync', steps, size, fp, ctx);
+  await timed(steps, 'aws s3 sync', () => awsSync(ctx, scratchPaths(workdir).pgdata, 'bench/a'));
+  return finish('pg_dump + pg_restore + aws s3 sync', steps, await prefixSize(ctx, 'bench/a'), fp, ctx);
 }
 
 async function methodPgcopydb(ctx: Bench): Promise<MethodResult> {
@@ -187,159 +201,177 @@ async function methodPgcopydb(ctx: Bench): Promise<MethodResult> {
   );
   const fp = await withScratchClient(conn, DATABASE, pgbenchFingerprint);
   await timed(steps, 'stop', () => stopScratch({ install: ctx.install, workdir, resources: ctx.resources, restoreJobs: jobs }));
-  await timed(steps, 'aws s3 sync', () => exec('aws', awsSyncArgs(scratchPaths(workdir).pgdata, 'b', ctx.endpoint), awsEnv()));
-  const size = await prefixSize(ctx.s3, 'b');
-  return finish('pgcopydb clone + aws s3 sync', steps, size, fp, ctx);
+  await timed(steps, 'aws s3 sync', () => awsSync(ctx, scratchPaths(workdir).pgdata, 'bench/b'));
+  return finish('pgcopydb clone + aws s3 sync', steps, await prefixSize(ctx, 'bench/b'), fp, ctx);
 }
 
-async function methodOurs(ctx: Bench): Promise<MethodResult & { uploadSeconds: number }> {
-  const steps: Step[] = [];
-  const workdir = path.join(ctx.root, 'c');
-  const prefix = 'c';
-  const keyProviders = { Local: createLocalKeyProvider({ bench: parseLocalKey(generateLocalKey()) }) };
-  const spec = await buildImportSpec({ providers: keyProviders, kind: 'Local', keyId: 'bench', sourceConnstring: ctx.source.url(DATABASE) });
-  await ctx.s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${prefix}/spec.json`, Body: JSON.stringify(spec) }));
-  const a = createImporterActivities({ s3: ctx.s3, bucket: BUCKET, install: ctx.install, keyProviders, resources: ctx.resources });
-  const init = await timed(steps, 'initScratchPostgres', () => a.initScratchPostgres({ workdir, database: DATABASE, jobs }));
-  await timed(steps, 'dumpSource', () => a.dumpSource({ workdir, prefix, jobs }));
-  await timed(steps, 'restoreDump', () => a.restoreDump({ workdir, database: DATABASE, jobs }));
-  const fp = await withScratchClient({ socketDir: init.socketDir, port: init.port, user: 'cloud_admin' }, DATABASE, pgbenchFingerprint);
-  await timed(steps, 'stopScratchPostgres', () => a.stopScratchPostgres({ workdir }));
-  await timed(steps, 'uploadPgdata', () => a.uploadPgdata({ workdir, prefix }));
-  await timed(steps, 'status objects', async () => {
-    await a.writePgdataStatus({ prefix });
-    await a.writeFastImportStatus({ prefix });
+/** An importer worker process with its own work directory, as on an importer VM. */
+function startImporter(ctx: Bench, hostId: string): Promise<WorkerProcess> {
+  const root = path.join(ctx.root, `importer-${hostId}`);
+  mkdirSync(root, { recursive: true, mode: 0o755 });
+  return startProcess('bin/durable-compute.mjs', ['worker', 'importer'], {
+    env: {
+      ...ctx.env,
+      DURABLE_COMPUTE_IMPORTER_WORKDIR: root,
+      DURABLE_COMPUTE_IMPORTER_HOST_ID: hostId,
+      DURABLE_COMPUTE_IMPORTER_MEMORY_MB: String(Math.floor(ctx.resources.totalMemoryBytes / MiB)),
+      DURABLE_COMPUTE_IMPORTER_CPUS: String(ctx.resources.cpus),
+    },
+    readyLine: /importer worker ready/,
+    timeoutMs: 120_000,
   });
-  const size = await prefixSize(ctx.s3, prefix);
-  const uploadSeconds = steps.find((s) => s.name === 'uploadPgdata')!.seconds;
-  return { ...finish('our activities (dump, restore, upload)', steps, size, fp, ctx), uploadSeconds };
 }
 
-function finish(method: string, steps: Step[], size: { objects: number; bytes: number }, fingerprint: string, ctx: Bench): MethodResult {
-  const ok = fingerprint === ctx.sourceFingerprint;
-  if (!ok) log(`WARNING: ${method} copied ${fingerprint}, source has ${ctx.sourceFingerprint}`);
-  return { method, steps, totalSeconds: steps.reduce((n, s) => n + s.seconds, 0), ...size, note: ok ? 'rows and checksum match' : `MISMATCH: ${fingerprint}` };
+function randomNeonId(): string {
+  return randomUUID().replaceAll('-', '');
 }
 
-/** Child mode: our upload, printing each progress heartbeat as a JSON line, until killed. */
-async function uploadChild(): Promise<void> {
-  const [dataDir, keyPrefix, endpoint] = process.argv.slice(3);
-  const s3 = createS3Client({ endpoint, region: 'us-east-1', bucket: BUCKET, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
-  const ctx: StepContext = { heartbeat: (d) => console.log(JSON.stringify(d)), signal: new AbortController().signal, previousDetails: undefined, attempt: 1 };
-  await uploadDataDirectory({ s3, bucket: BUCKET, dataDir: dataDir!, keyPrefix: keyPrefix!, ctx });
-  console.log(JSON.stringify({ finished: true }));
-}
-
-interface ResumeResult {
-  tool: string;
-  uninterruptedSeconds: number;
-  killedAfterSeconds: number;
-  resumeSeconds: number;
-  atKill: string;
-  resentNote: string;
-}
-
-/** Our upload in a child process, SIGKILLed after half the uninterrupted time, then resumed from its last heartbeat. */
-async function resumeOurs(ctx: Bench, uninterruptedSeconds: number): Promise<ResumeResult> {
-  const dataDir = scratchPaths(path.join(ctx.root, 'c')).pgdata;
-  const keyPrefix = 'd-ours/pgdata';
-  const start = performance.now();
-  const child = spawn(process.execPath, [...tsNodeArgs(), fileURLToPath(import.meta.url), '--upload-child', dataDir, keyPrefix, ctx.endpoint], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let last: UploadProgress | undefined;
-  let finished = false;
-  let buffered = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buffered += d.toString();
-    const lines = buffered.split('\n');
-    buffered = lines.pop() ?? '';
-    for (const line of lines) {
-      const msg = JSON.parse(line) as UploadProgress & { finished?: boolean };
-      if (msg.finished) finished = true;
-      else last = msg;
+/** A compute on the imported timeline, as a user would start one; returns what it sees. */
+async function fingerprintThroughCompute(ctx: Bench, tenantId: string, timelineId: string): Promise<string> {
+  const computeId = `bench-${randomUUID().slice(0, 8)}`;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-bench-compute-'));
+  chownForPostgres(dir, false);
+  const pgdata = path.join(dir, 'pgdata');
+  const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
+    env: ctx.env,
+    readyLine: /compute worker ready/,
+    timeoutMs: 120_000,
+  });
+  try {
+    const spec = exampleComputeConfig({
+      tenantId,
+      timelineId,
+      pageserverPg: ctx.endpoints.pageserver.pg,
+      safekeepers: ctx.endpoints.safekeepers.map((sk) => sk.pg),
+      port: await freePort(),
+    });
+    await ctx.computes.start(computeId, spec, { watchReportSeconds: 5, watchHeartbeatTimeoutSeconds: 30 });
+    await ctx.computes.waitForRunning(computeId, 1_800_000);
+    const lines = readFileSync(path.join(pgdata, 'postmaster.pid'), 'utf8').split('\n');
+    const client = new pg.Client({ host: lines[4]!.trim(), port: Number(lines[3]), user: 'cloud_admin', database: DATABASE });
+    await client.connect();
+    try {
+      return await pgbenchFingerprint(client);
+    } finally {
+      await client.end();
     }
-  });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  await Promise.race([sleep((uninterruptedSeconds * 1000) / 2), exited]);
-  if (finished || child.exitCode !== null) throw new Error('our upload finished before it could be killed');
-  child.kill('SIGKILL');
-  await exited;
-  const killedAfterSeconds = (performance.now() - start) / 1000;
-  log(`our upload SIGKILLed after ${killedAfterSeconds.toFixed(1)} s at ${last?.filesDone}/${last?.filesTotal} files, ${((last?.bytesDone ?? 0) / MiB).toFixed(0)} MiB`);
-  const resumeStart = performance.now();
-  const resumed = await uploadDataDirectory({
-    s3: ctx.s3,
-    bucket: BUCKET,
-    dataDir,
-    keyPrefix,
-    ctx: { heartbeat: () => {}, signal: new AbortController().signal, previousDetails: last, attempt: 2 },
-  });
-  const resumeSeconds = (performance.now() - resumeStart) / 1000;
-  log(`our upload resumed in ${resumeSeconds.toFixed(1)} s: ${resumed.uploadedFiles} files sent (${resumed.resumedParts} parts reused), ${resumed.skippedFiles} skipped`);
-  return {
-    tool: 'our uploadPgdata',
-    uninterruptedSeconds,
-    killedAfterSeconds,
-    resumeSeconds,
-    atKill: `${last?.filesDone}/${last?.filesTotal} files, ${((last?.bytesDone ?? 0) / MiB).toFixed(0)}/${((last?.bytesTotal ?? 0) / MiB).toFixed(0)} MiB`,
-    resentNote: `resume skipped ${resumed.skippedFiles} files after checking size + sha256, continued ${last?.inFlight.length ?? 0} multipart uploads (${resumed.resumedParts} parts reused), sent ${resumed.uploadedFiles} files`,
-  };
+  } finally {
+    await ctx.computes.terminate(computeId, 'immediate').catch(() => undefined);
+    await worker.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
-/** `aws s3 sync` SIGKILLed after half its uninterrupted time, then run again. */
-async function resumeAws(ctx: Bench): Promise<ResumeResult> {
-  const dataDir = scratchPaths(path.join(ctx.root, 'c')).pgdata;
-  const uninterruptedStart = performance.now();
-  await exec('aws', awsSyncArgs(dataDir, 'd-aws-full', ctx.endpoint), awsEnv());
-  const uninterruptedSeconds = (performance.now() - uninterruptedStart) / 1000;
-  const total = await prefixSize(ctx.s3, 'd-aws-full');
-
-  const start = performance.now();
-  const child = spawn('aws', awsSyncArgs(dataDir, 'd-aws', ctx.endpoint), { env: { ...process.env, ...awsEnv() }, stdio: ['ignore', 'ignore', 'inherit'] });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  await Promise.race([sleep((uninterruptedSeconds * 1000) / 2), exited]);
-  if (child.exitCode !== null) throw new Error('aws s3 sync finished before it could be killed');
-  child.kill('SIGKILL');
-  await exited;
-  const killedAfterSeconds = (performance.now() - start) / 1000;
-  const atKill = await prefixSize(ctx.s3, 'd-aws');
-  const resumeStart = performance.now();
-  const out = await exec('aws', ['s3', 'sync', dataDir, `s3://${BUCKET}/d-aws/pgdata`, '--endpoint-url', ctx.endpoint, '--no-progress'], awsEnv());
-  const resumeSeconds = (performance.now() - resumeStart) / 1000;
-  const resent = out.split('\n').filter((l) => l.startsWith('upload:')).length;
-  log(`aws s3 sync rerun in ${resumeSeconds.toFixed(1)} s, ${resent} files sent`);
-  return {
-    tool: 'aws s3 sync',
-    uninterruptedSeconds,
-    killedAfterSeconds,
-    resumeSeconds,
-    atKill: `${atKill.objects}/${total.objects} files, ${(atKill.bytes / MiB).toFixed(0)}/${(total.bytes / MiB).toFixed(0)} MiB in the bucket`,
-    resentNote: `rerun sent ${resent} files whole (a half-sent multipart file starts over), skipping those with the same size and an older-or-equal mtime (no content check)`,
-  };
+interface WorkflowRun {
+  result: MethodResult;
+  status: ImportStatusView;
+  /** Seconds from `import start` until the commit marker was written (the phase became pageserver_import). */
+  toMarkerSeconds: number;
+  kill?: { afterSeconds: number; atKill: string; restartSeconds: number };
+  /** From the workflow's history: how often each local step completed. */
+  completions: Record<string, number>;
 }
 
-interface Bench {
-  root: string;
-  install: PgInstallation;
-  resources: HostResources;
-  source: ThrowawayPostgres;
-  sourceFingerprint: string;
-  s3: S3Client;
-  endpoint: string;
+/** Completed activities per type, from the workflow's history (event types are not encrypted). */
+async function completedActivities(ctx: Bench, importId: string): Promise<Record<string, number>> {
+  const history = await ctx.imports.historyOf(importId);
+  const typeOf = new Map<string, string>();
+  const counts: Record<string, number> = {};
+  for (const e of history.events ?? []) {
+    if (e.activityTaskScheduledEventAttributes) typeOf.set(String(e.eventId), e.activityTaskScheduledEventAttributes.activityType?.name ?? '?');
+    const done = e.activityTaskCompletedEventAttributes;
+    if (done) {
+      const type = typeOf.get(String(done.scheduledEventId)) ?? '?';
+      counts[type] = (counts[type] ?? 0) + 1;
+    }
+  }
+  return counts;
+}
+
+/**
+ * `import start` ... done through the workflow; with `killAfterUploadSeconds`, the importer is
+ * SIGKILLed that long into the upload and restarted at once on the same disk.
+ */
+async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Promise<WorkflowRun> {
+  const kill = killAfterUploadSeconds !== undefined;
+  const importId = `bench-${kill ? 'killed' : 'plain'}-${randomUUID().slice(0, 8)}`;
+  const tenantId = randomNeonId();
+  const timelineId = randomNeonId();
+  const hostId = `bench-host-${kill ? 'k' : 'p'}`;
+  let worker = await startImporter(ctx, hostId);
+  try {
+    log(`workflow ${importId}${kill ? ' (to be killed half way through the upload)' : ''}...`);
+    const start = performance.now();
+    await ctx.imports.start({
+      importId,
+      sourceConnstring: ctx.source.url(DATABASE),
+      tenantId,
+      timelineId,
+      jobs,
+      options: { heartbeatTimeoutSeconds: 10, pageserverPollSeconds: 2 },
+    });
+    let killInfo: WorkflowRun['kill'];
+    if (killAfterUploadSeconds !== undefined) {
+      // Half of the uninterrupted run's upload time after this upload started (as its status shows).
+      let uploadStarted: number | undefined;
+      let last: ImportStatusView | undefined;
+      for (;;) {
+        const s = await ctx.imports.status(importId);
+        if (s.running_step?.name === 'uploadPgdata') {
+          uploadStarted ??= performance.now();
+          last = s;
+        }
+        if (uploadStarted !== undefined && performance.now() - uploadStarted >= killAfterUploadSeconds * 1000) break;
+        if (s.phase === 'pageserver_import' || s.phase === 'done' || s.phase === 'failed') throw new Error(`the upload ended before it could be killed (${s.phase})`);
+        await sleep(200);
+      }
+      await worker.kill('SIGKILL');
+      const afterSeconds = (performance.now() - start) / 1000;
+      const p = last?.progress;
+      const atKill = p ? `${p.filesDone}/${p.filesTotal} files, ${(p.bytesDone / MiB).toFixed(0)}/${((p.bytesTotal ?? 0) / MiB).toFixed(0)} MiB by the last heartbeat` : 'no heartbeat yet';
+      log(`importer SIGKILLed after ${afterSeconds.toFixed(1)} s, ${killAfterUploadSeconds.toFixed(1)} s into the upload: ${atKill}`);
+      const restartStart = performance.now();
+      worker = await startImporter(ctx, hostId);
+      killInfo = { afterSeconds, atKill, restartSeconds: (performance.now() - restartStart) / 1000 };
+    }
+    let toMarkerSeconds = 0;
+    const status = await ctx.imports.wait(importId, {
+      intervalMs: 500,
+      onUpdate: (s) => {
+        if (!toMarkerSeconds && (s.phase === 'pageserver_import' || s.phase === 'done')) toMarkerSeconds = (performance.now() - start) / 1000;
+      },
+    });
+    const totalSeconds = (performance.now() - start) / 1000;
+    log(`workflow ${importId} done in ${totalSeconds.toFixed(1)} s (commit marker after ${toMarkerSeconds.toFixed(1)} s)`);
+    const steps = status.steps.map((st) => ({ name: st.name, seconds: st.ms / 1000 }));
+    const fp = kill || skip.has('verify') ? undefined : await fingerprintThroughCompute(ctx, tenantId, timelineId);
+    const result = finish(kill ? 'import workflow, importer killed half way through the upload' : 'import workflow (`import start`), to an active timeline', steps, await prefixSize(ctx, importPrefix(importId)), fp, ctx, totalSeconds);
+    return { result, status, toMarkerSeconds, kill: killInfo, completions: await completedActivities(ctx, importId) };
+  } finally {
+    await worker.kill('SIGKILL');
+  }
 }
 
 function fmt(seconds: number): string {
   return seconds >= 100 ? seconds.toFixed(0) : seconds.toFixed(1);
 }
 
-function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: MethodResult[], resumes: ResumeResult[]): string {
+function stepSeconds(r: WorkflowRun, name: string): number {
+  return r.result.steps.find((s) => s.name === name)?.seconds ?? 0;
+}
+
+function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: MethodResult[], runs: WorkflowRun[]): string {
   const host = detectHostResources();
+  const [plain, killed] = runs;
   const lines = [
     '# Fast import benchmark',
     '',
     `Run ${new Date().toISOString()} with \`node --import tsx bench/import.ts\` (BENCH_IMPORT_SCALE=${scale}, BENCH_IMPORT_JOBS=${jobs}).`,
     '',
-    `Host: ${host.cpus} CPUs, ${(host.totalMemoryBytes / 1024 ** 3).toFixed(1)} GiB (shared with other work while this ran). PostgreSQL ${ctx.install.version}; s3rver on loopback, same disk.`,
-    `Source: pgbench scale ${scale} (${(sourceBytes / MiB).toFixed(0)} MiB database, built in ${fmt(setupSeconds)} s). Targets: fresh initdb with the importer's bulk-load settings `,
+    `Host: ${host.cpus} CPUs, ${(host.totalMemoryBytes / 1024 ** 3).toFixed(1)} GiB (shared with other work while this ran). PostgreSQL ${ctx.install.version}.`,
+    'Everything on loopback: a private dev stack (Temporal dev server, control-plane worker, s3rver, 3 dev safekeepers, dev pageserver),',
+    'one importer worker process, the source Postgres; same disk for all of them.',
+    `Source: pgbench scale ${scale} (${(sourceBytes / MiB).toFixed(0)} MiB database, built in ${fmt(setupSeconds)} s). Targets: fresh initdb with the importer's bulk-load settings`,
     `(shared_buffers 10% and maintenance_work_mem 70% of ${(ctx.resources.totalMemoryBytes / 1024 ** 3).toFixed(0)} GiB, fsync/full_page_writes/synchronous_commit off, wal_level minimal).`,
     '',
     '## End to end',
@@ -350,27 +382,66 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
       (m) => `| ${m.method} | ${fmt(m.totalSeconds)} | ${m.steps.map((s) => `${s.name} ${fmt(s.seconds)}`).join('; ')} | ${m.objects} | ${(m.bytes / MiB).toFixed(0)} | ${m.note ?? ''} |`,
     ),
     '',
-    '## Upload killed half way (SIGKILL) and resumed',
-    '',
-    '| tool | uninterrupted (s) | killed after (s) | resume (s) | killed + resume (s) | at kill | what the resume sent |',
-    '|---|---:|---:|---:|---:|---|---|',
-    ...resumes.map(
-      (r) =>
-        `| ${r.tool} | ${fmt(r.uninterruptedSeconds)} | ${fmt(r.killedAfterSeconds)} | ${fmt(r.resumeSeconds)} | ${fmt(r.killedAfterSeconds + r.resumeSeconds)} | ${r.atKill} | ${r.resentNote} |`,
-    ),
-    '',
+  ];
+  if (plain) {
+    lines.push(
+      `The workflow's total runs from \`import start\` to an active timeline, so it includes what (a) and (b) leave out: writing spec.json,`,
+      `the pageserver's import (waiting for the commit marker, validating and downloading the data directory, building the timeline's`,
+      `first image and base backup) and registering the timeline on the safekeepers. Its importer part, from \`import start\` until the`,
+      `commit marker was written, took ${fmt(plain.toMarkerSeconds)} s; the pageserver import ${fmt(stepSeconds(plain, 'pageserverImport'))} s. The check of the`,
+      'workflow row is made through a compute started on the new timeline.',
+      '',
+    );
+  }
+  if (plain && killed) {
+    const up = (r: WorkflowRun) => r.status.upload!;
+    lines.push(
+      '## Importer killed half way through the upload (SIGKILL) vs not killed',
+      '',
+      '| run | total (s) | to commit marker (s) | uploadPgdata step (s) | at kill | what the resumed upload sent |',
+      '|---|---:|---:|---:|---|---|',
+      `| not killed | ${fmt(plain.result.totalSeconds)} | ${fmt(plain.toMarkerSeconds)} | ${fmt(stepSeconds(plain, 'uploadPgdata'))} | - | ${up(plain).uploaded_files} files, ${(up(plain).uploaded_bytes / MiB).toFixed(0)} MiB |`,
+      `| killed after ${fmt(killed.kill!.afterSeconds)} s (half the upload time of the other run into its upload), restarted at once (${fmt(killed.kill!.restartSeconds)} s) | ${fmt(killed.result.totalSeconds)} | ${fmt(killed.toMarkerSeconds)} | ${fmt(stepSeconds(killed, 'uploadPgdata'))} | ${killed.kill!.atKill} | skipped ${up(killed).skipped_files} files (${(up(killed).skipped_bytes / MiB).toFixed(0)} MiB) already uploaded intact, sent ${up(killed).uploaded_files} files (${(up(killed).uploaded_bytes / MiB).toFixed(0)} MiB, of which ${up(killed).resumed_parts} parts, about ${up(killed).resumed_parts * 8} MiB, were kept from the killed attempt's unfinished multipart uploads) |`,
+      '',
+      `- The killed run's uploadPgdata step spans both attempts, including up to ${10} s of heartbeat timeout after which the step is`,
+      '  retried on the restarted worker (same host, same disk). Nothing before the upload ran again: its history has',
+      `  ${['initScratchPostgres', 'dumpSource', 'restoreDump', 'uploadPgdata'].map((t) => `${killed.completions[t] ?? 0} completed ${t}`).join(', ')}.`,
+      `- Neon's importer would start over from an empty directory: dump, restore and the whole upload again.`,
+      '',
+    );
+  }
+  lines.push(
     'Notes:',
-    '- Our upload is one object per file (files of 8 MiB and more as multipart uploads of 8 MiB parts), at most 10 requests in',
-    '  flight; each object carries the sha256 of its content in its metadata, which is what a resumed upload checks before',
-    '  skipping a file, and unfinished multipart uploads are continued from the part list in the last heartbeat.',
-    '- The kills happen after half of the tool\'s own uninterrupted upload time.',
+    '- The upload is one object per file (files of 8 MiB and more as multipart uploads of 8 MiB parts), at most 10 requests in flight;',
+    '  each object carries the sha256 of its content, which a resumed upload checks before skipping a file.',
     '- Timings on this shared 2-CPU machine vary by tens of percent between runs (other test suites ran at the same time).',
-    "- `aws s3 sync` decides by size and modification time only; it cannot tell a stale object of an earlier data directory from",
-    '  the current one when both happen to match.',
     '- s3rver stores every object as files on the same disk, so the upload figures measure this machine more than S3.',
     '',
-  ];
+  );
   return lines.join('\n');
+}
+
+async function startStack(root: string): Promise<{ endpoints: StackEndpoints; dir: string }> {
+  const dir = path.join(root, 'stack');
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const settings = resolveStackSettings(
+    {
+      dir,
+      ports: {
+        temporal: await freePort(),
+        temporalUi: await freePort(),
+        s3: await freePort(),
+        pageserverPg: await freePort(),
+        pageserverHttp: await freePort(),
+        safekeeperPg: await freePortRange(3),
+        safekeeperHttp: await freePortRange(3),
+      },
+    },
+    {},
+  );
+  log('starting a private dev stack...');
+  const endpoints = await stackUp(settings, { resolveTemporalCli: async () => (await provisionTemporalCli({ onProgress: log })).path, onProgress: log });
+  return { endpoints, dir };
 }
 
 async function main(): Promise<void> {
@@ -379,12 +450,33 @@ async function main(): Promise<void> {
   // A shared machine: size the targets for at most 8 GiB whatever the host has.
   const resources: HostResources = { cpus: detected.cpus, totalMemoryBytes: Math.min(detected.totalMemoryBytes, 8 * 1024 ** 3) };
   const root = mkdtempSync(path.join(os.tmpdir(), 'dc-bench-import-'));
-  const { chownForPostgres } = await import('../common/pg-identity');
   chownForPostgres(root, false);
-  const s3server = await startS3(root);
-  const s3 = createS3Client({ endpoint: s3server.endpoint, region: 'us-east-1', bucket: BUCKET, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  let stackDir: string | undefined;
   let source: ThrowawayPostgres | undefined;
+  const closers: (() => Promise<void>)[] = [];
   try {
+    const stack = await startStack(root);
+    stackDir = stack.dir;
+    const keyFile = path.join(root, 'import.key');
+    writeFileSync(keyFile, `${generateLocalKey()}\n`, { mode: 0o600 });
+    const env: Record<string, string> = {
+      DURABLE_COMPUTE_STACK_DIR: stack.dir,
+      DURABLE_COMPUTE_PAYLOAD_KEY_FILE: devPayloadKeyFile(stack.dir),
+      DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile,
+      ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}),
+    };
+    const config: AppConfig = loadConfig(env, {
+      temporal: stack.endpoints.temporal,
+      s3: { ...stack.endpoints.s3, ...devS3Credentials() },
+      pageserver: stack.endpoints.pageserver,
+      safekeepers: stack.endpoints.safekeepers,
+      payloadKeyFile: devPayloadKeyFile(stack.dir),
+    });
+    const opened = await openClient(config);
+    closers.push(opened.close);
+    const s3 = createS3Client(config.s3);
+    closers.push(async () => s3.destroy());
+
     source = await startThrowawayPostgres({ shared_buffers: "'512MB'", max_wal_size: "'4GB'", checkpoint_timeout: "'30min'" });
     await source.query(`CREATE DATABASE ${DATABASE}`);
     const setupStart = performance.now();
@@ -397,14 +489,24 @@ async function main(): Promise<void> {
     const sourceBytes = Number((await client.query<{ n: string }>('SELECT pg_database_size(current_database()) AS n')).rows[0]!.n);
     await client.end();
     log(`source ready: ${(sourceBytes / MiB).toFixed(0)} MiB, fingerprint ${sourceFingerprint}`);
-    const ctx: Bench = { root, install, resources, source, sourceFingerprint, s3, endpoint: s3server.endpoint };
+    const ctx: Bench = {
+      root,
+      install,
+      resources,
+      source,
+      sourceFingerprint,
+      s3,
+      bucket: config.s3.bucket,
+      endpoints: stack.endpoints,
+      env,
+      imports: new ImportClient(opened.client, config.temporal.controlPlaneTaskQueue, config.imports),
+      computes: new ComputeClient(opened.client, config.temporal.controlPlaneTaskQueue),
+    };
 
     const methods: MethodResult[] = [];
-    const resumes: ResumeResult[] = [];
+    const runs: WorkflowRun[] = [];
     const cleanup = async (dir: string) => {
-      await stopScratch({ install, workdir: path.join(root, dir), resources, restoreJobs: jobs }).catch(() => undefined);
-      rmSync(path.join(root, dir, 'dumpdir'), { recursive: true, force: true });
-      rmSync(path.join(root, dir, 'pgcopydb'), { recursive: true, force: true });
+      await destroyScratch(install, path.join(root, dir)).catch(() => undefined);
     };
     if (!skip.has('pgdump')) {
       methods.push(await methodPgDump(ctx));
@@ -414,30 +516,32 @@ async function main(): Promise<void> {
       methods.push(await methodPgcopydb(ctx));
       await cleanup('b');
     }
-    const ours = await methodOurs(ctx);
-    methods.push(ours);
-    if (!skip.has('resume')) {
-      resumes.push(await resumeOurs(ctx, ours.uploadSeconds));
-      resumes.push(await resumeAws(ctx));
+    const plain = await methodWorkflow(ctx);
+    methods.push(plain.result);
+    runs.push(plain);
+    if (!skip.has('kill')) {
+      const killed = await methodWorkflow(ctx, stepSeconds(plain, 'uploadPgdata') / 2);
+      methods.push(killed.result);
+      runs.push(killed);
     }
     mkdirSync(path.dirname(outFile), { recursive: true });
-    writeFileSync(outFile, report(ctx, setupSeconds, sourceBytes, methods, resumes));
+    writeFileSync(outFile, report(ctx, setupSeconds, sourceBytes, methods, runs));
     log(`results written to ${outFile}`);
   } finally {
-    for (const dir of ['a', 'b', 'c']) {
-      const pgdata = scratchPaths(path.join(root, dir)).pgdata;
-      await run(pgBin(install, 'pg_ctl'), ['stop', '-D', pgdata, '-m', 'immediate', '-w'], pgSpawnIdentity()).catch(() => undefined);
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+    // Scratch servers a failed run may have left (the workflow removes its own on success).
+    for (const dir of readdirSync(root)) {
+      if (dir === 'a' || dir === 'b') await destroyScratch(install, path.join(root, dir)).catch(() => undefined);
+      if (dir.startsWith('importer-')) {
+        for (const work of readdirSync(path.join(root, dir), { withFileTypes: true }).filter((d) => d.isDirectory())) {
+          await destroyScratch(install, path.join(root, dir, work.name)).catch(() => undefined);
+        }
+      }
     }
     await source?.stop();
-    s3.destroy();
-    s3server.child.kill('SIGTERM');
-    await new Promise((resolve) => (s3server.child.exitCode !== null ? resolve(undefined) : s3server.child.once('exit', resolve)));
+    if (stackDir) await stackDown(stackDir);
     rmSync(root, { recursive: true, force: true });
   }
 }
 
-if (process.argv[2] === '--upload-child') {
-  await uploadChild();
-} else {
-  await main();
-}
+await main();

@@ -188,8 +188,10 @@ export class ImportClient {
     for (;;) {
       const s = await this.status(importId);
       opts.onUpdate?.(s);
-      if (isFinalImportPhase(s.phase) || s.workflow_status !== 'RUNNING') {
+      // The phase turns final just before the last cleanup step: the end is when the workflow closes.
+      if (s.workflow_status !== 'RUNNING') {
         if (s.phase === 'done') return s;
+        if (!isFinalImportPhase(s.phase)) throw new UserFacingError(`import ${importId} stopped in ${s.phase}: its workflow was ${s.workflow_status.toLowerCase()}`);
         throw new UserFacingError(`import ${importId} ${s.phase === 'cancelled' ? 'was cancelled' : 'failed'}: ${s.error ?? s.workflow_status}`);
       }
       if (Date.now() > deadline) throw new UserFacingError(`import ${importId} is still in ${s.phase} after ${(opts.timeoutMs ?? 0) / 1000} s`);
@@ -200,12 +202,9 @@ export class ImportClient {
   /** Requests cancellation and waits until the workflow has cleaned up (timeline deleted, status written). */
   async cancel(importId: string, timeoutMs = 300_000): Promise<ImportStatusView> {
     const handle = this.handle(importId);
-    try {
-      await handle.cancel();
-    } catch (err) {
-      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no import with ID ${importId}`);
-      throw err;
-    }
+    const before = await this.status(importId);
+    if (before.workflow_status !== 'RUNNING') throw new UserFacingError(`import ${importId} has already ended (${before.phase}); there is nothing to cancel`);
+    await handle.cancel();
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const s = await this.status(importId);
@@ -213,6 +212,11 @@ export class ImportClient {
       if (Date.now() > deadline) throw new UserFacingError(`import ${importId} is still cleaning up after ${timeoutMs / 1000} s`);
       await sleep(500);
     }
+  }
+
+  /** The import workflow's event history (payloads stay encrypted), e.g. to see which steps ran how often. */
+  async historyOf(importId: string) {
+    return this.handle(importId).fetchHistory();
   }
 
   /** The workflow's result: the final status, or the failure as a UserFacingError. */

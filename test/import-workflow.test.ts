@@ -20,7 +20,7 @@ import { findPostgres } from '../common/pg-binaries';
 import { chownForPostgres } from '../common/pg-identity';
 import { importPrefix, importWorkflowId } from '../model/import-status';
 import type { ImportWorkflowOptions } from '../workflows/import/workflow';
-import { exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
+import { cleanupComputes, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { historyTexts } from './helpers/history';
 import { neonId, uniqueId } from './helpers/ids';
 import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
@@ -293,6 +293,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await killAllProcesses();
+  await cleanupComputes();
   // Scratch servers and tools the killed workers left behind.
   for (const hostDir of scratchRoot ? readdirSync(scratchRoot, { withFileTypes: true }).filter((d) => d.isDirectory()) : []) {
     for (const work of readdirSync(path.join(scratchRoot, hostDir.name), { withFileTypes: true }).filter((d) => d.isDirectory())) {
@@ -554,5 +555,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     await expect(pageserver.getTimeline(tenantId, timelineId)).rejects.toMatchObject({ status: 404 });
     expect(await statusObject(importId, 'fast_import')).toMatchObject({ command: 'pgdata', done: false, error: expect.stringMatching(/cancelled/) });
     expect(readdirSync(host.root, { withFileTypes: true }).filter((d) => d.isDirectory())).toEqual([]);
+    await expect(imports.cancel(importId)).rejects.toThrow(/has already ended \(cancelled\)/);
+    await expect(imports.status(uniqueId('no-such-import'))).rejects.toThrow(/no import with ID/);
   }, 400_000);
 });

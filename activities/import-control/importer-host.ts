@@ -29,8 +29,17 @@ export interface ImporterHost {
  * worker restarted on the same disk is the same host (its half-done dumps are still there); a
  * new disk is a new host.
  */
+/** Longest work directory root: an import's directory adds 28 bytes, its scratch server's socket 19 more, within 107. */
+export const MAX_WORKDIR_ROOT_BYTES = 107 - 28 - 19;
+
 export function resolveImporterHost(workdirRoot: string, sharedTaskQueue: string, configuredHostId?: string): ImporterHost {
   if (!path.isAbsolute(workdirRoot)) throw new Error(`The importer work directory must be absolute, got ${workdirRoot}`);
+  if (Buffer.byteLength(path.normalize(workdirRoot)) > MAX_WORKDIR_ROOT_BYTES) {
+    throw new Error(
+      `The importer work directory ${workdirRoot} is too long (${Buffer.byteLength(workdirRoot)} bytes, at most ${MAX_WORKDIR_ROOT_BYTES}): ` +
+        'the scratch Postgres unix sockets below it must fit in 107 bytes. Choose a shorter DURABLE_COMPUTE_IMPORTER_WORKDIR.',
+    );
+  }
   mkdirSync(workdirRoot, { recursive: true, mode: 0o755 });
   // The scratch Postgres runs as an unprivileged user when we are root; it must reach its workdir.
   chmodSync(workdirRoot, 0o755);

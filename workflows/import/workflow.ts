@@ -178,7 +178,19 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
       setPhase('init');
       const claim = await timed('init', 'claimImportHost', () =>
         claimActivities(timeouts).claimImportHost({ importId: input.importId, localRun: status.local_run, runKey }),
-      );
+      ).catch((err: unknown) => {
+        const failure = err instanceof StepFailure ? err.failure : undefined;
+        if (failure instanceof ActivityFailure && failure.cause instanceof TimeoutFailure) {
+          throw new StepFailure(
+            'init',
+            ApplicationFailure.nonRetryable(
+              `no importer host claimed the import within ${o.claimTimeoutSeconds} s: is an importer worker (durable-compute worker importer) polling task queue ${o.importerTaskQueue}?`,
+              'NoImporterHost',
+            ),
+          );
+        }
+        throw err;
+      });
       status.host = claim.hostId;
       const moved = status.host_changes.at(-1);
       if (moved && moved.to === null) moved.to = claim.hostId;
