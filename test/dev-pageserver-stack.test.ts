@@ -9,7 +9,6 @@ import { mkdirSync, mkdtempSync, promises as fsp, readFileSync, rmSync, writeFil
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import pg from 'pg';
@@ -25,19 +24,10 @@ import { freePort } from '../dev/processes';
 import { startPageserver, type Pageserver } from '../dev/storage/pageserver/pageserver';
 import { startSafekeeper, type RunningSafekeeper } from '../dev/storage/safekeeper/safekeeper';
 import { neonId } from './helpers/ids';
+import { waitFor } from './helpers/wait';
 
 const run = promisify(execFile);
 const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 async function unpack(source: NodeJS.ReadableStream[], dir: string): Promise<void> {
   mkdirSync(dir, { recursive: true, mode: 0o700 });

@@ -10,7 +10,6 @@ import { mkdirSync, mkdtempSync, promises as fsp, readdirSync, readFileSync, rmS
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import pg from 'pg';
@@ -26,21 +25,12 @@ import { formatLsn, isLsn, parseLsn } from '../model/lsn';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
 import { killAllProcesses, startProcess } from './helpers/processes';
+import { waitFor } from './helpers/wait';
 
 const run = promisify(execFile);
 const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
 const asPostgres = pgSpawnIdentity();
 const TOKEN = 'e2e-storage-token';
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 /** Unpacks a base backup tar (regular files and directories only, names checked) into `dir`. */
 async function unpack(source: NodeJS.ReadableStream[], dir: string): Promise<void> {
