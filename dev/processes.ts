@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { processStartTime } from '../common/process-start-time';
 
 /** A process the stack started, identified by pid plus kernel start time so a recycled pid is never mistaken for it. */
 export interface TrackedProcess {
@@ -9,20 +10,6 @@ export interface TrackedProcess {
   startTime: string;
   command: string;
   log: string;
-}
-
-/** Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot. */
-export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const state = rest[0];
-    if (state === 'Z' || state === 'X') return undefined;
-    return rest[19];
-  } catch {
-    return undefined;
-  }
 }
 
 export function isTrackedAlive(p: TrackedProcess): boolean {

@@ -5,55 +5,24 @@
  * several compute generations and a branch.
  */
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, promises as fsp, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import { createGunzip } from 'node:zlib';
-import pg from 'pg';
-import { to } from 'pg-copy-streams';
-import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stockStorageBackend } from '../activities/storage-backend';
 import { livePusherPid } from '../activities/storage-backend/stock/pusher-files';
 import { findPostgres, pgBin } from '../common/pg-binaries';
-import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
+import { pgSpawnIdentity } from '../common/pg-identity';
 import { isLsn, parseLsn } from '../model/lsn';
-import { freePort } from '../dev/processes';
 import { startPageserver, type Pageserver } from '../dev/storage/pageserver/pageserver';
 import { startSafekeeper, type RunningSafekeeper } from '../dev/storage/safekeeper/safekeeper';
 import { neonId } from './helpers/ids';
+import { basebackupCommand, fetchBasebackupInto, startBareCompute, type BareCompute } from './helpers/bare-compute';
 import { waitFor } from './helpers/wait';
 
 const run = promisify(execFile);
 const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
-
-async function unpack(source: NodeJS.ReadableStream[], dir: string): Promise<void> {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const extract = tar.extract();
-  extract.on('entry', (header, stream, next) => {
-    const target = path.join(dir, header.name);
-    if (header.type === 'directory') {
-      mkdirSync(target, { recursive: true, mode: header.mode ?? 0o700 });
-      stream.resume();
-      stream.on('end', () => next());
-      return;
-    }
-    const parts: Buffer[] = [];
-    stream.on('data', (d: unknown) => parts.push(d as Buffer));
-    stream.on('end', () => {
-      fsp.writeFile(target, Buffer.concat(parts), { mode: header.mode ?? 0o600 }).then(() => next(), next);
-    });
-  });
-  await pipeline([...source, extract]);
-}
-
-interface Compute {
-  pgdata: string;
-  port: number;
-  query<T extends pg.QueryResultRow>(sql: string): Promise<T[]>;
-}
 
 describe('dev pageserver with the dev safekeepers, WAL pusher and sync command', () => {
   let root: string;
@@ -84,52 +53,21 @@ describe('dev pageserver with the dev safekeepers, WAL pusher and sync command',
 
   const safekeeperAddrs = () => sks.map((s) => s.pgAddress);
 
-  async function startCompute(name: string, timeline: string, lsn?: string): Promise<Compute> {
+  async function startCompute(name: string, timeline: string, lsn?: string): Promise<BareCompute> {
     const dir = path.join(root, name);
-    const pgdata = path.join(dir, 'pgdata');
-    const c = new pg.Client({ host: '127.0.0.1', port: ps.pgPort, user: 'cloud_admin', database: 'postgres' });
-    await c.connect();
-    try {
-      await unpack([c.query(to(['basebackup', tenant, timeline, ...(lsn ? [lsn] : []), '--gzip'].join(' '))), createGunzip()], pgdata);
-    } finally {
-      await c.end();
-    }
-    const port = await freePort();
-    writeFileSync(
-      path.join(pgdata, 'postgresql.conf'),
-      [
-        `listen_addresses = '127.0.0.1'`,
-        `port = ${port}`,
-        `unix_socket_directories = '${dir}'`,
-        'fsync = off',
-        stockStorageBackend.postgresqlConf({ tenantId: tenant, timelineId: timeline, safekeepers: safekeeperAddrs(), mode: 'Primary' }),
-      ].join('\n'),
+    await fetchBasebackupInto({ port: ps.pgPort }, basebackupCommand(tenant, timeline, lsn), path.join(dir, 'pgdata'));
+    const compute = await startBareCompute(
+      dir,
+      ['fsync = off', stockStorageBackend.postgresqlConf({ tenantId: tenant, timelineId: timeline, safekeepers: safekeeperAddrs(), mode: 'Primary' })],
+      stockStorageBackend.hbaLines(),
     );
-    const hba = path.join(pgdata, 'pg_hba.conf');
-    writeFileSync(hba, `${stockStorageBackend.hbaLines().join('\n')}\n${readFileSync(hba, 'utf8')}`);
-    chownForPostgres(dir);
-    running.push(pgdata);
-    await run(pgBin(install, 'pg_ctl'), ['-D', pgdata, '-l', path.join(dir, 'postgres.log'), '-w', '-t', '60', 'start'], pgSpawnIdentity()).catch((err: Error) => {
-      throw new Error(`${err.message}\n${readFileSync(path.join(dir, 'postgres.log'), 'utf8')}`);
-    });
-    await stockStorageBackend.afterPostgresReady({ pgdata, socketDir: dir, port, tenantId: tenant, timelineId: timeline, safekeepers: safekeeperAddrs(), superuser: 'cloud_admin' });
-    return {
-      pgdata,
-      port,
-      async query<T extends pg.QueryResultRow>(sql: string) {
-        const q = new pg.Client({ host: dir, port, user: 'cloud_admin', database: 'postgres' });
-        await q.connect();
-        try {
-          return (await q.query<T>(sql)).rows;
-        } finally {
-          await q.end();
-        }
-      },
-    };
+    running.push(compute.pgdata);
+    await stockStorageBackend.afterPostgresReady({ pgdata: compute.pgdata, socketDir: dir, port: compute.port, tenantId: tenant, timelineId: timeline, safekeepers: safekeeperAddrs(), superuser: 'cloud_admin' });
+    return compute;
   }
 
   /** Fast shutdown, wait for the pusher to drain, then the sync command's LSN. */
-  async function stopAndSync(c: Compute): Promise<string> {
+  async function stopAndSync(c: BareCompute): Promise<string> {
     await run(pgBin(install, 'pg_ctl'), ['-D', c.pgdata, '-m', 'fast', '-w', '-t', '60', 'stop'], pgSpawnIdentity());
     await waitFor('the WAL pusher to exit', async () => (livePusherPid(c.pgdata) === undefined ? true : undefined));
     const [cmd, ...args] = stockStorageBackend.syncSafekeepersCommand(install.binDir);

@@ -9,17 +9,15 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, promises as fsp, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, promises as fsp, readdirSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import { createGunzip } from 'node:zlib';
 import pg from 'pg';
 import { to } from 'pg-copy-streams';
-import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
@@ -29,6 +27,7 @@ import { readControlFile, setControlState, parseControlFile, withState, DbState 
 import { startPageserver, type Pageserver } from '../dev/storage/pageserver/pageserver';
 import { parseSegmentFileName, segmentFileName, DEFAULT_GEOMETRY } from '../dev/storage/pageserver/wal';
 import { neonId } from './helpers/ids';
+import { basebackupCommand, fetchBasebackupInto, startBareCompute, stopBareComputes, unpackTar, type BareCompute } from './helpers/bare-compute';
 import { killAllProcesses, startProcess } from './helpers/processes';
 
 const run = promisify(execFile);
@@ -113,107 +112,17 @@ async function startFakeSafekeeper(): Promise<FakeSafekeeper> {
 // ---------------------------------------------------------------------------------------------
 // Base backups and stock Postgres computes.
 
-function basebackupCommand(tenant: string, timeline: string, lsn?: string, gzip = true): string {
-  return ['basebackup', tenant, timeline, ...(lsn ? [lsn] : []), ...(gzip ? ['--gzip'] : [])].join(' ');
-}
-
 async function pageClient(port: number, password = TOKEN): Promise<pg.Client> {
   const c = new pg.Client({ host: '127.0.0.1', port, user: 'cloud_admin', database: 'postgres', password, application_name: 'compute_ctl' });
   await c.connect();
   return c;
 }
 
-/** Unpacks a tar stream into `dir` the way a compute does (directories, files with modes). */
-async function unpackTar(source: NodeJS.ReadableStream[], dir: string): Promise<string[]> {
-  const names: string[] = [];
-  const extract = tar.extract();
-  extract.on('entry', (header, stream, next) => {
-    names.push(header.name);
-    const target = path.join(dir, header.name);
-    if (!target.startsWith(dir + path.sep)) throw new Error(`unsafe entry ${header.name}`);
-    if (header.type === 'directory') {
-      mkdirSync(target, { recursive: true, mode: header.mode ?? 0o700 });
-      stream.resume();
-      stream.on('end', () => next());
-    } else if (header.type === 'file') {
-      const parts: Buffer[] = [];
-      stream.on('data', (d: unknown) => parts.push(d as Buffer));
-      stream.on('end', () => {
-        fsp.writeFile(target, Buffer.concat(parts), { mode: header.mode ?? 0o600 }).then(() => next(), next);
-      });
-    } else {
-      stream.resume();
-      stream.on('end', () => next(new Error(`unexpected entry type ${header.type} for ${header.name}`)));
-    }
-  });
-  await pipeline([...source, extract]);
-  return names;
-}
-
-/** Fetches a gzip'd base backup with pg-copy-streams and unpacks it; returns timings. */
-async function fetchBasebackup(port: number, command: string, dir: string): Promise<{ names: string[]; connectMs: number; totalMs: number; bytes: number }> {
-  const started = performance.now();
-  const client = await pageClient(port);
-  const connectMs = performance.now() - started;
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    let bytes = 0;
-    const copy = client.query(to(command));
-    copy.on('data', (d: unknown) => (bytes += (d as Buffer).length));
-    const names = await unpackTar([copy, createGunzip()], dir);
-    return { names, connectMs, totalMs: performance.now() - started, bytes };
-  } finally {
-    await client.end();
-  }
-}
-
-interface Compute {
-  root: string;
-  pgdata: string;
-  port: number;
-  query<T extends pg.QueryResultRow = pg.QueryResultRow>(sql: string): Promise<T[]>;
-  stop(mode?: 'fast' | 'immediate'): Promise<void>;
-}
-
-const computes = new Set<Compute>();
-
-/** Starts stock PostgreSQL 15 on an unpacked base backup with a postgresql.conf of our own. */
-async function startCompute(root: string): Promise<Compute> {
-  const pgdata = path.join(root, 'pgdata');
-  const port = await freePort();
-  writeFileSync(
-    path.join(pgdata, 'postgresql.conf'),
-    [`port = ${port}`, `listen_addresses = '127.0.0.1'`, `unix_socket_directories = '${root}'`, `fsync = off`, `wal_level = replica`, ''].join('\n'),
-  );
-  await fsp.chmod(pgdata, 0o700);
-  chownForPostgres(root);
-  await run(pgBin(install, 'pg_ctl'), ['-D', pgdata, '-l', path.join(root, 'log'), '-w', '-t', '60', 'start'], pgSpawnIdentity()).catch((err: Error) => {
-    throw new Error(`compute did not start: ${err.message}\n${readFileSync(path.join(root, 'log'), 'utf8')}`);
-  });
-  const compute: Compute = {
-    root,
-    pgdata,
-    port,
-    async query<T extends pg.QueryResultRow>(sql: string) {
-      const c = new pg.Client({ host: root, port, user: 'cloud_admin', database: 'postgres' });
-      await c.connect();
-      try {
-        return (await c.query<T>(sql)).rows;
-      } finally {
-        await c.end();
-      }
-    },
-    async stop(mode = 'fast') {
-      computes.delete(compute);
-      await run(pgBin(install, 'pg_ctl'), ['-D', pgdata, '-m', mode, '-w', '-t', '60', 'stop'], pgSpawnIdentity()).catch(() => undefined);
-    },
-  };
-  computes.add(compute);
-  return compute;
-}
+/** Stock PostgreSQL on an unpacked base backup; its WAL stays local until archiveWal copies it. */
+const startCompute = (dir: string) => startBareCompute(dir, ['fsync = off', 'wal_level = replica']);
 
 /** Copies a stopped compute's WAL segments into the fake safekeepers' archive (newer bytes win). */
-async function archiveWal(compute: Compute, archive: string): Promise<void> {
+async function archiveWal(compute: BareCompute, archive: string): Promise<void> {
   mkdirSync(archive, { recursive: true });
   for (const name of readdirSync(path.join(compute.pgdata, 'pg_wal'))) {
     if (parseSegmentFileName(name, G) !== undefined) await fsp.copyFile(path.join(compute.pgdata, 'pg_wal', name), path.join(archive, name));
@@ -275,7 +184,7 @@ describe('dev pageserver', () => {
   });
 
   afterAll(async () => {
-    await Promise.all([...computes].map((c) => c.stop('immediate')));
+    await stopBareComputes();
     await ps?.close();
     await Promise.all((sks ?? []).map((s) => s.close()));
     await killAllProcesses();
@@ -334,7 +243,7 @@ describe('dev pageserver', () => {
 
     // What a compute sees: fetch, gunzip and unpack into its PGDATA.
     const dir = path.join(root, 'fresh');
-    const { names, connectMs, totalMs, bytes } = await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main), path.join(dir, 'pgdata'));
+    const { names, connectMs, totalMs, bytes } = await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main), path.join(dir, 'pgdata'));
     expect(bytes).toBe(fetched);
     console.log(
       `fresh-timeline basebackup: ${(bytes / 1024 / 1024).toFixed(2)} MiB gzip'd; fetch ${fetchMs.toFixed(0)} ms; ` +
@@ -389,7 +298,7 @@ describe('dev pageserver', () => {
   it('replays safekeeper WAL into a base backup, and the next compute continues the WAL exactly there', async () => {
     // Compute 1 from the initdb image writes two rows.
     const dir1 = path.join(root, 'c1');
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main), path.join(dir1, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main), path.join(dir1, 'pgdata'));
     const c1 = await startCompute(dir1);
     await c1.query('create table t (id int primary key, note text)');
     await c1.query("insert into t values (1, 'one')");
@@ -412,7 +321,7 @@ describe('dev pageserver', () => {
     // Base backup at the latest LSN (l2): rows 1 and 2.
     const dir2 = path.join(root, 'c2');
     const started = performance.now();
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main), path.join(dir2, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main), path.join(dir2, 'pgdata'));
     console.log(`basebackup with WAL replay (materialization): ${(performance.now() - started).toFixed(0)} ms`);
     expect(sks.some((s) => s.walRequests.includes(`${initdbLsn}..${l2}`))).toBe(true);
     const control = readControlFile(path.join(dir2, 'pgdata'));
@@ -439,7 +348,7 @@ describe('dev pageserver', () => {
 
     // The image at l2 is the base for l3: only WAL from l2 is fetched, and it chains onto l2's history.
     const dir3 = path.join(root, 'c3');
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main, l3), path.join(dir3, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main, l3), path.join(dir3, 'pgdata'));
     expect(sks.some((s) => s.walRequests.includes(`${l2}..${l3}`))).toBe(true);
     const c3 = await startCompute(dir3);
     expect((await c3.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1, 2, 3]);
@@ -454,7 +363,7 @@ describe('dev pageserver', () => {
     const dir = path.join(root, 'c-old');
     // l1 + 1 lies inside the next record: same state as at l1.
     const inside = formatLsn(parseLsn(l1) + 1n);
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main, inside), path.join(dir, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main, inside), path.join(dir, 'pgdata'));
     expect(formatLsn(readControlFile(path.join(dir, 'pgdata')).minRecoveryPoint)).toBe(l1);
     const c = await startCompute(dir);
     expect((await c.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1]);
@@ -483,7 +392,7 @@ describe('dev pageserver', () => {
     expect(different.status).toBe(409);
 
     const dir = path.join(root, 'c-branch');
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, branch), path.join(dir, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, branch), path.join(dir, 'pgdata'));
     const c = await startCompute(dir);
     expect((await c.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1]);
     await c.query("insert into t values (10, 'branch only')");
@@ -495,14 +404,14 @@ describe('dev pageserver', () => {
     expect((await api(ps.httpPort, 'GET', `/v1/tenant/${tenant}/timeline/${branch}`)).json.last_record_lsn).toBe(bl);
 
     const dir2 = path.join(root, 'c-branch-2');
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, branch), path.join(dir2, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, branch), path.join(dir2, 'pgdata'));
     const c2 = await startCompute(dir2);
     expect((await c2.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1, 10]);
     await c2.stop('immediate');
 
     // The parent is untouched.
     const dir3 = path.join(root, 'c-main-after-branch');
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main), path.join(dir3, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main), path.join(dir3, 'pgdata'));
     const c3 = await startCompute(dir3);
     expect((await c3.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1, 2, 3]);
     await c3.stop('immediate');
@@ -619,7 +528,7 @@ describe('dev pageserver', () => {
     // Cached images come straight from disk: no WAL fetched.
     const before = sks.reduce((n, s) => n + s.walRequests.length, 0);
     const dir = path.join(root, 'c-after-restart');
-    await fetchBasebackup(ps.pgPort, basebackupCommand(tenant, main, l2), path.join(dir, 'pgdata'));
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main, l2), path.join(dir, 'pgdata'));
     expect(sks.reduce((n, s) => n + s.walRequests.length, 0)).toBe(before);
     const c = await startCompute(dir);
     expect((await c.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1, 2]);

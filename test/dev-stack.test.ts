@@ -3,7 +3,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort, freePortRange, processStartTime } from '../dev/processes';
+import { processStartTime } from '../common/process-start-time';
+import { freePort, freePortRange } from '../dev/processes';
 import { runCli } from './helpers/cli';
 
 async function stackPorts(): Promise<string[]> {

@@ -6,67 +6,28 @@
  * shutdown, are both in the base backup taken at the LSN the sync command prints.
  */
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, promises as fsp, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, promises as fsp, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import { createGunzip } from 'node:zlib';
 import pg from 'pg';
-import { to } from 'pg-copy-streams';
-import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stockStorageBackend } from '../activities/storage-backend';
-import { processStartTime } from '../activities/storage-backend/stock/local-postgres';
+import { processStartTime } from '../common/process-start-time';
 import { livePusherPid } from '../activities/storage-backend/stock/pusher-files';
 import { findPostgres, pgBin } from '../common/pg-binaries';
-import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
+import { pgSpawnIdentity } from '../common/pg-identity';
 import { formatLsn, isLsn, parseLsn } from '../model/lsn';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
 import { killAllProcesses, startProcess } from './helpers/processes';
+import { basebackupCommand, fetchBasebackupInto, startBareCompute, type BareCompute } from './helpers/bare-compute';
 import { waitFor } from './helpers/wait';
 
 const run = promisify(execFile);
 const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
 const asPostgres = pgSpawnIdentity();
 const TOKEN = 'e2e-storage-token';
-
-/** Unpacks a base backup tar (regular files and directories only, names checked) into `dir`. */
-async function unpack(source: NodeJS.ReadableStream[], dir: string): Promise<void> {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const extract = tar.extract();
-  extract.on('entry', (header, stream, next) => {
-    const target = path.resolve(dir, header.name);
-    if (!target.startsWith(dir + path.sep) && target !== dir) {
-      next(new Error(`base backup entry escapes the data directory: ${header.name}`));
-      return;
-    }
-    if (header.type === 'directory') {
-      mkdirSync(target, { recursive: true, mode: 0o700 });
-      stream.resume();
-      stream.on('end', () => next());
-      return;
-    }
-    const parts: Buffer[] = [];
-    stream.on('data', (d: unknown) => {
-      parts.push(d as Buffer);
-    });
-    stream.on('end', () => {
-      mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });
-      fsp.writeFile(target, Buffer.concat(parts), { mode: 0o600 }).then(() => next(), next);
-    });
-  });
-  await pipeline([...source, extract]);
-}
-
-interface Compute {
-  pgdata: string;
-  /** Unix socket directory: the images allow local connections without a password (host ones need md5). */
-  socketDir: string;
-  port: number;
-  query<T extends pg.QueryResultRow>(sql: string): Promise<T[]>;
-}
 
 describe('stock compute → WAL pusher → safekeepers → sync → pageserver base backup', () => {
   let root: string;
@@ -113,60 +74,29 @@ describe('stock compute → WAL pusher → safekeepers → sync → pageserver b
     if (root) rmSync(root, { recursive: true, force: true });
   });
 
-  async function startCompute(name: string, lsn?: string): Promise<Compute> {
+  async function startCompute(name: string, lsn?: string): Promise<BareCompute> {
     const dir = path.join(root, name);
-    const pgdata = path.join(dir, 'pgdata');
-    const c = new pg.Client({ host: '127.0.0.1', port: psPg, user: 'cloud_admin', database: 'postgres', password: TOKEN });
-    await c.connect();
-    try {
-      await unpack([c.query(to(['basebackup', tenant, timeline, ...(lsn ? [lsn] : []), '--gzip'].join(' '))), createGunzip()], pgdata);
-    } finally {
-      await c.end();
-    }
-    const port = await freePort();
-    writeFileSync(
-      path.join(pgdata, 'postgresql.conf'),
-      [
-        `listen_addresses = '127.0.0.1'`,
-        `port = ${port}`,
-        `unix_socket_directories = '${dir}'`,
-        stockStorageBackend.postgresqlConf({ tenantId: tenant, timelineId: timeline, safekeepers: skAddrs, mode: 'Primary' }),
-      ].join('\n'),
+    await fetchBasebackupInto({ port: psPg, password: TOKEN }, basebackupCommand(tenant, timeline, lsn), path.join(dir, 'pgdata'));
+    const compute = await startBareCompute(
+      dir,
+      [stockStorageBackend.postgresqlConf({ tenantId: tenant, timelineId: timeline, safekeepers: skAddrs, mode: 'Primary' })],
+      stockStorageBackend.hbaLines(),
     );
-    const hba = path.join(pgdata, 'pg_hba.conf');
-    writeFileSync(hba, `${stockStorageBackend.hbaLines().join('\n')}\n${readFileSync(hba, 'utf8')}`);
-    chownForPostgres(dir);
-    started.push(pgdata);
-    await run(pgBin(install, 'pg_ctl'), ['-D', pgdata, '-l', path.join(dir, 'postgres.log'), '-w', '-t', '60', 'start'], asPostgres).catch((err: Error) => {
-      throw new Error(`${err.message}\n${readFileSync(path.join(dir, 'postgres.log'), 'utf8')}`);
-    });
+    started.push(compute.pgdata);
     await stockStorageBackend.afterPostgresReady({
-      pgdata,
+      pgdata: compute.pgdata,
       socketDir: dir,
-      port,
+      port: compute.port,
       tenantId: tenant,
       timelineId: timeline,
       safekeepers: skAddrs,
       authToken: TOKEN,
       superuser: 'cloud_admin',
     });
-    return {
-      pgdata,
-      socketDir: dir,
-      port,
-      async query<T extends pg.QueryResultRow>(sql: string) {
-        const q = new pg.Client({ host: dir, port, user: 'cloud_admin', database: 'postgres' });
-        await q.connect();
-        try {
-          return (await q.query<T>(sql)).rows;
-        } finally {
-          await q.end();
-        }
-      },
-    };
+    return compute;
   }
 
-  async function sync(c: Compute): Promise<string> {
+  async function sync(c: BareCompute): Promise<string> {
     const [cmd, ...args] = stockStorageBackend.syncSafekeepersCommand(install.binDir);
     const { stdout } = await run(cmd!, [...args, '-D', c.pgdata], { timeout: 120_000, env: { ...process.env, NEON_AUTH_TOKEN: TOKEN } });
     const lsn = stdout.trim();
@@ -175,7 +105,7 @@ describe('stock compute → WAL pusher → safekeepers → sync → pageserver b
   }
 
   /** SIGKILL the postmaster and all its children at once. */
-  async function killPostgres(c: Compute): Promise<void> {
+  async function killPostgres(c: BareCompute): Promise<void> {
     const pm = Number(readFileSync(path.join(c.pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]);
     const pids = [pm];
     for (const entry of readdirSync('/proc')) {

@@ -15,11 +15,13 @@ import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { formatLsn, parseLsn, type Lsn } from '../model/lsn';
 import { stockStorageBackend, walPusherStatus } from '../activities/storage-backend';
-import { advanceOverPages, alignedRecordEnd, checkpointRecordEnd, nextRecordStart, processStartTime, walFileName } from '../activities/storage-backend/stock/local-postgres';
+import { advanceOverPages, alignedRecordEnd, checkpointRecordEnd, nextRecordStart, walFileName } from '../activities/storage-backend/stock/local-postgres';
+import { processStartTime } from '../common/process-start-time';
 import { livePusherPid } from '../activities/storage-backend/stock/pusher-files';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
 import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
+import { waitFor } from './helpers/wait';
 
 const run = promisify(execFile);
 const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
@@ -79,16 +81,6 @@ async function quorumFlush(sks: Sk[], tenantId: string, timelineId: string): Pro
   }
   flushes.sort((a, b) => (a > b ? -1 : a < b ? 1 : 0));
   return flushes[1]!;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 // ---- computes -------------------------------------------------------------------------------
@@ -170,17 +162,22 @@ async function startPostgres(name: string, tenantId: string, timelineId: string)
   return compute;
 }
 
-async function startCompute(name: string, tenantId = neonId(), timelineId = neonId()): Promise<Compute> {
-  const c = await startPostgres(name, tenantId, timelineId);
-  await stockStorageBackend.afterPostgresReady({
+/** The storage backend's post-start step (starts the WAL pusher, or finds it running). */
+function afterReady(c: Compute): Promise<void> {
+  return stockStorageBackend.afterPostgresReady({
     pgdata: c.dataDir,
     socketDir: c.socketDir,
     port: c.port,
-    tenantId,
-    timelineId,
+    tenantId: c.tenantId,
+    timelineId: c.timelineId,
     safekeepers: sks.map((s) => `127.0.0.1:${s.pgPort}`),
     superuser: SUPERUSER,
   });
+}
+
+async function startCompute(name: string, tenantId = neonId(), timelineId = neonId()): Promise<Compute> {
+  const c = await startPostgres(name, tenantId, timelineId);
+  await afterReady(c);
   return c;
 }
 
@@ -379,14 +376,7 @@ describe('stock storage backend: WAL pusher and safekeepers', () => {
     expect(pid).toBeDefined();
     expect(walPusherStatus(c.dataDir)).toMatchObject({ phase: 'streaming', alive: true });
     // Idempotent: a second call finds the running pusher.
-    await stockStorageBackend.afterPostgresReady({
-      pgdata: c.dataDir,
-      port: c.port,
-      tenantId: c.tenantId,
-      timelineId: c.timelineId,
-      safekeepers: sks.map((s) => `127.0.0.1:${s.pgPort}`),
-      superuser: SUPERUSER,
-    });
+    await afterReady(c);
     expect(livePusherPid(c.dataDir)).toBe(pid);
 
     const client = await c.client();
@@ -545,14 +535,7 @@ describe('stock storage backend: WAL pusher and safekeepers', () => {
 
       await expectCommitBlocked(c, client, "INSERT INTO t(v) VALUES ('while no pusher runs')");
 
-      await stockStorageBackend.afterPostgresReady({
-        pgdata: c.dataDir,
-        port: c.port,
-        tenantId: c.tenantId,
-        timelineId: c.timelineId,
-        safekeepers: sks.map((s) => `127.0.0.1:${s.pgPort}`),
-        superuser: SUPERUSER,
-      });
+      await afterReady(c);
       expect(livePusherPid(c.dataDir)).not.toBe(firstPid);
       expect((await skStatus(sks[0]!, c.tenantId, c.timelineId))!.acceptor_state.term).toBeGreaterThan(termBefore);
       const end = await commitRow(c, client, 'after the restart');
@@ -570,14 +553,7 @@ describe('stock storage backend: WAL pusher and safekeepers', () => {
     const { tenantId, timelineId, flush } = firstTimeline!;
     const c = await startPostgres('stale', tenantId, timelineId);
     await expect(
-      stockStorageBackend.afterPostgresReady({
-        pgdata: c.dataDir,
-        port: c.port,
-        tenantId,
-        timelineId,
-        safekeepers: sks.map((s) => `127.0.0.1:${s.pgPort}`),
-        superuser: SUPERUSER,
-      }),
+      afterReady(c),
     ).rejects.toThrow(/must start from a basebackup at/);
     await killCompute(c);
     for (const sk of sks) expect((await skStatus(sk, tenantId, timelineId))!.flush_lsn).toBe(formatLsn(flush));

@@ -12,7 +12,7 @@ import { tsNodeArgs } from '../../../common/paths';
 import { pgSpawnIdentity } from '../../../common/pg-identity';
 import { isNeonId } from '../../../model/ids';
 import type { ComputeStorageBackend, PostgresReadyContext } from '../types';
-import { processStartTime } from './local-postgres';
+import { processStartTime } from '../../../common/process-start-time';
 import { confLine } from './pg-conf';
 import { livePusherPid, PUSHER_LOG_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
 import { PUSHER_APPLICATION_NAME } from './wal-pusher';

@@ -31,17 +31,6 @@ export function readPostmasterPid(pgdata: string): PostmasterInfo {
   return { pid, port, socketDir: (lines[4] ?? '').trim(), listenAddress: (lines[5] ?? '').trim().split(/[\s,]+/)[0] ?? '' };
 }
 
-/** The kernel's start time of a process (field 22 of /proc/<pid>/stat), so a recycled pid is not mistaken for it. */
-export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (rest[0] === 'Z' || rest[0] === 'X') return undefined;
-    return rest[19];
-  } catch {
-    return undefined;
-  }
-}
 
 /** Where to connect: the Unix socket if there is one, else the listen address (loopback for '*'). */
 export function connectHost(info: PostmasterInfo): string {

@@ -4,7 +4,7 @@
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { processStartTime } from './local-postgres';
+import { processStartTime } from '../../../common/process-start-time';
 
 export const PUSHER_PID_FILE = 'wal_pusher.pid';
 export const PUSHER_STATUS_FILE = 'wal_pusher.status';

@@ -20,6 +20,7 @@
  * safekeepers and telling them the final commit LSN.
  */
 import { formatLsn, parseLsn, type Lsn } from '../../../model/lsn';
+import { processStartTime } from '../../../common/process-start-time';
 import {
   copyWalInto,
   pushStartFor,
@@ -33,7 +34,6 @@ import {
   checkpointRecordEnd,
   connectHost,
   nextRecordStart,
-  processStartTime,
   readPostmasterPid,
   type PostmasterInfo,
 } from './local-postgres';
