@@ -9,7 +9,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, promises as fsp, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, promises as fsp, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +24,7 @@ import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { formatLsn, parseLsn } from '../model/lsn';
 import { freePort } from '../dev/processes';
 import { readControlFile, setControlState, parseControlFile, withState, DbState } from '../dev/storage/pg-control';
+import { ImageStore } from '../dev/storage/pageserver/images';
 import { startPageserver, type Pageserver } from '../dev/storage/pageserver/pageserver';
 import { parseSegmentFileName, segmentFileName, DEFAULT_GEOMETRY } from '../dev/storage/pageserver/wal';
 import { neonId } from './helpers/ids';
@@ -534,10 +535,55 @@ describe('dev pageserver', () => {
     expect((await c.query<{ id: number }>('select id from t order by id')).map((r) => r.id)).toEqual([1, 2]);
     await c.stop('immediate');
 
+    // Neon's do_gc: only the first and the newest image stay; a state in between is rebuilt from
+    // the first image and the safekeepers' WAL, and is the same state as before.
+    const gc = await api(ps.httpPort, 'PUT', `/v1/tenant/${tenant}/timeline/${main}/do_gc`, { gc_horizon: 0 });
+    expect(gc.status).toBe(200);
+    expect(gc.json).toMatchObject({ layers_total: 4, layers_removed: 2 });
+    expect((await api(ps.httpPort, 'GET', `/v1/tenant/${tenant}/timeline/${main}`)).json.image_lsns).toEqual([initdbLsn, l3]);
+    const rebuilt = path.join(root, 'c-after-gc');
+    await fetchBasebackupInto({ port: ps.pgPort, password: TOKEN }, basebackupCommand(tenant, main, l2), path.join(rebuilt, 'pgdata'));
+    expect(sks.some((s) => s.walRequests.slice(-3).includes(`${initdbLsn}..${l2}`))).toBe(true);
+    const cg = await startCompute(rebuilt);
+    expect(await cg.query('select id, note from t order by id')).toEqual([
+      { id: 1, note: 'one' },
+      { id: 2, note: 'two' },
+    ]);
+    await cg.stop('immediate');
+    expect((await api(ps.httpPort, 'PUT', `/v1/tenant/${tenant}/timeline/${neonId()}/do_gc`, {})).status).toBe(404);
+
     expect((await api(ps.httpPort, 'DELETE', `/v1/tenant/${tenant}/timeline/${branch}`)).status).toBe(202);
     expect((await api(ps.httpPort, 'GET', `/v1/tenant/${tenant}/timeline/${branch}`)).status).toBe(404);
     expect((await api(ps.httpPort, 'DELETE', `/v1/tenant/${tenant}/timeline/${main}`)).status).toBe(202);
     expect((await api(ps.httpPort, 'GET', `/v1/tenant/${tenant}/timeline`)).json).toEqual([]);
+  });
+});
+
+describe('image retention', () => {
+  it('keeps the first image, the newest ones and young ones; deletes the rest whole', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-ps-gc-'));
+    try {
+      const store = new ImageStore(dir);
+      const now = Date.parse('2026-11-22T12:00:00Z');
+      const ages = [3600, 3600, 10, 3600, 3600, 3600]; // seconds; the third is younger than the grace period
+      for (const [i, age] of ages.entries()) {
+        const lsn = BigInt(0x1000 * (i + 1));
+        mkdirSync(path.join(store.imageDir(lsn), 'pgdata', 'base'), { recursive: true });
+        writeFileSync(path.join(store.imageDir(lsn), 'pgdata', 'base', 'f'), 'x');
+        writeFileSync(path.join(store.imageDir(lsn), 'image.json'), JSON.stringify({ lsn: formatLsn(lsn), created_at: new Date(now - age * 1000).toISOString() }));
+      }
+      const lsns = async () => (await store.list()).map((i) => i.lsn);
+      const removed = await store.prune({ keepNewest: 2, graceMs: 60_000 }, now);
+      expect(removed.map((i) => i.lsn)).toEqual(['0/2000', '0/4000']);
+      expect(await lsns()).toEqual(['0/1000', '0/3000', '0/5000', '0/6000']);
+      expect(readdirSync(store.dir).filter((n) => n.startsWith('.'))).toEqual([]);
+      await store.prune({ keepNewest: 1, graceMs: 0 }, now);
+      expect(await lsns()).toEqual(['0/1000', '0/6000']);
+      expect(await store.prune({ keepNewest: 0, graceMs: 0 }, now)).toEqual([]);
+      expect(await lsns()).toEqual(['0/1000', '0/6000']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

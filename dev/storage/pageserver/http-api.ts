@@ -120,6 +120,12 @@ export function createHttpHandler(opts: { service: PageserverService; authToken?
       sendJson(res, 200, { shards: [{ node_id: 1, shard_id: tenantId }], stripe_size: null });
       return;
     }
+    if (parts[3] === 'timeline' && parts.length === 6 && parts[5] === 'do_gc') {
+      if (method !== 'PUT') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
+      await readBody(req);
+      sendJson(res, 200, await service.gcTimeline(tenantId, idParam(parts[4], 'timeline_id')));
+      return;
+    }
     if (parts[3] !== 'timeline' || parts.length > 5) throw new PageserverError(404, `no route for ${method} ${url.pathname}`);
     if (parts.length === 4) {
       if (method === 'GET') {

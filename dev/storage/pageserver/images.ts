@@ -30,6 +30,14 @@ export interface ImageMeta {
   created_at: string;
 }
 
+/** Which images a timeline keeps once newer ones exist. */
+export interface ImageRetention {
+  /** The newest images kept besides the first (at least 1). */
+  keepNewest: number;
+  /** Images younger than this are kept whatever their rank: a base backup may be about to open one. */
+  graceMs: number;
+}
+
 export class ImageError extends Error {
   override name = 'ImageError';
 }
@@ -92,6 +100,26 @@ export class ImageStore {
     const dir = path.join(this.dir, `.tmp-${randomSuffix()}`);
     await fsp.mkdir(dir, { mode: 0o755 });
     return dir;
+  }
+
+  /**
+   * Deletes the images no state depends on, so a timeline's disk use stays bounded while computes
+   * restart: every state stays reachable from the timeline's first image plus the safekeepers' WAL.
+   * Kept: the first image, the newest `keepNewest`, and any younger than `graceMs`. Each goes by
+   * one rename first, so a crash never leaves half an image listed. Returns what was deleted.
+   */
+  async prune(policy: ImageRetention, now = Date.now()): Promise<ImageMeta[]> {
+    const all = await this.list();
+    const victims = all
+      .slice(1, Math.max(1, all.length - Math.max(1, policy.keepNewest)))
+      .filter((image) => now - Date.parse(image.created_at) >= policy.graceMs);
+    for (const image of victims) {
+      const doomed = path.join(this.dir, `.deleted-${randomSuffix()}`);
+      await fsp.rename(this.imageDir(parseLsn(image.lsn)), doomed);
+      await fsyncDir(this.dir);
+      await fsp.rm(doomed, { recursive: true, force: true });
+    }
+    return victims;
   }
 
   /** Removes half-built images left by a crash. */

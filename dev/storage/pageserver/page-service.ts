@@ -3,7 +3,6 @@
  * precomputed tar (gunzipped on the fly without --gzip); `lease lsn` is accepted trivially since
  * the dev pageserver never garbage-collects images.
  */
-import { createReadStream } from 'node:fs';
 import { pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { isNeonId } from '../../../model/ids';
@@ -46,7 +45,7 @@ async function basebackup(service: PageserverService, args: string[], log: (l: s
   const started = Date.now();
   const { image, tarball } = await service.imageForBasebackup(tenantId, timelineId, lsn).catch(wrap);
   log(`basebackup ${tenantId}/${timelineId} at ${image.lsn}${gzip ? ' (gzip)' : ''}: image ready in ${Date.now() - started} ms`);
-  const file = createReadStream(tarball);
+  const file = tarball.createReadStream();
   if (gzip) return { kind: 'copyOut', stream: file };
   // pipeline() destroys both streams if either fails or the client goes away.
   return { kind: 'copyOut', stream: pipeline(file, createGunzip(), () => undefined) };

@@ -8,6 +8,7 @@ import os from 'node:os';
 import { findPostgres } from '../../../common/pg-binaries';
 import { startPgWireServer } from '../pgwire/server';
 import { createHttpHandler } from './http-api';
+import type { ImageRetention } from './images';
 import { createPageServiceHandler } from './page-service';
 import { postgresCannotReach, stopAllPostgres } from './postgres-run';
 import { SafekeeperClient } from './safekeeper-client';
@@ -34,6 +35,8 @@ export interface PageserverOptions {
   importCompleteUrl?: string;
   /** Upper bound for one WAL replay (default 10 minutes). */
   materializeTimeoutMs?: number;
+  /** Which images survive once newer ones exist (default DEFAULT_IMAGE_RETENTION). */
+  imageRetention?: ImageRetention;
   log?: (line: string) => void;
 }
 
@@ -56,6 +59,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     safekeepers: new SafekeeperClient(opts.safekeepers.map((u) => u.replace(/\/+$/, '')), opts.authToken, log),
     install,
     materializeTimeoutMs: opts.materializeTimeoutMs ?? 10 * 60 * 1000,
+    ...(opts.imageRetention ? { imageRetention: opts.imageRetention } : {}),
     log,
     ...(opts.importPgdata ? { importPgdata: opts.importPgdata } : {}),
     imports: {

@@ -4,12 +4,13 @@
  * backup at an LSN. Errors carry an HTTP-ish status so both front ends can map them.
  */
 import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { formatLsn, parseLsn } from '../../../model/lsn';
 import type { PgInstallation } from '../../../common/pg-binaries';
 import { chownForPostgres } from '../../../common/pg-identity';
 import { fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
-import { IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta } from './images';
+import { IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta, type ImageRetention } from './images';
 import { KeyedMutex } from './keyed-mutex';
 import { materializeAt } from './materialize';
 import { PgdataImports, type PgdataImportRecord } from './pgdata-imports';
@@ -28,6 +29,9 @@ export class PageserverError extends Error {
 }
 
 export const SUPPORTED_PG_VERSION = 15;
+
+/** Enough to serve the latest state and the one before it without a replay. */
+export const DEFAULT_IMAGE_RETENTION: ImageRetention = { keepNewest: 2, graceMs: 10 * 60 * 1000 };
 
 /**
  * Extension point for `import_pgdata`: fetch and validate the data directory (cleanly shut down
@@ -56,6 +60,8 @@ export interface ServiceDeps {
   safekeepers: SafekeeperClient;
   install: PgInstallation;
   materializeTimeoutMs: number;
+  /** Which images survive once newer ones exist; default: the first, the newest two, and any under 10 minutes old. */
+  imageRetention?: ImageRetention;
   importPgdata?: ImportPgdataHandler;
   /** Background imports (with a handler that has `isCommitted`): poll interval and completion callback. */
   imports?: { pollIntervalMs: number; onComplete?: (record: PgdataImportRecord) => Promise<void> };
@@ -73,6 +79,8 @@ interface TimelineState {
 export class PageserverService {
   private readonly tenantLocks = new KeyedMutex();
   private readonly timelineLocks = new KeyedMutex();
+  /** Image garbage collection running after base backups, one at a time; close() waits for it. */
+  private gc: Promise<void> = Promise.resolve();
   /** Imports running in the background or failed; undefined without a background-capable handler. */
   private readonly imports: PgdataImports | undefined;
 
@@ -101,6 +109,7 @@ export class PageserverService {
 
   async close(): Promise<void> {
     await this.imports?.close();
+    await this.gc;
   }
 
   private async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {
@@ -344,11 +353,60 @@ export class PageserverService {
     });
   }
 
-  /** The image holding the timeline's state at `lsn` (latest if undefined), materialized if needed. */
-  async imageForBasebackup(tenantId: string, timelineId: string, lsn: bigint | undefined): Promise<{ image: ImageMeta; tarball: string }> {
+  /**
+   * The image holding the timeline's state at `lsn` (latest if undefined), materialized if needed,
+   * with its base backup opened: once open, garbage collection can no longer take it away.
+   */
+  async imageForBasebackup(tenantId: string, timelineId: string, lsn: bigint | undefined): Promise<{ image: ImageMeta; tarball: FileHandle }> {
     const meta = await this.meta(tenantId, timelineId);
-    const image = await this.imageAt(meta, lsn, 'LSN');
-    return { image, tarball: this.deps.store.images(tenantId, timelineId).tarball(image) };
+    const images = this.deps.store.images(tenantId, timelineId);
+    const id = `${tenantId}/${timelineId}`;
+    for (let attempt = 1; ; attempt++) {
+      const image = await this.imageAt(meta, lsn, 'LSN');
+      // Garbage collection holds the timeline's lock: opened under it, the file is still there.
+      const tarball = await this.timelineLocks
+        .run(id, () => fsp.open(images.tarball(image)))
+        .catch((err: unknown) => {
+          // Collected between choosing and opening it: choose again (it is rebuilt if needed).
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 3) return undefined;
+          throw err;
+        });
+      if (!tarball) continue;
+      this.collectImagesLater(tenantId, timelineId);
+      return { image, tarball };
+    }
+  }
+
+  /**
+   * Neon's `do_gc`: deletes every image but the timeline's first and its newest, whatever their
+   * age; older states are rebuilt from the first image and the safekeepers' WAL when asked for.
+   */
+  async gcTimeline(tenantId: string, timelineId: string): Promise<{ layers_total: number; layers_removed: number; elapsed: number }> {
+    await this.meta(tenantId, timelineId);
+    const started = Date.now();
+    const images = this.deps.store.images(tenantId, timelineId);
+    const total = (await images.list()).length;
+    const removed = await this.pruneImages(tenantId, timelineId, { keepNewest: 1, graceMs: 0 });
+    return { layers_total: total, layers_removed: removed, elapsed: Date.now() - started };
+  }
+
+  /** Deletes images under both locks a branch or a replay takes, so neither loses its source. */
+  private async pruneImages(tenantId: string, timelineId: string, policy: ImageRetention): Promise<number> {
+    const images = this.deps.store.images(tenantId, timelineId);
+    const removed = await this.tenantLocks.run(tenantId, () => this.timelineLocks.run(`${tenantId}/${timelineId}`, () => images.prune(policy)));
+    if (removed.length > 0) this.deps.log(`gc ${tenantId}/${timelineId}: removed images at ${removed.map((i) => i.lsn).join(', ')}`);
+    return removed.length;
+  }
+
+  /** Runs the retention policy after a base backup is on its way, without holding it up. */
+  private collectImagesLater(tenantId: string, timelineId: string): void {
+    const policy = this.deps.imageRetention ?? DEFAULT_IMAGE_RETENTION;
+    this.gc = this.gc
+      .then(() => this.pruneImages(tenantId, timelineId, policy))
+      .then(
+        () => undefined,
+        (err: unknown) => this.deps.log(`gc ${tenantId}/${timelineId} failed: ${err instanceof Error ? err.message : String(err)}`),
+      );
   }
 
   private async imageAt(meta: TimelineMeta, lsn: bigint | undefined, what: string): Promise<ImageMeta> {
