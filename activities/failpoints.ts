@@ -1,23 +1,32 @@
 import { Context } from '@temporalio/activity';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+export interface FailpointOptions {
+  /**
+   * What to heartbeat while paused. A point inside an activity that heartbeats progress passes
+   * its latest details, so pausing there does not overwrite them with nothing.
+   */
+  heartbeatDetails?: unknown;
+}
+
 /**
  * Named pause points for fault-injection tests, in the spirit of Neon's failpoints: a worker
  * started with failpoints {"startPostgres"} stops at the start of that activity's first attempt
- * (heartbeating, so it looks alive) until the test kills the worker or cancels the activity. Each
- * fires once per worker process. With no failpoints configured — always in production — this
- * returns at once.
+ * (heartbeating, so it looks alive) until the test kills the worker or cancels the activity.
+ * A few points sit inside an activity rather than at its start ("prewarmBatch": after a prewarm
+ * statement's progress was heartbeated). Each fires once per worker process, on attempt 1 only.
+ * With no failpoints configured — always in production — this returns at once.
  */
 export function createFailpoints(enabled: ReadonlySet<string>) {
   const fired = new Set<string>();
-  return async function failpoint(name: string): Promise<void> {
+  return async function failpoint(name: string, opts: FailpointOptions = {}): Promise<void> {
     if (!enabled.has(name) || fired.has(name)) return;
     const ctx = Context.current();
     if (ctx.info.attempt > 1) return;
     fired.add(name);
     console.log(`failpoint ${name} reached (pid ${process.pid})`);
     for (;;) {
-      ctx.heartbeat();
+      ctx.heartbeat(opts.heartbeatDetails);
       await sleep(200);
       if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
     }

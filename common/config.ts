@@ -246,7 +246,7 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
     pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
     cacheStatePrefix:
       read(env, 'DURABLE_COMPUTE_CACHE_PREFIX', z.string().regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'expected a relative S3 key prefix')) ?? 'lfc',
-    failpoints: (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated activity names')) ?? '')
+    failpoints: (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated failpoint names')) ?? '')
       .split(',')
       .filter(Boolean),
     imports: loadImportConfig(env, read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir),

@@ -26,6 +26,11 @@ export interface CacheActivitiesDeps {
   compression?: Compression;
   /** Heartbeat at least this often during a prewarm so cancellation arrives (default 1000 ms). */
   heartbeatIntervalMs?: number;
+  /**
+   * Awaited after each prewarm statement, once the progress it made was heartbeated, with those
+   * details: where the compute worker's 'prewarmBatch' failpoint pauses. Absent: no pause.
+   */
+  afterPrewarmBatch?(heartbeat: PrewarmHeartbeat): Promise<void>;
 }
 
 export interface OffloadCacheStateInput {
@@ -138,6 +143,7 @@ export function createCacheActivities(deps: CacheActivitiesDeps) {
             latest = { stateCrc, progress };
             ctx.heartbeat(latest);
           },
+          ...(deps.afterPrewarmBatch ? { afterBatch: (progress: PrewarmProgress) => deps.afterPrewarmBatch!({ stateCrc, progress }) } : {}),
         });
         const prewarm_time_ms = elapsed(t);
         return {

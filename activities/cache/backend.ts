@@ -8,6 +8,12 @@ export interface PrewarmOptions {
   onProgress(progress: PrewarmProgress): void;
   /** Aborting cancels the running SQL (pg_cancel_backend); prewarm then rejects with the abort reason. */
   signal: AbortSignal;
+  /**
+   * Awaited after each statement that requested blocks, once its progress was reported and
+   * before the next statement: the pause point fault-injection tests kill a worker at. The stock
+   * backend calls it; Neon's loads everything in one statement and has no such point.
+   */
+  afterBatch?(progress: PrewarmProgress): Promise<void>;
 }
 
 export interface PrewarmCounts {

@@ -436,6 +436,7 @@ class StockPrewarm {
     this.pending = [];
     this.pendingLoadBlocks = 0;
     this.advance(loaded, skipped + requested - loaded, last);
+    if (loads.length > 0) await this.opts.afterBatch?.({ ...this.progress });
     if (this.loadedSinceCount >= this.limits.recountEvery && !this.comfortable()) await this.recountFree();
   }
 

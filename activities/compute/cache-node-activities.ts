@@ -34,6 +34,7 @@ export function createComputeCacheActivities(deps: ComputeCacheDeps): ComputeCac
     connect,
     store: createCacheStateStore({ s3: createS3Client(deps.s3), bucket: deps.s3.bucket, prefix: deps.prefix }),
     backend: deps.backend,
+    afterPrewarmBatch: (heartbeat) => deps.failpoint('prewarmBatch', { heartbeatDetails: heartbeat }),
   });
   return {
     async offloadCacheState(input) {
