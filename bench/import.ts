@@ -76,6 +76,8 @@ interface MethodResult {
   objects: number;
   bytes: number;
   note?: string;
+  /** 1/5/15-minute load average when the method started and when it ended. */
+  load?: string;
 }
 
 interface Bench {
@@ -87,6 +89,7 @@ interface Bench {
   s3: S3Client;
   bucket: string;
   endpoints: StackEndpoints;
+  stackDir: string;
   /** Environment of every child process (importer, compute worker): the private stack and the import key. */
   env: Record<string, string>;
   imports: ImportClient;
@@ -267,9 +270,57 @@ interface WorkflowRun {
   status: ImportStatusView;
   /** Seconds from `import start` until the commit marker was written (the phase became pageserver_import). */
   toMarkerSeconds: number;
-  kill?: { afterSeconds: number; atKill: string; restartSeconds: number };
+  /** The pageserver's side, from its log: marker seen, download, first image (tar.gz base backup, fsync). */
+  pageserver?: PageserverPhases;
+  kill?: { afterSeconds: number; atKill: string; restartSeconds: number; resumedAfterSeconds?: number };
   /** From the workflow's history: how often each local step completed. */
   completions: Record<string, number>;
+}
+
+interface PageserverPhases {
+  /** From the commit marker's write (as the workflow's status shows it) until the pageserver noticed it. */
+  markerSeenAfterSeconds: number;
+  downloadSeconds: number;
+  imageSeconds: number;
+}
+
+/** The dev pageserver's timings for one import, from its log. */
+function pageserverPhases(ctx: Bench, tenantId: string, timelineId: string, markerAt: number): PageserverPhases | undefined {
+  const id = `${tenantId}/${timelineId}`;
+  let found: number | undefined;
+  let download: number | undefined;
+  let image: number | undefined;
+  for (const line of readFileSync(path.join(ctx.stackDir, 'pageserver.log'), 'utf8').split('\n')) {
+    if (!line.includes(id)) continue;
+    const at = Date.parse(line.slice(0, 24));
+    if (line.includes('commit marker found')) found = at;
+    const m = /imported timeline \S+ in \d+ ms \(download (\d+) ms, first image and its base backup (\d+) ms\)/.exec(line);
+    if (m) {
+      download = Number(m[1]) / 1000;
+      image = Number(m[2]) / 1000;
+    }
+  }
+  if (found === undefined || download === undefined || image === undefined) return undefined;
+  return { markerSeenAfterSeconds: Math.max(0, (found - markerAt) / 1000), downloadSeconds: download, imageSeconds: image };
+}
+
+/** When the last attempt of an activity type started, from the workflow's history. */
+async function lastAttemptStart(ctx: Bench, importId: string, activityType: string): Promise<number | undefined> {
+  const history = await ctx.imports.historyOf(importId);
+  const typeOf = new Map<string, string>();
+  let at: number | undefined;
+  for (const e of history.events ?? []) {
+    if (e.activityTaskScheduledEventAttributes) typeOf.set(String(e.eventId), e.activityTaskScheduledEventAttributes.activityType?.name ?? '?');
+    const st = e.activityTaskStartedEventAttributes;
+    if (st && typeOf.get(String(st.scheduledEventId)) === activityType && e.eventTime?.seconds !== undefined) {
+      at = Number(e.eventTime.seconds) * 1000 + Math.floor((e.eventTime.nanos ?? 0) / 1e6);
+    }
+  }
+  return at;
+}
+
+function loadAverage(): string {
+  return os.loadavg().map((l) => l.toFixed(2)).join(' ');
 }
 
 /** Completed activities per type, from the workflow's history (event types are not encrypted). */
@@ -298,6 +349,7 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
   const tenantId = randomNeonId();
   const timelineId = randomNeonId();
   const hostId = `bench-host-${kill ? 'k' : 'p'}`;
+  const loadAtStart = loadAverage();
   let worker = await startImporter(ctx, hostId);
   try {
     log(`workflow ${importId}${kill ? ' (to be killed half way through the upload)' : ''}...`);
@@ -311,21 +363,24 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
       options: { heartbeatTimeoutSeconds: 10, pageserverPollSeconds: 2 },
     });
     let killInfo: WorkflowRun['kill'];
+    let killedAtWall: number | undefined;
     if (killAfterUploadSeconds !== undefined) {
       // Half of the uninterrupted run's upload time after this upload started (as its status shows).
+      // Timed from when the upload attempt started on the worker (as Temporal recorded it), not from when a poll first saw it.
       let uploadStarted: number | undefined;
       let last: ImportStatusView | undefined;
       for (;;) {
         const s = await ctx.imports.status(importId);
         if (s.running_step?.name === 'uploadPgdata') {
-          uploadStarted ??= performance.now();
+          uploadStarted ??= s.running_step.started_at ? Date.parse(s.running_step.started_at) : Date.now();
           last = s;
         }
-        if (uploadStarted !== undefined && performance.now() - uploadStarted >= killAfterUploadSeconds * 1000) break;
+        if (uploadStarted !== undefined && Date.now() - uploadStarted >= killAfterUploadSeconds * 1000) break;
         if (s.phase === 'pageserver_import' || s.phase === 'done' || s.phase === 'failed') throw new Error(`the upload ended before it could be killed (${s.phase})`);
-        await sleep(200);
+        await sleep(uploadStarted === undefined ? 200 : Math.min(200, Math.max(10, uploadStarted + killAfterUploadSeconds * 1000 - Date.now())));
       }
       await worker.kill('SIGKILL');
+      killedAtWall = Date.now();
       const afterSeconds = (performance.now() - start) / 1000;
       const p = last?.progress;
       const atKill = p ? `${p.filesDone}/${p.filesTotal} files, ${(p.bytesDone / MiB).toFixed(0)}/${((p.bytesTotal ?? 0) / MiB).toFixed(0)} MiB by the last heartbeat` : 'no heartbeat yet';
@@ -335,18 +390,29 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
       killInfo = { afterSeconds, atKill, restartSeconds: (performance.now() - restartStart) / 1000 };
     }
     let toMarkerSeconds = 0;
+    let markerAtWall = 0;
     const status = await ctx.imports.wait(importId, {
       intervalMs: 500,
       onUpdate: (s) => {
-        if (!toMarkerSeconds && (s.phase === 'pageserver_import' || s.phase === 'done')) toMarkerSeconds = (performance.now() - start) / 1000;
+        if (!toMarkerSeconds && (s.phase === 'pageserver_import' || s.phase === 'done')) {
+          toMarkerSeconds = (performance.now() - start) / 1000;
+          markerAtWall = Date.now();
+        }
       },
     });
+    if (killInfo && killedAtWall !== undefined) {
+      const resumed = await lastAttemptStart(ctx, importId, 'uploadPgdata');
+      if (resumed !== undefined) killInfo.resumedAfterSeconds = (resumed - killedAtWall) / 1000;
+    }
+    // The marker is written by writePgdataStatus right after the upload; the status poll sees it up to 0.5 s late.
+    const pageserver = pageserverPhases(ctx, tenantId, timelineId, markerAtWall - 500);
     const totalSeconds = (performance.now() - start) / 1000;
-    log(`workflow ${importId} done in ${totalSeconds.toFixed(1)} s (commit marker after ${toMarkerSeconds.toFixed(1)} s)`);
+    log(`workflow ${importId} done in ${totalSeconds.toFixed(1)} s (commit marker after ${toMarkerSeconds.toFixed(1)} s): ${status.steps.map((st) => `${st.name} ${(st.ms / 1000).toFixed(1)}`).join('; ')}`);
     const steps = status.steps.map((st) => ({ name: st.name, seconds: st.ms / 1000 }));
     const fp = kill || skip.has('verify') ? undefined : await fingerprintThroughCompute(ctx, tenantId, timelineId);
     const result = finish(kill ? 'import workflow, importer killed half way through the upload' : 'import workflow (`import start`), to an active timeline', steps, await prefixSize(ctx, importPrefix(importId)), fp, ctx, totalSeconds);
-    return { result, status, toMarkerSeconds, kill: killInfo, completions: await completedActivities(ctx, importId) };
+    result.load = `${loadAtStart} → ${loadAverage()}`;
+    return { result, status, toMarkerSeconds, pageserver, kill: killInfo, completions: await completedActivities(ctx, importId) };
   } finally {
     await worker.kill('SIGKILL');
   }
@@ -369,20 +435,40 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
     `Run ${new Date().toISOString()} with \`node --import tsx bench/import.ts\` (BENCH_IMPORT_SCALE=${scale}, BENCH_IMPORT_JOBS=${jobs}).`,
     '',
     `Host: ${host.cpus} CPUs, ${(host.totalMemoryBytes / 1024 ** 3).toFixed(1)} GiB (shared with other work while this ran). PostgreSQL ${ctx.install.version}.`,
-    'Everything on loopback: a private dev stack (Temporal dev server, control-plane worker, s3rver, 3 dev safekeepers, dev pageserver),',
-    'one importer worker process, the source Postgres; same disk for all of them.',
+    'Everything on loopback: a private dev stack (Temporal dev server, control-plane worker, s3rver, 3 dev safekeepers, dev pageserver,',
+    "import_complete endpoint, and the stack's own importer, idle here), one importer worker process of the bench's (on a queue of its own),",
+    'the source Postgres; same disk for all of them.',
     `Source: pgbench scale ${scale} (${(sourceBytes / MiB).toFixed(0)} MiB database, built in ${fmt(setupSeconds)} s). Targets: fresh initdb with the importer's bulk-load settings`,
     `(shared_buffers 10% and maintenance_work_mem 70% of ${(ctx.resources.totalMemoryBytes / 1024 ** 3).toFixed(0)} GiB, fsync/full_page_writes/synchronous_commit off, wal_level minimal).`,
     '',
     '## End to end',
     '',
-    '| method | total (s) | steps (s) | objects | uploaded MiB | check |',
-    '|---|---:|---|---:|---:|---|',
+    '| method | total (s) | steps (s) | objects | uploaded MiB | check | load average (start → end) |',
+    '|---|---:|---|---:|---:|---|---|',
     ...methods.map(
-      (m) => `| ${m.method} | ${fmt(m.totalSeconds)} | ${m.steps.map((s) => `${s.name} ${fmt(s.seconds)}`).join('; ')} | ${m.objects} | ${(m.bytes / MiB).toFixed(0)} | ${m.note ?? ''} |`,
+      (m) =>
+        `| ${m.method} | ${fmt(m.totalSeconds)} | ${m.steps.map((s) => `${s.name} ${fmt(s.seconds)}`).join('; ')} | ${m.objects} | ${(m.bytes / MiB).toFixed(0)} | ${m.note ?? ''} | ${m.load ?? '-'} |`,
     ),
     '',
   ];
+  const pgdump = methods.find((m) => m.method.startsWith('pg_dump'));
+  if (plain && pgdump) {
+    lines.push(
+      `Against (a): the workflow to the commit marker ${(plain.toMarkerSeconds / pgdump.totalSeconds).toFixed(2)}x, end to end (with the pageserver's import) ${(plain.result.totalSeconds / pgdump.totalSeconds).toFixed(2)}x.`,
+      '',
+    );
+  }
+  for (const r of runs) {
+    const ps = r.pageserver;
+    if (!ps) continue;
+    const pageserverStep = stepSeconds(r, 'pageserverImport');
+    lines.push(
+      `Phases of "${r.result.method}": to the commit marker ${fmt(r.toMarkerSeconds)} s; the pageserver saw the marker after ${fmt(ps.markerSeenAfterSeconds)} s,`,
+      `downloaded the data directory in ${fmt(ps.downloadSeconds)} s and built the first image (WAL cut, base backup tar.gz, fsync) in ${fmt(ps.imageSeconds)} s;`,
+      `the workflow's pageserverImport step (${fmt(pageserverStep)} s) ended ${fmt(Math.max(0, pageserverStep - ps.markerSeenAfterSeconds - ps.downloadSeconds - ps.imageSeconds))} s after that (the completion callback signals it).`,
+      '',
+    );
+  }
   if (plain) {
     lines.push(
       `The workflow's total runs from \`import start\` to an active timeline, so it includes what (a) and (b) leave out: writing spec.json,`,
@@ -401,10 +487,13 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
       '| run | total (s) | to commit marker (s) | uploadPgdata step (s) | at kill | what the resumed upload sent |',
       '|---|---:|---:|---:|---|---|',
       `| not killed | ${fmt(plain.result.totalSeconds)} | ${fmt(plain.toMarkerSeconds)} | ${fmt(stepSeconds(plain, 'uploadPgdata'))} | - | ${up(plain).uploaded_files} files, ${(up(plain).uploaded_bytes / MiB).toFixed(0)} MiB |`,
-      `| killed after ${fmt(killed.kill!.afterSeconds)} s (half the upload time of the other run into its upload), restarted at once (${fmt(killed.kill!.restartSeconds)} s) | ${fmt(killed.result.totalSeconds)} | ${fmt(killed.toMarkerSeconds)} | ${fmt(stepSeconds(killed, 'uploadPgdata'))} | ${killed.kill!.atKill} | skipped ${up(killed).skipped_files} files (${(up(killed).skipped_bytes / MiB).toFixed(0)} MiB) already uploaded intact, sent ${up(killed).uploaded_files} files (${(up(killed).uploaded_bytes / MiB).toFixed(0)} MiB, of which ${up(killed).resumed_parts} parts, about ${up(killed).resumed_parts * 8} MiB, were kept from the killed attempt's unfinished multipart uploads) |`,
+      `| killed after ${fmt(killed.kill!.afterSeconds)} s (half the upload time of the other run into its upload), restarted at once (${fmt(killed.kill!.restartSeconds)} s) | ${fmt(killed.result.totalSeconds)} | ${fmt(killed.toMarkerSeconds)} | ${fmt(stepSeconds(killed, 'uploadPgdata'))} | ${killed.kill!.atKill} | skipped ${up(killed).skipped_files} files (${(up(killed).skipped_bytes / MiB).toFixed(0)} MiB) already uploaded intact, sent ${up(killed).uploaded_files} files (${(up(killed).uploaded_bytes / MiB).toFixed(0)} MiB${up(killed).resumed_parts ? `, of which ${up(killed).resumed_parts} parts were kept from the killed attempt's unfinished multipart uploads` : ''}) |`,
       '',
-      `- The killed run's uploadPgdata step spans both attempts, including up to ${10} s of heartbeat timeout after which the step is`,
-      '  retried on the restarted worker (same host, same disk). Nothing before the upload ran again: its history has',
+      `Killed vs not killed: ${(killed.result.totalSeconds / plain.result.totalSeconds).toFixed(2)}x end to end, ${(killed.toMarkerSeconds / plain.toMarkerSeconds).toFixed(2)}x to the commit marker.`,
+      '',
+      `- The killed run's uploadPgdata step spans both attempts. The restarted worker (same host, same disk) hands the dead one's attempt`,
+      `  back before it polls, so the retry does not wait for the ${10} s heartbeat timeout: the resumed attempt started ${killed.kill!.resumedAfterSeconds === undefined ? '?' : fmt(killed.kill!.resumedAfterSeconds)} s after the kill.`,
+      '  Nothing before the upload ran again: its history has',
       `  ${['initScratchPostgres', 'dumpSource', 'restoreDump', 'uploadPgdata'].map((t) => `${killed.completions[t] ?? 0} completed ${t}`).join(', ')}.`,
       `- Neon's importer would start over from an empty directory: dump, restore and the whole upload again.`,
       '',
@@ -412,8 +501,11 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
   }
   lines.push(
     'Notes:',
-    '- The upload is one object per file (files of 8 MiB and more as multipart uploads of 8 MiB parts), at most 10 requests in flight;',
-    '  each object carries the sha256 of its content, which a resumed upload checks before skipping a file.',
+    '- The upload is one object per file, each file in one request (read into memory below 8 MiB, streamed from disk above; multipart',
+    '  only above 1 GiB), at most 10 requests in flight, every byte read once. What was sent is journaled next to the data directory',
+    '  (the ETag of each object): a resumed upload skips an object of the right size and recorded ETag without reading the file again,',
+    '  and checks any other object of the right size by content (sha256 metadata, or the MD5 ETag of a streamed one). A file in flight',
+    '  when the worker died is sent again whole.',
     '- Timings on this shared 2-CPU machine vary by tens of percent between runs (other test suites ran at the same time).',
     '- s3rver stores every object as files on the same disk, so the upload figures measure this machine more than S3.',
     '',
@@ -461,6 +553,9 @@ async function main(): Promise<void> {
     writeFileSync(keyFile, `${generateLocalKey()}\n`, { mode: 0o600 });
     const env: Record<string, string> = {
       DURABLE_COMPUTE_STACK_DIR: stack.dir,
+      // The stack runs an importer of its own on the default queue; the bench's importers (sized,
+      // killed and restarted by it) take the imports on a queue of their own.
+      DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: 'bench-importers',
       DURABLE_COMPUTE_PAYLOAD_KEY_FILE: devPayloadKeyFile(stack.dir),
       DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile,
       ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}),
@@ -498,6 +593,7 @@ async function main(): Promise<void> {
       s3,
       bucket: config.s3.bucket,
       endpoints: stack.endpoints,
+      stackDir: stack.dir,
       env,
       imports: new ImportClient(opened.client, config.temporal.controlPlaneTaskQueue, config.imports),
       computes: new ComputeClient(opened.client, config.temporal.controlPlaneTaskQueue),
@@ -508,12 +604,18 @@ async function main(): Promise<void> {
     const cleanup = async (dir: string) => {
       await destroyScratch(install, path.join(root, dir)).catch(() => undefined);
     };
+    const withLoad = async <T extends { load?: string }>(fn: () => Promise<T>): Promise<T> => {
+      const before = loadAverage();
+      const r = await fn();
+      r.load = `${before} → ${loadAverage()}`;
+      return r;
+    };
     if (!skip.has('pgdump')) {
-      methods.push(await methodPgDump(ctx));
+      methods.push(await withLoad(() => methodPgDump(ctx)));
       await cleanup('a');
     }
     if (!skip.has('pgcopydb')) {
-      methods.push(await methodPgcopydb(ctx));
+      methods.push(await withLoad(() => methodPgcopydb(ctx)));
       await cleanup('b');
     }
     const plain = await methodWorkflow(ctx);

@@ -34,7 +34,7 @@ import type { importWorkflow, ImportWorkflowOptions } from '../workflows/import/
 export interface ImportStatusView extends ImportStatus {
   /** RUNNING, COMPLETED, FAILED, CANCELED, TERMINATED... */
   workflow_status: string;
-  running_step: { name: string; attempt: number; last_heartbeat: string | null } | null;
+  running_step: { name: string; attempt: number; last_heartbeat: string | null; started_at: string | null } | null;
 }
 
 export interface StartImportRequest {
@@ -169,8 +169,9 @@ export class ImportClient {
     // The step that moves data is the interesting one; claims and status writes are instants.
     const step = pending.find((a) => ['dumpSource', 'restoreDump', 'uploadPgdata'].includes(a.activityType?.name ?? '')) ?? pending[0];
     if (step) {
-      const seconds = Number(step.lastHeartbeatTime?.seconds ?? 0);
-      runningStep = { name: step.activityType?.name ?? '?', attempt: step.attempt ?? 1, last_heartbeat: seconds ? new Date(seconds * 1000).toISOString() : null };
+      const time = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) =>
+        Number(t?.seconds ?? 0) ? new Date(Number(t!.seconds) * 1000 + Math.floor((t!.nanos ?? 0) / 1e6)).toISOString() : null;
+      runningStep = { name: step.activityType?.name ?? '?', attempt: step.attempt ?? 1, last_heartbeat: time(step.lastHeartbeatTime), started_at: time(step.lastStartedTime) };
       const details = step.heartbeatDetails?.payloads?.length
         ? (await decodeArrayFromPayloads(this.client.workflow.options.loadedDataConverter, step.heartbeatDetails.payloads))[0]
         : undefined;
@@ -249,6 +250,8 @@ export function importCompleteHandler(client: Client, log: (line: string) => voi
     res.end(text);
   };
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    // Liveness, for whoever supervises the endpoint (the dev stack probes it).
+    if (req.url === '/status' && req.method === 'GET') return send(res, 200, { ok: true });
     if (req.url !== '/import_complete') return send(res, 404, { msg: `no route for ${req.method} ${req.url}` });
     if (req.method !== 'PUT') return send(res, 405, { msg: `method ${req.method} not allowed` });
     const chunks: Buffer[] = [];

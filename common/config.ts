@@ -88,6 +88,9 @@ export interface ImportConfig {
     /** The queue all importers of one pool share (claims of new local runs). */
     sharedTaskQueue: string;
     uploadConcurrency?: number;
+    /** Files above this many MiB go up in parts of uploadPartSizeMb; defaults in activities/importer/upload.ts. */
+    multipartThresholdMb?: number;
+    uploadPartSizeMb?: number;
     /** Memory and CPUs the scratch Postgres is sized for; default: this machine's. */
     memoryMb?: number;
     cpus?: number;
@@ -283,6 +286,9 @@ function loadImportConfig(env: Env, stackDir: string): ImportConfig {
       sharedTaskQueue:
         read(env, 'DURABLE_COMPUTE_IMPORTER_TASK_QUEUE', z.string().regex(/^[A-Za-z0-9._:-]{1,150}$/, 'not a valid task queue name')) ?? 'durable-compute-importer',
       uploadConcurrency: read(env, 'DURABLE_COMPUTE_IMPORTER_UPLOAD_CONCURRENCY', positiveInt(64)),
+      multipartThresholdMb: read(env, 'DURABLE_COMPUTE_IMPORTER_MULTIPART_THRESHOLD_MB', positiveInt(5 * 1024)),
+      // S3 parts are 5 MiB to 5 GiB; a part is held in memory while it is sent.
+      uploadPartSizeMb: read(env, 'DURABLE_COMPUTE_IMPORTER_UPLOAD_PART_SIZE_MB', positiveInt(1024).refine((n) => n >= 5, 'S3 parts are at least 5 MiB')),
       memoryMb: read(env, 'DURABLE_COMPUTE_IMPORTER_MEMORY_MB', positiveInt(16 * 1024 * 1024)),
       cpus: read(env, 'DURABLE_COMPUTE_IMPORTER_CPUS', positiveInt(1024)),
     },

@@ -1,9 +1,13 @@
+import { createHash } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import proto from '@temporalio/proto';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
 import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
+import { MAX_WORKDIR_ROOT_BYTES } from '../activities/import-control/importer-host';
+import { IMPORTER_SHARED_TASK_QUEUE } from '../model/import-status';
 import { canConnect, spawnDetached, type TrackedProcess } from './processes';
 import { DEV_S3_CREDENTIALS, type StackSettings } from './stack-settings';
 
@@ -153,6 +157,8 @@ const pageserverComponent: StackComponent = {
       s.region,
       '--import-poll-ms',
       '1000',
+      // Finished imports are reported to the stack's import-callback, which signals the import workflow.
+      ...(s.ports.importCallback ? ['--import-complete-url', `http://${s.host}:${s.ports.importCallback}`] : []),
     ], { ...process.env, AWS_ACCESS_KEY_ID: DEV_S3_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: DEV_S3_CREDENTIALS.secretAccessKey });
   },
   async probe(s) {
@@ -162,36 +168,77 @@ const pageserverComponent: StackComponent = {
   readyTimeoutMs: 30_000,
 };
 
+/** Environment of the stack's own CLI processes (workers, callback endpoint): this stack, its key. */
+function stackEnv(s: StackSettings, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    DURABLE_COMPUTE_STACK_DIR: s.dir,
+    TEMPORAL_ADDRESS: `${s.host}:${s.ports.temporal}`,
+    TEMPORAL_NAMESPACE: s.namespace,
+    DURABLE_COMPUTE_PAYLOAD_KEY_FILE: path.join(s.dir, 'payload.key'),
+    ...extra,
+  };
+}
+
+async function expectPollers(s: StackSettings, taskQueue: string, type: 'workflow' | 'activity', who: string): Promise<void> {
+  const connection = await Connection.connect({ address: `${s.host}:${s.ports.temporal}`, connectTimeout: '2s' });
+  try {
+    const types = proto.temporal.api.enums.v1.TaskQueueType;
+    const queue = await connection.workflowService.describeTaskQueue({
+      namespace: s.namespace,
+      taskQueue: { name: taskQueue },
+      taskQueueType: type === 'workflow' ? types.TASK_QUEUE_TYPE_WORKFLOW : types.TASK_QUEUE_TYPE_ACTIVITY,
+    });
+    if (!queue.pollers?.length) throw new Error(`the ${who} is not polling yet`);
+  } finally {
+    await connection.close();
+  }
+}
+
 /** The control-plane worker, so `dev up` alone is enough to run computes with the CLI. */
 const controlPlaneWorkerComponent: StackComponent = {
   name: 'control-plane-worker',
   ports: () => [],
-  start(s) {
-    return runTs(s, 'control-plane-worker', 'bin/durable-compute.mjs', ['worker', 'control-plane'], {
-      ...process.env,
-      DURABLE_COMPUTE_STACK_DIR: s.dir,
-      TEMPORAL_ADDRESS: `${s.host}:${s.ports.temporal}`,
-      TEMPORAL_NAMESPACE: s.namespace,
-      DURABLE_COMPUTE_PAYLOAD_KEY_FILE: path.join(s.dir, 'payload.key'),
-    });
-  },
-  async probe(s) {
-    const connection = await Connection.connect({ address: `${s.host}:${s.ports.temporal}`, connectTimeout: '2s' });
-    try {
-      const queue = await connection.workflowService.describeTaskQueue({
-        namespace: s.namespace,
-        taskQueue: { name: process.env.DURABLE_COMPUTE_TASK_QUEUE || CONTROL_PLANE_TASK_QUEUE_DEFAULT },
-        taskQueueType: proto.temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-      });
-      if (!queue.pollers?.length) throw new Error('the control-plane worker is not polling yet');
-    } finally {
-      await connection.close();
-    }
-  },
+  start: (s) => runTs(s, 'control-plane-worker', 'bin/durable-compute.mjs', ['worker', 'control-plane'], stackEnv(s)),
+  probe: (s) => expectPollers(s, process.env.DURABLE_COMPUTE_TASK_QUEUE || CONTROL_PLANE_TASK_QUEUE_DEFAULT, 'workflow', 'control-plane worker'),
   readyTimeoutMs: 90_000,
 };
 
-/** In start order: the pageserver reads WAL from the safekeepers; the worker needs Temporal. */
+/**
+ * The control plane's `PUT /import_complete` endpoint: the pageserver calls it when an import
+ * ends and it signals the import's workflow, which then stops waiting at once (it still polls
+ * the pageserver now and then, should a call never arrive).
+ */
+const importCallbackComponent: StackComponent = {
+  name: 'import-callback',
+  ports: (s) => (s.ports.importCallback ? [{ port: s.ports.importCallback, key: 'importCallback' }] : []),
+  start: (s) =>
+    runTs(s, 'import-callback', 'bin/durable-compute.mjs', ['import', 'callback-server', '--listen', `${s.host}:${s.ports.importCallback}`], stackEnv(s)),
+  probe: (s) => httpOk(`http://${s.host}:${s.ports.importCallback}/status`),
+  readyTimeoutMs: 60_000,
+};
+
+/**
+ * Where the stack's importer keeps its imports' working directories: in the stack directory,
+ * unless that path is too long for the scratch Postgres sockets below it (then a short one in
+ * the temp directory, named after the stack so two stacks never share it).
+ */
+export function devImporterWorkdir(s: StackSettings): string {
+  const inStack = path.join(s.dir, 'importer');
+  if (Buffer.byteLength(inStack) <= MAX_WORKDIR_ROOT_BYTES) return inStack;
+  return path.join(os.tmpdir(), `dc-importer-${createHash('sha256').update(s.dir).digest('hex').slice(0, 12)}`);
+}
+
+/** One importer host, so `durable-compute import start` works against the dev stack alone. */
+const importerWorkerComponent: StackComponent = {
+  name: 'importer-worker',
+  ports: () => [],
+  start: (s) => runTs(s, 'importer-worker', 'bin/durable-compute.mjs', ['worker', 'importer'], stackEnv(s, { DURABLE_COMPUTE_IMPORTER_WORKDIR: devImporterWorkdir(s) })),
+  probe: (s) => expectPollers(s, process.env.DURABLE_COMPUTE_IMPORTER_TASK_QUEUE || IMPORTER_SHARED_TASK_QUEUE, 'activity', 'importer worker'),
+  readyTimeoutMs: 90_000,
+};
+
+/** In start order: the pageserver reads WAL from the safekeepers; the workers and the callback endpoint need Temporal. */
 export function stackComponents(s: StackSettings): StackComponent[] {
   return [
     temporalComponent,
@@ -199,5 +246,7 @@ export function stackComponents(s: StackSettings): StackComponent[] {
     ...Array.from({ length: s.safekeepers }, (_, i) => safekeeperComponent(i + 1)),
     pageserverComponent,
     controlPlaneWorkerComponent,
+    importCallbackComponent,
+    importerWorkerComponent,
   ];
 }

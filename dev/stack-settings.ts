@@ -21,6 +21,11 @@ export interface StackSettings {
     /** Safekeeper i (1-based) uses this port + i - 1; likewise for HTTP. */
     safekeeperPg: number;
     safekeeperHttp: number;
+    /**
+     * The control plane's import_complete endpoint (the pageserver calls it when an import ends).
+     * Unset: a free port is chosen when the stack first starts, and kept from then on.
+     */
+    importCallback?: number;
   };
 }
 
@@ -38,7 +43,7 @@ export const DEFAULT_PORTS: StackSettings['ports'] = {
   safekeeperHttp: 7676,
 };
 
-/** Environment variable and CLI option for each port, so every error can say how to change it. */
+/** Environment variable and CLI option (if any) for each port, so every error can say how to change it. */
 export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string; option: string; what: string }> = {
   temporal: { env: 'DURABLE_COMPUTE_TEMPORAL_PORT', option: '--temporal-port', what: 'Temporal gRPC' },
   temporalUi: { env: 'DURABLE_COMPUTE_TEMPORAL_UI_PORT', option: '--ui-port', what: 'Temporal Web UI' },
@@ -47,6 +52,7 @@ export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string;
   pageserverHttp: { env: 'DURABLE_COMPUTE_PAGESERVER_HTTP_PORT', option: '--pageserver-http-port', what: 'pageserver HTTP API' },
   safekeeperPg: { env: 'DURABLE_COMPUTE_SAFEKEEPER_PG_PORT', option: '--safekeeper-pg-port', what: 'safekeeper libpq (first of a range)' },
   safekeeperHttp: { env: 'DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT', option: '--safekeeper-http-port', what: 'safekeeper HTTP (first of a range)' },
+  importCallback: { env: 'DURABLE_COMPUTE_IMPORT_CALLBACK_PORT', option: '', what: 'import_complete callback endpoint' },
 };
 
 const port = z.coerce.number().int().min(1).max(65535);
@@ -64,7 +70,7 @@ export function resolveStackSettings(
     const raw = overrides.ports?.[key] ?? env[name];
     if (raw === undefined || raw === '') continue;
     const parsed = port.safeParse(raw);
-    if (!parsed.success) throw new UserFacingError(`Invalid port for ${name} / ${option}: ${JSON.stringify(raw)} is not 1-65535`);
+    if (!parsed.success) throw new UserFacingError(`Invalid port for ${[name, option].filter(Boolean).join(' / ')}: ${JSON.stringify(raw)} is not 1-65535`);
     ports[key] = parsed.data;
   }
   const dir = overrides.dir ?? env.DURABLE_COMPUTE_STACK_DIR ?? defaultStackDir;

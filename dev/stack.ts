@@ -3,7 +3,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, re
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
-import { assertPortFree, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
+import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
 import { safekeeperPorts, stackComponents } from './stack-components';
 import { DEV_S3_CREDENTIALS, PORT_VARIABLES, type StackSettings } from './stack-settings';
 
@@ -13,6 +13,8 @@ export interface StackEndpoints {
   s3: { endpoint: string; bucket: string; region: string };
   pageserver: { pg: string; http: string };
   safekeepers: { pg: string; http: string }[];
+  /** Fast import: where the pageserver reports finished imports (null on a stack started before it had one). */
+  imports: { callbackUrl: string | null };
   stackDir: string;
 }
 
@@ -48,6 +50,7 @@ export function endpointsOf(s: StackSettings): StackEndpoints {
       const p = safekeeperPorts(s, i + 1);
       return { pg: `${s.host}:${p.pg}`, http: `http://${s.host}:${p.http}` };
     }),
+    imports: { callbackUrl: s.ports.importCallback ? `http://${s.host}:${s.ports.importCallback}/import_complete` : null },
     stackDir: s.dir,
   };
 }
@@ -136,7 +139,9 @@ export async function stackUp(
     const previous = readState(requested.dir);
     const anyAlive = previous ? Object.values(previous.processes).some(isTrackedAlive) : false;
     // A running stack keeps the ports it was started with; a stopped one takes the requested settings.
-    const settings = anyAlive && previous ? previous.settings : requested;
+    const settings: StackSettings = structuredClone(anyAlive && previous ? previous.settings : requested);
+    // No fixed default for the import callback: a free port, kept in the state from then on.
+    settings.ports.importCallback ??= await freePort(settings.host);
     const state: StackState = { version: 1, settings, processes: anyAlive && previous ? previous.processes : {} };
     mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
     // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.
@@ -151,7 +156,7 @@ export async function stackUp(
       }
       for (const { port, key } of component.ports(settings)) {
         const v = PORT_VARIABLES[key];
-        await assertPortFree(settings.host, port, v.what, `choose another with ${v.option} or ${v.env}`);
+        await assertPortFree(settings.host, port, v.what, `choose another with ${[v.option, v.env].filter(Boolean).join(' or ')}`);
       }
       const temporalCli = component.name === 'temporal' ? await ctx.resolveTemporalCli() : '';
       ctx.onProgress?.(`starting ${component.name}...`);

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -63,11 +63,27 @@ describe('durable-compute dev up/status/down', () => {
     expect(status.running).toBe(true);
     expect(status.temporal).toEqual(up.temporal);
 
+    // Fast import needs nothing beyond `dev up`: an importer host and the import_complete endpoint
+    // (which the pageserver was told to call) run as part of the stack.
+    expect(status.processes['importer-worker']).toMatchObject({ running: true });
+    expect(status.processes['import-callback']).toMatchObject({ running: true });
+    expect(status.imports.callbackUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/import_complete$/);
+    expect(again.imports).toEqual(up.imports);
+    const callbackBase = status.imports.callbackUrl.replace(/\/import_complete$/, '');
+    expect((await fetch(`${callbackBase}/status`)).status).toBe(200);
+    const malformed = await fetch(status.imports.callbackUrl, { method: 'PUT', body: '{"tenant_id":"nope"}' });
+    expect(malformed.status).toBe(400);
+    // No import runs for this timeline: acknowledged (the pageserver stops repeating), nothing signalled.
+    const unknown = await fetch(status.imports.callbackUrl, { method: 'PUT', body: JSON.stringify({ tenant_id: 'a'.repeat(32), timeline_id: 'b'.repeat(32), error: null }) });
+    expect(await unknown.json()).toEqual({ signalled: 0 });
+    const pageserverArgs = readFileSync(`/proc/${up.processes.pageserver.pid}/cmdline`, 'utf8').split('\0');
+    expect(pageserverArgs[pageserverArgs.indexOf('--import-complete-url') + 1]).toBe(callbackBase);
+
     const pids: number[] = Object.values(up.processes as Record<string, { pid: number }>).map((p) => p.pid);
-    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker']);
+    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker']);
     const down = await runCli(['dev', 'down', '--dir', dir]);
     expect(down.code).toBe(0);
-    expect(down.stdout).toMatch(/stopped control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
+    expect(down.stdout).toMatch(/stopped importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);

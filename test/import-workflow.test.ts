@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -7,15 +8,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Client, Connection } from '@temporalio/client';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { destroyScratch } from '../activities/importer/scratch-postgres';
 import { killRecordedGroup } from '../activities/importer/run-tool';
 import { createPageserverClient } from '../activities/pageserver';
 import { createS3Client } from '../activities/s3/client';
 import { getObjectBytes, listObjects } from '../activities/s3/objects';
 import { generateLocalKey } from '../activities/secrets/local-aes';
-import { ImportClient, startImportCallbackServer, type ImportStatusView } from '../client/import-client';
+import { ImportClient, type ImportStatusView } from '../client/import-client';
 import { openClient } from '../client/context';
+import { projectRoot } from '../common/paths';
 import { findPostgres } from '../common/pg-binaries';
 import { chownForPostgres } from '../common/pg-identity';
 import { importPrefix, importWorkflowId } from '../model/import-status';
@@ -42,7 +44,6 @@ let source: ThrowawayPostgres;
 let scratchRoot: string;
 let keyFile: string;
 let imports: ImportClient;
-let temporal: Client;
 let closeClient: () => Promise<void>;
 let raw: Client;
 let rawConnection: Connection;
@@ -204,20 +205,28 @@ async function freezeTool(pidFile: string): Promise<void> {
   process.kill(-pid, 'SIGSTOP');
 }
 
-/** Per activity type, from history: scheduled, started attempts and completed. */
-async function activityCounts(importId: string): Promise<Record<string, { scheduled: number; completed: number; attempts: number[] }>> {
+/**
+ * Per activity type, from history: scheduled, started attempts, completed, and how the attempt
+ * before each recorded start ended (the failure type, or the timeout type).
+ */
+async function activityCounts(importId: string): Promise<Record<string, { scheduled: number; completed: number; attempts: number[]; previousFailures: string[] }>> {
   const history = await raw.workflow.getHandle(importWorkflowId(importId)).fetchHistory();
   const byId = new Map<string, string>();
-  const counts: Record<string, { scheduled: number; completed: number; attempts: number[] }> = {};
+  const counts: Record<string, { scheduled: number; completed: number; attempts: number[]; previousFailures: string[] }> = {};
   for (const e of history.events ?? []) {
     const s = e.activityTaskScheduledEventAttributes;
     if (s) {
       const type = s.activityType?.name ?? '?';
       byId.set(String(e.eventId), type);
-      (counts[type] ??= { scheduled: 0, completed: 0, attempts: [] }).scheduled += 1;
+      (counts[type] ??= { scheduled: 0, completed: 0, attempts: [], previousFailures: [] }).scheduled += 1;
     }
     const st = e.activityTaskStartedEventAttributes;
-    if (st) counts[byId.get(String(st.scheduledEventId))!]!.attempts.push(st.attempt ?? 1);
+    if (st) {
+      const entry = counts[byId.get(String(st.scheduledEventId))!]!;
+      entry.attempts.push(st.attempt ?? 1);
+      const last = st.lastFailure;
+      if (last) entry.previousFailures.push(last.applicationFailureInfo?.type ?? `timeout:${last.timeoutFailureInfo?.timeoutType ?? '?'}`);
+    }
     const c = e.activityTaskCompletedEventAttributes;
     if (c) counts[byId.get(String(c.scheduledEventId))!]!.completed += 1;
   }
@@ -246,6 +255,40 @@ async function expectSecretAbsent(importId: string): Promise<void> {
   }
 }
 
+/** Names of the signals the import's workflow received, from its history. */
+async function signalsOf(importId: string): Promise<string[]> {
+  const history = await raw.workflow.getHandle(importWorkflowId(importId)).fetchHistory();
+  return (history.events ?? []).flatMap((e) => (e.workflowExecutionSignaledEventAttributes?.signalName ? [e.workflowExecutionSignaledEventAttributes.signalName] : []));
+}
+
+/**
+ * Runs the CLI on a pseudo-terminal (util-linux `script`), as at a user's terminal: its stderr is
+ * a TTY, so progress is drawn as a bar. Returns the exit code and what the terminal showed, one
+ * entry per line or redraw, escape sequences removed.
+ */
+async function runCliOnTerminal(args: string[], env: Record<string, string>): Promise<{ code: number; frames: string[] }> {
+  const script = ['/usr/bin/script', '/bin/script'].find((p) => existsSync(p));
+  if (!script) throw new Error('util-linux `script` is needed to run the CLI on a pseudo-terminal (Debian: apt-get install bsdutils)');
+  // `script` runs a shell command: the text here is fixed, every value reaches it through the environment.
+  const command = ['exec "$DC_NODE" "$DC_CLI"', ...args.map((_, i) => `"$DC_ARG_${i}"`)].join(' ');
+  const argEnv = Object.fromEntries(args.map((a, i) => [`DC_ARG_${i}`, a]));
+  const { code, stdout } = await new Promise<{ code: number; stdout: string }>((resolve) => {
+    execFile(
+      script,
+      ['--quiet', '--flush', '--return', '--command', command, '/dev/null'],
+      { env: { ...process.env, ...env, ...argEnv, SHELL: '/bin/sh', DC_NODE: process.execPath, DC_CLI: path.join(projectRoot, 'bin', 'durable-compute.mjs') }, cwd: projectRoot, timeout: 300_000, maxBuffer: 64 * 1024 * 1024 },
+      (err, out) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout: out }),
+    );
+  });
+  const frames = stdout
+    // eslint-disable-next-line no-control-regex
+    .split(/\r\n|\r|\n|\x1b\[1G/)
+    // eslint-disable-next-line no-control-regex
+    .map((f) => f.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b[78]/g, '').trimEnd())
+    .filter(Boolean);
+  return { code, frames };
+}
+
 beforeAll(async () => {
   scratchRoot = mkdtempSync(path.join(os.tmpdir(), 'dc-imp-'));
   chownForPostgres(scratchRoot, false);
@@ -254,7 +297,6 @@ beforeAll(async () => {
   const config = testConfig({ DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile });
   const opened = await openClient(config);
   imports = new ImportClient(opened.client, config.temporal.controlPlaneTaskQueue, config.imports);
-  temporal = opened.client;
   closeClient = opened.close;
   rawConnection = await Connection.connect({ address: config.temporal.address });
   raw = new Client({ connection: rawConnection, namespace: config.temporal.namespace });
@@ -346,11 +388,10 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const timelineId = neonId();
     const host = newHost('happy');
     await pool.startImporter(host);
-    // The workflow asks the pageserver only every 5 minutes: the completion callback has to end the wait.
-    const callback = await startImportCallbackServer(temporal, { host: '127.0.0.1', port: 0 });
-    onTestFinished(callback.close);
     const pageserver = createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp! });
     const phases: string[] = [];
+    // The workflow asks the pageserver only every 5 minutes: the stack's pageserver has to call the
+    // stack's import_complete endpoint, which has to signal the workflow, for this to end sooner.
     await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options({ pageserverPollSeconds: 300 }) });
     const waiting = imports.wait(importId, {
       timeoutMs: 240_000,
@@ -359,16 +400,19 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
         if (phases.at(-1) !== s.phase) phases.push(s.phase);
       },
     });
-    // Play the storage controller: once the timeline is active, call the control plane back.
     // (A failure of the wait is reported where it is awaited, not as an unhandled rejection meanwhile.)
     waiting.catch(() => undefined);
     await waitFor('the pageserver to finish', async () => ((await pageserver.getTimeline(tenantId, timelineId).catch(() => undefined))?.state === 'Active' ? true : undefined), 240_000, 200);
-    expect((await imports.status(importId)).phase).toBe('pageserver_import');
-    const calledBackAt = Date.now();
-    const ack = await fetch(`${callback.url}/import_complete`, { method: 'PUT', body: JSON.stringify({ tenant_id: tenantId, timeline_id: timelineId, error: null }) });
-    expect(await ack.json()).toEqual({ signalled: 1 });
+    const activeAt = Date.now();
     const done = await waiting;
-    expect(Date.now() - calledBackAt).toBeLessThan(30_000);
+    expect(Date.now() - activeAt).toBeLessThan(30_000);
+    const pageserverStep = done.steps.find((st) => st.name === 'pageserverImport')!;
+    expect(pageserverStep.ms).toBeLessThan(120_000);
+    // The history shows why: the completion signal, sent by the stack's callback endpoint.
+    expect(await signalsOf(importId)).toContain('importComplete');
+    // The storage controller repeats the call until acknowledged: a late repeat signals nothing and is still acknowledged.
+    const repeat = await fetch(inject('stack').imports.callbackUrl!, { method: 'PUT', body: JSON.stringify({ tenant_id: tenantId, timeline_id: timelineId, error: null }) });
+    expect(await repeat.json()).toEqual({ signalled: 0 });
     expect(done).toMatchObject({ phase: 'done', error: null, database: DATABASE, host: host.hostId, local_run: 1, host_changes: [] });
     // Polling sees the phases in order (short ones may pass between two polls).
     const order = ['prepare', 'init', 'dump', 'restore', 'upload', 'pageserver_import', 'done'];
@@ -420,7 +464,9 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     onTestFinished(slow.close);
     const env = { S3_ENDPOINT: slow.endpoint };
     let worker = await pool.startImporter(host, env);
-    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options() });
+    // A heartbeat timeout far longer than a restart: each killed step must be resumed because the
+    // restarted worker hands its predecessor's attempt back, not because Temporal gave up on it.
+    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options({ heartbeatTimeoutSeconds: 60 }) });
     const workdir = await workdirOn(host.root);
 
     // Each tool's process group is frozen mid-work, then its worker dies; the same host comes back.
@@ -454,7 +500,11 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     for (const step of ['claimImportHost', 'initScratchPostgres', 'dumpSource', 'restoreDump', 'stopScratchPostgres', 'uploadPgdata']) {
       expect(counts[step], step).toMatchObject({ scheduled: 1, completed: 1 });
     }
-    for (const step of ['dumpSource', 'restoreDump', 'uploadPgdata']) expect(counts[step]!.attempts, step).toEqual([2]);
+    for (const step of ['dumpSource', 'restoreDump', 'uploadPgdata']) {
+      expect(counts[step]!.attempts, step).toEqual([2]);
+      // The restarted worker handed the dead one's attempt back at once (no wait for the heartbeat timeout).
+      expect(counts[step]!.previousFailures, `${step}; the last worker said:\n${worker.proc.output()}`).toEqual(['ImporterRestarted']);
+    }
     // The dump ran (for real) once: the restore and upload kills did not redo it.
     expect(done.dump!.skipped).toBe(false);
     const upload = done.upload!;
@@ -501,7 +551,8 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const tenantId = neonId();
     const timelineId = neonId();
     const wrong = 'not-the-password-7731';
-    await pool.startImporter(newHost('badpw'));
+    const badpwHost = newHost('badpw');
+    await pool.startImporter(badpwHost);
     // Through the CLI, the connection string on stdin (never on the command line).
     const cliEnv = pool.cliEnv();
     const cli = await runCli(['import', 'start', '--import-id', importId, '--source', '-', '--tenant', tenantId, '--timeline', timelineId, '--wait'], {
@@ -530,11 +581,29 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     expect(historyTexts(history).texts.some((t) => t.includes(wrong))).toBe(false);
     await expectSecretAbsent(importId);
 
-    // A failed import may be started again (with the right password), from a clean prefix.
-    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options() });
-    const retried = await imports.wait(importId, { timeoutMs: 240_000 });
-    expect(retried).toMatchObject({ phase: 'done', error: null });
+    // A failed import may be started again (with the right password), from a clean prefix. This
+    // time as a user would on the dev stack: `import start --wait` on a terminal, with nothing but
+    // the stack (its own importer worker, its key, its callback endpoint), showing the progress bar.
+    const sourceFile = path.join(scratchRoot, `${importId}.source`);
+    writeFileSync(sourceFile, `${sourceUrl()}\n`, { mode: 0o600 });
+    const onTerminal = await runCliOnTerminal(['import', 'start', '--import-id', importId, '--source-file', sourceFile, '--tenant', tenantId, '--timeline', timelineId, '--jobs', '2', '--wait'], {
+      ...testEnv(),
+      DURABLE_COMPUTE_STACK_DIR: inject('stack').stackDir,
+    });
+    expect(onTerminal.code, onTerminal.frames.join('\n')).toBe(0);
+    // cli-progress redraws one line: every frame names the phase and the bytes; the upload's shows its total.
+    const frames = onTerminal.frames.filter((f) => /^\S+\s+\|[█░]{40}\| \d+% /.test(f));
+    expect(frames.some((f) => /^upload\s+\|[█░]{40}\| \d+% \d+\.\d MiB \/ \d+\.\d MiB$/.test(f)), frames.join('\n')).toBe(true);
+    expect(frames.at(-1)).toMatch(/^done\s+\|█{40}\| 100% (\d+\.\d MiB) \/ \1$/);
+    expect(onTerminal.frames).toContain('phase:     done (workflow completed)');
+    expect(onTerminal.frames.join('\n')).not.toContain(PASSWORD);
+    const retried = await imports.status(importId);
+    expect(retried).toMatchObject({ phase: 'done', error: null, local_run: 1 });
+    // Claimed by the stack's own importer, not the test's; ended by the stack's callback.
+    expect(retried.host).toEqual(expect.any(String));
+    expect(retried.host).not.toBe(badpwHost.hostId);
     expect(await statusObject(importId, 'fast_import')).toEqual({ command: 'pgdata', done: true });
+    expect(await signalsOf(importId)).toContain('importComplete');
   }, 400_000);
 
   it('a cancelled import deletes its timeline, removes its working directory and records the cancellation', async ({ onTestFinished }) => {

@@ -1,12 +1,16 @@
+import { Client } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import type { NativeConnection, Worker } from '@temporalio/worker';
 import { createImporterActivities } from '../activities/importer/activities';
 import { detectHostResources } from '../activities/importer/bulk-load-settings';
 import { createImporterClaimActivities, createImporterHostActivities, resolveImporterHost, type ImporterHost } from '../activities/import-control/importer-host';
 import { importKeyProviders } from '../activities/import-control/keys';
+import { takeOverAbandonedSteps } from '../activities/import-control/step-leases';
 import { createS3Client } from '../activities/s3/client';
 import type { AppConfig } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { findPostgres } from '../common/pg-binaries';
+import { connectClient } from '../common/temporal-connection';
 import { createWorker } from './run-worker';
 
 const MiB = 1024 * 1024;
@@ -24,7 +28,7 @@ export interface ImporterWorkerHandle {
  * claim of new local runs on the queue all importers share. Activities only; the import
  * workflow runs on the control-plane worker.
  */
-export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?: string } = {}): Promise<ImporterWorkerHandle> {
+export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?: string; log?: (line: string) => void } = {}): Promise<ImporterWorkerHandle> {
   const install = findPostgres({ pgBinDir: opts.pgBinDir ?? config.pgBinDir });
   const settings = config.imports.importer;
   const host = resolveImporterHost(settings.workdirRoot, settings.sharedTaskQueue, settings.hostId);
@@ -38,7 +42,11 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
       totalMemoryBytes: settings.memoryMb ? settings.memoryMb * MiB : detected.totalMemoryBytes,
       cpus: settings.cpus ?? detected.cpus,
     },
-    upload: settings.uploadConcurrency ? { concurrency: settings.uploadConcurrency } : undefined,
+    upload: {
+      ...(settings.uploadConcurrency ? { concurrency: settings.uploadConcurrency } : {}),
+      ...(settings.multipartThresholdMb ? { multipartThreshold: settings.multipartThresholdMb * MiB } : {}),
+      ...(settings.uploadPartSizeMb ? { partSize: settings.uploadPartSizeMb * MiB } : {}),
+    },
   });
   const dataConverter = encryptedDataConverter(config.payloadKeys);
   const identity = `importer-${host.hostId}@${process.pid}`;
@@ -61,10 +69,42 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
       dataConverter,
       identity,
     });
+    try {
+      // Before polling: the steps a killed predecessor on this disk left running are retried now,
+      // not after their heartbeat timeout.
+      await handBackAbandonedSteps(config, host, dataConverter, opts.log ?? ((line) => console.log(`${new Date().toISOString()} ${line}`)));
+    } catch (err) {
+      await shared.connection.close();
+      throw err;
+    }
     return { host, shared, local };
   } catch (err) {
     await local.connection.close();
     throw err;
+  }
+}
+
+async function handBackAbandonedSteps(config: AppConfig, host: ImporterHost, dataConverter: ReturnType<typeof encryptedDataConverter>, log?: (line: string) => void): Promise<void> {
+  const connection = await connectClient(config.temporal);
+  try {
+    const client = new Client({ connection, namespace: config.temporal.namespace, dataConverter });
+    await takeOverAbandonedSteps(
+      host.workdirRoot,
+      (taskToken, lease) =>
+        client.activity.fail(
+          taskToken,
+          ApplicationFailure.create({
+            type: 'ImporterRestarted',
+            message: `the importer worker running this step (process ${lease.pid} on host ${host.hostId}) stopped; retrying on its successor`,
+            nonRetryable: false,
+            // The successor is here and ready: no backoff before the retry.
+            nextRetryDelay: '10 ms',
+          }),
+        ),
+      log,
+    );
+  } finally {
+    await connection.close();
   }
 }
 

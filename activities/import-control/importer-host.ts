@@ -8,6 +8,7 @@ import type { ImporterActivities } from '../importer/activities';
 import { dumpPaths } from '../importer/dump-restore';
 import { killRecordedGroup } from '../importer/run-tool';
 import { importerHostTaskQueue, isValidImportId, isValidImporterHostId } from '../../model/import-status';
+import { holdStepLease } from './step-leases';
 
 /**
  * What makes an importer worker a *host*: an identity tied to its local disk, its own task queue,
@@ -133,13 +134,19 @@ export function createImporterClaimActivities(host: ImporterHost) {
 
 /**
  * The host queue's activities: the importer steps, each checked to work inside this host's
- * directories and run with the heartbeat pump. Names are the importer's own.
+ * directories, run with the heartbeat pump, and under a step lease (so a restarted worker can
+ * hand a dead one's attempt back at once, see step-leases.ts). Names are the importer's own.
  */
 export function createImporterHostActivities(host: ImporterHost, importer: ImporterActivities) {
   const local = <I extends { workdir: string }, R>(fn: (input: I) => Promise<R>) =>
-    (input: I): Promise<R> => {
-      insideRoot(host, input?.workdir);
-      return withHeartbeatPump(() => fn(input));
+    async (input: I): Promise<R> => {
+      const workdir = insideRoot(host, input?.workdir);
+      const release = holdStepLease(host.workdirRoot, workdir);
+      try {
+        return await withHeartbeatPump(() => fn(input));
+      } finally {
+        release();
+      }
     };
   return {
     initScratchPostgres: local(importer.initScratchPostgres),

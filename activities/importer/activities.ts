@@ -184,7 +184,7 @@ export function createImporterActivities(deps: ImporterDeps) {
           dataDir: scratchPaths(workdir).pgdata,
           keyPrefix: joinKey(prefix, PGDATA_DIR),
           ctx: stepContext(),
-          hashCacheFile: path.join(workdir, 'upload-hashes.json'),
+          journalFile: path.join(workdir, 'upload-journal.jsonl'),
           ...deps.upload,
         });
       });

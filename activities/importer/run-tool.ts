@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { appendFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { maskSecrets } from '../../common/errors';
+import { processStartTime } from '../../common/process-start-time';
 
 /**
  * Runs a PostgreSQL client tool (pg_dump, pg_restore) as a child process group.
@@ -26,17 +27,6 @@ export class ToolMissingError extends Error {
 interface PidRecord {
   pid: number;
   startTime: string;
-}
-
-function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (rest[0] === 'Z' || rest[0] === 'X') return undefined;
-    return rest[19];
-  } catch {
-    return undefined;
-  }
 }
 
 /** Kills the process group recorded in `pidFile` if its leader still runs, and removes the file. */

@@ -1,50 +1,74 @@
 import { createHash } from 'node:crypto';
 import { getMaxListeners, setMaxListeners } from 'node:events';
-import { createReadStream, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { lstat, open, readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { Transform } from 'node:stream';
 import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectsCommand,
   HeadObjectCommand,
+  ListObjectsCommand,
   PutObjectCommand,
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { listObjects } from '../s3/objects';
 import { every, type StepContext } from './activity-context';
+import { UploadJournal } from './upload-journal';
 
 /**
  * Uploads a stopped Postgres data directory, one object per file, to `<keyPrefix>/<relative path>`.
  *
+ * Every byte is read once. A small file is read into memory, hashed, and sent with its sha256
+ * both as the signed payload hash (S3 checks the body against it; the SDK does not hash it a
+ * second time) and as object metadata. A larger file streams from disk in a single PUT through a
+ * hash. A file at or above the multipart threshold goes up in parts, each sent with its own
+ * payload hash. What was sent is journaled (see upload-journal.ts): the object's ETag per file,
+ * the finished parts per multipart upload.
+ *
  * Resumable at two levels:
- * - Files: every object carries the sha256 of its content in its metadata, so a restarted upload
- *   lists what is there and skips each file whose object has the same size and checksum; only
- *   missing or different files are sent again.
- * - Parts: large files go up as multipart uploads whose id and finished parts are part of the
- *   heartbeat details; the next attempt continues those uploads and sends only the missing parts
- *   of a half-sent 1 GiB segment (if the server no longer has them, the file starts over).
+ * - Files: a restarted upload lists the prefix (sizes and ETags, no request per object) and
+ *   skips each file whose object has its size and the ETag the journal recorded for it. Only an
+ *   object of the same size that the journal cannot vouch for costs more: a HEAD, and a re-read
+ *   of the local file to compare its sha256 with the object's metadata. Anything else is sent.
+ * - Parts: multipart uploads continue with the parts they have (from the journal, and from the
+ *   heartbeat details the previous attempt left), sending only the missing parts of a half-sent
+ *   file; if the server no longer has them, that file starts over.
  *
  * Objects under the prefix that match no local file (left by an earlier, different data
  * directory) are deleted at the end, so the prefix mirrors the directory exactly.
  *
- * At most `concurrency` requests are in flight, whatever mix of small files and parts of large
- * ones. Memory stays below concurrency x (partSize + multipartThreshold): each request holds one
- * part or one small file, and each of the `concurrency` file workers at most one small file.
+ * At most `concurrency` requests are in flight, whatever the mix. Memory stays below about
+ * concurrency x (partSize + the in-memory limit): a request holds one part, one small file, or
+ * a stream's buffer, and each of the `concurrency` file workers at most one small file.
  */
 
 export const SHA256_METADATA_KEY = 'sha256';
 const MiB = 1024 * 1024;
 const MIN_PART_SIZE = 5 * MiB;
 const MAX_PARTS = 10_000;
+/**
+ * Files above this go up in parts, as `aws s3 sync` does: the parts of a large relation segment
+ * (up to 1 GiB) travel in parallel, and an upload interrupted half way keeps the parts already
+ * sent. Smaller files are one request each. (A stand-in like s3rver pays a second pass for a
+ * multipart upload, when it concatenates the parts; real S3 does not.)
+ */
+export const DEFAULT_MULTIPART_THRESHOLD = 64 * MiB;
+/** Fewer, larger parts: fewer requests per segment; memory stays concurrency x partSize. */
+export const DEFAULT_PART_SIZE = 32 * MiB;
+/** Files below this are sent from memory (and get their sha256 as metadata). */
+const IN_MEMORY_LIMIT = 8 * MiB;
+/** A streamed PUT cannot be replayed by the SDK's retries; it is retried here, from the start of the file. */
+const STREAM_ATTEMPTS = 3;
 
 /** An unfinished multipart upload, as recorded in the heartbeat details. */
 export interface MultipartState {
   key: string;
   uploadId: string;
   size: number;
-  sha256: string;
+  /** The local file's mtime: parts are only reused for the same file. */
+  mtimeMs: number;
   partSize: number;
   /** Finished parts: [part number, ETag]. */
   parts: [number, string][];
@@ -55,7 +79,7 @@ export interface UploadProgress {
   filesTotal: number;
   bytesTotal: number;
   filesDone: number;
-  /** Bytes of finished files plus finished parts of files still in flight. */
+  /** Bytes of finished files plus what is already sent of files still in flight. */
   bytesDone: number;
   uploadedFiles: number;
   uploadedBytes: number;
@@ -69,6 +93,8 @@ export interface UploadProgress {
 export interface UploadResult extends Omit<UploadProgress, 'inFlight'> {
   skippedSymlinks: string[];
   removedStaleObjects: number;
+  /** Objects of the same size that the journal could not vouch for, compared by content. */
+  verifiedByContent: number;
   /** Progress the previous attempt reported in its last heartbeat, if this one resumed it. */
   resumedFrom?: Omit<UploadProgress, 'inFlight'>;
 }
@@ -80,13 +106,13 @@ export interface UploadOptions {
   /** Objects are written to `<keyPrefix>/<relative path>`. */
   keyPrefix: string;
   ctx: StepContext;
-  /** Requests in flight at once (PUTs of small files and parts of large ones); Neon uses 10. */
+  /** Requests in flight at once (PUTs of files and parts of large ones); Neon uses 10. */
   concurrency?: number;
   partSize?: number;
-  /** Files at least this large go up as multipart uploads. */
+  /** Files at least this large go up as multipart uploads (their parts survive an interruption). */
   multipartThreshold?: number;
-  /** Where local checksums are cached between attempts (the data directory no longer changes). */
-  hashCacheFile?: string;
+  /** Where the journal of what was sent lives (see upload-journal.ts); without one, a resume checks by content. */
+  journalFile?: string;
 }
 
 interface LocalFile {
@@ -96,10 +122,9 @@ interface LocalFile {
   mtimeMs: number;
 }
 
-interface CachedHash {
+interface RemoteObject {
   size: number;
-  mtimeMs: number;
-  sha256: string;
+  etag: string;
 }
 
 /** Regular files below `root`, sorted by relative path; symlinks are reported, not followed. */
@@ -123,26 +148,46 @@ export async function walkDataDirectory(root: string): Promise<{ files: LocalFil
   return { files, symlinks: symlinks.sort() };
 }
 
-async function sha256OfFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
+const unquote = (etag: string | undefined): string => (etag ?? '').replace(/^"|"$/g, '');
+/** An ETag that is the MD5 of the object's bytes (a single PUT without KMS), not of its parts. */
+const PLAIN_MD5_ETAG = /^[0-9a-f]{32}$/;
+
+/**
+ * Every object under `prefix` with its size and ETag. ListObjects (v1) with the last key as
+ * marker, as activities/s3/objects.ts does (s3rver cannot page v2 listings).
+ */
+async function listWithEtags(s3: S3Client, bucket: string, prefix: string, signal: AbortSignal): Promise<Map<string, RemoteObject>> {
+  const objects = new Map<string, RemoteObject>();
+  let marker: string | undefined;
+  for (;;) {
+    const page = await s3.send(new ListObjectsCommand({ Bucket: bucket, Prefix: prefix, Marker: marker }), { abortSignal: signal });
+    const contents = page.Contents ?? [];
+    for (const o of contents) if (o.Key !== undefined) objects.set(o.Key, { size: o.Size ?? 0, etag: unquote(o.ETag) });
+    const last = contents.at(-1)?.Key;
+    if (!page.IsTruncated || last === undefined || last === marker) return objects;
+    marker = page.NextMarker ?? last;
+  }
+}
+
+async function hashOfFile(file: string, algorithm: 'sha256' | 'md5'): Promise<string> {
+  const hash = createHash(algorithm);
   for await (const chunk of createReadStream(file, { highWaterMark: MiB })) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
 
-function loadHashCache(file: string | undefined): Map<string, CachedHash> {
-  if (!file || !existsSync(file)) return new Map();
-  try {
-    return new Map(Object.entries(JSON.parse(readFileSync(file, 'utf8')) as Record<string, CachedHash>));
-  } catch {
-    return new Map();
-  }
-}
-
-function saveHashCache(file: string | undefined, cache: Map<string, CachedHash>): void {
-  if (!file) return;
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, JSON.stringify(Object.fromEntries(cache)));
-  renameSync(tmp, file);
+/**
+ * Sends `command` with its payload hash already known: the signature uses it as is (the SDK
+ * would otherwise hash the body again) and S3 refuses a body that does not match it.
+ */
+function withPayloadHash<C extends { middlewareStack: { add: (...args: never[]) => unknown } }>(command: C, sha256Hex: string): C {
+  (command.middlewareStack as unknown as { add: (mw: unknown, opts: unknown) => void }).add(
+    (next: (args: { request: { headers?: Record<string, string> } }) => Promise<unknown>) => (args: { request: { headers?: Record<string, string> } }) => {
+      if (args.request.headers) args.request.headers['x-amz-content-sha256'] = sha256Hex;
+      return next(args);
+    },
+    { step: 'build', name: 'precomputedPayloadHash' },
+  );
+  return command;
 }
 
 function previousProgress(v: unknown): UploadProgress | undefined {
@@ -176,22 +221,28 @@ function summary(p: UploadProgress): Omit<UploadProgress, 'inFlight'> {
   return rest;
 }
 
+class FileChangedError extends Error {
+  constructor(file: string) {
+    super(`${file} changed while being uploaded; is the scratch Postgres still running?`);
+  }
+}
+
 export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadResult> {
   const concurrency = Math.max(1, opts.concurrency ?? 10);
-  const partSize = Math.max(MIN_PART_SIZE, opts.partSize ?? 8 * MiB);
-  const multipartThreshold = Math.max(1, opts.multipartThreshold ?? partSize);
+  const partSize = Math.max(MIN_PART_SIZE, opts.partSize ?? DEFAULT_PART_SIZE);
+  const multipartThreshold = Math.max(1, opts.multipartThreshold ?? DEFAULT_MULTIPART_THRESHOLD);
+  const inMemoryLimit = Math.min(multipartThreshold, IN_MEMORY_LIMIT);
   const ctx = opts.ctx;
   const { signal } = ctx;
   // Every in-flight request listens on the one cancellation signal.
   setMaxListeners(Math.max(getMaxListeners(signal), concurrency * 2 + 10), signal);
   const previous = previousProgress(ctx.previousDetails);
-  const resumable = new Map((previous?.inFlight ?? []).map((m) => [m.key, m]));
+  const fromHeartbeat = new Map((previous?.inFlight ?? []).map((m) => [m.key, m]));
 
   const { files, symlinks } = await walkDataDirectory(opts.dataDir);
-  const remote = new Map<string, number>();
-  for await (const o of listObjects(opts.s3, opts.bucket, `${opts.keyPrefix}/`, signal)) remote.set(o.key, o.size);
+  const remote = await listWithEtags(opts.s3, opts.bucket, `${opts.keyPrefix}/`, signal);
+  const journal = UploadJournal.open(opts.journalFile);
 
-  const cache = loadHashCache(opts.hashCacheFile);
   const progress: UploadProgress = {
     phase: 'upload',
     filesTotal: files.length,
@@ -205,10 +256,10 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     resumedParts: 0,
     inFlight: [],
   };
+  let verifiedByContent = 0;
   const inFlight = new Map<string, MultipartState>();
   const heartbeat = () => ctx.heartbeat({ ...progress, inFlight: [...inFlight.values()].map((m) => ({ ...m, parts: [...m.parts] })) });
   const stopHeartbeat = every(5_000, heartbeat);
-  const stopCacheSaver = every(30_000, () => saveHashCache(opts.hashCacheFile, cache));
   const requests = semaphore(concurrency);
   const send = async <T>(fn: () => Promise<T>): Promise<T> => {
     await requests.acquire();
@@ -220,39 +271,118 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     }
   };
 
-  const localHash = async (f: LocalFile, content?: Buffer): Promise<string> => {
-    const cached = cache.get(f.rel);
-    if (cached && cached.size === f.size && cached.mtimeMs === f.mtimeMs) return cached.sha256;
-    const sha256 = content ? createHash('sha256').update(content).digest('hex') : await sha256OfFile(f.abs);
-    cache.set(f.rel, { size: f.size, mtimeMs: f.mtimeMs, sha256 });
-    return sha256;
-  };
-
-  const alreadyThere = async (key: string, f: LocalFile, sha256: string): Promise<boolean> => {
-    if (remote.get(key) !== f.size) return false;
+  /** True if the object already under `key` is this file, intact. Reads the local file only when nothing cheaper can tell. */
+  const alreadyThere = async (key: string, f: LocalFile): Promise<boolean> => {
+    const object = remote.get(key);
+    if (object?.size !== f.size) return false;
+    const record = journal.file(key);
+    const sameLocal = record !== undefined && record.size === f.size && record.mtimeMs === f.mtimeMs;
+    if (sameLocal && record.etag !== '' && record.etag === object.etag) return true;
+    let expected: string | undefined;
     try {
       const head = await send(() => opts.s3.send(new HeadObjectCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal }));
-      return head.ContentLength === f.size && head.Metadata?.[SHA256_METADATA_KEY] === sha256;
+      if (head.ContentLength !== f.size) return false;
+      expected = head.Metadata?.[SHA256_METADATA_KEY];
     } catch (err) {
       if (signal.aborted) throw err;
       return false;
     }
+    let local: string;
+    if (expected) {
+      local = sameLocal && record.sha256 ? record.sha256 : await hashOfFile(f.abs, 'sha256');
+    } else if (PLAIN_MD5_ETAG.test(object.etag)) {
+      // Sent as a stream (its sha256 was known only afterwards): a single PUT's ETag is the MD5 of
+      // its content on S3 (without KMS) and s3rver, so that still checks the content.
+      expected = object.etag;
+      local = await hashOfFile(f.abs, 'md5');
+    } else {
+      return false;
+    }
+    if (local !== expected) return false;
+    verifiedByContent++;
+    journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, etag: object.etag, ...(expected === object.etag ? {} : { sha256: local }) });
+    return true;
   };
 
-  const uploadMultipart = async (f: LocalFile, key: string, sha256: string): Promise<void> => {
-    const earlier = resumable.get(key);
-    resumable.delete(key);
+  const putFromMemory = async (f: LocalFile, key: string, content: Buffer): Promise<{ etag: string; sha256: string }> => {
+    const sha256 = createHash('sha256').update(content).digest('hex');
+    const out = await send(() =>
+      opts.s3.send(
+        withPayloadHash(new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: content, ContentLength: f.size, Metadata: { [SHA256_METADATA_KEY]: sha256 } }), sha256),
+        { abortSignal: signal },
+      ),
+    );
+    return { etag: unquote(out.ETag), sha256 };
+  };
+
+  /** One PUT streaming the file through a hash; the stream cannot be replayed, so retries start the file over here. */
+  const putStreamed = async (f: LocalFile, key: string): Promise<{ etag: string; sha256: string }> => {
+    for (let attempt = 1; ; attempt++) {
+      const hash = createHash('sha256');
+      let sent = 0;
+      const counter = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          sent += chunk.length;
+          progress.bytesDone += chunk.length;
+          if (sent > f.size) cb(new FileChangedError(f.abs));
+          else {
+            hash.update(chunk);
+            cb(null, chunk);
+          }
+        },
+      });
+      const source = createReadStream(f.abs, { highWaterMark: MiB });
+      source.on('error', (err) => counter.destroy(err));
+      source.pipe(counter);
+      try {
+        const out = await send(() =>
+          opts.s3.send(new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: counter, ContentLength: f.size }), { abortSignal: signal }),
+        );
+        if (sent !== f.size) throw new FileChangedError(f.abs);
+        progress.bytesDone -= sent;
+        return { etag: unquote(out.ETag), sha256: hash.digest('hex') };
+      } catch (err) {
+        progress.bytesDone -= sent;
+        source.destroy();
+        if (signal.aborted || attempt >= STREAM_ATTEMPTS || err instanceof FileChangedError) throw err;
+      }
+    }
+  };
+
+  /** The earlier attempt's multipart upload of this file, if its parts can be reused. */
+  const resumableUpload = (f: LocalFile, key: string, filePartSize: number): MultipartState | undefined => {
+    const fits = (m: { size: number; mtimeMs: number; partSize: number } | undefined) =>
+      m !== undefined && m.size === f.size && m.mtimeMs === f.mtimeMs && m.partSize === filePartSize;
+    const journaled = journal.multipart(key);
+    const beat = fromHeartbeat.get(key);
+    fromHeartbeat.delete(key);
+    const candidates: MultipartState[] = [];
+    if (fits(journaled)) candidates.push({ key, uploadId: journaled!.uploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize, parts: [...journaled!.parts] });
+    if (beat && fits(beat) && Array.isArray(beat.parts)) {
+      const same = candidates.find((c) => c.uploadId === beat.uploadId);
+      if (same) {
+        const known = new Map(same.parts);
+        for (const [n, etag] of beat.parts) if (!known.has(n)) known.set(n, etag);
+        same.parts = [...known];
+      } else {
+        candidates.push({ ...beat, parts: [...beat.parts] });
+      }
+    }
+    return candidates.sort((a, b) => b.parts.length - a.parts.length)[0];
+  };
+
+  const uploadMultipart = async (f: LocalFile, key: string, reuse = true): Promise<{ etag: string }> => {
     const filePartSize = Math.max(partSize, Math.ceil(f.size / MAX_PARTS));
+    const earlier = reuse ? resumableUpload(f, key, filePartSize) : undefined;
     let state: MultipartState;
-    if (earlier && earlier.size === f.size && earlier.sha256 === sha256 && earlier.partSize === filePartSize) {
+    if (earlier) {
       state = { ...earlier, parts: [...earlier.parts] };
       progress.resumedParts += state.parts.length;
     } else {
-      const created = await send(() =>
-        opts.s3.send(new CreateMultipartUploadCommand({ Bucket: opts.bucket, Key: key, Metadata: { [SHA256_METADATA_KEY]: sha256 } }), { abortSignal: signal }),
-      );
+      const created = await send(() => opts.s3.send(new CreateMultipartUploadCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal }));
       if (!created.UploadId) throw new Error(`CreateMultipartUpload for ${key} returned no UploadId`);
-      state = { key, uploadId: created.UploadId, size: f.size, sha256, partSize: filePartSize, parts: [] };
+      state = { key, uploadId: created.UploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize, parts: [] };
+      journal.recordMultipartStart({ key, uploadId: state.uploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize });
     }
     inFlight.set(key, state);
     const partCount = Math.ceil(f.size / filePartSize);
@@ -278,12 +408,17 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
               const buffer = Buffer.allocUnsafe(length);
               const { bytesRead } = await handle.read(buffer, 0, length, (partNumber - 1) * filePartSize);
               if (bytesRead !== length) throw new Error(`${f.abs} is shorter than it was; is the scratch Postgres still running?`);
+              const partHash = createHash('sha256').update(buffer).digest('hex');
               const out = await opts.s3.send(
-                new UploadPartCommand({ Bucket: opts.bucket, Key: key, UploadId: state.uploadId, PartNumber: partNumber, Body: buffer, ContentLength: length }),
+                withPayloadHash(
+                  new UploadPartCommand({ Bucket: opts.bucket, Key: key, UploadId: state.uploadId, PartNumber: partNumber, Body: buffer, ContentLength: length }),
+                  partHash,
+                ),
                 { abortSignal: signal },
               );
               if (!out.ETag) throw new Error(`UploadPart ${partNumber} of ${key} returned no ETag`);
               state.parts.push([partNumber, out.ETag]);
+              journal.recordPart({ key, uploadId: state.uploadId, part: partNumber, etag: out.ETag });
               progress.bytesDone += length;
               heartbeat();
             } catch (err) {
@@ -301,51 +436,52 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       await handle.close();
     }
     const parts = [...state.parts].sort((a, b) => a[0] - b[0]).map(([PartNumber, ETag]) => ({ PartNumber, ETag }));
+    const forget = () => {
+      inFlight.delete(key);
+      for (const [n] of state.parts) progress.bytesDone -= partBytes(n);
+    };
+    let etag: string;
     try {
-      await send(() =>
+      const out = await send(() =>
         opts.s3.send(new CompleteMultipartUploadCommand({ Bucket: opts.bucket, Key: key, UploadId: state.uploadId, MultipartUpload: { Parts: parts } }), {
           abortSignal: signal,
         }),
       );
+      etag = unquote(out.ETag);
     } catch (err) {
       if (signal.aborted) throw err;
       // The earlier attempt's upload is gone or its parts are (expired, aborted, cleaned): start
       // this file over once, from a fresh multipart upload.
       if (earlier && state.uploadId === earlier.uploadId) {
-        inFlight.delete(key);
-        for (const [n] of state.parts) progress.bytesDone -= partBytes(n);
+        forget();
         progress.resumedParts -= earlier.parts.length;
-        return uploadMultipart(f, key, sha256);
+        return uploadMultipart(f, key, false);
       }
       throw err;
     }
-    inFlight.delete(key);
-    for (const [n] of state.parts) progress.bytesDone -= partBytes(n);
+    forget();
+    return { etag };
   };
 
   const uploadOne = async (f: LocalFile) => {
     const key = `${opts.keyPrefix}/${f.rel}`;
-    const small = f.size < multipartThreshold;
-    const content = small ? await readFile(f.abs) : undefined;
-    if (content && content.length !== f.size) throw new Error(`${f.abs} changed size while being uploaded; is the scratch Postgres still running?`);
-    const sha256 = await localHash(f, content);
-    if (await alreadyThere(key, f, sha256)) {
+    if (await alreadyThere(key, f)) {
       progress.skippedFiles++;
       progress.skippedBytes += f.size;
     } else {
-      if (content) {
-        await send(() =>
-          opts.s3.send(new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: content, ContentLength: f.size, Metadata: { [SHA256_METADATA_KEY]: sha256 } }), {
-            abortSignal: signal,
-          }),
-        );
+      let sent: { etag: string; sha256?: string };
+      if (f.size < inMemoryLimit) {
+        const content = await readFile(f.abs);
+        if (content.length !== f.size) throw new FileChangedError(f.abs);
+        sent = await putFromMemory(f, key, content);
+      } else if (f.size < multipartThreshold) {
+        sent = await putStreamed(f, key);
       } else {
-        await uploadMultipart(f, key, sha256);
+        sent = await uploadMultipart(f, key);
       }
       const after = await stat(f.abs);
-      if (after.size !== f.size || after.mtimeMs !== f.mtimeMs) {
-        throw new Error(`${f.abs} changed while being uploaded; is the scratch Postgres still running?`);
-      }
+      if (after.size !== f.size || after.mtimeMs !== f.mtimeMs) throw new FileChangedError(f.abs);
+      journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, ...sent });
       progress.uploadedFiles++;
       progress.uploadedBytes += f.size;
     }
@@ -357,7 +493,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
   try {
     let next = 0;
     let failure: unknown;
-    // File workers only prepare (read, hash, check); the request semaphore bounds the sending.
+    // File workers only prepare (read, check); the request semaphore bounds the sending.
     const worker = async () => {
       while (failure === undefined && !signal.aborted && next < files.length) {
         const f = files[next++]!;
@@ -379,10 +515,15 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       await opts.s3.send(new DeleteObjectsCommand({ Bucket: opts.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }), { abortSignal: signal });
     }
     heartbeat();
-    return { ...summary(progress), skippedSymlinks: symlinks, removedStaleObjects: stale.length, resumedFrom: previous ? summary(previous) : undefined };
+    return {
+      ...summary(progress),
+      skippedSymlinks: symlinks,
+      removedStaleObjects: stale.length,
+      verifiedByContent,
+      resumedFrom: previous ? summary(previous) : undefined,
+    };
   } finally {
     stopHeartbeat();
-    stopCacheSaver();
-    saveHashCache(opts.hashCacheFile, cache);
+    journal.close();
   }
 }

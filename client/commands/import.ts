@@ -77,8 +77,9 @@ function progressReporter(json: boolean): { update: (s: ImportStatusView) => voi
       stop: () => {},
     };
   }
+  // {value} and {total} are the bar's own tokens (raw numbers): the bytes go in payload fields of their own.
   const bar = new cliProgress.SingleBar(
-    { format: '{phase} |{bar}| {percentage}% {done} / {total}', hideCursor: true, stream: process.stderr, clearOnComplete: false },
+    { format: '{phase} |{bar}| {percentage}% {doneBytes} / {totalBytes}', hideCursor: true, stream: process.stderr, clearOnComplete: false },
     cliProgress.Presets.shades_classic,
   );
   let started = false;
@@ -86,13 +87,15 @@ function progressReporter(json: boolean): { update: (s: ImportStatusView) => voi
     update: (s) => {
       const total = s.progress?.bytesTotal ?? 0;
       const done = s.progress?.bytesDone ?? 0;
-      const payload = { phase: s.phase.padEnd(17), done: mib(done), total: total ? mib(total) : '?' };
+      const payload = { phase: s.phase.padEnd(17), doneBytes: mib(done), totalBytes: total ? mib(total) : '?' };
+      // Without a total (the dump only knows what it wrote so far) the bar stays empty; the bytes still show.
+      const value = total ? Math.min(done, total) : 0;
       if (!started) {
-        bar.start(Math.max(1, total), done, payload);
+        bar.start(Math.max(1, total), value, payload);
         started = true;
       } else {
-        bar.setTotal(Math.max(1, total || done || 1));
-        bar.update(done, payload);
+        bar.setTotal(Math.max(1, total));
+        bar.update(value, payload);
       }
     },
     stop: () => {

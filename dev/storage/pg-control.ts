@@ -1,11 +1,21 @@
 /**
- * Reads and patches PostgreSQL 15's `global/pg_control` (ControlFileData, little-endian x86-64
- * layout). The CRC32C position is found by searching for the offset whose stored value matches
- * the checksum of everything before it, and the layout is confirmed by the version number and the
- * float-format sentinel, so a different layout is refused rather than misread.
+ * PostgreSQL's `global/pg_control` (ControlFileData, format 1300: PostgreSQL 13 to 16 on 64-bit
+ * little-endian machines) and the CRC-32C that guards it, in one place for every part of the
+ * dev storage. Two readers share the layout:
+ *
+ * - parseControlFile: a data directory the dev storage itself runs. The CRC field is found by
+ *   searching for the offset whose stored value matches the checksum of everything before it,
+ *   and the layout is confirmed by the version number and the float-format sentinel, so a
+ *   different layout is refused rather than misread. withState/setControlState patch it.
+ * - parsePgControl: an untrusted upload (import_pgdata). Exact file size, a known catalog
+ *   version, the matching control format, the CRC at its fixed place, 8 KiB blocks, 1 GiB
+ *   segments and a clean shutdown, each refused with a message naming what is wrong.
+ *
+ * Offsets were checked against a real PostgreSQL 15 pg_control and pg_controldata's reading of it.
  */
 import { closeSync, fchownSync, fsyncSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
+import { formatLsn } from '../../model/lsn';
 
 const CRC32C_TABLE = (() => {
   const table = new Uint32Array(256);
@@ -17,7 +27,10 @@ const CRC32C_TABLE = (() => {
   return table;
 })();
 
-/** Incremental CRC-32C (Castagnoli), as PostgreSQL's pg_crc32c: start with crc32cInit, end with crc32cFinish. */
+/**
+ * Incremental CRC-32C (Castagnoli: reflected polynomial 0x82F63B78), as PostgreSQL's pg_crc32c
+ * computes it for pg_control and WAL records: start with crc32cInit, end with crc32cFinish.
+ */
 export const crc32cInit = 0xffffffff;
 
 export function crc32cUpdate(crc: number, data: Uint8Array): number {
@@ -30,8 +43,9 @@ export function crc32cFinish(crc: number): number {
   return (crc ^ 0xffffffff) >>> 0;
 }
 
-export function crc32c(data: Uint8Array): number {
-  return crc32cFinish(crc32cUpdate(crc32cInit, data));
+/** The CRC-32C of `data`; `previous` continues a finished CRC over more bytes. */
+export function crc32c(data: Uint8Array, previous = 0): number {
+  return crc32cFinish(crc32cUpdate((previous ^ 0xffffffff) >>> 0, data));
 }
 
 export const PG15_CONTROL_VERSION = 1300;
@@ -49,7 +63,8 @@ export const DbState = {
 } as const;
 export type DbStateName = keyof typeof DbState;
 
-// PG15 ControlFileData field offsets (x86-64): confirmed at parse time by version + float sentinel.
+// ControlFileData field offsets (format 1300, x86-64). parseControlFile confirms them by version +
+// float sentinel; parsePgControl by the CRC at its fixed place.
 const OFF = {
   systemIdentifier: 0,
   pgControlVersion: 8,
@@ -69,8 +84,10 @@ const OFF = {
   maxAlign: 204,
   floatFormat: 208,
   blcksz: 216,
+  relsegSize: 220,
   xlogBlcksz: 224,
   xlogSegSize: 228,
+  crc: 288,
 } as const;
 
 export interface ControlFile {
@@ -194,4 +211,105 @@ export function setControlState(dataDir: string, state: DbStateName): void {
     closeSync(fd);
   }
   renameSync(tmp, file);
+}
+
+/* ---- Untrusted uploads (import_pgdata) ---- */
+
+export const PG_CONTROL_FILE_SIZE = 8192;
+
+/** Catalog versions (catversion.h) of the released majors the import format knows. */
+const CATALOG_VERSIONS: Record<number, number> = {
+  202107181: 14,
+  202209061: 15,
+  202307071: 16,
+  202406281: 17,
+};
+
+const CONTROL_FORMAT_BY_MAJOR: Record<number, number> = { 14: 1300, 15: 1300, 16: 1300, 17: 1700 };
+
+const DB_STATE_TEXT = ['starting up', 'shut down', 'shutting down', 'in crash recovery', 'in archive recovery', 'in production'] as const;
+
+export interface PgControlInfo {
+  pgMajor: number;
+  catalogVersion: number;
+  systemIdentifier: bigint;
+  state: string;
+  /** The last checkpoint record's location, aligned to 8 bytes as Neon does. */
+  checkpointLsn: string;
+  checkpointLsnValue: bigint;
+  timeline: number;
+  blockSize: number;
+  segmentBlocks: number;
+  walSegmentSize: number;
+}
+
+/** The catalog version's major, or an error naming the unknown version. */
+export function majorOfCatalogVersion(catalogVersion: number): number {
+  const major = CATALOG_VERSIONS[catalogVersion];
+  if (major === undefined) throw new PgControlError(`pg_control has an unrecognized catalog version ${catalogVersion} (known: ${Object.keys(CATALOG_VERSIONS).join(', ')})`);
+  return major;
+}
+
+/**
+ * Parses and checks an uploaded pg_control: exact size, known catalog version, matching control
+ * format, CRC-32C, then the settings a page-level import relies on (8 KiB blocks, 1 GiB
+ * segments) and a clean shutdown. `startableMajors` limits which versions are accepted at all.
+ */
+export function parsePgControl(buf: Buffer, startableMajors: readonly number[] = [15]): PgControlInfo {
+  if (buf.length !== PG_CONTROL_FILE_SIZE) throw new PgControlError(`pg_control is ${buf.length} bytes, expected ${PG_CONTROL_FILE_SIZE}`);
+  const catalogVersion = buf.readUInt32LE(OFF.catalogVersion);
+  const pgMajor = majorOfCatalogVersion(catalogVersion);
+  const controlVersion = buf.readUInt32LE(OFF.pgControlVersion);
+  if (controlVersion !== CONTROL_FORMAT_BY_MAJOR[pgMajor]) {
+    throw new PgControlError(`pg_control format ${controlVersion} does not match catalog version ${catalogVersion} (PostgreSQL ${pgMajor} writes format ${CONTROL_FORMAT_BY_MAJOR[pgMajor]})`);
+  }
+  if (!startableMajors.includes(pgMajor)) {
+    throw new PgControlError(`The data directory is from PostgreSQL ${pgMajor}; only PostgreSQL ${startableMajors.join(', ')} can be started here`);
+  }
+  if (controlVersion !== PG15_CONTROL_VERSION) throw new PgControlError(`pg_control format ${controlVersion} is not readable here`);
+  const stored = buf.readUInt32LE(OFF.crc);
+  const computed = crc32c(buf.subarray(0, OFF.crc));
+  if (stored !== computed) {
+    throw new PgControlError(`pg_control fails its CRC-32C check (stored 0x${stored.toString(16).padStart(8, '0')}, computed 0x${computed.toString(16).padStart(8, '0')})`);
+  }
+  const stateCode = buf.readInt32LE(OFF.state);
+  const state = DB_STATE_TEXT[stateCode] ?? `unknown state ${stateCode}`;
+  const blockSize = buf.readUInt32LE(OFF.blcksz);
+  const segmentBlocks = buf.readUInt32LE(OFF.relsegSize);
+  const walSegmentSize = buf.readUInt32LE(OFF.xlogSegSize);
+  if (blockSize !== 8192) throw new PgControlError(`pg_control says the block size is ${blockSize}; only 8192 is supported`);
+  if (segmentBlocks !== 131072) throw new PgControlError(`pg_control says relation segments hold ${segmentBlocks} blocks; only 131072 (1 GiB) is supported`);
+  if (walSegmentSize < 1 << 20 || walSegmentSize > 1 << 30 || (walSegmentSize & (walSegmentSize - 1)) !== 0) {
+    throw new PgControlError(`pg_control has an invalid WAL segment size ${walSegmentSize}`);
+  }
+  if (stateCode !== DbState.shutDown) throw new PgControlError(`The data directory was not shut down cleanly (pg_control state: ${state})`);
+  const raw = buf.readBigUInt64LE(OFF.checkPoint);
+  const aligned = (raw + 7n) & ~7n;
+  return {
+    pgMajor,
+    catalogVersion,
+    systemIdentifier: buf.readBigUInt64LE(OFF.systemIdentifier),
+    state,
+    checkpointLsn: formatLsn(aligned),
+    checkpointLsnValue: aligned,
+    timeline: buf.readUInt32LE(OFF.checkPointCopyTimeline),
+    blockSize,
+    segmentBlocks,
+    walSegmentSize,
+  };
+}
+
+/** Name of the WAL segment file holding `lsn` (e.g. 000000010000000000000001). */
+export function walSegmentName(timeline: number, lsn: bigint, segmentSize: number): string {
+  const segNo = lsn / BigInt(segmentSize);
+  const perXlogId = 0x100000000n / BigInt(segmentSize);
+  const hex = (n: bigint | number) => n.toString(16).toUpperCase().padStart(8, '0');
+  return `${hex(timeline)}${hex(segNo / perXlogId)}${hex(segNo % perXlogId)}`;
+}
+
+/** Recomputes the CRC at its fixed place after a deliberate change (used to build hostile test inputs). */
+export function resealPgControl(buf: Buffer): Buffer {
+  const copy = Buffer.from(buf);
+  copy.writeUInt32LE(crc32c(copy.subarray(0, OFF.crc)), OFF.crc);
+  return copy;
 }

@@ -273,15 +273,18 @@ export class PageserverService {
   private async buildImportedTimeline(tenantId: string, timelineId: string, importPgdata: unknown, creation: TimelineCreation, signal?: AbortSignal): Promise<void> {
     const handler = this.deps.importPgdata!;
     const started = Date.now();
+    let downloadMs = 0;
     await this.deps.store.create(tenantId, timelineId, async (_dir, images) => {
       const scratch = await images.scratch({ forPostgres: false });
       await handler({ tenantId, timelineId, importPgdata, targetPgdata: path.join(scratch, PGDATA_DIR), signal });
+      downloadMs = Date.now() - started;
       signal?.throwIfAborted();
       const image = await images.commit(scratch, 'import');
       signal?.throwIfAborted();
       return this.newMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
     });
-    this.deps.log(`imported timeline ${tenantId}/${timelineId} in ${Date.now() - started} ms`);
+    const total = Date.now() - started;
+    this.deps.log(`imported timeline ${tenantId}/${timelineId} in ${total} ms (download ${downloadMs} ms, first image and its base backup ${total - downloadMs} ms)`);
   }
 
   private async branch(

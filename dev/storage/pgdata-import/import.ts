@@ -1,15 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import type { Readable } from 'node:stream';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { chownForPostgres } from '../../../common/pg-identity';
 import { getObjectBytes, listObjects } from '../../../activities/s3/objects';
+import { DownloadError, downloadObjects } from './download';
 import { checkNoFileDirectoryClash, classifyEntry, PgdataLayoutError, SKELETON_DIRS, type PgdataEntry } from './layout';
-import { parsePgControl, PgControlError, walSegmentName } from './pg-control';
+import { parsePgControl, PgControlError, walSegmentName } from '../pg-control';
 
 /**
  * The dev pageserver's side of `import_pgdata`: checks an uploaded data directory under
@@ -74,22 +71,6 @@ async function readStatusDone(s3: S3Client, bucket: string, key: string): Promis
   if (typeof status !== 'object' || status === null || (status as { done?: unknown }).done !== true) {
     throw new PgdataImportError(`The import is not finished: ${key} does not say {"done":true}`, key);
   }
-}
-
-/** Counts bytes through the stream and stops as soon as the object is larger than its listing said. */
-function limitTo(expected: number, key: string): Transform {
-  let seen = 0;
-  return new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      seen += chunk.length;
-      if (seen > expected) cb(new PgdataImportError(`Object ${JSON.stringify(key)} is larger than the ${expected} bytes it was listed with`, key));
-      else cb(null, chunk);
-    },
-    flush(cb) {
-      if (seen !== expected) cb(new PgdataImportError(`Object ${JSON.stringify(key)} has ${seen} bytes, listed with ${expected}`, key));
-      else cb();
-    },
-  });
 }
 
 function localPath(root: string, rel: string): string {
@@ -174,35 +155,26 @@ export async function importPgdataFromS3(opts: ImportPgdataOptions): Promise<Imp
   try {
     for (const dir of SKELETON_DIRS) await mkdir(path.join(staging, dir), { recursive: true, mode: 0o700 });
     const toFetch = entries.filter((e) => e.kind !== 'ignored');
-    let files = 0;
-    let bytes = 0;
-    let next = 0;
-    let failure: unknown;
-    const fetchOne = async (e: PgdataEntry) => {
-      const dest = localPath(staging, e.rel);
+    const controlEntry = toFetch.find((e) => e.kind === 'control');
+    if (controlEntry) {
+      // The bytes that passed the checks, not a second read that could differ.
+      const dest = localPath(staging, controlEntry.rel);
       await mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-      if (e.kind === 'control') {
-        // The bytes that passed the checks, not a second read that could differ.
-        await writeFile(dest, controlBytes, { mode: 0o600, flag: 'wx' });
-      } else {
-        const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: e.key }), { abortSignal: opts.signal });
-        await pipeline(out.Body as Readable, limitTo(e.size, e.key), createWriteStream(dest, { mode: 0o600, flags: 'wx' }), { signal: opts.signal });
-      }
-      files++;
-      bytes += e.size;
-    };
-    const worker = async () => {
-      while (failure === undefined && next < toFetch.length) {
-        const e = toFetch[next++]!;
-        try {
-          await fetchOne(e);
-        } catch (err) {
-          failure ??= err instanceof PgdataImportError ? err : new PgdataImportError(`Downloading ${JSON.stringify(e.key)} failed: ${(err as Error).message}`, e.key);
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 8) }, worker));
-    if (failure !== undefined) throw failure;
+      await writeFile(dest, controlBytes, { mode: 0o600, flag: 'wx' });
+    }
+    try {
+      await downloadObjects(
+        s3,
+        bucket,
+        toFetch.filter((e) => e.kind !== 'control').map((e) => ({ key: e.key, size: e.size, dest: localPath(staging, e.rel) })),
+        { concurrency: opts.concurrency ?? 8, signal: opts.signal },
+      );
+    } catch (err) {
+      if (err instanceof DownloadError) throw new PgdataImportError(err.message, err.key);
+      throw err;
+    }
+    const files = toFetch.length;
+    const bytes = toFetch.reduce((n, e) => n + e.size, 0);
 
     await chmod(staging, 0o700);
     chownForPostgres(staging);

@@ -1,0 +1,146 @@
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { asyncLocalStorage } from '@temporalio/activity';
+
+/**
+ * Which step attempt a host's worker process is running, kept on the host's disk, so a worker
+ * restarted after a crash can hand that attempt back at once instead of letting Temporal wait
+ * for its heartbeat timeout.
+ *
+ * A lease is written when a host step starts (`<workdirRoot>/<import dir>.step.json`: the
+ * attempt's task token and the worker's pid and process start time) and removed when it ends.
+ * A lease whose process is gone names an attempt nobody runs any more: the new worker fails
+ * exactly that attempt (the task token names the attempt; Temporal refuses it for any other, and
+ * keeps its last heartbeat details), and the step's retry starts within its retry interval, on
+ * this worker, where the files are.
+ */
+
+export interface StepLease {
+  taskToken: string;
+  activityType: string;
+  workflowId: string;
+  attempt: number;
+  pid: number;
+  /** The process's start time (from /proc), so a reused pid is not mistaken for the owner. */
+  processStart: string | null;
+  startedAt: string;
+}
+
+const LEASE_SUFFIX = '.step.json';
+
+/** State and start time of a process from /proc/<pid>/stat (fields 3 and 22), if /proc has it. */
+function procStat(pid: number): { state: string; start: string } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: fields[0] ?? '', start: fields[19] ?? '' };
+  } catch {
+    return undefined;
+  }
+}
+
+export function processStartOf(pid: number): string | null {
+  return procStat(pid)?.start ?? null;
+}
+
+function isAlive(pid: number, recordedStart: string | null): boolean {
+  const st = procStat(pid);
+  if (!st) {
+    // No /proc: all we can ask is whether the pid exists.
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM';
+    }
+  }
+  // A killed worker its parent has not reaped yet is a zombie: dead all the same.
+  if (st.state === 'Z' || st.state === 'X') return false;
+  return recordedStart === null || st.start === recordedStart;
+}
+
+function leaseFile(workdirRoot: string, workdir: string): string {
+  return path.join(workdirRoot, `${path.basename(workdir)}${LEASE_SUFFIX}`);
+}
+
+/**
+ * Records that this process runs the current activity attempt in `workdir`; the returned
+ * function removes the record. Outside an activity there is nothing to record.
+ */
+export function holdStepLease(workdirRoot: string, workdir: string): () => void {
+  const ctx = asyncLocalStorage.getStore();
+  if (!ctx) return () => {};
+  const file = leaseFile(workdirRoot, workdir);
+  const lease: StepLease = {
+    taskToken: Buffer.from(ctx.info.taskToken).toString('base64'),
+    activityType: ctx.info.activityType,
+    workflowId: ctx.info.workflowExecution?.workflowId ?? '',
+    attempt: ctx.info.attempt,
+    pid: process.pid,
+    processStart: processStartOf(process.pid),
+    startedAt: new Date().toISOString(),
+  };
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(lease), { mode: 0o600 });
+  renameSync(tmp, file);
+  return () => {
+    // Only our own lease: a later attempt of the same step may have replaced it.
+    try {
+      const current = JSON.parse(readFileSync(file, 'utf8')) as StepLease;
+      if (current.taskToken === lease.taskToken) rmSync(file, { force: true });
+    } catch {
+      // Gone already.
+    }
+  };
+}
+
+/** Leases under `workdirRoot` whose process no longer runs. */
+export function abandonedStepLeases(workdirRoot: string): { file: string; lease: StepLease }[] {
+  if (!existsSync(workdirRoot)) return [];
+  const found: { file: string; lease: StepLease }[] = [];
+  for (const name of readdirSync(workdirRoot)) {
+    if (!name.endsWith(LEASE_SUFFIX)) continue;
+    const file = path.join(workdirRoot, name);
+    let lease: StepLease;
+    try {
+      lease = JSON.parse(readFileSync(file, 'utf8')) as StepLease;
+    } catch {
+      rmSync(file, { force: true });
+      continue;
+    }
+    if (typeof lease?.taskToken !== 'string' || !Number.isInteger(lease.pid)) {
+      rmSync(file, { force: true });
+      continue;
+    }
+    if (lease.pid === process.pid || isAlive(lease.pid, lease.processStart ?? null)) continue;
+    found.push({ file, lease });
+  }
+  return found;
+}
+
+/**
+ * Hands back every attempt a dead worker of this host left running: `fail` reports it failed
+ * (retryable), so its retry comes now rather than after the heartbeat timeout. An attempt that
+ * already ended or was retried is refused by Temporal, which is fine. Call before polling.
+ */
+export async function takeOverAbandonedSteps(
+  workdirRoot: string,
+  fail: (taskToken: Uint8Array, lease: StepLease) => Promise<void>,
+  log: (line: string) => void = () => {},
+): Promise<{ handedBack: number; alreadyGone: number }> {
+  let handedBack = 0;
+  let alreadyGone = 0;
+  for (const { file, lease } of abandonedStepLeases(workdirRoot)) {
+    try {
+      await fail(Buffer.from(lease.taskToken, 'base64'), lease);
+      handedBack++;
+      log(`handed back ${lease.activityType} attempt ${lease.attempt} of ${lease.workflowId}, left by process ${lease.pid}`);
+    } catch (err) {
+      alreadyGone++;
+      log(`${lease.activityType} attempt ${lease.attempt} of ${lease.workflowId} (process ${lease.pid}) needs no hand-back: ${(err as Error).message}`);
+    }
+    rmSync(file, { force: true });
+  }
+  return { handedBack, alreadyGone };
+}
