@@ -587,6 +587,54 @@ describe('image retention', () => {
   });
 });
 
+describe('base backups packed per request (images above the precompute limit)', () => {
+  it('serves the same data directory, gzip\'d or plain, with no tarball kept, and pins the image while streaming', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-ps-packed-'));
+    await fsp.chmod(dir, 0o755);
+    const packed = await startPageserver({ dir: path.join(dir, 'ps'), host: '127.0.0.1', pgPort: 0, httpPort: 0, safekeepers: [], precomputeLimitBytes: 0, log: () => {} });
+    try {
+      const tenant = neonId();
+      const timeline = neonId();
+      expect((await api(packed.httpPort, 'POST', `/v1/tenant/${tenant}/timeline`, { new_timeline_id: timeline, pg_version: 15 }, null)).status).toBe(201);
+      const [image] = await new ImageStore(path.join(dir, 'ps', 'tenants', tenant, 'timelines', timeline)).list();
+      expect(image).toMatchObject({ precomputed_basebackup: false, source: 'initdb' });
+      expect(readdirSync(path.join(dir, 'ps', 'tenants', tenant, 'timelines', timeline, 'images', readdirSync(path.join(dir, 'ps', 'tenants', tenant, 'timelines', timeline, 'images'))[0]!))).not.toContain('basebackup.tar.gz');
+
+      // gzip'd, through the same client as a compute; stock Postgres starts from it.
+      const c = path.join(dir, 'c');
+      const { names } = await fetchBasebackupInto({ port: packed.pgPort }, basebackupCommand(tenant, timeline), path.join(c, 'pgdata'));
+      expect(names).toEqual(expect.arrayContaining(['global/pg_control', 'PG_VERSION', 'pg_wal/archive_status/']));
+      expect(names).not.toContain('postgresql.conf');
+      const compute = await startCompute(c);
+      expect((await compute.query<{ user: string }>('select current_user as user'))[0]).toEqual({ user: 'cloud_admin' });
+      await compute.stop('immediate');
+
+      // Plain tar through stock psql: the same entries.
+      const { stdout } = await run(
+        pgBin(install, 'psql'),
+        ['-h', '127.0.0.1', '-p', String(packed.pgPort), '-U', 'cloud_admin', '-X', '-A', '-t', '-q', '-c', basebackupCommand(tenant, timeline, undefined, false)],
+        { encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 },
+      );
+      expect((await unpackTar([Readable.from([stdout])], mkdtempSync(path.join(dir, 'plain-')))).sort()).toEqual([...names].sort());
+
+      // While a stream is open the image is pinned; once it ends, the pin is gone.
+      const client = await pageClient(packed.pgPort, '');
+      const stream = client.query(to(basebackupCommand(tenant, timeline)));
+      await new Promise((resolve) => stream.once('data', resolve));
+      stream.pause();
+      const pins = (packed.service as unknown as { pins: Map<string, number> }).pins;
+      expect([...pins.keys()]).toEqual([`${tenant}/${timeline}@${image!.lsn}`]);
+      stream.resume();
+      await pipeline(stream, new Writable({ write: (_c: Buffer, _e, cb) => cb() }));
+      await client.end();
+      expect(pins.size).toBe(0);
+    } finally {
+      await packed.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('pg_control', () => {
   it('reads what pg_controldata reads, and patches the state with a valid CRC', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-pgc-'));

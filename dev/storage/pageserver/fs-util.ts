@@ -44,6 +44,17 @@ export async function exists(p: string): Promise<boolean> {
   }
 }
 
+/** Bytes of the regular files below `root`. */
+export async function treeBytes(root: string): Promise<number> {
+  let total = 0;
+  for (const e of await fsp.readdir(root, { withFileTypes: true })) {
+    const p = path.join(root, e.name);
+    if (e.isDirectory()) total += await treeBytes(p);
+    else if (e.isFile()) total += (await fsp.stat(p)).size;
+  }
+  return total;
+}
+
 /** fsync every file and directory below `root` (files first, then their directory). */
 export async function fsyncTree(root: string): Promise<void> {
   const entries = await fsp.readdir(root, { withFileTypes: true });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { formatLsn, parseLsn } from '../../../model/lsn';
 import { readControlFile, type ControlFile } from '../pg-control';
 import { writeBasebackupTarGz } from './basebackup-tar';
-import { exists, fsyncDir, fsyncTree, moveDir, randomSuffix, readJson, writeJsonAtomic } from './fs-util';
+import { exists, fsyncDir, fsyncTree, moveDir, randomSuffix, readJson, treeBytes, writeJsonAtomic } from './fs-util';
 import { postgresCannotReach } from './postgres-run';
 import { pruneWalDir, segmentNo, WalDirReader, WalSegmentWriter, walkWal, type WalGeometry } from './wal';
 
@@ -26,7 +26,10 @@ export interface ImageMeta {
   control_state: string;
   source: ImageSource;
   pg_version: number;
+  /** Size of the precomputed gzip'd base backup; of the data directory when it is streamed instead. */
   basebackup_bytes: number;
+  /** false: no precomputed base backup, it is packed from pgdata per request (large images). */
+  precomputed_basebackup?: boolean;
   created_at: string;
 }
 
@@ -45,6 +48,17 @@ export class ImageError extends Error {
 export const IMAGE_FILE = 'image.json';
 export const PGDATA_DIR = 'pgdata';
 export const TARBALL = 'basebackup.tar.gz';
+/**
+ * Images up to this size keep a precomputed base backup, so a compute's base backup is one file
+ * read (a fresh timeline's is ~5 MiB). Bigger ones (imports, grown databases) are packed per
+ * request: gzip of a whole database would otherwise hold up every import and every replay.
+ */
+export const PRECOMPUTE_LIMIT_BYTES = 256 * 1024 * 1024;
+
+/** Whether an image has its base backup precomputed (images from before the limit always do). */
+export function hasPrecomputedBasebackup(meta: ImageMeta): boolean {
+  return meta.precomputed_basebackup !== false;
+}
 
 export function lsnDirName(lsn: bigint): string {
   return lsn.toString(16).toUpperCase().padStart(16, '0');
@@ -57,7 +71,10 @@ export function geometryOf(control: ControlFile): WalGeometry {
 export class ImageStore {
   readonly dir: string;
 
-  constructor(timelineDir: string) {
+  constructor(
+    timelineDir: string,
+    private readonly precomputeLimitBytes = PRECOMPUTE_LIMIT_BYTES,
+  ) {
     this.dir = path.join(timelineDir, 'images');
   }
 
@@ -105,14 +122,15 @@ export class ImageStore {
   /**
    * Deletes the images no state depends on, so a timeline's disk use stays bounded while computes
    * restart: every state stays reachable from the timeline's first image plus the safekeepers' WAL.
-   * Kept: the first image, the newest `keepNewest`, and any younger than `graceMs`. Each goes by
+   * Kept: the first image, the newest `keepNewest`, any younger than `graceMs`, and any `inUse`
+   * (a base backup being packed from it). Each goes by
    * one rename first, so a crash never leaves half an image listed. Returns what was deleted.
    */
-  async prune(policy: ImageRetention, now = Date.now()): Promise<ImageMeta[]> {
+  async prune(policy: ImageRetention, now = Date.now(), inUse: (image: ImageMeta) => boolean = () => false): Promise<ImageMeta[]> {
     const all = await this.list();
     const victims = all
       .slice(1, Math.max(1, all.length - Math.max(1, policy.keepNewest)))
-      .filter((image) => now - Date.parse(image.created_at) >= policy.graceMs);
+      .filter((image) => now - Date.parse(image.created_at) >= policy.graceMs && !inUse(image));
     for (const image of victims) {
       const doomed = path.join(this.dir, `.deleted-${randomSuffix()}`);
       await fsp.rename(this.imageDir(parseLsn(image.lsn)), doomed);
@@ -180,7 +198,9 @@ export class ImageStore {
     for (const transient of ['recovery.signal', 'standby.signal', 'postmaster.opts', 'postmaster.pid']) {
       await fsp.rm(path.join(pgdata, transient), { force: true });
     }
-    const bytes = await writeBasebackupTarGz(pgdata, path.join(scratch, TARBALL));
+    const dataBytes = await treeBytes(pgdata);
+    const precomputed = dataBytes <= this.precomputeLimitBytes;
+    const bytes = precomputed ? await writeBasebackupTarGz(pgdata, path.join(scratch, TARBALL)) : dataBytes;
     const meta: ImageMeta = {
       lsn: formatLsn(lsn),
       prev_record_lsn: formatLsn(prev),
@@ -190,6 +210,7 @@ export class ImageStore {
       source,
       pg_version: 15,
       basebackup_bytes: bytes,
+      ...(precomputed ? {} : { precomputed_basebackup: false }),
       created_at: new Date().toISOString(),
     };
     await writeJsonAtomic(path.join(scratch, IMAGE_FILE), meta);

@@ -3,11 +3,12 @@
  * precomputed tar (gunzipped on the fly without --gzip); `lease lsn` is accepted trivially since
  * the dev pageserver never garbage-collects images.
  */
-import { pipeline } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { PassThrough, pipeline } from 'node:stream';
+import { createGunzip, createGzip } from 'node:zlib';
 import { isNeonId } from '../../../model/ids';
 import { isLsn, parseLsn } from '../../../model/lsn';
 import { PgWireError, type PgWireSession, type QueryResult } from '../pgwire/server';
+import { dataDirTar } from './basebackup-tar';
 import { PageserverError, type PageserverService } from './service';
 
 const LEASE_MS = 10 * 60 * 1000;
@@ -43,12 +44,16 @@ async function basebackup(service: PageserverService, args: string[], log: (l: s
   const lsn = positional[2] === undefined ? undefined : lsnArg(positional[2], 'LSN');
   const gzip = flags.includes('--gzip');
   const started = Date.now();
-  const { image, tarball } = await service.imageForBasebackup(tenantId, timelineId, lsn).catch(wrap);
+  const { image, source } = await service.imageForBasebackup(tenantId, timelineId, lsn).catch(wrap);
   log(`basebackup ${tenantId}/${timelineId} at ${image.lsn}${gzip ? ' (gzip)' : ''}: image ready in ${Date.now() - started} ms`);
-  const file = tarball.createReadStream();
-  if (gzip) return { kind: 'copyOut', stream: file };
-  // pipeline() destroys both streams if either fails or the client goes away.
-  return { kind: 'copyOut', stream: pipeline(file, createGunzip(), () => undefined) };
+  // pipeline() destroys every stream if one fails or the client goes away.
+  if (source.kind === 'tarball') {
+    const file = source.file.createReadStream();
+    return { kind: 'copyOut', stream: gzip ? file : pipeline(file, createGunzip(), () => undefined) };
+  }
+  const packed = pipeline(dataDirTar(source.pgdata), gzip ? createGzip({ level: 1 }) : new PassThrough(), () => undefined);
+  packed.once('close', source.release);
+  return { kind: 'copyOut', stream: packed };
 }
 
 export function createPageServiceHandler(service: PageserverService, log: (line: string) => void) {

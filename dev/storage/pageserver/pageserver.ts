@@ -35,6 +35,8 @@ export interface PageserverOptions {
   importCompleteUrl?: string;
   /** Upper bound for one WAL replay (default 10 minutes). */
   materializeTimeoutMs?: number;
+  /** Images up to this size keep a precomputed base backup; bigger ones are packed per request (default 256 MiB). */
+  precomputeLimitBytes?: number;
   /** Which images survive once newer ones exist (default DEFAULT_IMAGE_RETENTION). */
   imageRetention?: ImageRetention;
   log?: (line: string) => void;
@@ -50,7 +52,7 @@ export interface Pageserver {
 export async function startPageserver(opts: PageserverOptions): Promise<Pageserver> {
   const log = opts.log ?? ((line: string) => console.log(`${new Date().toISOString()} ${line}`));
   const install = findPostgres({ pgBinDir: opts.pgBinDir });
-  const store = new TimelineStore(opts.dir);
+  const store = new TimelineStore(opts.dir, opts.precomputeLimitBytes);
   await store.init();
   const unreachable = postgresCannotReach(store.tenantsDir);
   if (unreachable) log(`note: ${unreachable}; images are built under ${os.tmpdir()} and moved into place (slower)`);

@@ -9,8 +9,8 @@ import path from 'node:path';
 import { formatLsn, parseLsn } from '../../../model/lsn';
 import type { PgInstallation } from '../../../common/pg-binaries';
 import { chownForPostgres } from '../../../common/pg-identity';
-import { fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
-import { IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta, type ImageRetention } from './images';
+import { exists, fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
+import { hasPrecomputedBasebackup, IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta, type ImageRetention } from './images';
 import { KeyedMutex } from './keyed-mutex';
 import { materializeAt } from './materialize';
 import { PgdataImports, type PgdataImportRecord } from './pgdata-imports';
@@ -29,6 +29,9 @@ export class PageserverError extends Error {
 }
 
 export const SUPPORTED_PG_VERSION = 15;
+
+/** What a base backup is made from: a precomputed gzip'd tar, or an image's pgdata packed per request. */
+export type BasebackupSource = { kind: 'tarball'; file: FileHandle } | { kind: 'pgdata'; pgdata: string; release: () => void };
 
 /** Enough to serve the latest state and the one before it without a replay. */
 export const DEFAULT_IMAGE_RETENTION: ImageRetention = { keepNewest: 2, graceMs: 10 * 60 * 1000 };
@@ -79,6 +82,8 @@ interface TimelineState {
 export class PageserverService {
   private readonly tenantLocks = new KeyedMutex();
   private readonly timelineLocks = new KeyedMutex();
+  /** Images a base backup is being packed from, by `<tenant>/<timeline>@<lsn>`: never collected. */
+  private readonly pins = new Map<string, number>();
   /** Image garbage collection running after base backups, one at a time; close() waits for it. */
   private gc: Promise<void> = Promise.resolve();
   /** Imports running in the background or failed; undefined without a background-capable handler. */
@@ -303,7 +308,7 @@ export class PageserverService {
       const scratch = await images.scratch({ forPostgres: false });
       // Images are immutable: the branch shares the ancestor's files.
       await linkTree(path.join(from, PGDATA_DIR), path.join(scratch, PGDATA_DIR));
-      await fsp.link(path.join(from, TARBALL), path.join(scratch, TARBALL));
+      if (hasPrecomputedBasebackup(image)) await fsp.link(path.join(from, TARBALL), path.join(scratch, TARBALL));
       const branchImage: ImageMeta = { ...image, source: 'branch', created_at: new Date().toISOString() };
       await writeJsonAtomic(path.join(scratch, IMAGE_FILE), branchImage);
       await fsyncTree(scratch);
@@ -358,26 +363,42 @@ export class PageserverService {
 
   /**
    * The image holding the timeline's state at `lsn` (latest if undefined), materialized if needed,
-   * with its base backup opened: once open, garbage collection can no longer take it away.
+   * and what its base backup is made from: the precomputed tarball, opened (once open, garbage
+   * collection can no longer take it away), or the image's pgdata, pinned until `release`.
    */
-  async imageForBasebackup(tenantId: string, timelineId: string, lsn: bigint | undefined): Promise<{ image: ImageMeta; tarball: FileHandle }> {
+  async imageForBasebackup(tenantId: string, timelineId: string, lsn: bigint | undefined): Promise<{ image: ImageMeta; source: BasebackupSource }> {
     const meta = await this.meta(tenantId, timelineId);
     const images = this.deps.store.images(tenantId, timelineId);
     const id = `${tenantId}/${timelineId}`;
     for (let attempt = 1; ; attempt++) {
       const image = await this.imageAt(meta, lsn, 'LSN');
-      // Garbage collection holds the timeline's lock: opened under it, the file is still there.
-      const tarball = await this.timelineLocks
-        .run(id, () => fsp.open(images.tarball(image)))
-        .catch((err: unknown) => {
-          // Collected between choosing and opening it: choose again (it is rebuilt if needed).
-          if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 3) return undefined;
-          throw err;
-        });
-      if (!tarball) continue;
-      this.collectImagesLater(tenantId, timelineId);
-      return { image, tarball };
+      // Garbage collection holds the timeline's lock: under it, the image is there or gone for good.
+      const source = await this.timelineLocks.run(id, async (): Promise<BasebackupSource | undefined> => {
+        if (!(await exists(images.imageDir(parseLsn(image.lsn))))) return undefined;
+        if (hasPrecomputedBasebackup(image)) return { kind: 'tarball', file: await fsp.open(images.tarball(image)) };
+        return { kind: 'pgdata', pgdata: images.pgdata(image), release: this.pin(id, image.lsn) };
+      });
+      if (source) {
+        this.collectImagesLater(tenantId, timelineId);
+        return { image, source };
+      }
+      // Collected between choosing and opening it: choose again (it is rebuilt if needed).
+      if (attempt >= 3) throw new PageserverError(500, `image ${image.lsn} of ${id} keeps disappearing`);
     }
+  }
+
+  /** Keeps an image from garbage collection until the returned function is called (once is enough). */
+  private pin(timelineKey: string, lsn: string): () => void {
+    const key = `${timelineKey}@${lsn}`;
+    this.pins.set(key, (this.pins.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.pins.get(key) ?? 1) - 1;
+      if (left > 0) this.pins.set(key, left);
+      else this.pins.delete(key);
+    };
   }
 
   /**
@@ -396,7 +417,9 @@ export class PageserverService {
   /** Deletes images under both locks a branch or a replay takes, so neither loses its source. */
   private async pruneImages(tenantId: string, timelineId: string, policy: ImageRetention): Promise<number> {
     const images = this.deps.store.images(tenantId, timelineId);
-    const removed = await this.tenantLocks.run(tenantId, () => this.timelineLocks.run(`${tenantId}/${timelineId}`, () => images.prune(policy)));
+    const id = `${tenantId}/${timelineId}`;
+    const inUse = (image: ImageMeta) => this.pins.has(`${id}@${image.lsn}`);
+    const removed = await this.tenantLocks.run(tenantId, () => this.timelineLocks.run(id, () => images.prune(policy, Date.now(), inUse)));
     if (removed.length > 0) this.deps.log(`gc ${tenantId}/${timelineId}: removed images at ${removed.map((i) => i.lsn).join(', ')}`);
     return removed.length;
   }

@@ -31,7 +31,11 @@ export const TIMELINE_FILE = 'timeline.json';
 export class TimelineStore {
   readonly tenantsDir: string;
 
-  constructor(root: string) {
+  /** @param precomputeLimitBytes images up to this size get a precomputed base backup (default PRECOMPUTE_LIMIT_BYTES). */
+  constructor(
+    root: string,
+    private readonly precomputeLimitBytes?: number,
+  ) {
     this.tenantsDir = path.join(root, 'tenants');
   }
 
@@ -48,7 +52,7 @@ export class TimelineStore {
   }
 
   images(tenantId: string, timelineId: string): ImageStore {
-    return new ImageStore(this.timelineDir(tenantId, timelineId));
+    return new ImageStore(this.timelineDir(tenantId, timelineId), this.precomputeLimitBytes);
   }
 
   async init(): Promise<void> {
@@ -102,7 +106,7 @@ export class TimelineStore {
     const tmp = path.join(this.timelinesDir(tenantId), `.tmp-${timelineId}-${randomSuffix()}`);
     await fsp.mkdir(tmp, { mode: 0o755 });
     try {
-      const meta = await build(tmp, new ImageStore(tmp));
+      const meta = await build(tmp, new ImageStore(tmp, this.precomputeLimitBytes));
       await writeJsonAtomic(path.join(tmp, TIMELINE_FILE), meta);
       await fsp.rename(tmp, this.timelineDir(tenantId, timelineId));
       await fsyncDir(this.timelinesDir(tenantId));
