@@ -25,7 +25,7 @@ import type { ImportWorkflowOptions } from '../workflows/import/workflow';
 import { cleanupComputes, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { historyTexts } from './helpers/history';
 import { neonId, uniqueId } from './helpers/ids';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { importFingerprint, startImportSource, type ImportSource } from './helpers/import-source';
 import { runCli } from './helpers/cli';
 import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
 import { testConfig, testEnv } from './helpers/stack';
@@ -40,7 +40,7 @@ const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });
 const PASSWORD = 'imp0rt s3cret:/@%';
 const DATABASE = 'shop';
 
-let source: ThrowawayPostgres;
+let source: ImportSource;
 let scratchRoot: string;
 let keyFile: string;
 let imports: ImportClient;
@@ -49,25 +49,6 @@ let raw: Client;
 let rawConnection: Connection;
 let s3: S3Client;
 let bucket: string;
-let sourceFingerprint: Record<string, string>;
-
-function sourceUrl(password = PASSWORD): string {
-  return `postgresql://importer:${encodeURIComponent(password)}@127.0.0.1:${source.port}/${DATABASE}`;
-}
-
-const FINGERPRINT_SQL = `
-  SELECT 'customers' AS t, count(*)::text || ':' || md5(coalesce(string_agg(c::text, ',' ORDER BY id), '')) AS f FROM customers c
-  UNION ALL SELECT 'orders', count(*)::text || ':' || md5(coalesce(string_agg(o::text, ',' ORDER BY id), '')) FROM orders o
-  UNION ALL SELECT 'events', count(*)::text || ':' || md5(coalesce(string_agg(e::text, ',' ORDER BY id), '')) FROM events e
-  UNION ALL SELECT 'invoice_seq', last_value::text FROM invoice_seq
-  UNION ALL SELECT 'orders_id_seq', last_value::text FROM orders_id_seq
-  UNION ALL SELECT 'indexes', string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'
-  UNION ALL SELECT 'events_by_kind', (SELECT count(*)::text FROM events WHERE kind = 'kind-3')`;
-
-async function fingerprint(client: pg.Client): Promise<Record<string, string>> {
-  const { rows } = await client.query<{ t: string; f: string }>(FINGERPRINT_SQL);
-  return Object.fromEntries(rows.map((r) => [r.t, r.f]));
-}
 
 interface ImporterHostProcess {
   proc: WorkerProcess;
@@ -247,7 +228,7 @@ async function countPgdataObjects(importId: string): Promise<number> {
 async function expectSecretAbsent(importId: string): Promise<void> {
   const history = await raw.workflow.getHandle(importWorkflowId(importId)).fetchHistory();
   const { texts } = historyTexts(history);
-  for (const secret of [PASSWORD, encodeURIComponent(PASSWORD), sourceUrl()]) expect(texts.some((t) => t.includes(secret))).toBe(false);
+  for (const secret of [PASSWORD, encodeURIComponent(PASSWORD), source.url()]) expect(texts.some((t) => t.includes(secret))).toBe(false);
   for await (const o of listObjects(s3, bucket, `${importPrefix(importId)}/`)) {
     if (o.key.includes('/pgdata/')) continue;
     const text = (await getObjectBytes(s3, bucket, o.key))!.toString('utf8');
@@ -303,34 +284,9 @@ beforeAll(async () => {
   s3 = createS3Client(config.s3);
   bucket = config.s3.bucket;
 
-  source = await startThrowawayPostgres();
-  writeFileSync(path.join(source.dataDir, 'pg_hba.conf'), 'local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n');
-  chownForPostgres(path.join(source.dataDir, 'pg_hba.conf'), false);
-  await source.query('SELECT pg_reload_conf()');
-  await source.query(`CREATE ROLE importer LOGIN PASSWORD ${pg.escapeLiteral(PASSWORD)}`);
-  await source.query(`CREATE DATABASE ${DATABASE} OWNER importer`);
-  const client = new pg.Client({ connectionString: sourceUrl() });
-  await client.connect();
-  try {
-    await client.query(`
-      CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE NOT NULL);
-      CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers(id), amount numeric(12,2) NOT NULL, created_at timestamptz NOT NULL);
-      CREATE INDEX orders_customer_idx ON orders (customer_id);
-      CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
-      CREATE INDEX events_kind_idx ON events (kind);
-      CREATE SEQUENCE invoice_seq START 1000;
-      INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 10000) g;
-      INSERT INTO orders (customer_id, amount, created_at)
-        SELECT 1 + (g * 7919) % 10000, ((g * 31) % 100000) / 100.0, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, 50000) g;
-      -- The large table: about 20 MB, so its relation file goes up as a multipart upload.
-      INSERT INTO events SELECT g, 'kind-' || (g % 17), md5(g::text) || repeat(md5((g * 3)::text), 2) FROM generate_series(1, 150000) g;
-      SELECT nextval('invoice_seq') FROM generate_series(1, 42);
-    `);
-    sourceFingerprint = await fingerprint(client);
-  } finally {
-    await client.end();
-  }
-  expect(sourceFingerprint.events).toMatch(/^150000:/);
+  // The large table (about 20 MB) goes up as a multipart upload.
+  source = await startImportSource({ password: PASSWORD, database: DATABASE, size: { customers: 10_000, orders: 50_000, events: 150_000, eventPayloadRepeat: 2 } });
+  expect(source.fingerprint.events).toMatch(/^150000:/);
 }, 300_000);
 
 afterAll(async () => {
@@ -347,7 +303,7 @@ afterAll(async () => {
   await closeClient?.();
   await rawConnection?.close();
   s3?.destroy();
-  await source?.stop();
+  await source?.server.stop();
   if (scratchRoot) rmSync(scratchRoot, { recursive: true, force: true });
 }, 180_000);
 
@@ -369,7 +325,7 @@ async function fingerprintThroughCompute(tenantId: string, timelineId: string): 
     const client = new pg.Client({ host: pidLines[4]!.trim(), port: Number(pidLines[3]), user: 'cloud_admin', database: DATABASE });
     await client.connect();
     try {
-      return await fingerprint(client);
+      return await importFingerprint(client);
     } finally {
       await client.end();
     }
@@ -392,7 +348,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const phases: string[] = [];
     // The workflow asks the pageserver only every 5 minutes: the stack's pageserver has to call the
     // stack's import_complete endpoint, which has to signal the workflow, for this to end sooner.
-    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options({ pageserverPollSeconds: 300 }) });
+    await imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId, jobs: 2, options: pool.options({ pageserverPollSeconds: 300 }) });
     const waiting = imports.wait(importId, {
       timeoutMs: 240_000,
       intervalMs: 200,
@@ -444,14 +400,14 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     expect(readdirSync(host.root, { withFileTypes: true }).filter((d) => d.isDirectory())).toEqual([]);
 
     expect((await pageserver.getTimeline(tenantId, timelineId)).state).toBe('Active');
-    expect(await fingerprintThroughCompute(tenantId, timelineId)).toEqual(sourceFingerprint);
+    expect(await fingerprintThroughCompute(tenantId, timelineId)).toEqual(source.fingerprint);
 
     // The CLI shows the finished import; a completed import is not started again.
     const cliEnv = pool.cliEnv();
     const shown = await runCli(['import', 'status', '--import-id', importId, '--json'], { env: cliEnv });
     expect(shown.code).toBe(0);
     expect(JSON.parse(shown.stdout)).toMatchObject({ import_id: importId, phase: 'done', workflow_status: 'COMPLETED', progress: { bytesDone: done.upload!.bytes_total } });
-    await expect(imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId })).rejects.toThrow(/is done/);
+    await expect(imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId })).rejects.toThrow(/is done/);
   }, 400_000);
 
   it('killed during the dump, the restore and the upload: the import completes, the dump ran once, and the upload sent only the missing files', async ({ onTestFinished }) => {
@@ -466,7 +422,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     let worker = await pool.startImporter(host, env);
     // A heartbeat timeout far longer than a restart: each killed step must be resumed because the
     // restarted worker hands its predecessor's attempt back, not because Temporal gave up on it.
-    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options({ heartbeatTimeoutSeconds: 60 }) });
+    await imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId, jobs: 2, options: pool.options({ heartbeatTimeoutSeconds: 60 }) });
     const workdir = await workdirOn(host.root);
 
     // Each tool's process group is frozen mid-work, then its worker dies; the same host comes back.
@@ -514,7 +470,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     expect(upload.uploaded_files).toBeLessThan(upload.files_total);
     expect(await countPgdataObjects(importId)).toBe(upload.files_total);
     // The restore started over in a clean database: the data is exactly the source's.
-    expect(await fingerprintThroughCompute(tenantId, timelineId)).toEqual(sourceFingerprint);
+    expect(await fingerprintThroughCompute(tenantId, timelineId)).toEqual(source.fingerprint);
   }, 400_000);
 
   it('a host that stays gone: the local steps restart on another host, and the status says so', async ({ onTestFinished }) => {
@@ -524,7 +480,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const timelineId = neonId();
     const first = newHost('lost-a');
     const worker = await pool.startImporter(first);
-    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options({ hostLostAfterSeconds: 8 }) });
+    await imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId, jobs: 2, options: pool.options({ hostLostAfterSeconds: 8 }) });
     const workdir = await workdirOn(first.root);
     await freezeTool(path.join(workdir, 'pg_restore.pid'));
     await worker.proc.kill('SIGKILL');
@@ -557,14 +513,14 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const cliEnv = pool.cliEnv();
     const cli = await runCli(['import', 'start', '--import-id', importId, '--source', '-', '--tenant', tenantId, '--timeline', timelineId, '--wait'], {
       env: cliEnv,
-      input: `${sourceUrl(wrong)}\n`,
+      input: `${source.url(wrong)}\n`,
       timeoutMs: 180_000,
     });
     expect(cli.code).not.toBe(0);
     const failure = { message: cli.stderr };
     expect(failure.message).toMatch(/failed: dump failed: pg_dump failed \(exit code 1\)/);
     expect(failure.message).toMatch(/password authentication failed for user "importer"/);
-    expect(failure.message).toContain(`postgresql://importer:********@127.0.0.1:${source.port}/${DATABASE}`);
+    expect(failure.message).toContain(`postgresql://importer:********@127.0.0.1:${source.server.port}/${DATABASE}`);
     expect(cli.stdout + cli.stderr).not.toContain(wrong);
     const status = await imports.status(importId);
     expect(status).toMatchObject({ phase: 'failed', workflow_status: 'FAILED' });
@@ -585,7 +541,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     // time as a user would on the dev stack: `import start --wait` on a terminal, with nothing but
     // the stack (its own importer worker, its key, its callback endpoint), showing the progress bar.
     const sourceFile = path.join(scratchRoot, `${importId}.source`);
-    writeFileSync(sourceFile, `${sourceUrl()}\n`, { mode: 0o600 });
+    writeFileSync(sourceFile, `${source.url()}\n`, { mode: 0o600 });
     const onTerminal = await runCliOnTerminal(['import', 'start', '--import-id', importId, '--source-file', sourceFile, '--tenant', tenantId, '--timeline', timelineId, '--jobs', '2', '--wait'], {
       ...testEnv(),
       DURABLE_COMPUTE_STACK_DIR: inject('stack').stackDir,
@@ -613,7 +569,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const timelineId = neonId();
     const host = newHost('cancel');
     await pool.startImporter(host);
-    await imports.start({ importId, sourceConnstring: sourceUrl(), tenantId, timelineId, jobs: 2, options: pool.options() });
+    await imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId, jobs: 2, options: pool.options() });
     // Cancelled while pg_restore runs (held still, so the cancellation surely lands in the restore).
     await freezeTool(path.join(await workdirOn(host.root), 'pg_restore.pid'));
     const pageserver = createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp! });

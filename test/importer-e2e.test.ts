@@ -20,7 +20,7 @@ import { createLocalKeyProvider, generateLocalKey, parseLocalKey } from '../acti
 import { importPgdataFromS3 } from '../dev/storage/pgdata-import';
 import { freePort } from '../dev/processes';
 import { uniqueId } from './helpers/ids';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { importFingerprint, startImportSource, type ImportSource } from './helpers/import-source';
 import { testConfig } from './helpers/stack';
 
 /**
@@ -35,22 +35,18 @@ const PASSWORD = 'p@ss:w/rd pct%';
 const DATABASE = 'appdb';
 const MiB = 1024 * 1024;
 
-let source: ThrowawayPostgres;
+let source: ImportSource;
 let root: string;
 let s3: S3Client;
 let bucket: string;
 const keyProviders = { Local: createLocalKeyProvider({ 'test-key': parseLocalKey(generateLocalKey()) }) };
-let sourceFingerprint: Record<string, string>;
 /** Commands sent through `s3`: name (PutObjectCommand, UploadPartCommand...) and key. */
 const sent: { command: string; key?: string }[] = [];
 
-function sourceUrl(password = PASSWORD, database = DATABASE): string {
-  return `postgresql://importer:${encodeURIComponent(password)}@127.0.0.1:${source.port}/${database}`;
-}
 
 async function newImport(opts: { password?: string; database?: string } = {}): Promise<{ prefix: string; workdir: string }> {
   const prefix = uniqueId('imports/e2e');
-  const spec = await buildImportSpec({ providers: keyProviders, kind: 'Local', keyId: 'test-key', sourceConnstring: sourceUrl(opts.password, opts.database) });
+  const spec = await buildImportSpec({ providers: keyProviders, kind: 'Local', keyId: 'test-key', sourceConnstring: source.url(opts.password, opts.database) });
   await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/spec.json`, Body: JSON.stringify(spec) }));
   return { prefix, workdir: path.join(root, uniqueId('work')) };
 }
@@ -66,20 +62,6 @@ function activities(overrides: Partial<Parameters<typeof createImporterActivitie
     upload: { concurrency: 4, partSize: 5 * MiB, multipartThreshold: 8 * MiB },
     ...overrides,
   });
-}
-
-const FINGERPRINT_SQL = `
-  SELECT 'customers' AS t, count(*)::text || ':' || md5(coalesce(string_agg(c::text, ',' ORDER BY id), '')) AS f FROM customers c
-  UNION ALL SELECT 'orders', count(*)::text || ':' || md5(coalesce(string_agg(o::text, ',' ORDER BY id), '')) FROM orders o
-  UNION ALL SELECT 'events', count(*)::text || ':' || md5(coalesce(string_agg(e::text, ',' ORDER BY id), '')) FROM events e
-  UNION ALL SELECT 'invoice_seq', last_value::text FROM invoice_seq
-  UNION ALL SELECT 'orders_id_seq', last_value::text FROM orders_id_seq
-  UNION ALL SELECT 'indexes', string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'
-  UNION ALL SELECT 'view', (SELECT count(*)::text FROM big_spenders)`;
-
-async function fingerprint(client: pg.Client): Promise<Record<string, string>> {
-  const { rows } = await client.query<{ t: string; f: string }>(FINGERPRINT_SQL);
-  return Object.fromEntries(rows.map((r) => [r.t, r.f]));
 }
 
 beforeAll(async () => {
@@ -104,48 +86,17 @@ beforeAll(async () => {
   );
   bucket = config.s3.bucket;
 
-  source = await startThrowawayPostgres();
-  // The importer authenticates with a password over TCP; the test's superuser keeps trust.
-  writeFileSync(
-    path.join(source.dataDir, 'pg_hba.conf'),
-    'local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n',
-  );
-  chownForPostgres(path.join(source.dataDir, 'pg_hba.conf'), false);
-  await source.query('SELECT pg_reload_conf()');
-  await source.query(`CREATE ROLE importer LOGIN PASSWORD ${pg.escapeLiteral(PASSWORD)}`);
-  await source.query(`CREATE DATABASE ${DATABASE} OWNER importer`);
-
-  const client = new pg.Client({ connectionString: sourceUrl() });
-  await client.connect();
-  try {
-    await client.query(`
-      CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE NOT NULL);
-      CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers(id), amount numeric(12,2) NOT NULL, created_at timestamptz NOT NULL);
-      CREATE INDEX orders_customer_idx ON orders (customer_id);
-      CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
-      CREATE INDEX events_kind_idx ON events (kind);
-      CREATE SEQUENCE invoice_seq START 1000;
-      CREATE VIEW big_spenders AS SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id HAVING sum(amount) > 5000;
-      INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 20000) g;
-      INSERT INTO orders (customer_id, amount, created_at)
-        SELECT 1 + (g * 7919) % 20000, ((g * 31) % 100000) / 100.0, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, 100000) g;
-      -- About 40 MB: one relation file big enough for a multipart upload.
-      INSERT INTO events SELECT g, 'kind-' || (g % 17), md5(g::text) || repeat(md5((g * 3)::text), 3) FROM generate_series(1, 250000) g;
-      SELECT nextval('invoice_seq') FROM generate_series(1, 42);
-    `);
-    sourceFingerprint = await fingerprint(client);
-  } finally {
-    await client.end();
-  }
-  expect(sourceFingerprint.events).toMatch(/^250000:/);
-  expect(sourceFingerprint.invoice_seq).toBe('1041');
+  // About 40 MB of events: one relation file big enough for a multipart upload.
+  source = await startImportSource({ password: PASSWORD, database: DATABASE, size: { customers: 20_000, orders: 100_000, events: 250_000, eventPayloadRepeat: 3 } });
+  expect(source.fingerprint.events).toMatch(/^250000:/);
+  expect(source.fingerprint.invoice_seq).toBe('1041');
 }, 600_000);
 
 afterAll(async () => {
   for (const dir of root ? readdirSync(root) : []) {
     if (dir.startsWith('work-')) await activities().destroyWorkdir({ workdir: path.join(root, dir) }).catch(() => undefined);
   }
-  await source?.stop();
+  await source?.server.stop();
   s3?.destroy();
   if (root) rmSync(root, { recursive: true, force: true });
 }, 300_000);
@@ -161,7 +112,7 @@ async function fingerprintOfDataDir(dataDir: string): Promise<Record<string, str
     const client = new pg.Client({ host: root, port, user: 'cloud_admin', database: DATABASE });
     await client.connect();
     try {
-      return await fingerprint(client);
+      return await importFingerprint(client);
     } finally {
       await client.end();
     }
@@ -236,7 +187,7 @@ describe('fast import activities', () => {
     const imported = await importPgdataFromS3({ s3, bucket, prefix, targetDir: target });
     expect(imported.pgVersion).toBe(15);
     expect(imported.checkpointLsn).toBe(stopped.checkpointLsn);
-    expect(await fingerprintOfDataDir(target)).toEqual(sourceFingerprint);
+    expect(await fingerprintOfDataDir(target)).toEqual(source.fingerprint);
   });
 
   it('never redoes a completed dump, and redoes an incomplete one from scratch', async () => {
@@ -302,7 +253,7 @@ describe('fast import activities', () => {
     try {
       const { rows } = await check.query("SELECT 1 FROM pg_tables WHERE tablename = 'leftover_from_interrupted_restore'");
       expect(rows).toHaveLength(0);
-      expect(await fingerprint(check)).toEqual(sourceFingerprint);
+      expect(await importFingerprint(check)).toEqual(source.fingerprint);
     } finally {
       await check.end();
     }
@@ -371,7 +322,7 @@ describe('fast import activities', () => {
     await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/status/pgdata`, Body: '{"done":true}' }));
     const target = path.join(root, uniqueId('resumed'));
     await importPgdataFromS3({ s3, bucket, prefix, targetDir: target });
-    expect(await fingerprintOfDataDir(target)).toEqual(sourceFingerprint);
+    expect(await fingerprintOfDataDir(target)).toEqual(source.fingerprint);
   });
 
   it('streams larger files in single PUTs; without its journal, a resume checks the objects by content and sends nothing again', async () => {
@@ -413,7 +364,7 @@ describe('fast import activities', () => {
     await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/status/pgdata`, Body: '{"done":true}' }));
     const target = path.join(root, uniqueId('streamed'));
     await importPgdataFromS3({ s3, bucket, prefix, targetDir: target });
-    expect(await fingerprintOfDataDir(target)).toEqual(sourceFingerprint);
+    expect(await fingerprintOfDataDir(target)).toEqual(source.fingerprint);
   });
 
   it('cleans a prefix so a new attempt starts empty', async () => {
@@ -451,12 +402,12 @@ describe('permanent importer failures', () => {
     expect(failure.type).toBe('SourceAuthenticationFailed');
     expect(failure.nonRetryable).toBe(true);
     expect(failure.message).toMatch(/password authentication failed for user "importer"/);
-    expect(failure.message).toContain(`postgresql://importer:********@127.0.0.1:${source.port}/${DATABASE}`);
+    expect(failure.message).toContain(`postgresql://importer:********@127.0.0.1:${source.server.port}/${DATABASE}`);
     expect(failure.message).not.toContain(wrong);
     expect(readFileSync(path.join(workdir, 'pg_dump.log'), 'utf8')).not.toContain(wrong);
     expect(existsSync(path.join(workdir, 'dumpdir.done.json'))).toBe(false);
 
-    await runIn(env, a.writeFastImportStatus, { prefix, error: `${failure.message} (${sourceUrl(wrong)})` });
+    await runIn(env, a.writeFastImportStatus, { prefix, error: `${failure.message} (${source.url(wrong)})` });
     const status = JSON.parse((await getObjectBytes(s3, bucket, `${prefix}/status/fast_import`))!.toString()) as { done: boolean; error: string; command: string };
     expect(status).toMatchObject({ command: 'pgdata', done: false });
     expect(status.error).toMatch(/password authentication failed/);
