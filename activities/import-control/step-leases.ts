@@ -1,6 +1,7 @@
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { asyncLocalStorage } from '@temporalio/activity';
+import { processStartTime } from '../../common/process-start-time';
 
 /**
  * Which step attempt a host's worker process is running, kept on the host's disk, so a worker
@@ -28,36 +29,10 @@ export interface StepLease {
 
 const LEASE_SUFFIX = '.step.json';
 
-/** State and start time of a process from /proc/<pid>/stat (fields 3 and 22), if /proc has it. */
-function procStat(pid: number): { state: string; start: string } | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: fields[0] ?? '', start: fields[19] ?? '' };
-  } catch {
-    return undefined;
-  }
-}
-
-export function processStartOf(pid: number): string | null {
-  return procStat(pid)?.start ?? null;
-}
-
+/** Whether the process that wrote a lease still runs: a zombie or a reused pid does not count. */
 function isAlive(pid: number, recordedStart: string | null): boolean {
-  const st = procStat(pid);
-  if (!st) {
-    // No /proc: all we can ask is whether the pid exists.
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code === 'EPERM';
-    }
-  }
-  // A killed worker its parent has not reaped yet is a zombie: dead all the same.
-  if (st.state === 'Z' || st.state === 'X') return false;
-  return recordedStart === null || st.start === recordedStart;
+  const start = processStartTime(pid);
+  return start !== undefined && (recordedStart === null || start === recordedStart);
 }
 
 function leaseFile(workdirRoot: string, workdir: string): string {
@@ -78,7 +53,7 @@ export function holdStepLease(workdirRoot: string, workdir: string): () => void 
     workflowId: ctx.info.workflowExecution?.workflowId ?? '',
     attempt: ctx.info.attempt,
     pid: process.pid,
-    processStart: processStartOf(process.pid),
+    processStart: processStartTime(process.pid) ?? null,
     startedAt: new Date().toISOString(),
   };
   const tmp = `${file}.${process.pid}.tmp`;
