@@ -18,7 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { to } from 'pg-copy-streams';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { formatLsn, parseLsn } from '../model/lsn';
@@ -173,8 +173,16 @@ describe('dev pageserver', () => {
       httpPort: 0,
       safekeepers: sks.map((s) => s.url),
       authToken: TOKEN,
+      // Well inside the test timeout: a stuck replay fails with the server log instead of a timeout.
+      materializeTimeoutMs: 60_000,
       log: (l) => logs.push(l),
     });
+
+  // What the pageserver did is the first thing to read when a test here fails.
+  beforeEach(({ onTestFailed }) => {
+    const from = logs.length;
+    onTestFailed(() => console.log(`pageserver log during the test:\n${logs.slice(from).join('\n')}`));
+  });
 
   beforeAll(async () => {
     root = mkdtempSync(path.join(os.tmpdir(), 'dc-ps-test-'));
