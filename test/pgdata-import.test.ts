@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { createS3Client } from '../activities/s3/client';
+import { listObjects, type ListedObject } from '../activities/s3/objects';
+import { downloadObjects } from '../dev/storage/pgdata-import/download';
 import { stepContext } from '../activities/importer/activity-context';
 import { uploadDataDirectory } from '../activities/importer/upload';
 import { classifyEntry, crc32c, createImportPgdataHandler, importPgdataFromS3, parsePgControl, resealPgControl, walSegmentName } from '../dev/storage/pgdata-import';
@@ -232,5 +235,15 @@ describe('importPgdataFromS3', () => {
     const ok = request({ idempotency_key: 'k', location: { AwsS3: { region: 'us-east-1', bucket, key: `${validPrefix}/` } } });
     await expect(handler(ok)).resolves.toMatchObject({ pgVersion: 15 });
     expect(existsSync(path.join(ok.targetPgdata, 'global', 'pg_control'))).toBe(true);
+  });
+
+  it('refuses an object that changed between the listing and its download', async () => {
+    const key = `${uniqueId('imports/changing')}/pgdata/base/5/900001`;
+    await put(key, randomBytes(8192 * 4));
+    const listed: ListedObject[] = [];
+    for await (const o of listObjects(s3, bucket, key)) listed.push(o);
+    await put(key, randomBytes(8192 * 4));
+    const dest = path.join(root, uniqueId('changing'), 'file');
+    await expect(downloadObjects(s3, bucket, [{ key, size: listed[0]!.size, etag: listed[0]!.etag, dest }], { concurrency: 2 })).rejects.toThrow(/changed after it was listed/);
   });
 });

@@ -9,11 +9,11 @@ import {
   CreateMultipartUploadCommand,
   DeleteObjectsCommand,
   HeadObjectCommand,
-  ListObjectsCommand,
   PutObjectCommand,
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
+import { listObjects, unquoteEtag } from '../s3/objects';
 import { every, type StepContext } from './activity-context';
 import { UploadJournal } from './upload-journal';
 
@@ -148,25 +148,14 @@ export async function walkDataDirectory(root: string): Promise<{ files: LocalFil
   return { files, symlinks: symlinks.sort() };
 }
 
-const unquote = (etag: string | undefined): string => (etag ?? '').replace(/^"|"$/g, '');
 /** An ETag that is the MD5 of the object's bytes (a single PUT without KMS), not of its parts. */
 const PLAIN_MD5_ETAG = /^[0-9a-f]{32}$/;
 
-/**
- * Every object under `prefix` with its size and ETag. ListObjects (v1) with the last key as
- * marker, as activities/s3/objects.ts does (s3rver cannot page v2 listings).
- */
+/** Every object under `prefix` with its size and ETag. */
 async function listWithEtags(s3: S3Client, bucket: string, prefix: string, signal: AbortSignal): Promise<Map<string, RemoteObject>> {
   const objects = new Map<string, RemoteObject>();
-  let marker: string | undefined;
-  for (;;) {
-    const page = await s3.send(new ListObjectsCommand({ Bucket: bucket, Prefix: prefix, Marker: marker }), { abortSignal: signal });
-    const contents = page.Contents ?? [];
-    for (const o of contents) if (o.Key !== undefined) objects.set(o.Key, { size: o.Size ?? 0, etag: unquote(o.ETag) });
-    const last = contents.at(-1)?.Key;
-    if (!page.IsTruncated || last === undefined || last === marker) return objects;
-    marker = page.NextMarker ?? last;
-  }
+  for await (const o of listObjects(s3, bucket, prefix, signal)) objects.set(o.key, { size: o.size, etag: o.etag });
+  return objects;
 }
 
 async function hashOfFile(file: string, algorithm: 'sha256' | 'md5'): Promise<string> {
@@ -312,7 +301,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
         { abortSignal: signal },
       ),
     );
-    return { etag: unquote(out.ETag), sha256 };
+    return { etag: unquoteEtag(out.ETag), sha256 };
   };
 
   /** One PUT streaming the file through a hash; the stream cannot be replayed, so retries start the file over here. */
@@ -340,7 +329,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
         );
         if (sent !== f.size) throw new FileChangedError(f.abs);
         progress.bytesDone -= sent;
-        return { etag: unquote(out.ETag), sha256: hash.digest('hex') };
+        return { etag: unquoteEtag(out.ETag), sha256: hash.digest('hex') };
       } catch (err) {
         progress.bytesDone -= sent;
         source.destroy();
@@ -447,7 +436,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
           abortSignal: signal,
         }),
       );
-      etag = unquote(out.ETag);
+      etag = unquoteEtag(out.ETag);
     } catch (err) {
       if (signal.aborted) throw err;
       // The earlier attempt's upload is gone or its parts are (expired, aborted, cleaned): start

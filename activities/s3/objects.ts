@@ -13,7 +13,11 @@ import {
 export interface ListedObject {
   key: string;
   size: number;
+  /** Without its quotes; what GET, HEAD and conditional requests compare against. */
+  etag: string;
 }
+
+export const unquoteEtag = (etag: string | undefined): string => (etag ?? '').replace(/^"|"$/g, '');
 
 export function isNotFound(err: unknown): boolean {
   const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
@@ -55,7 +59,7 @@ export async function* listObjects(s3: S3Client, bucket: string, prefix: string,
     const page = await s3.send(new ListObjectsCommand({ Bucket: bucket, Prefix: prefix, Marker: marker }), { abortSignal: signal });
     const contents = page.Contents ?? [];
     for (const o of contents) {
-      if (o.Key !== undefined) yield { key: o.Key, size: o.Size ?? 0 };
+      if (o.Key !== undefined) yield { key: o.Key, size: o.Size ?? 0, etag: unquoteEtag(o.ETag) };
     }
     const last = contents.at(-1)?.Key;
     if (!page.IsTruncated || last === undefined || last === marker) return;

@@ -2,6 +2,7 @@ import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { unquoteEtag } from '../../../activities/s3/objects';
 
 /**
  * Downloads validated objects into local files, as fast as one S3 endpoint allows: large objects
@@ -22,6 +23,8 @@ export interface DownloadItem {
   key: string;
   size: number;
   dest: string;
+  /** The ETag the listing gave: every response must be of that version of the object. */
+  etag?: string;
 }
 
 export class DownloadError extends Error {
@@ -101,11 +104,22 @@ async function fetchTask(s3: S3Client, bucket: string, task: Task, signal?: Abor
   const { item, start, length } = task;
   const ranged = task.file !== undefined;
   const out = await s3.send(
-    new GetObjectCommand({ Bucket: bucket, Key: item.key, ...(ranged ? { Range: `bytes=${start}-${start + length - 1}` } : {}) }),
+    new GetObjectCommand({
+      Bucket: bucket,
+      Key: item.key,
+      ...(ranged ? { Range: `bytes=${start}-${start + length - 1}` } : {}),
+      ...(item.etag ? { IfMatch: `"${item.etag}"` } : {}),
+    }),
     { abortSignal: signal },
   );
   const body = out.Body as Readable | undefined;
   if (!body) throw new DownloadError(`Object ${JSON.stringify(item.key)} came without a body`, item.key);
+  // S3 refuses the request itself when the ETag no longer matches; servers that ignore If-Match
+  // (s3rver) still name the version they sent.
+  if (item.etag && unquoteEtag(out.ETag) !== item.etag) {
+    body.destroy();
+    throw new DownloadError(`Object ${JSON.stringify(item.key)} changed after it was listed (ETag ${unquoteEtag(out.ETag) || 'missing'}, listed ${item.etag})`, item.key);
+  }
   if (ranged) {
     // The object behind the listing must still be the one listed: its total size is in Content-Range.
     const total = /\/(\d+)$/.exec(out.ContentRange ?? '')?.[1];

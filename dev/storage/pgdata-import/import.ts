@@ -116,6 +116,7 @@ export async function importPgdataFromS3(opts: ImportPgdataOptions): Promise<Imp
 
   // Validate the whole listing before a single byte is written.
   const entries: PgdataEntry[] = [];
+  const etags = new Map<string, string>();
   let totalBytes = 0;
   for await (const o of listObjects(s3, bucket, pgdataPrefix, opts.signal)) {
     if (!o.key.startsWith(pgdataPrefix)) throw new PgdataImportError(`Listing returned ${JSON.stringify(o.key)}, outside ${pgdataPrefix}`, o.key);
@@ -127,6 +128,7 @@ export async function importPgdataFromS3(opts: ImportPgdataOptions): Promise<Imp
       throw err;
     }
     entries.push(entry);
+    etags.set(o.key, o.etag);
     totalBytes += o.size;
     if (entries.length > maxFiles) throw new PgdataImportError(`The upload under ${pgdataPrefix} has more than ${maxFiles} objects`, o.key);
     if (totalBytes > maxTotalBytes) throw new PgdataImportError(`The upload under ${pgdataPrefix} exceeds the ${maxTotalBytes}-byte limit (at ${o.key})`, o.key);
@@ -166,7 +168,8 @@ export async function importPgdataFromS3(opts: ImportPgdataOptions): Promise<Imp
       await downloadObjects(
         s3,
         bucket,
-        toFetch.filter((e) => e.kind !== 'control').map((e) => ({ key: e.key, size: e.size, dest: localPath(staging, e.rel) })),
+        // Each with the ETag the validated listing gave: no object may change between the check and the download.
+        toFetch.filter((e) => e.kind !== 'control').map((e) => ({ key: e.key, size: e.size, dest: localPath(staging, e.rel), etag: etags.get(e.key) || undefined })),
         { concurrency: opts.concurrency ?? 8, signal: opts.signal },
       );
     } catch (err) {
