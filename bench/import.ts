@@ -48,7 +48,7 @@ import { openClient } from '../client/context';
 import { exampleComputeConfig } from '../client/example-spec';
 import { ImportClient, type ImportStatusView } from '../client/import-client';
 import { freePort, freePortRange } from '../dev/processes';
-import { devPayloadKeyFile, devS3Credentials, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
+import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
 import { resolveStackSettings } from '../dev/stack-settings';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 import { importPrefix } from '../model/import-status';
@@ -92,6 +92,8 @@ interface Bench {
   stackDir: string;
   /** Environment of every child process (importer, compute worker): the private stack and the import key. */
   env: Record<string, string>;
+  /** The private stack's storage token, for compute specs. */
+  storageAuthToken?: string;
   imports: ImportClient;
   computes: ComputeClient;
 }
@@ -247,6 +249,7 @@ async function fingerprintThroughCompute(ctx: Bench, tenantId: string, timelineI
       pageserverPg: ctx.endpoints.pageserver.pg,
       safekeepers: ctx.endpoints.safekeepers.map((sk) => sk.pg),
       port: await freePort(),
+      storageAuthToken: ctx.storageAuthToken,
     });
     await ctx.computes.start(computeId, spec, { watchReportSeconds: 5, watchHeartbeatTimeoutSeconds: 30 });
     await ctx.computes.waitForRunning(computeId, 1_800_000);
@@ -559,6 +562,7 @@ async function main(): Promise<void> {
       // killed and restarted by it) take the imports on a queue of their own.
       DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: 'bench-importers',
       DURABLE_COMPUTE_PAYLOAD_KEY_FILE: devPayloadKeyFile(stack.dir),
+      STORAGE_AUTH_TOKEN_FILE: devStorageTokenFile(stack.dir),
       DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile,
       ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}),
     };
@@ -568,6 +572,7 @@ async function main(): Promise<void> {
       pageserver: stack.endpoints.pageserver,
       safekeepers: stack.endpoints.safekeepers,
       payloadKeyFile: devPayloadKeyFile(stack.dir),
+      storageAuthTokenFile: devStorageTokenFile(stack.dir),
     });
     const opened = await openClient(config);
     closers.push(opened.close);
@@ -597,6 +602,7 @@ async function main(): Promise<void> {
       endpoints: stack.endpoints,
       stackDir: stack.dir,
       env,
+      storageAuthToken: config.storage.authToken,
       imports: new ImportClient(opened.client, config.temporal.controlPlaneTaskQueue, config.imports),
       computes: new ComputeClient(opened.client, config.temporal.controlPlaneTaskQueue),
     };

@@ -2,7 +2,7 @@ import { Client } from '@temporalio/client';
 import { loadConfig, type AppConfig, type DevStackDefaults } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { connectClient } from '../common/temporal-connection';
-import { devPayloadKeyFile, devS3Credentials, runningStack } from '../dev/stack';
+import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, runningStack } from '../dev/stack';
 
 /**
  * The CLI's configuration: the environment first; whatever it leaves unset comes from the dev
@@ -15,6 +15,7 @@ export function cliConfig(env: Record<string, string | undefined> = process.env)
     temporal: running.endpoints.temporal,
     s3: { ...running.endpoints.s3, ...devS3Credentials() },
     payloadKeyFile: devPayloadKeyFile(stackDir),
+    storageAuthTokenFile: devStorageTokenFile(stackDir),
     pageserver: running.endpoints.pageserver,
     safekeepers: running.endpoints.safekeepers,
   };

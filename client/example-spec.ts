@@ -12,6 +12,8 @@ export interface ExampleSpecTarget {
   /** The compute's Postgres port. */
   port: number;
   endpointId?: string;
+  /** The storage services' token, if they demand one (the dev stack's do). */
+  storageAuthToken?: string;
 }
 
 /** examples/compute-spec.json with its placeholders filled for a concrete timeline and stack. */
@@ -25,6 +27,7 @@ export function exampleComputeConfig(target: ExampleSpecTarget): Record<string, 
   spec.pageserver_connstring = `postgresql://cloud_admin@${target.pageserverPg}`;
   spec.safekeeper_connstrings = target.safekeepers;
   if (target.endpointId) spec.endpoint_id = target.endpointId;
+  if (target.storageAuthToken) spec.storage_auth_token = target.storageAuthToken;
   for (const setting of spec.cluster.settings) {
     if (setting.name === 'port') setting.value = String(target.port);
   }

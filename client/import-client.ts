@@ -11,6 +11,7 @@ import {
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import { decodeArrayFromPayloads } from '@temporalio/common/lib/internal-non-workflow';
 import { parseKeyValueConninfo, splitPassword } from '../activities/importer/conninfo';
+import { bearerTokenMatches } from '../common/bearer-token';
 import { importKeyProviders, specKeyOf } from '../activities/import-control/keys';
 import { buildImportSpec } from '../activities/secrets/import-spec';
 import type { KeyProviders } from '../activities/secrets/key-provider';
@@ -242,8 +243,12 @@ export class ImportClient {
  * poll. Idempotent, as the caller repeats the call until it is acknowledged: 200 when the import
  * was signalled or none is running (nothing left to tell), 400 for a malformed body, 503 when
  * Temporal cannot be reached (the caller retries).
+ *
+ * With a token (the storage's, which the pageserver presents as a bearer token), every call
+ * without it gets 401: a forged "failed" notice would otherwise fail a running import.
  */
-export function importCompleteHandler(client: Client, log: (line: string) => void = () => {}) {
+export function importCompleteHandler(client: Client, opts: { token?: string; log?: (line: string) => void } = {}) {
+  const log = opts.log ?? (() => {});
   const send = (res: http.ServerResponse, status: number, body: unknown) => {
     const text = JSON.stringify(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
@@ -254,6 +259,9 @@ export function importCompleteHandler(client: Client, log: (line: string) => voi
     if (req.url === '/status' && req.method === 'GET') return send(res, 200, { ok: true });
     if (req.url !== '/import_complete') return send(res, 404, { msg: `no route for ${req.method} ${req.url}` });
     if (req.method !== 'PUT') return send(res, 405, { msg: `method ${req.method} not allowed` });
+    if (opts.token !== undefined && !bearerTokenMatches(req.headers.authorization, opts.token)) {
+      return send(res, 401, { msg: 'missing or wrong bearer token' });
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of req as AsyncIterable<Buffer>) {
@@ -296,8 +304,11 @@ export function importCompleteHandler(client: Client, log: (line: string) => voi
 }
 
 /** Serves `importCompleteHandler` on host:port until closed. */
-export async function startImportCallbackServer(client: Client, opts: { host: string; port: number; log?: (line: string) => void }): Promise<{ url: string; close: () => Promise<void> }> {
-  const server = http.createServer(importCompleteHandler(client, opts.log));
+export async function startImportCallbackServer(
+  client: Client,
+  opts: { host: string; port: number; token?: string; log?: (line: string) => void },
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = http.createServer(importCompleteHandler(client, { token: opts.token, log: opts.log }));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => {

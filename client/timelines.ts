@@ -10,7 +10,7 @@ import { UserFacingError } from '../common/errors';
  */
 export async function createTimeline(storage: StorageConfig, tenantId: string, request: CreateTimelineRequest): Promise<TimelineInfo> {
   if (!storage.pageserverHttp) throw new UserFacingError('no pageserver: set PAGESERVER_HTTP_URL or start the dev stack (durable-compute dev up)');
-  const { timeline } = await createPageserverClient({ httpUrl: storage.pageserverHttp }).createTimeline(tenantId, request);
+  const { timeline } = await createPageserverClient({ httpUrl: storage.pageserverHttp, token: storage.authToken }).createTimeline(tenantId, request);
   await Promise.all(
     storage.safekeepersHttp.map((http) =>
       createSafekeeperTimeline(http, {
@@ -19,7 +19,7 @@ export async function createTimeline(storage: StorageConfig, tenantId: string, r
         start_lsn: timeline.last_record_lsn,
         commit_lsn: timeline.last_record_lsn,
         pg_version: timeline.pg_version ?? 15,
-      }),
+      }, { token: storage.authToken }),
     ),
   );
   return timeline;

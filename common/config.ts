@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { UserFacingError } from './errors';
+import { readSecretFile } from './secret-file';
 import { defaultStackDir } from './paths';
 
 /**
@@ -52,6 +53,8 @@ export interface StorageConfig {
   safekeepers: string[];
   /** Each safekeeper's HTTP API, for registering timelines. */
   safekeepersHttp: string[];
+  /** The token the pageserver and safekeepers demand (Neon's storage_auth_token); none if they do not. */
+  authToken?: string;
 }
 
 export interface AppConfig {
@@ -104,6 +107,7 @@ export interface DevStackDefaults {
   payloadKeyFile?: string;
   pageserver?: { pg: string; http: string };
   safekeepers?: { pg: string; http: string }[];
+  storageAuthTokenFile?: string;
 }
 
 type Env = Record<string, string | undefined>;
@@ -115,6 +119,7 @@ const SECRET_VARIABLES = new Set([
   'DURABLE_COMPUTE_PAYLOAD_KEY',
   'DURABLE_COMPUTE_PAYLOAD_KEY_FILE',
   'DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS',
+  'STORAGE_AUTH_TOKEN',
 ]);
 
 const hostPort = z
@@ -148,6 +153,20 @@ function read<T>(env: Env, name: string, schema: z.ZodType<T>): T | undefined {
     throw new UserFacingError(`Invalid environment variable ${name}: ${reason}${shown}`);
   }
   return parsed.data;
+}
+
+/** STORAGE_AUTH_TOKEN, or the file STORAGE_AUTH_TOKEN_FILE names, or the dev stack's. */
+function storageAuthToken(env: Env, dev: DevStackDefaults | undefined): string | undefined {
+  const token = read(env, 'STORAGE_AUTH_TOKEN', z.string().regex(/^\S+$/, 'expected one token without spaces'));
+  const file = read(env, 'STORAGE_AUTH_TOKEN_FILE', readableFile);
+  if (token && file) throw new UserFacingError('Set STORAGE_AUTH_TOKEN or STORAGE_AUTH_TOKEN_FILE, not both');
+  const fromFile = file ?? (dev?.storageAuthTokenFile && existsSync(dev.storageAuthTokenFile) ? dev.storageAuthTokenFile : undefined);
+  if (token || !fromFile) return token;
+  try {
+    return readSecretFile(fromFile, 'storage auth token');
+  } catch (err) {
+    throw new UserFacingError(`Invalid STORAGE_AUTH_TOKEN_FILE: ${(err as Error).message}`);
+  }
 }
 
 export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppConfig {
@@ -210,6 +229,7 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
     z.string().refine((v) => v.split(',').every((a) => hostPort.safeParse(a.trim()).success), 'expected comma-separated host:port'),
   );
   const storage: StorageConfig = {
+    authToken: storageAuthToken(env, dev),
     pageserverHttp: read(env, 'PAGESERVER_HTTP_URL', httpUrl) ?? dev?.pageserver?.http,
     pageserverPg: read(env, 'PAGESERVER_PG', hostPort) ?? dev?.pageserver?.pg,
     safekeepers: safekeeperList ? safekeeperList.split(',').map((a) => a.trim()) : (dev?.safekeepers?.map((sk) => sk.pg) ?? []),

@@ -9,7 +9,7 @@ import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
 import { MAX_WORKDIR_ROOT_BYTES } from '../activities/import-control/importer-host';
 import { IMPORTER_SHARED_TASK_QUEUE } from '../model/import-status';
 import { canConnect, spawnDetached, type TrackedProcess } from './processes';
-import { DEV_S3_CREDENTIALS, type StackSettings } from './stack-settings';
+import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, type StackSettings } from './stack-settings';
 
 type PortKey = keyof StackSettings['ports'];
 
@@ -118,6 +118,9 @@ function safekeeperComponent(index: number): StackComponent {
         String(p.pg),
         '--http-port',
         String(p.http),
+        // A file, so the token is not in the process listing.
+        '--auth-token-file',
+        devStorageTokenFile(s.dir),
       ]);
     },
     async probe(s) {
@@ -148,6 +151,8 @@ const pageserverComponent: StackComponent = {
       String(s.ports.pageserverHttp),
       '--safekeepers',
       safekeepers.join(','),
+      '--auth-token-file',
+      devStorageTokenFile(s.dir),
       // import_pgdata reads the stack's bucket; the credentials travel in the environment, not argv.
       '--s3-endpoint',
       `http://${s.host}:${s.ports.s3}`,
@@ -176,7 +181,8 @@ function stackEnv(s: StackSettings, extra: NodeJS.ProcessEnv = {}): NodeJS.Proce
     DURABLE_COMPUTE_STACK_DIR: s.dir,
     TEMPORAL_ADDRESS: `${s.host}:${s.ports.temporal}`,
     TEMPORAL_NAMESPACE: s.namespace,
-    DURABLE_COMPUTE_PAYLOAD_KEY_FILE: path.join(s.dir, 'payload.key'),
+    DURABLE_COMPUTE_PAYLOAD_KEY_FILE: devPayloadKeyFile(s.dir),
+    STORAGE_AUTH_TOKEN_FILE: devStorageTokenFile(s.dir),
     ...extra,
   };
 }

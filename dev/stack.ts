@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
 import { safekeeperPorts, stackComponents } from './stack-components';
-import { DEV_S3_CREDENTIALS, PORT_VARIABLES, type StackSettings } from './stack-settings';
+import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
 
 /** What `dev up --json` and `dev status --json` print. Keys are only ever added, never renamed. */
 export interface StackEndpoints {
@@ -31,14 +31,16 @@ interface StackState {
 
 const STATE_FILE = 'stack.json';
 
-/** The payload encryption key of the dev stack: created on first start, kept with the stack's state. */
-export function devPayloadKeyFile(dir: string): string {
-  return path.join(dir, 'payload.key');
-}
+export { devPayloadKeyFile, devStorageTokenFile };
 
-function ensurePayloadKey(dir: string): void {
-  const file = devPayloadKeyFile(dir);
-  if (!existsSync(file)) writeFileSync(file, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600, flag: 'wx' });
+/** The payload encryption key and the storage token: random, made once, then kept. */
+function ensureStackSecrets(dir: string): void {
+  const secrets: [string, string][] = [
+    [devPayloadKeyFile(dir), randomBytes(32).toString('base64')],
+    // Hex: it also travels as a libpq password, where base64's + and / would need escaping.
+    [devStorageTokenFile(dir), randomBytes(32).toString('hex')],
+  ];
+  for (const [file, value] of secrets) if (!existsSync(file)) writeFileSync(file, `${value}\n`, { mode: 0o600, flag: 'wx' });
 }
 
 export function endpointsOf(s: StackSettings): StackEndpoints {
@@ -146,7 +148,7 @@ export async function stackUp(
     mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
     // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.
     chmodSync(settings.dir, 0o755);
-    ensurePayloadKey(settings.dir);
+    ensureStackSecrets(settings.dir);
 
     for (const component of stackComponents(settings)) {
       const existing = state.processes[component.name];

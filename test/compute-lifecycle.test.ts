@@ -15,7 +15,6 @@ import { killAllProcesses } from './helpers/processes';
 import { testConfig } from './helpers/stack';
 import type { ComputeClient } from '../client/compute-client';
 
-const STORAGE_TOKEN = 'storage-token-must-stay-secret-4f2a';
 
 type Spec = { spec: Record<string, unknown> & { cluster: { roles: { name: string; encrypted_password?: string }[]; databases: { name: string; owner: string }[] } } };
 
@@ -35,6 +34,7 @@ describe('compute lifecycle on the real stack', () => {
   let close: () => Promise<void>;
   let spec: Spec;
   let port: number;
+  let storageToken: string;
 
   beforeAll(async () => {
     ({ computes, close } = await testComputeClient());
@@ -42,7 +42,9 @@ describe('compute lifecycle on the real stack', () => {
     const example = await exampleSpecFor(timeline);
     port = example.port;
     spec = example.spec as Spec;
-    spec.spec.storage_auth_token = STORAGE_TOKEN;
+    // The stack's storage demands its token, so the compute could only start with the real one.
+    storageToken = String(spec.spec.storage_auth_token);
+    expect(storageToken).toMatch(/^[0-9a-f]{64}$/);
     // A role the later reconfiguration deletes with a delete_role delta.
     spec.spec.cluster.roles.push({ name: 'legacy_reporter', encrypted_password: 'md54963c67bcc78aec02f612406e6fbd4e8' });
     await startComputeWorker(computeId, testPgdata());
@@ -141,7 +143,7 @@ describe('compute lifecycle on the real stack', () => {
         const history = await raw.workflow.getHandle(computeWorkflowId(computeId), runId).fetchHistory();
         const { texts, payloadEncodings } = historyTexts(history);
         const text = texts.join('\n');
-        for (const secret of [STORAGE_TOKEN, 'md560849aa43ff466fa8d448789b40fcd8e', 'SCRAM-SHA-256$4096', 'md5a93eb5db72e8015f4b87ed32944e7dff', '"alice"']) {
+        for (const secret of [storageToken, 'md560849aa43ff466fa8d448789b40fcd8e', 'SCRAM-SHA-256$4096', 'md5a93eb5db72e8015f4b87ed32944e7dff', '"alice"']) {
           expect(text).not.toContain(secret);
         }
         // Every payload (spec, results, update arguments, failure details) is ciphertext.

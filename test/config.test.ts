@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -73,5 +73,39 @@ describe('configuration from the environment', () => {
     expect(message).toMatch(/TEMPORAL_TLS=false contradicts TEMPORAL_API_KEY/);
     expect(message).not.toContain('super-secret-api-key');
     expect(() => loadConfig({ AWS_ACCESS_KEY_ID: 'AKIA', AWS_SECRET_ACCESS_KEY: '' })).toThrow(/must be set together/);
+  });
+
+  it('takes the storage token from STORAGE_AUTH_TOKEN, from the file STORAGE_AUTH_TOKEN_FILE names, or from the dev stack', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-config-token-'));
+    try {
+      const file = path.join(dir, 'storage.token');
+      writeFileSync(file, 'token-from-file\n', { mode: 0o600 });
+      expect(loadConfig({}).storage.authToken).toBeUndefined();
+      expect(loadConfig({ STORAGE_AUTH_TOKEN: 'token-from-env' }).storage.authToken).toBe('token-from-env');
+      expect(loadConfig({ STORAGE_AUTH_TOKEN_FILE: file }).storage.authToken).toBe('token-from-file');
+      expect(loadConfig({}, { ...dev, storageAuthTokenFile: file }).storage.authToken).toBe('token-from-file');
+      expect(loadConfig({ STORAGE_AUTH_TOKEN: 'explicit' }, { ...dev, storageAuthTokenFile: file }).storage.authToken).toBe('explicit');
+      expect(() => loadConfig({ STORAGE_AUTH_TOKEN: 'a', STORAGE_AUTH_TOKEN_FILE: file })).toThrow(/STORAGE_AUTH_TOKEN or STORAGE_AUTH_TOKEN_FILE, not both/);
+      expect(() => loadConfig({ STORAGE_AUTH_TOKEN_FILE: path.join(dir, 'missing') })).toThrow(/STORAGE_AUTH_TOKEN_FILE: file does not exist/);
+      writeFileSync(file, 'two words-secret-part\n');
+      let message = '';
+      try {
+        loadConfig({ STORAGE_AUTH_TOKEN_FILE: file });
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(/must hold one token without spaces/);
+      expect(message).not.toContain('secret-part');
+      message = '';
+      try {
+        loadConfig({ STORAGE_AUTH_TOKEN: 'has a-secret-space' });
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(/Invalid environment variable STORAGE_AUTH_TOKEN: expected one token/);
+      expect(message).not.toContain('a-secret-space');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

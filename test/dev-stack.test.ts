@@ -1,10 +1,11 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { processStartTime } from '../common/process-start-time';
 import { freePort, freePortRange } from '../dev/processes';
+import { devStorageTokenFile } from '../dev/stack-settings';
 import { runCli } from './helpers/cli';
 
 async function stackPorts(): Promise<string[]> {
@@ -71,13 +72,27 @@ describe('durable-compute dev up/status/down', () => {
     expect(again.imports).toEqual(up.imports);
     const callbackBase = status.imports.callbackUrl.replace(/\/import_complete$/, '');
     expect((await fetch(`${callbackBase}/status`)).status).toBe(200);
-    const malformed = await fetch(status.imports.callbackUrl, { method: 'PUT', body: '{"tenant_id":"nope"}' });
+    // The stack's storage demands a token of its own, kept in a file: never on a command line.
+    const token = readFileSync(devStorageTokenFile(dir), 'utf8').trim();
+    expect(token).toMatch(/^[0-9a-f]{64}$/);
+    expect(statSync(devStorageTokenFile(dir)).mode & 0o777).toBe(0o600);
+    const auth = { authorization: `Bearer ${token}` };
+    const notice = JSON.stringify({ tenant_id: 'a'.repeat(32), timeline_id: 'b'.repeat(32), error: null });
+    expect((await fetch(status.imports.callbackUrl, { method: 'PUT', body: notice })).status).toBe(401);
+    const malformed = await fetch(status.imports.callbackUrl, { method: 'PUT', headers: auth, body: '{"tenant_id":"nope"}' });
     expect(malformed.status).toBe(400);
     // No import runs for this timeline: acknowledged (the pageserver stops repeating), nothing signalled.
-    const unknown = await fetch(status.imports.callbackUrl, { method: 'PUT', body: JSON.stringify({ tenant_id: 'a'.repeat(32), timeline_id: 'b'.repeat(32), error: null }) });
+    const unknown = await fetch(status.imports.callbackUrl, { method: 'PUT', headers: auth, body: notice });
     expect(await unknown.json()).toEqual({ signalled: 0 });
+    const timelines = `${up.pageserver.http}/v1/tenant/${'a'.repeat(32)}/timeline`;
+    expect((await fetch(timelines)).status).toBe(401);
+    expect((await fetch(timelines, { headers: auth })).status).not.toBe(401);
+    expect((await fetch(`${up.safekeepers[0].http}/v1/tenant/${'a'.repeat(32)}/timeline/${'b'.repeat(32)}`)).status).toBe(401);
     const pageserverArgs = readFileSync(`/proc/${up.processes.pageserver.pid}/cmdline`, 'utf8').split('\0');
     expect(pageserverArgs[pageserverArgs.indexOf('--import-complete-url') + 1]).toBe(callbackBase);
+    for (const name of ['pageserver', 'safekeeper-1', 'control-plane-worker']) {
+      expect(readFileSync(`/proc/${up.processes[name].pid}/cmdline`, 'utf8')).not.toContain(token);
+    }
 
     const pids: number[] = Object.values(up.processes as Record<string, { pid: number }>).map((p) => p.pid);
     expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker']);

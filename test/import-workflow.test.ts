@@ -344,7 +344,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     const timelineId = neonId();
     const host = newHost('happy');
     await pool.startImporter(host);
-    const pageserver = createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp! });
+    const pageserver = createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp!, token: testConfig().storage.authToken });
     const phases: string[] = [];
     // The workflow asks the pageserver only every 5 minutes: the stack's pageserver has to call the
     // stack's import_complete endpoint, which has to signal the workflow, for this to end sooner.
@@ -367,8 +367,12 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     // The history shows why: the completion signal, sent by the stack's callback endpoint.
     expect(await signalsOf(importId)).toContain('importComplete');
     // The storage controller repeats the call until acknowledged: a late repeat signals nothing and is still acknowledged.
-    const repeat = await fetch(inject('stack').imports.callbackUrl!, { method: 'PUT', body: JSON.stringify({ tenant_id: tenantId, timeline_id: timelineId, error: null }) });
+    const notice = JSON.stringify({ tenant_id: tenantId, timeline_id: timelineId, error: null });
+    const repeat = await fetch(inject('stack').imports.callbackUrl!, { method: 'PUT', headers: { authorization: `Bearer ${testConfig().storage.authToken}` }, body: notice });
     expect(await repeat.json()).toEqual({ signalled: 0 });
+    // Only the storage may call: without its token, nothing is signalled.
+    const forged = await fetch(inject('stack').imports.callbackUrl!, { method: 'PUT', body: JSON.stringify({ tenant_id: tenantId, timeline_id: timelineId, error: 'forged' }) });
+    expect(forged.status).toBe(401);
     expect(done).toMatchObject({ phase: 'done', error: null, database: DATABASE, host: host.hostId, local_run: 1, host_changes: [] });
     // Polling sees the phases in order (short ones may pass between two polls).
     const order = ['prepare', 'init', 'dump', 'restore', 'upload', 'pageserver_import', 'done'];
@@ -530,7 +534,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     expect(fastImport.error).toMatch(/password authentication failed/);
     expect(fastImport.error).not.toContain(wrong);
     expect(await statusObject(importId, 'pgdata')).toBeUndefined();
-    await expect(createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp! }).getTimeline(tenantId, timelineId)).rejects.toMatchObject({ status: 404 });
+    await expect(createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp!, token: testConfig().storage.authToken }).getTimeline(tenantId, timelineId)).rejects.toMatchObject({ status: 404 });
     // A password is not a transient problem: one attempt only.
     expect((await activityCounts(importId)).dumpSource!.attempts).toEqual([1]);
     const history = await raw.workflow.getHandle(importWorkflowId(importId)).fetchHistory();
@@ -572,7 +576,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     await imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId, jobs: 2, options: pool.options() });
     // Cancelled while pg_restore runs (held still, so the cancellation surely lands in the restore).
     await freezeTool(path.join(await workdirOn(host.root), 'pg_restore.pid'));
-    const pageserver = createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp! });
+    const pageserver = createPageserverClient({ httpUrl: testConfig().storage.pageserverHttp!, token: testConfig().storage.authToken });
     expect((await pageserver.getTimeline(tenantId, timelineId)).state).toBe('Loading');
     const final = await imports.cancel(importId);
     expect(final).toMatchObject({ phase: 'cancelled', workflow_status: 'CANCELLED' });

@@ -11,7 +11,8 @@ export function importControlActivitiesFor(config: AppConfig) {
     s3: createS3Client(config.s3),
     bucket: config.s3.bucket,
     region: config.s3.region,
-    pageserver: config.storage.pageserverHttp ? createPageserverClient({ httpUrl: config.storage.pageserverHttp }) : undefined,
+    pageserver: config.storage.pageserverHttp ? createPageserverClient({ httpUrl: config.storage.pageserverHttp, token: config.storage.authToken }) : undefined,
     safekeepersHttp: config.storage.safekeepersHttp,
+    storageToken: config.storage.authToken,
   });
 }

@@ -169,7 +169,13 @@ export function registerImportCommands(program: Command): void {
       if (!m || Number(m[2]) > 65535) throw new UserFacingError(`--listen must be host:port, got ${opts.listen}`);
       const config = cliConfig();
       const { client, close } = await openClient(config);
-      const server = await startImportCallbackServer(client, { host: m[1]!, port: Number(m[2]), log: (line) => console.log(`${new Date().toISOString()} ${line}`) });
+      const server = await startImportCallbackServer(client, {
+        host: m[1]!,
+        port: Number(m[2]),
+        // The pageserver calls with the storage token; nobody else may.
+        token: config.storage.authToken,
+        log: (line) => console.log(`${new Date().toISOString()} ${line}`),
+      });
       console.log(`import callback server ready on ${server.url}/import_complete`);
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);

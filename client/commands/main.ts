@@ -90,6 +90,7 @@ async function runMainCompute(dir: string, endpoints: StackEndpoints): Promise<v
         safekeepers: endpoints.safekeepers.map((sk) => sk.pg),
         port: state.port,
         endpointId: 'ep-main',
+        storageAuthToken: config.storage.authToken,
       });
       const current = await computes.status(COMPUTE_ID).catch(() => undefined);
       if (!current || ['terminated', 'failed'].includes(current.status)) await computes.start(COMPUTE_ID, spec);

@@ -38,6 +38,7 @@ export async function exampleSpecFor(timeline: TestTimeline, port?: number): Pro
     safekeepers: stack.safekeepers.map((sk) => sk.pg),
     port: chosen,
     endpointId: uniqueId('ep'),
+    storageAuthToken: testConfig().storage.authToken,
   });
   return { spec, port: chosen };
 }

@@ -1,7 +1,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { inject } from 'vitest';
 import { loadConfig, type AppConfig } from '../../common/config';
-import { devPayloadKeyFile, devS3Credentials } from '../../dev/stack';
+import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile } from '../../dev/stack';
 
 /** Configuration pointing at the stack the global setup started (or was given). */
 export function testConfig(extraEnv: Record<string, string> = {}): AppConfig {
@@ -14,6 +14,7 @@ export function testConfig(extraEnv: Record<string, string> = {}): AppConfig {
       pageserver: stack.pageserver,
       safekeepers: stack.safekeepers,
       payloadKeyFile: devPayloadKeyFile(stack.stackDir),
+      storageAuthTokenFile: devStorageTokenFile(stack.stackDir),
     },
   );
 }
@@ -35,6 +36,7 @@ export function testEnv(): Record<string, string> {
     SAFEKEEPERS: stack.safekeepers.map((sk) => sk.pg).join(','),
     SAFEKEEPERS_HTTP_URLS: stack.safekeepers.map((sk) => sk.http).join(','),
     DURABLE_COMPUTE_PAYLOAD_KEY_FILE: devPayloadKeyFile(stack.stackDir),
+    STORAGE_AUTH_TOKEN_FILE: devStorageTokenFile(stack.stackDir),
   };
 }
 

@@ -9,7 +9,7 @@
  *   GET    /v1/tenant/<t>/timeline/<tl>
  *   DELETE /v1/tenant/<t>/timeline/<tl>
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { bearerTokenMatches } from '../../../common/bearer-token';
 import type http from 'node:http';
 import { isNeonId } from '../../../model/ids';
 import { isLsn, parseLsn } from '../../../model/lsn';
@@ -82,14 +82,6 @@ export function parseCreateTimeline(body: Record<string, unknown>): CreateTimeli
   return { mode: 'bootstrap', timelineId, pgVersion: SUPPORTED_PG_VERSION };
 }
 
-function bearerMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer\s+(\S+)$/i.exec(header ?? '');
-  if (!m) return false;
-  const a = createHash('sha256').update(m[1]!).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b);
-}
-
 export function createHttpHandler(opts: { service: PageserverService; authToken?: string; log: (line: string) => void }) {
   const { service } = opts;
 
@@ -103,7 +95,7 @@ export function createHttpHandler(opts: { service: PageserverService; authToken?
       sendJson(res, 200, { id: 1 });
       return;
     }
-    if (opts.authToken !== undefined && !bearerMatches(req.headers.authorization, opts.authToken)) {
+    if (opts.authToken !== undefined && !bearerTokenMatches(req.headers.authorization, opts.authToken)) {
       throw new PageserverError(401, 'missing or invalid bearer token');
     }
     if (parts[1] !== 'tenant') throw new PageserverError(404, `no route for ${method} ${url.pathname}`);

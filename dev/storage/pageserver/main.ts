@@ -1,7 +1,7 @@
 /**
  * Process entry of the dev pageserver:
  *   node --import tsx dev/storage/pageserver/main.ts --dir <dir> --pg-port <p> --http-port <p>
- *     [--host 127.0.0.1] [--safekeepers http://127.0.0.1:7676,...] [--auth-token TOKEN] [--pg-bin-dir DIR]
+ *     [--host 127.0.0.1] [--safekeepers http://127.0.0.1:7676,...] [--auth-token-file FILE | --auth-token TOKEN] [--pg-bin-dir DIR]
  *     [--s3-endpoint http://127.0.0.1:4568 --s3-buckets b1,b2 [--s3-region us-east-1]]
  *     [--import-poll-ms 10000] [--import-complete-url http://control-plane]
  * With --s3-endpoint, import_pgdata is served from those buckets (credentials from AWS_ACCESS_KEY_ID
@@ -10,6 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createS3Client } from '../../../activities/s3/client';
+import { readSecretFile } from '../../../common/secret-file';
 import { createImportPgdataHandler } from '../pgdata-import/handler';
 import { startPageserver } from './pageserver';
 
@@ -30,6 +31,7 @@ async function main(): Promise<void> {
       host: { type: 'string', default: '127.0.0.1' },
       safekeepers: { type: 'string', default: '' },
       'auth-token': { type: 'string' },
+      'auth-token-file': { type: 'string' },
       'pg-bin-dir': { type: 'string' },
       's3-endpoint': { type: 'string' },
       's3-buckets': { type: 'string', default: '' },
@@ -40,6 +42,8 @@ async function main(): Promise<void> {
     strict: true,
   });
   if (!values.dir) throw new Error('--dir is required');
+  if (values['auth-token'] && values['auth-token-file']) throw new Error('give --auth-token or --auth-token-file, not both');
+  const authToken = values['auth-token-file'] ? readSecretFile(values['auth-token-file'], '--auth-token-file') : values['auth-token'];
   const safekeepers = values.safekeepers
     .split(',')
     .map((s) => s.trim())
@@ -74,7 +78,7 @@ async function main(): Promise<void> {
     pgPort: port(values['pg-port'], '--pg-port'),
     httpPort: port(values['http-port'], '--http-port'),
     safekeepers,
-    ...(values['auth-token'] ? { authToken: values['auth-token'] } : {}),
+    ...(authToken ? { authToken } : {}),
     ...(values['pg-bin-dir'] ? { pgBinDir: values['pg-bin-dir'] } : {}),
     ...(importPgdata ? { importPgdata } : {}),
     importPollIntervalMs: pollMs,

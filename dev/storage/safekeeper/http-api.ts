@@ -7,7 +7,7 @@
  *   GET    /v1/tenant/<t>/timeline/<tl>/wal?start&end   raw WAL bytes (dev only; 416 if not all there)
  * Errors are `{"msg": "..."}` like Neon's.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { bearerTokenMatches } from '../../../common/bearer-token';
 import http from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
@@ -93,14 +93,6 @@ function lsnParam(value: unknown, name: string, required: boolean): bigint | und
   return parseLsn(value);
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
-  if (!m) return false;
-  const a = createHash('sha256').update(m[1]!).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b);
-}
-
 export function createHttpHandler(opts: { id: number; registry: TimelineRegistry; authToken?: string; log: (l: string) => void }) {
   const { registry } = opts;
 
@@ -108,7 +100,7 @@ export function createHttpHandler(opts: { id: number; registry: TimelineRegistry
     const url = new URL(req.url ?? '/', 'http://safekeeper');
     const parts = url.pathname.split('/').filter(Boolean);
     const method = req.method ?? 'GET';
-    if (opts.authToken !== undefined && !tokenMatches(req.headers.authorization, opts.authToken)) {
+    if (opts.authToken !== undefined && !bearerTokenMatches(req.headers.authorization, opts.authToken)) {
       throw new HttpError(401, 'missing or invalid bearer token');
     }
     if (parts.length === 2 && parts[0] === 'v1' && parts[1] === 'status' && method === 'GET') {

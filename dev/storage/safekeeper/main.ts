@@ -1,10 +1,11 @@
 /**
  * Dev safekeeper process:
  *   node --import tsx dev/storage/safekeeper/main.ts --id N --dir DIR --pg-port P --http-port P
- *        [--host 127.0.0.1] [--auth-token T]
+ *        [--host 127.0.0.1] [--auth-token-file FILE | --auth-token T]
  * Prints `safekeeper ready` once both listeners accept connections; SIGTERM/SIGINT stop it cleanly.
  */
 import { Command, InvalidArgumentError } from 'commander';
+import { readSecretFile } from '../../../common/secret-file';
 import { startSafekeeper } from './safekeeper';
 
 function port(value: string): number {
@@ -27,12 +28,15 @@ const program = new Command()
   .requiredOption('--http-port <port>', 'HTTP management port', port)
   .option('--host <host>', 'listen address', '127.0.0.1')
   .option('--auth-token <token>', 'password clients must present')
+  .option('--auth-token-file <file>', 'file holding that password (keeps it out of process listings)')
   .parse();
 
-const opts = program.opts<{ id: number; dir: string; pgPort: number; httpPort: number; host: string; authToken?: string }>();
+const { authTokenFile, ...opts } = program.opts<{ id: number; dir: string; pgPort: number; httpPort: number; host: string; authToken?: string; authTokenFile?: string }>();
 const log = (line: string) => console.log(`${new Date().toISOString()} sk${opts.id} ${line}`);
 
 try {
+  if (authTokenFile !== undefined && opts.authToken !== undefined) throw new Error('give --auth-token or --auth-token-file, not both');
+  if (authTokenFile !== undefined) opts.authToken = readSecretFile(authTokenFile, '--auth-token-file');
   const sk = await startSafekeeper({ ...opts, log });
   console.log(`safekeeper ready id=${sk.id} pg=${sk.pgAddress} http=${sk.httpUrl}`);
   let stopping = false;
