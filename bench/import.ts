@@ -54,6 +54,7 @@ import { provisionTemporalCli } from '../dev/temporal-cli';
 import { importPrefix } from '../model/import-status';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../test/helpers/postgres';
 import { startProcess, type WorkerProcess } from '../test/helpers/processes';
+import { canDropCaches, dropOsCache } from './os-cache';
 
 const run = promisify(execFile);
 const DATABASE = 'bench';
@@ -437,7 +438,10 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
     '',
     `Run ${new Date().toISOString()} with \`node --import tsx bench/import.ts\` (BENCH_IMPORT_SCALE=${scale}, BENCH_IMPORT_JOBS=${jobs}).`,
     '',
-    `Host: ${host.cpus} CPUs, ${(host.totalMemoryBytes / 1024 ** 3).toFixed(1)} GiB (shared with other work while this ran). PostgreSQL ${ctx.install.version}.`,
+    `Host: ${host.cpus} CPUs, ${(host.totalMemoryBytes / 1024 ** 3).toFixed(1)} GiB. PostgreSQL ${ctx.install.version}.`,
+    canDropCaches()
+      ? 'Before each method (and each workflow run) every dirty page is written back and the page cache emptied, so no run pays for the writeback of another or reads what another cached.'
+      : 'The page cache could not be emptied between methods (not root): later methods may pay for the writeback of earlier ones.',
     'Everything on loopback: a private dev stack (Temporal dev server, control-plane worker, s3rver, 3 dev safekeepers, dev pageserver,',
     "import_complete endpoint, and the stack's own importer, idle here), one importer worker process of the bench's (on a queue of its own),",
     'the source Postgres; same disk for all of them.',
@@ -612,7 +616,11 @@ async function main(): Promise<void> {
     const cleanup = async (dir: string) => {
       await destroyScratch(install, path.join(root, dir)).catch(() => undefined);
     };
+    // Every method starts with the previous one's dirty pages written back and the page cache
+    // empty (where root may), so none pays for another's writeback or reads what another cached.
+    const settled = canDropCaches();
     const withLoad = async <T extends { load?: string }>(fn: () => Promise<T>): Promise<T> => {
+      if (settled) await dropOsCache();
       const before = loadAverage();
       const r = await fn();
       r.load = `${before} → ${loadAverage()}`;
@@ -626,10 +634,12 @@ async function main(): Promise<void> {
       methods.push(await withLoad(() => methodPgcopydb(ctx)));
       await cleanup('b');
     }
+    if (settled) await dropOsCache();
     const plain = await methodWorkflow(ctx);
     methods.push(plain.result);
     runs.push(plain);
     if (!skip.has('kill')) {
+      if (settled) await dropOsCache();
       const killed = await methodWorkflow(ctx, stepSeconds(plain, 'uploadPgdata') / 2);
       methods.push(killed.result);
       runs.push(killed);

@@ -14,7 +14,7 @@
  * BENCH_PREWARM_OUT      results file (default bench/results/prewarm.md)
  */
 import { execFile } from 'node:child_process';
-import { accessSync, constants, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,9 +29,9 @@ import { decodeCacheState, encodeCacheState } from '../activities/cache/state-co
 import { createStockCacheBackend } from '../activities/cache/stock-backend';
 import type { ConnectFn } from '../activities/cache/pg-session';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../test/helpers/postgres';
+import { canDropCaches, DROP_CACHES, dropOsCache } from './os-cache';
 
 const run = promisify(execFile);
-const DROP_CACHES = '/proc/sys/vm/drop_caches';
 const TABLES = ['bench_hot_a', 'bench_hot_b'];
 
 type OsCacheMode = 'warm' | 'drop';
@@ -104,20 +104,6 @@ export interface PrewarmBenchOptions {
   modes: OsCacheMode[];
   out: string;
   log?: (line: string) => void;
-}
-
-function canDropCaches(): boolean {
-  try {
-    accessSync(DROP_CACHES, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function dropOsCache(): Promise<void> {
-  await run('sync', []);
-  writeFileSync(DROP_CACHES, '1\n');
 }
 
 function intFromEnv(name: string, fallback: number, min: number): number {

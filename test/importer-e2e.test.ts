@@ -59,7 +59,8 @@ function activities(overrides: Partial<Parameters<typeof createImporterActivitie
     keyProviders,
     // Keep the scratch server small on a shared test machine.
     resources: { totalMemoryBytes: 1024 * MiB, cpus: 2 },
-    upload: { concurrency: 4, partSize: 5 * MiB, multipartThreshold: 8 * MiB },
+    // A heartbeat per file and part, so the tests can watch (and interrupt) the upload step by step.
+    upload: { concurrency: 4, partSize: 5 * MiB, multipartThreshold: 8 * MiB, heartbeatIntervalMs: 0 },
     ...overrides,
   });
 }
@@ -325,11 +326,27 @@ describe('fast import activities', () => {
     expect(await fingerprintOfDataDir(target)).toEqual(source.fingerprint);
   });
 
+  it('heartbeats at most once a second by default, the last one with the final progress', async () => {
+    const { workdir } = state;
+    const a = activities({ upload: { concurrency: 4 } });
+    const env = new MockActivityEnvironment();
+    const beats: UploadProgress[] = [];
+    env.on('heartbeat', (d: UploadProgress) => beats.push(d));
+    const started = Date.now();
+    const result = await runIn(env, a.uploadPgdata, { workdir: workdir!, prefix: uniqueId('imports/heartbeats') });
+    const elapsedMs = Date.now() - started;
+    expect(result.uploadedFiles).toBeGreaterThan(500);
+    // One per second at most, plus the closing one; not one per file.
+    expect(beats.length).toBeGreaterThanOrEqual(1);
+    expect(beats.length).toBeLessThanOrEqual(Math.ceil(elapsedMs / 1000) + 1);
+    expect(beats.at(-1)).toMatchObject({ phase: 'upload', filesDone: result.filesTotal, bytesDone: result.bytesTotal });
+  });
+
   it('streams larger files in single PUTs; without its journal, a resume checks the objects by content and sends nothing again', async () => {
     const { workdir } = state;
     const prefix = uniqueId('imports/streamed');
     // The default: every file up to a relation segment in one request (from memory below 8 MiB, streamed above).
-    const a = activities({ upload: { concurrency: 4 } });
+    const a = activities({ upload: { concurrency: 4, heartbeatIntervalMs: 0 } });
     const start1 = sent.length;
     const first = await runIn(new MockActivityEnvironment(), a.uploadPgdata, { workdir: workdir!, prefix });
     expect(first.uploadedFiles).toBe(first.filesTotal);

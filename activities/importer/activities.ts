@@ -40,7 +40,7 @@ export interface ImporterDeps {
   /** Defaults to this machine's memory and CPUs. */
   resources?: HostResources;
   /** Upload tuning; the defaults (10 requests in flight, 8 MiB parts) keep memory below about 160 MB. */
-  upload?: { concurrency?: number; partSize?: number; multipartThreshold?: number };
+  upload?: { concurrency?: number; partSize?: number; multipartThreshold?: number; heartbeatIntervalMs?: number };
 }
 
 export interface WorkdirInput {

@@ -113,6 +113,12 @@ export interface UploadOptions {
   multipartThreshold?: number;
   /** Where the journal of what was sent lives (see upload-journal.ts); without one, a resume checks by content. */
   journalFile?: string;
+  /**
+   * Heartbeats at most this often (default 1 s). Each one is encoded (and encrypted) by the SDK
+   * whatever Temporal's own throttling then sends, so one per file or part would cost the worker
+   * seconds of CPU on a large upload; finished parts are in the journal at once anyway.
+   */
+  heartbeatIntervalMs?: number;
 }
 
 interface LocalFile {
@@ -247,8 +253,15 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
   };
   let verifiedByContent = 0;
   const inFlight = new Map<string, MultipartState>();
-  const heartbeat = () => ctx.heartbeat({ ...progress, inFlight: [...inFlight.values()].map((m) => ({ ...m, parts: [...m.parts] })) });
-  const stopHeartbeat = every(5_000, heartbeat);
+  const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1_000;
+  let lastHeartbeat = 0;
+  const heartbeat = (force = false) => {
+    const now = Date.now();
+    if (!force && now - lastHeartbeat < heartbeatIntervalMs) return;
+    lastHeartbeat = now;
+    ctx.heartbeat({ ...progress, inFlight: [...inFlight.values()].map((m) => ({ ...m, parts: [...m.parts] })) });
+  };
+  const stopHeartbeat = every(5_000, () => heartbeat(true));
   const requests = semaphore(concurrency);
   const send = async <T>(fn: () => Promise<T>): Promise<T> => {
     await requests.acquire();
@@ -503,7 +516,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       const batch = stale.slice(i, i + 1000);
       await opts.s3.send(new DeleteObjectsCommand({ Bucket: opts.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }), { abortSignal: signal });
     }
-    heartbeat();
+    heartbeat(true);
     return {
       ...summary(progress),
       skippedSymlinks: symlinks,
