@@ -29,12 +29,12 @@ export interface StackSettings {
   };
 }
 
-/** s3rver's fixed development credentials; not a secret, but kept out of printed output all the same. */
-/** The stack's own secrets, created on its first start and kept with its state (mode 0600). */
+/** The stack's payload encryption key: created on its first start, kept with its state (mode 0600). */
 export const devPayloadKeyFile = (stackDir: string): string => path.join(stackDir, 'payload.key');
-/** The password the dev pageserver and safekeepers demand (Neon's storage_auth_token). */
+/** The password the dev pageserver and safekeepers demand (Neon's storage_auth_token); made and kept the same way. */
 export const devStorageTokenFile = (stackDir: string): string => path.join(stackDir, 'storage.token');
 
+/** s3rver's fixed development credentials; not a secret, but kept out of printed output all the same. */
 export const DEV_S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
 /** Neon's own defaults where it has them (pageserver 6400/9898, safekeeper 5454/7676). */
