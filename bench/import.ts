@@ -509,10 +509,11 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
   lines.push(
     'Notes:',
     '- The upload is one object per file: files above 64 MiB (relation segments) in 32 MiB multipart parts, as `aws s3 sync` also',
-    '  uses multipart, smaller ones in one request; at most 10 requests in flight, every byte read once. What was sent is journaled',
+    '  uses multipart, smaller ones in one request (those of 8 to 64 MiB hashed first, so S3 can check every body); at most 10',
+    '  requests in flight. What was sent is journaled',
     '  next to the data directory (each object\'s ETag, each finished part): a resumed upload skips an object of the right size and',
     '  recorded ETag without reading the file again, keeps the finished parts of a half-sent segment, and checks any other object of',
-    '  the right size by content (sha256 metadata, or the MD5 ETag of a single-request one).',
+    '  the right size by content (its sha256 metadata).',
     '- The pageserver keeps no precomputed base backup for an image above 256 MiB (it packs one per request), so its import ends',
     '  once the data directory is downloaded, checked and fsync\'d.',
     '- Timings on this shared 2-CPU machine vary by tens of percent between runs (other test suites ran at the same time).',

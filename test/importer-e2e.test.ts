@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pg from 'pg';
@@ -42,6 +43,8 @@ let bucket: string;
 const keyProviders = { Local: createLocalKeyProvider({ 'test-key': parseLocalKey(generateLocalKey()) }) };
 /** Commands sent through `s3`: name (PutObjectCommand, UploadPartCommand...) and key. */
 const sent: { command: string; key?: string }[] = [];
+/** By object key: the x-amz-content-sha256 its last PutObject was signed with. */
+const payloadHashes = new Map<string, string>();
 
 
 async function newImport(opts: { password?: string; database?: string } = {}): Promise<{ prefix: string; workdir: string }> {
@@ -84,6 +87,15 @@ beforeAll(async () => {
       }
     },
     { step: 'initialize', name: 'countCommands' },
+  );
+  // The payload hash each PUT was signed with, as it went on the wire.
+  s3.middlewareStack.add(
+    (next, context) => async (args) => {
+      const headers = (args.request as { headers?: Record<string, string> }).headers ?? {};
+      if (context.commandName === 'PutObjectCommand') payloadHashes.set((args.input as { Key: string }).Key, headers['x-amz-content-sha256'] ?? '');
+      return next(args);
+    },
+    { step: 'finalizeRequest', name: 'recordPayloadHashes' },
   );
   bucket = config.s3.bucket;
 
@@ -354,6 +366,12 @@ describe('fast import activities', () => {
     const large: { key: string; size: number }[] = [];
     for await (const o of listObjects(s3, bucket, `${prefix}/pgdata/`)) if (o.size >= 8 * MiB) large.push(o);
     expect(large.length).toBeGreaterThan(0);
+    // Streamed or not, S3 can check every body: it is signed with the file's sha256, which is also the object's metadata.
+    for (const o of large) {
+      const local = createHash('sha256').update(readFileSync(path.join(workdir!, 'pgdata', o.key.slice(`${prefix}/pgdata/`.length)))).digest('hex');
+      expect(payloadHashes.get(o.key)).toBe(local);
+      expect((await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: o.key }))).Metadata?.sha256).toBe(local);
+    }
 
     // With the journal, a resume asks S3 nothing per object.
     const start2 = sent.length;
@@ -361,8 +379,8 @@ describe('fast import activities', () => {
     expect(again).toMatchObject({ uploadedFiles: 0, skippedFiles: again.filesTotal, verifiedByContent: 0 });
     expect(sent.slice(start2).filter((c) => c.command !== 'ListObjectsCommand')).toEqual([]);
 
-    // The journal lost: each object of the right size is compared with the local file (sha256
-    // metadata for files sent from memory, the MD5 ETag for streamed ones), and none is sent again.
+    // The journal lost: each object of the right size is compared with the local file by its
+    // sha256 metadata, and none is sent again.
     rmSync(path.join(workdir!, 'upload-journal.jsonl'));
     const start3 = sent.length;
     const checked = await runIn(new MockActivityEnvironment(), a.uploadPgdata, { workdir: workdir!, prefix });

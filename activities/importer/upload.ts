@@ -20,12 +20,13 @@ import { UploadJournal } from './upload-journal';
 /**
  * Uploads a stopped Postgres data directory, one object per file, to `<keyPrefix>/<relative path>`.
  *
- * Every byte is read once. A small file is read into memory, hashed, and sent with its sha256
- * both as the signed payload hash (S3 checks the body against it; the SDK does not hash it a
- * second time) and as object metadata. A larger file streams from disk in a single PUT through a
- * hash. A file at or above the multipart threshold goes up in parts, each sent with its own
- * payload hash. What was sent is journaled (see upload-journal.ts): the object's ETag per file,
- * the finished parts per multipart upload.
+ * Every byte S3 receives is checked by it against a sha256 sent as the signed payload hash (the
+ * SDK does not hash the body a second time), and every object carries its sha256 as metadata. A
+ * small file is read into memory and hashed. A larger one is hashed from disk first, then
+ * streamed in a single PUT: one more read of a file the page cache holds, instead of a body S3
+ * could not check. A file at or above the multipart threshold goes up in parts, each read once
+ * and sent with its own payload hash. What was sent is journaled (see upload-journal.ts): the
+ * object's ETag per file, the finished parts per multipart upload.
  *
  * Resumable at two levels:
  * - Files: a restarted upload lists the prefix (sizes and ETags, no request per object) and
@@ -317,20 +318,21 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     return { etag: unquoteEtag(out.ETag), sha256 };
   };
 
-  /** One PUT streaming the file through a hash; the stream cannot be replayed, so retries start the file over here. */
+  /**
+   * One PUT streaming the file, with its sha256 (taken first) as the payload hash: S3 refuses a
+   * body that differs from what was hashed. The stream cannot be replayed, so retries start the
+   * file over here.
+   */
   const putStreamed = async (f: LocalFile, key: string): Promise<{ etag: string; sha256: string }> => {
+    const sha256 = await hashOfFile(f.abs, 'sha256');
     for (let attempt = 1; ; attempt++) {
-      const hash = createHash('sha256');
       let sent = 0;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           sent += chunk.length;
           progress.bytesDone += chunk.length;
           if (sent > f.size) cb(new FileChangedError(f.abs));
-          else {
-            hash.update(chunk);
-            cb(null, chunk);
-          }
+          else cb(null, chunk);
         },
       });
       const source = createReadStream(f.abs, { highWaterMark: MiB });
@@ -338,11 +340,17 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       source.pipe(counter);
       try {
         const out = await send(() =>
-          opts.s3.send(new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: counter, ContentLength: f.size }), { abortSignal: signal }),
+          opts.s3.send(
+            withPayloadHash(
+              new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: counter, ContentLength: f.size, Metadata: { [SHA256_METADATA_KEY]: sha256 } }),
+              sha256,
+            ),
+            { abortSignal: signal },
+          ),
         );
         if (sent !== f.size) throw new FileChangedError(f.abs);
         progress.bytesDone -= sent;
-        return { etag: unquoteEtag(out.ETag), sha256: hash.digest('hex') };
+        return { etag: unquoteEtag(out.ETag), sha256 };
       } catch (err) {
         progress.bytesDone -= sent;
         source.destroy();
