@@ -22,7 +22,7 @@ export interface FileRecord {
   size: number;
   mtimeMs: number;
   etag: string;
-  /** Content sha256 when it is known (files sent from memory, or checked by content). */
+  /** Content sha256, for objects sent in one request (a multipart upload never reads the whole file at once). */
   sha256?: string;
 }
 

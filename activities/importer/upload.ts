@@ -155,9 +155,6 @@ export async function walkDataDirectory(root: string): Promise<{ files: LocalFil
   return { files, symlinks: symlinks.sort() };
 }
 
-/** An ETag that is the MD5 of the object's bytes (a single PUT without KMS), not of its parts. */
-const PLAIN_MD5_ETAG = /^[0-9a-f]{32}$/;
-
 /** Every object under `prefix` with its size and ETag. */
 async function listWithEtags(s3: S3Client, bucket: string, prefix: string, signal: AbortSignal): Promise<Map<string, RemoteObject>> {
   const objects = new Map<string, RemoteObject>();
@@ -165,8 +162,8 @@ async function listWithEtags(s3: S3Client, bucket: string, prefix: string, signa
   return objects;
 }
 
-async function hashOfFile(file: string, algorithm: 'sha256' | 'md5'): Promise<string> {
-  const hash = createHash(algorithm);
+async function sha256OfFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
   for await (const chunk of createReadStream(file, { highWaterMark: MiB })) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
@@ -290,20 +287,12 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       if (signal.aborted) throw err;
       return false;
     }
-    let local: string;
-    if (expected) {
-      local = sameLocal && record.sha256 ? record.sha256 : await hashOfFile(f.abs, 'sha256');
-    } else if (PLAIN_MD5_ETAG.test(object.etag)) {
-      // Sent as a stream (its sha256 was known only afterwards): a single PUT's ETag is the MD5 of
-      // its content on S3 (without KMS) and s3rver, so that still checks the content.
-      expected = object.etag;
-      local = await hashOfFile(f.abs, 'md5');
-    } else {
-      return false;
-    }
+    // Multipart objects carry no sha256 (it is known only once every part is read): sent again.
+    if (!expected) return false;
+    const local = sameLocal && record.sha256 ? record.sha256 : await sha256OfFile(f.abs);
     if (local !== expected) return false;
     verifiedByContent++;
-    journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, etag: object.etag, ...(expected === object.etag ? {} : { sha256: local }) });
+    journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, etag: object.etag, sha256: local });
     return true;
   };
 
@@ -324,7 +313,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
    * file over here.
    */
   const putStreamed = async (f: LocalFile, key: string): Promise<{ etag: string; sha256: string }> => {
-    const sha256 = await hashOfFile(f.abs, 'sha256');
+    const sha256 = await sha256OfFile(f.abs);
     for (let attempt = 1; ; attempt++) {
       let sent = 0;
       const counter = new Transform({
