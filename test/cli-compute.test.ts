@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -9,8 +9,11 @@ import { killAllProcesses } from './helpers/processes';
 import { testEnv } from './helpers/stack';
 
 describe('the durable-compute CLI drives a compute', () => {
-  afterAll(killAllProcesses);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-cli-'));
+  afterAll(async () => {
+    await killAllProcesses();
+    rmSync(dir, { recursive: true, force: true });
+  });
   const cli = (args: string[]) => runCli(args, { env: testEnv() });
 
   it('timeline create, compute start --wait, status, list, lfc offload, terminate', async () => {

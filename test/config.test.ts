@@ -36,16 +36,20 @@ describe('configuration from the environment', () => {
 
   it('reads mTLS file paths and checks they exist', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-tls-'));
-    const crt = path.join(dir, 'client.pem');
-    const key = path.join(dir, 'client.key');
-    writeFileSync(crt, 'cert');
-    writeFileSync(key, 'key');
-    const cfg = loadConfig({ TEMPORAL_TLS_CLIENT_CERT_PATH: crt, TEMPORAL_TLS_CLIENT_KEY_PATH: key });
-    expect(cfg.temporal.tls).toEqual({ clientCertPath: crt, clientKeyPath: key, serverCaCertPath: undefined, serverName: undefined });
-    expect(() => loadConfig({ TEMPORAL_TLS_CLIENT_CERT_PATH: path.join(dir, 'missing.pem'), TEMPORAL_TLS_CLIENT_KEY_PATH: key })).toThrow(
-      /TEMPORAL_TLS_CLIENT_CERT_PATH: file does not exist/,
-    );
-    expect(() => loadConfig({ TEMPORAL_TLS_CLIENT_CERT_PATH: crt })).toThrow(/must be set together/);
+    try {
+      const crt = path.join(dir, 'client.pem');
+      const key = path.join(dir, 'client.key');
+      writeFileSync(crt, 'cert');
+      writeFileSync(key, 'key');
+      const cfg = loadConfig({ TEMPORAL_TLS_CLIENT_CERT_PATH: crt, TEMPORAL_TLS_CLIENT_KEY_PATH: key });
+      expect(cfg.temporal.tls).toEqual({ clientCertPath: crt, clientKeyPath: key, serverCaCertPath: undefined, serverName: undefined });
+      expect(() => loadConfig({ TEMPORAL_TLS_CLIENT_CERT_PATH: path.join(dir, 'missing.pem'), TEMPORAL_TLS_CLIENT_KEY_PATH: key })).toThrow(
+        /TEMPORAL_TLS_CLIENT_CERT_PATH: file does not exist/,
+      );
+      expect(() => loadConfig({ TEMPORAL_TLS_CLIENT_CERT_PATH: crt })).toThrow(/must be set together/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it.each([

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -56,6 +56,7 @@ describe('a workflow whose worker process is SIGKILLed mid-activity', () => {
       expect(scheduled).toHaveLength(3);
     } finally {
       await close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
