@@ -5,8 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { DeleteObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { ApplicationFailure } from '@temporalio/common';
+import { DeleteObjectCommand, HeadObjectCommand, NoSuchUpload, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ApplicationFailure, type Logger } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -336,6 +336,69 @@ describe('fast import activities', () => {
     const target = path.join(root, uniqueId('resumed'));
     await importPgdataFromS3({ s3, bucket, prefix, targetDir: target });
     expect(await fingerprintOfDataDir(target)).toEqual(source.fingerprint);
+  });
+
+  it('sends a half-sent file again whole, once and saying why, when S3 no longer has its earlier multipart upload', async () => {
+    const { workdir } = state;
+    const a = activities();
+    const walDir = path.join(workdir!, 'pgdata', 'pg_wal');
+    const segment = readdirSync(walDir).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort()[0]!;
+    const local = readFileSync(path.join(walDir, segment));
+    const { mtimeMs } = statSync(path.join(walDir, segment));
+    // What the killed attempt's heartbeat said: one part of the segment sent, to an upload S3 has
+    // since dropped (expired by a lifecycle rule, or aborted).
+    const killedAttempt = (prefix: string, uploadId: string): UploadProgress => ({
+      phase: 'upload',
+      filesTotal: 0,
+      bytesTotal: 0,
+      filesDone: 0,
+      bytesDone: 0,
+      uploadedFiles: 0,
+      uploadedBytes: 0,
+      skippedFiles: 0,
+      skippedBytes: 0,
+      resumedParts: 0,
+      restartedFiles: 0,
+      inFlight: [{ key: `${prefix}/pgdata/pg_wal/${segment}`, uploadId, size: local.length, mtimeMs, partSize: 5 * MiB, parts: [[1, `"${'0'.repeat(32)}"`]] }],
+    });
+    const warnings: { message: string; meta?: Record<string, unknown> }[] = [];
+    const ignore = () => {};
+    const logger: Logger = { log: ignore, trace: ignore, debug: ignore, info: ignore, error: ignore, warn: (message, meta) => warnings.push({ message, meta }) };
+
+    const resumeAfterKill = async (prefix: string, uploadId: string) => {
+      warnings.length = 0;
+      const from = sent.length;
+      const env = new MockActivityEnvironment({ attempt: 2, heartbeatDetails: killedAttempt(prefix, uploadId) }, { logger });
+      const result = await runIn(env, a.uploadPgdata, { workdir: workdir!, prefix });
+      const key = `${prefix}/pgdata/pg_wal/${segment}`;
+      expect(result).toMatchObject({ restartedFiles: 1, resumedParts: 0, filesDone: result.filesTotal });
+      expect(warnings).toEqual([
+        { message: expect.stringMatching(/multipart upload of .* could not be continued; sending the whole file again/), meta: expect.objectContaining({ key, uploadId, partsKept: 1 }) },
+      ]);
+      // One fresh multipart upload, and the object is the local file.
+      expect(sent.slice(from).filter((c) => c.key === key && c.command === 'CreateMultipartUploadCommand')).toHaveLength(1);
+      expect((await getObjectBytes(s3, bucket, key, 64 * MiB))!.equals(local)).toBe(true);
+    };
+
+    // s3rver takes parts for any upload ID and fails the completion, when it finds no such upload.
+    await resumeAfterKill(uniqueId('imports/expired'), 'f'.repeat(32));
+
+    // Real S3 refuses the first part already: 404 NoSuchUpload.
+    const goneId = 'e'.repeat(32);
+    s3.middlewareStack.add(
+      (next, context) => async (args) => {
+        if (context.commandName === 'UploadPartCommand' && (args.input as { UploadId?: string }).UploadId === goneId) {
+          throw new NoSuchUpload({ message: 'The specified upload does not exist.', $metadata: { httpStatusCode: 404 } });
+        }
+        return next(args);
+      },
+      { step: 'initialize', name: 'noSuchUpload' },
+    );
+    try {
+      await resumeAfterKill(uniqueId('imports/aborted'), goneId);
+    } finally {
+      s3.middlewareStack.remove('noSuchUpload');
+    }
   });
 
   it('heartbeats at most once a second by default, the last one with the final progress', async () => {

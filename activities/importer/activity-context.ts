@@ -11,18 +11,27 @@ export interface StepContext {
   /** The details of the last heartbeat of an earlier attempt of this activity, if any. */
   previousDetails: unknown;
   attempt: number;
+  /** Something an operator should know although the step goes on (the activity's log, or stderr outside one). */
+  warn(message: string, attrs?: Record<string, unknown>): void;
 }
 
 export function stepContext(fallbackSignal?: AbortSignal): StepContext {
   const ctx: Context | undefined = asyncLocalStorage.getStore();
   if (!ctx) {
-    return { heartbeat: () => {}, signal: fallbackSignal ?? new AbortController().signal, previousDetails: undefined, attempt: 1 };
+    return {
+      heartbeat: () => {},
+      signal: fallbackSignal ?? new AbortController().signal,
+      previousDetails: undefined,
+      attempt: 1,
+      warn: (message, attrs) => console.warn(message, attrs ?? ''),
+    };
   }
   return {
     heartbeat: (details) => ctx.heartbeat(details),
     signal: ctx.cancellationSignal,
     previousDetails: ctx.info.heartbeatDetails,
     attempt: ctx.info.attempt,
+    warn: (message, attrs) => ctx.log.warn(message, attrs),
   };
 }
 

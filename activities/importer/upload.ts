@@ -88,6 +88,8 @@ export interface UploadProgress {
   skippedBytes: number;
   /** Parts reused from the previous attempt's unfinished multipart uploads. */
   resumedParts: number;
+  /** Files whose earlier multipart upload S3 would not complete, sent again whole from a new one. */
+  restartedFiles: number;
   inFlight: MultipartState[];
 }
 
@@ -189,6 +191,11 @@ function previousProgress(v: unknown): UploadProgress | undefined {
   return { ...p, inFlight: Array.isArray(p.inFlight) ? p.inFlight : [] };
 }
 
+/** An error S3 answered with (as the SDK raises it), as opposed to one from this side. */
+function isS3Response(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && typeof (err as { $metadata?: unknown }).$metadata === 'object';
+}
+
 /** A counting semaphore: the bound on requests in flight. */
 function semaphore(slots: number) {
   let free = slots;
@@ -247,6 +254,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     skippedFiles: 0,
     skippedBytes: 0,
     resumedParts: 0,
+    restartedFiles: 0,
     inFlight: [],
   };
   let verifiedByContent = 0;
@@ -388,6 +396,28 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     const done = new Set(state.parts.map(([n]) => n));
     const partBytes = (n: number) => Math.min(filePartSize, f.size - (n - 1) * filePartSize);
     for (const n of done) progress.bytesDone += partBytes(n);
+    const forget = () => {
+      inFlight.delete(key);
+      for (const [n] of state.parts) progress.bytesDone -= partBytes(n);
+    };
+    // An earlier attempt's upload that fails to continue (S3 dropped it: expired by a lifecycle
+    // rule, aborted, or its parts are not what was recorded) is started over once, from a fresh
+    // multipart upload; the SDK has already retried anything transient.
+    const startOver = (err: unknown) => {
+      ctx.warn(`The earlier attempt's multipart upload of ${key} could not be continued; sending the whole file again`, {
+        key,
+        uploadId: state.uploadId,
+        partsKept: earlier!.parts.length,
+        error: (err as Error).message,
+      });
+      forget();
+      progress.resumedParts -= earlier!.parts.length;
+      progress.restartedFiles++;
+      return uploadMultipart(f, key, false);
+    };
+    const continuingEarlier = () => earlier !== undefined && state.uploadId === earlier.uploadId && !signal.aborted;
+
+    let partsFailure: unknown;
     const handle = await open(f.abs, 'r');
     try {
       const pending: Promise<void>[] = [];
@@ -431,14 +461,17 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       await Promise.all(pending);
       if (signal.aborted) throw signal.reason;
       if (failure !== undefined) throw failure;
+    } catch (err) {
+      partsFailure = err;
     } finally {
       await handle.close();
     }
+    if (partsFailure !== undefined) {
+      // Only S3's answer can say the upload is gone; a local read error would fail the same way again.
+      if (continuingEarlier() && isS3Response(partsFailure)) return startOver(partsFailure);
+      throw partsFailure;
+    }
     const parts = [...state.parts].sort((a, b) => a[0] - b[0]).map(([PartNumber, ETag]) => ({ PartNumber, ETag }));
-    const forget = () => {
-      inFlight.delete(key);
-      for (const [n] of state.parts) progress.bytesDone -= partBytes(n);
-    };
     let etag: string;
     try {
       const out = await send(() =>
@@ -448,14 +481,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       );
       etag = unquoteEtag(out.ETag);
     } catch (err) {
-      if (signal.aborted) throw err;
-      // The earlier attempt's upload is gone or its parts are (expired, aborted, cleaned): start
-      // this file over once, from a fresh multipart upload.
-      if (earlier && state.uploadId === earlier.uploadId) {
-        forget();
-        progress.resumedParts -= earlier.parts.length;
-        return uploadMultipart(f, key, false);
-      }
+      if (continuingEarlier()) return startOver(err);
       throw err;
     }
     forget();

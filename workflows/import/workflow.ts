@@ -226,6 +226,7 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
           skipped_files: up.skippedFiles,
           skipped_bytes: up.skippedBytes,
           resumed_parts: up.resumedParts,
+          restarted_files: up.restartedFiles ?? 0,
           resumed_from: up.resumedFrom ? { files_done: up.resumedFrom.filesDone, bytes_done: up.resumedFrom.bytesDone } : null,
         };
         status.progress = { bytesDone: up.bytesTotal, bytesTotal: up.bytesTotal, filesDone: up.filesTotal, filesTotal: up.filesTotal };
