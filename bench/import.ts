@@ -40,6 +40,8 @@ import { loadConfig, type AppConfig } from '../common/config';
 import { detectHostResources, type HostResources } from '../activities/importer/bulk-load-settings';
 import { COMMON_DUMP_RESTORE_OPTIONS } from '../activities/importer/dump-restore';
 import { destroyScratch, ensureDatabase, ensureScratchRunning, initScratchDataDir, scratchPaths, stopScratch, withScratchClient } from '../activities/importer/scratch-postgres';
+import { createPageserverClient } from '../activities/pageserver';
+import { writePgdataDone } from '../activities/importer/status';
 import { createS3Client } from '../activities/s3/client';
 import { listObjects } from '../activities/s3/objects';
 import { generateLocalKey } from '../activities/secrets/local-aes';
@@ -209,6 +211,36 @@ async function methodPgcopydb(ctx: Bench): Promise<MethodResult> {
   await timed(steps, 'stop', () => stopScratch({ install: ctx.install, workdir, resources: ctx.resources, restoreJobs: jobs }));
   await timed(steps, 'aws s3 sync', () => awsSync(ctx, scratchPaths(workdir).pgdata, 'bench/b'));
   return finish('pgcopydb clone + aws s3 sync', steps, await prefixSize(ctx, 'bench/b'), fp, ctx);
+}
+
+/**
+ * The dev pageserver's import of what (a) uploaded, started and timed as the workflow starts its
+ * own: the import is requested first, then the commit marker written; timed from the marker until
+ * the timeline is active. (a) followed by this does what the workflow does end to end, with
+ * (a)'s tools: the reference point for the workflow's end-to-end figure.
+ */
+async function pageserverImportOf(ctx: Bench, prefix: string): Promise<{ seconds: number; phases?: PageserverPhases }> {
+  const pageserver = createPageserverClient({ httpUrl: ctx.endpoints.pageserver.http, token: ctx.storageAuthToken });
+  const tenantId = randomNeonId();
+  const timelineId = randomNeonId();
+  await pageserver.createTimeline(tenantId, {
+    new_timeline_id: timelineId,
+    import_pgdata: { idempotency_key: `bench-${timelineId}`, location: { AwsS3: { region: ctx.endpoints.s3.region, bucket: ctx.bucket, key: prefix } } },
+  });
+  log(`pageserver import of ${prefix}...`);
+  const start = performance.now();
+  const markerAt = Date.now();
+  await writePgdataDone(ctx.s3, ctx.bucket, prefix);
+  for (;;) {
+    const info = await pageserver.getTimeline(tenantId, timelineId);
+    if (info.state === 'Active' || info.state === undefined) break;
+    if (typeof info.state === 'object' && 'Broken' in info.state) throw new Error(`the pageserver's import of ${prefix} failed: ${info.state.Broken.reason}`);
+    await sleep(50);
+  }
+  const seconds = (performance.now() - start) / 1000;
+  log(`pageserver import of ${prefix}: ${seconds.toFixed(1)} s`);
+  await pageserver.deleteTimeline(tenantId, timelineId);
+  return { seconds, phases: pageserverPhases(ctx, tenantId, timelineId, markerAt) };
 }
 
 /** An importer worker process with its own work directory, as on an importer VM. */
@@ -404,6 +436,10 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
         }
       },
     });
+    if (kill) {
+      // The resumed worker's warnings say why a half-sent file had to be sent again whole.
+      for (const line of worker.output().split('\n')) if (/could not be completed/.test(line)) log(`resumed importer: ${line.trim()}`);
+    }
     if (killInfo && killedAtWall !== undefined) {
       const resumed = await lastAttemptStart(ctx, importId, 'uploadPgdata');
       if (resumed !== undefined) killInfo.resumedAfterSeconds = (resumed - killedAtWall) / 1000;
@@ -430,7 +466,14 @@ function stepSeconds(r: WorkflowRun, name: string): number {
   return r.result.steps.find((s) => s.name === name)?.seconds ?? 0;
 }
 
-function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: MethodResult[], runs: WorkflowRun[]): string {
+function report(
+  ctx: Bench,
+  setupSeconds: number,
+  sourceBytes: number,
+  methods: MethodResult[],
+  runs: WorkflowRun[],
+  reference: { seconds: number; phases?: PageserverPhases } | undefined,
+): string {
   const host = detectHostResources();
   const [plain, killed] = runs;
   const lines = [
@@ -465,6 +508,16 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
       '',
     );
   }
+  if (pgdump && reference) {
+    const withImport = pgdump.totalSeconds + reference.seconds;
+    const ps = reference.phases;
+    lines.push(
+      `(a) followed by the dev pageserver's import of what (a) uploaded (requested, then the commit marker written, until the timeline`,
+      `is active${ps ? `: marker seen after ${fmt(ps.markerSeenAfterSeconds)} s, download ${fmt(ps.downloadSeconds)} s, first image ${fmt(ps.imageSeconds)} s` : ''}): ${fmt(pgdump.totalSeconds)} + ${fmt(reference.seconds)} = ${fmt(withImport)} s,`,
+      `${(withImport / pgdump.totalSeconds).toFixed(2)}x of (a). This is (a)'s tools doing everything the workflow does end to end${plain ? `; the workflow took ${(plain.result.totalSeconds / withImport).toFixed(2)}x of it` : ''}.`,
+      '',
+    );
+  }
   for (const r of runs) {
     const ps = r.pageserver;
     if (!ps) continue;
@@ -494,7 +547,7 @@ function report(ctx: Bench, setupSeconds: number, sourceBytes: number, methods: 
       '| run | total (s) | to commit marker (s) | uploadPgdata step (s) | at kill | what the resumed upload sent |',
       '|---|---:|---:|---:|---|---|',
       `| not killed | ${fmt(plain.result.totalSeconds)} | ${fmt(plain.toMarkerSeconds)} | ${fmt(stepSeconds(plain, 'uploadPgdata'))} | - | ${up(plain).uploaded_files} files, ${(up(plain).uploaded_bytes / MiB).toFixed(0)} MiB |`,
-      `| killed after ${fmt(killed.kill!.afterSeconds)} s (half the upload time of the other run into its upload), restarted at once (${fmt(killed.kill!.restartSeconds)} s) | ${fmt(killed.result.totalSeconds)} | ${fmt(killed.toMarkerSeconds)} | ${fmt(stepSeconds(killed, 'uploadPgdata'))} | ${killed.kill!.atKill} | skipped ${up(killed).skipped_files} files (${(up(killed).skipped_bytes / MiB).toFixed(0)} MiB) already uploaded intact, sent ${up(killed).uploaded_files} files (${(up(killed).uploaded_bytes / MiB).toFixed(0)} MiB${up(killed).resumed_parts ? `, of which ${up(killed).resumed_parts} parts were kept from the killed attempt's unfinished multipart uploads` : ''}) |`,
+      `| killed after ${fmt(killed.kill!.afterSeconds)} s (half the upload time of the other run into its upload), restarted at once (${fmt(killed.kill!.restartSeconds)} s) | ${fmt(killed.result.totalSeconds)} | ${fmt(killed.toMarkerSeconds)} | ${fmt(stepSeconds(killed, 'uploadPgdata'))} | ${killed.kill!.atKill} | skipped ${up(killed).skipped_files} files (${(up(killed).skipped_bytes / MiB).toFixed(0)} MiB) already uploaded intact, sent ${up(killed).uploaded_files} files (${(up(killed).uploaded_bytes / MiB).toFixed(0)} MiB${up(killed).resumed_parts ? `, of which ${up(killed).resumed_parts} parts were kept from the killed attempt's unfinished multipart uploads` : ''}${up(killed).restarted_files ? `; ${up(killed).restarted_files} half-sent file(s) sent again whole, as S3 would not complete their earlier upload` : ''}) |`,
       '',
       `Killed vs not killed: ${(killed.result.totalSeconds / plain.result.totalSeconds).toFixed(2)}x end to end, ${(killed.toMarkerSeconds / plain.toMarkerSeconds).toFixed(2)}x to the commit marker.`,
       '',
@@ -627,8 +680,10 @@ async function main(): Promise<void> {
       r.load = `${before} → ${loadAverage()}`;
       return r;
     };
+    let reference: { seconds: number; phases?: PageserverPhases } | undefined;
     if (!skip.has('pgdump')) {
       methods.push(await withLoad(() => methodPgDump(ctx)));
+      reference = await pageserverImportOf(ctx, 'bench/a');
       await cleanup('a');
     }
     if (!skip.has('pgcopydb')) {
@@ -646,7 +701,7 @@ async function main(): Promise<void> {
       runs.push(killed);
     }
     mkdirSync(path.dirname(outFile), { recursive: true });
-    writeFileSync(outFile, report(ctx, setupSeconds, sourceBytes, methods, runs));
+    writeFileSync(outFile, report(ctx, setupSeconds, sourceBytes, methods, runs, reference));
     log(`results written to ${outFile}`);
   } finally {
     for (const close of closers.reverse()) await close().catch(() => undefined);
