@@ -438,7 +438,8 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
     });
     if (kill) {
       // The resumed worker's warnings say why a half-sent file had to be sent again whole.
-      for (const line of worker.output().split('\n')) if (/could not be completed/.test(line)) log(`resumed importer: ${line.trim()}`);
+      const output = worker.output();
+      for (const m of output.matchAll(/^.*could not be continued[^\n]*\{\n[\s\S]*?^\}/gm)) log(`resumed importer: ${m[0].replace(/\s*\n\s*/g, ' ')}`);
     }
     if (killInfo && killedAtWall !== undefined) {
       const resumed = await lastAttemptStart(ctx, importId, 'uploadPgdata');

@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { importWorkdir, MAX_WORKDIR_ROOT_BYTES, resolveImporterHost, withHeartbeatPump } from '../activities/import-control/importer-host';
 import { ensureLocalImportKey, importKeyProviders } from '../activities/import-control/keys';
 import { scratchPaths } from '../activities/importer/scratch-postgres';
+import { multipartEtag } from '../activities/importer/upload';
 import { decryptSourceConnstring, buildImportSpec } from '../activities/secrets/import-spec';
 import { readSource } from '../client/commands/import';
 import { ImportClient, progressFromHeartbeat, sourceDatabaseOf } from '../client/import-client';
@@ -129,6 +130,19 @@ describe('configuration and keys', () => {
     expect(JSON.stringify(spec)).not.toContain('pw@');
     // Another process with the same configuration (the importer) decrypts it.
     expect(await decryptSourceConnstring(spec, importKeyProviders(loadConfig({ DURABLE_COMPUTE_STACK_DIR: path.join(root, 'keys-stack') }).imports))).toBe('postgresql://u:pw@h/db');
+  });
+});
+
+describe('multipart ETags', () => {
+  it("are the MD5 of the parts' binary MD5s and the part count, as S3 gives them", () => {
+    // Parts "a" and "b"; the expected value was computed with Python's hashlib.
+    const parts: [number, string][] = [
+      [2, '"92eb5ffee6ae2fec3ad71c777531578f"'],
+      [1, '"0cc175b9c0f1b6a831c399e269772661"'],
+    ];
+    expect(multipartEtag(parts)).toBe('96e024ba2074fe77e8e965ba43a704be-2');
+    // A part ETag that is no MD5 (SSE-KMS) leaves nothing to compare with.
+    expect(multipartEtag([[1, '"not-an-md5"']])).toBeUndefined();
   });
 });
 

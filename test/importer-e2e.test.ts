@@ -401,6 +401,62 @@ describe('fast import activities', () => {
     }
   });
 
+  it('keeps a segment whose multipart upload S3 completed just before the attempt died, unrecorded', async () => {
+    const { workdir } = state;
+    const a = activities();
+    const journalFile = path.join(workdir!, 'upload-journal.jsonl');
+    const multipartKeys = (prefix: string) =>
+      readFileSync(journalFile, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"t":"mpu"') && l.includes(`"${prefix}/`))
+        .map((l) => (JSON.parse(l) as { key: string }).key);
+    // The attempt dies between S3's answer to CompleteMultipartUpload and the journal's record of
+    // it: every part is journaled, the object is complete in S3, the file record is missing.
+    const dieAfterCompleting = async (prefix: string) => {
+      await runIn(new MockActivityEnvironment(), a.uploadPgdata, { workdir: workdir!, prefix });
+      const keys = multipartKeys(prefix);
+      expect(keys.length).toBeGreaterThan(0);
+      const lines = readFileSync(journalFile, 'utf8').split('\n');
+      writeFileSync(journalFile, lines.filter((l) => !(l.includes('"t":"file"') && keys.some((k) => l.includes(`"key":${JSON.stringify(k)}`)))).join('\n'));
+      return keys;
+    };
+    const resume = async (prefix: string, keys: string[]) => {
+      const from = sent.length;
+      const resumed = await runIn(new MockActivityEnvironment({ attempt: 2 }), a.uploadPgdata, { workdir: workdir!, prefix });
+      const again = sent.slice(from).filter((c) => keys.includes(c.key ?? '') && ['PutObjectCommand', 'CreateMultipartUploadCommand', 'UploadPartCommand'].includes(c.command));
+      expect(again).toEqual([]);
+      expect(resumed).toMatchObject({ uploadedFiles: 0, restartedFiles: 0, skippedFiles: resumed.filesTotal });
+      return sent.slice(from);
+    };
+
+    // Seen in the listing the resume starts from: kept without a request about it.
+    const listed = uniqueId('imports/completed');
+    const listedKeys = await dieAfterCompleting(listed);
+    const requests = await resume(listed, listedKeys);
+    expect(requests.filter((c) => listedKeys.includes(c.key ?? ''))).toEqual([]);
+
+    // Not yet listed when the resume started (S3 still completing it): the resumed attempt's own
+    // completion of that upload fails, and the object it finds then is kept.
+    const late = uniqueId('imports/completed-late');
+    const lateKeys = await dieAfterCompleting(late);
+    s3.middlewareStack.add(
+      (next, context) => async (args) => {
+        const out = await next(args);
+        const listing = out.output as { Contents?: { Key?: string }[] };
+        if (context.commandName === 'ListObjectsCommand') listing.Contents = listing.Contents?.filter((o) => !lateKeys.includes(o.Key ?? ''));
+        return out;
+      },
+      { step: 'initialize', name: 'hideCompleted' },
+    );
+    let lateRequests: { command: string; key?: string }[];
+    try {
+      lateRequests = await resume(late, lateKeys);
+    } finally {
+      s3.middlewareStack.remove('hideCompleted');
+    }
+    expect(lateRequests.filter((c) => lateKeys.includes(c.key ?? '') && c.command === 'CompleteMultipartUploadCommand')).toHaveLength(lateKeys.length);
+  });
+
   it('heartbeats at most once a second by default, the last one with the final progress', async () => {
     const { workdir } = state;
     const a = activities({ upload: { concurrency: 4 } });

@@ -164,10 +164,29 @@ async function listWithEtags(s3: S3Client, bucket: string, prefix: string, signa
   return objects;
 }
 
-async function sha256OfFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
+async function hashOfFile(file: string, algorithm: 'sha256' | 'md5'): Promise<string> {
+  const hash = createHash(algorithm);
   for await (const chunk of createReadStream(file, { highWaterMark: MiB })) hash.update(chunk as Buffer);
   return hash.digest('hex');
+}
+
+function sha256OfFile(file: string): Promise<string> {
+  return hashOfFile(file, 'sha256');
+}
+
+/**
+ * The ETag S3 gives an object completed from these parts: the MD5 of the parts' binary MD5s,
+ * then "-" and the part count. Undefined when a part's ETag is no MD5 (SSE-KMS, for one).
+ */
+export function multipartEtag(parts: [number, string][]): string | undefined {
+  const sorted = [...parts].sort((a, b) => a[0] - b[0]);
+  const hash = createHash('md5');
+  for (const [, etag] of sorted) {
+    const hex = unquoteEtag(etag);
+    if (!/^[0-9a-f]{32}$/.test(hex)) return undefined;
+    hash.update(Buffer.from(hex, 'hex'));
+  }
+  return `${hash.digest('hex')}-${sorted.length}`;
 }
 
 /**
@@ -286,6 +305,10 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     const record = journal.file(key);
     const sameLocal = record !== undefined && record.size === f.size && record.mtimeMs === f.mtimeMs;
     if (sameLocal && record.etag !== '' && record.etag === object.etag) return true;
+    if (await isCompletionOf(earlierUpload(f, key), f, object.etag)) {
+      journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, etag: object.etag });
+      return true;
+    }
     let expected: string | undefined;
     try {
       const head = await send(() => opts.s3.send(new HeadObjectCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal }));
@@ -356,13 +379,15 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     }
   };
 
-  /** The earlier attempt's multipart upload of this file, if its parts can be reused. */
-  const resumableUpload = (f: LocalFile, key: string, filePartSize: number): MultipartState | undefined => {
+  const partSizeFor = (f: LocalFile) => Math.max(partSize, Math.ceil(f.size / MAX_PARTS));
+
+  /** The earlier attempt's multipart upload of this file (journal and last heartbeat together), if its parts can be reused. */
+  const earlierUpload = (f: LocalFile, key: string): MultipartState | undefined => {
+    const filePartSize = partSizeFor(f);
     const fits = (m: { size: number; mtimeMs: number; partSize: number } | undefined) =>
       m !== undefined && m.size === f.size && m.mtimeMs === f.mtimeMs && m.partSize === filePartSize;
     const journaled = journal.multipart(key);
     const beat = fromHeartbeat.get(key);
-    fromHeartbeat.delete(key);
     const candidates: MultipartState[] = [];
     if (fits(journaled)) candidates.push({ key, uploadId: journaled!.uploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize, parts: [...journaled!.parts] });
     if (beat && fits(beat) && Array.isArray(beat.parts)) {
@@ -378,9 +403,22 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     return candidates.sort((a, b) => b.parts.length - a.parts.length)[0];
   };
 
-  const uploadMultipart = async (f: LocalFile, key: string, reuse = true): Promise<{ etag: string }> => {
-    const filePartSize = Math.max(partSize, Math.ceil(f.size / MAX_PARTS));
-    const earlier = reuse ? resumableUpload(f, key, filePartSize) : undefined;
+  /**
+   * Whether `etag`, of an object with this file's size, is what completing `upload` gives: an
+   * attempt can die after S3 completed its upload and before the journal heard of it. Only an
+   * upload with every part sent qualifies. S3's multipart ETag follows from the parts' ETags;
+   * a server that gives whole-object MD5s as ETags (s3rver) is answered by the file's MD5.
+   */
+  const isCompletionOf = async (upload: MultipartState | undefined, f: LocalFile, etag: string): Promise<boolean> => {
+    if (!upload || upload.parts.length !== Math.ceil(f.size / upload.partSize)) return false;
+    if (etag === multipartEtag(upload.parts)) return true;
+    return /^[0-9a-f]{32}$/.test(etag) && etag === (await hashOfFile(f.abs, 'md5'));
+  };
+
+  const uploadMultipart = async (f: LocalFile, key: string, reuse = true): Promise<{ etag: string; completedEarlier?: boolean }> => {
+    const filePartSize = partSizeFor(f);
+    const earlier = reuse ? earlierUpload(f, key) : undefined;
+    fromHeartbeat.delete(key);
     let state: MultipartState;
     if (earlier) {
       state = { ...earlier, parts: [...earlier.parts] };
@@ -403,7 +441,13 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     // An earlier attempt's upload that fails to continue (S3 dropped it: expired by a lifecycle
     // rule, aborted, or its parts are not what was recorded) is started over once, from a fresh
     // multipart upload; the SDK has already retried anything transient.
-    const startOver = (err: unknown) => {
+    const startOver = async (err: unknown): Promise<{ etag: string; completedEarlier?: boolean }> => {
+      const head = await send(() => opts.s3.send(new HeadObjectCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal })).catch(() => undefined);
+      const etag = unquoteEtag(head?.ETag);
+      if (head?.ContentLength === f.size && (await isCompletionOf(state, f, etag))) {
+        forget();
+        return { etag, completedEarlier: true };
+      }
       ctx.warn(`The earlier attempt's multipart upload of ${key} could not be continued; sending the whole file again`, {
         key,
         uploadId: state.uploadId,
@@ -494,7 +538,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       progress.skippedFiles++;
       progress.skippedBytes += f.size;
     } else {
-      let sent: { etag: string; sha256?: string };
+      let sent: { etag: string; sha256?: string; completedEarlier?: boolean };
       if (f.size < inMemoryLimit) {
         const content = await readFile(f.abs);
         if (content.length !== f.size) throw new FileChangedError(f.abs);
@@ -506,9 +550,15 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       }
       const after = await stat(f.abs);
       if (after.size !== f.size || after.mtimeMs !== f.mtimeMs) throw new FileChangedError(f.abs);
-      journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, ...sent });
-      progress.uploadedFiles++;
-      progress.uploadedBytes += f.size;
+      const { completedEarlier, ...object } = sent;
+      journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, ...object });
+      if (completedEarlier) {
+        progress.skippedFiles++;
+        progress.skippedBytes += f.size;
+      } else {
+        progress.uploadedFiles++;
+        progress.uploadedBytes += f.size;
+      }
     }
     progress.filesDone++;
     progress.bytesDone += f.size;
