@@ -54,6 +54,10 @@ describe('a workflow whose worker process is SIGKILLed mid-activity', () => {
       const history = await handle.fetchHistory();
       const scheduled = (history.events ?? []).filter((e) => e.activityTaskScheduledEventAttributes);
       expect(scheduled).toHaveLength(3);
+
+      // Activity log lines name the activity, never its task token.
+      expect(second.output()).toMatch(/journal step started.*activityType: 'journalStep'/s);
+      expect(second.output()).not.toMatch(/taskToken/);
     } finally {
       await close();
       rmSync(dir, { recursive: true, force: true });

@@ -1,4 +1,4 @@
-import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import { NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type WorkerOptions } from '@temporalio/worker';
 import type { AppConfig } from '../common/config';
 import { temporalConnectionOptions } from '../common/temporal-connection';
 
@@ -17,6 +17,19 @@ export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'S
 
 export type WorkerSpec = Omit<WorkerOptions, 'connection' | 'namespace'>;
 
+/**
+ * The SDK tags every activity log line with the task token, and whoever holds one can complete
+ * or fail the activity: logs are read by more people than should have that power.
+ */
+const taskTokenOutOfLogs: ActivityInterceptorsFactory = () => ({
+  outbound: {
+    getLogAttributes: (input, next) => {
+      const { taskToken: _taskToken, ...attributes } = next(input);
+      return attributes;
+    },
+  },
+});
+
 /** Creates a worker on the configured cluster; callers run it and it shuts down gracefully on SIGINT/SIGTERM. */
 export async function createWorker(config: AppConfig, spec: WorkerSpec): Promise<{ worker: Worker; connection: NativeConnection }> {
   installRuntime();
@@ -28,6 +41,7 @@ export async function createWorker(config: AppConfig, spec: WorkerSpec): Promise
       // Graceful shutdown: give running activities this long to finish or heartbeat-cancel.
       shutdownGraceTime: '10s',
       ...spec,
+      interceptors: { ...spec.interceptors, activity: [taskTokenOutOfLogs, ...(spec.interceptors?.activity ?? [])] },
     });
     return { worker, connection };
   } catch (err) {
