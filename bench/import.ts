@@ -340,6 +340,25 @@ function pageserverPhases(ctx: Bench, tenantId: string, timelineId: string, mark
   return { markerSeenAfterSeconds: Math.max(0, (found - markerAt) / 1000), downloadSeconds: download, imageSeconds: image };
 }
 
+/**
+ * When the commit marker was written and when the workflow closed, from its history (the
+ * server's clock, on this machine): exact, where a status poll would add its interval and the
+ * latency of a query to a busy worker.
+ */
+async function historyTimes(ctx: Bench, importId: string): Promise<{ markerAt?: number; closedAt?: number }> {
+  const history = await ctx.imports.historyOf(importId);
+  const typeOf = new Map<string, string>();
+  const times: { markerAt?: number; closedAt?: number } = {};
+  for (const e of history.events ?? []) {
+    const at = Number(e.eventTime?.seconds ?? 0) * 1000 + Math.floor((e.eventTime?.nanos ?? 0) / 1e6);
+    if (e.activityTaskScheduledEventAttributes) typeOf.set(String(e.eventId), e.activityTaskScheduledEventAttributes.activityType?.name ?? '?');
+    const done = e.activityTaskCompletedEventAttributes;
+    if (done && typeOf.get(String(done.scheduledEventId)) === 'writePgdataStatus') times.markerAt = at;
+    if (e.workflowExecutionCompletedEventAttributes) times.closedAt = at;
+  }
+  return times;
+}
+
 /** When the last attempt of an activity type started, from the workflow's history. */
 async function lastAttemptStart(ctx: Bench, importId: string, activityType: string): Promise<number | undefined> {
   const history = await ctx.imports.historyOf(importId);
@@ -390,6 +409,7 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
   try {
     log(`workflow ${importId}${kill ? ' (to be killed half way through the upload)' : ''}...`);
     const start = performance.now();
+    const startedAtWall = Date.now();
     await ctx.imports.start({
       importId,
       sourceConnstring: ctx.source.url(DATABASE),
@@ -425,17 +445,11 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
       worker = await startImporter(ctx, hostId);
       killInfo = { afterSeconds, atKill, restartSeconds: (performance.now() - restartStart) / 1000 };
     }
-    let toMarkerSeconds = 0;
-    let markerAtWall = 0;
-    const status = await ctx.imports.wait(importId, {
-      intervalMs: 500,
-      onUpdate: (s) => {
-        if (!toMarkerSeconds && (s.phase === 'pageserver_import' || s.phase === 'done')) {
-          toMarkerSeconds = (performance.now() - start) / 1000;
-          markerAtWall = Date.now();
-        }
-      },
-    });
+    const status = await ctx.imports.wait(importId, { intervalMs: 500 });
+    const { markerAt, closedAt } = await historyTimes(ctx, importId);
+    if (markerAt === undefined || closedAt === undefined) throw new Error(`the history of ${importId} has no commit marker or no close`);
+    const toMarkerSeconds = (markerAt - startedAtWall) / 1000;
+    const totalSeconds = (closedAt - startedAtWall) / 1000;
     if (kill) {
       // The resumed worker's warnings say why a half-sent file had to be sent again whole.
       const output = worker.output();
@@ -445,9 +459,7 @@ async function methodWorkflow(ctx: Bench, killAfterUploadSeconds?: number): Prom
       const resumed = await lastAttemptStart(ctx, importId, 'uploadPgdata');
       if (resumed !== undefined) killInfo.resumedAfterSeconds = (resumed - killedAtWall) / 1000;
     }
-    // The marker is written by writePgdataStatus right after the upload; the status poll sees it up to 0.5 s late.
-    const pageserver = pageserverPhases(ctx, tenantId, timelineId, markerAtWall - 500);
-    const totalSeconds = (performance.now() - start) / 1000;
+    const pageserver = pageserverPhases(ctx, tenantId, timelineId, markerAt);
     log(`workflow ${importId} done in ${totalSeconds.toFixed(1)} s (commit marker after ${toMarkerSeconds.toFixed(1)} s): ${status.steps.map((st) => `${st.name} ${(st.ms / 1000).toFixed(1)}`).join('; ')}`);
     const steps = status.steps.map((st) => ({ name: st.name, seconds: st.ms / 1000 }));
     const fp = kill || skip.has('verify') ? undefined : await fingerprintThroughCompute(ctx, tenantId, timelineId);
