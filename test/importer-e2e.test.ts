@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { createImporterActivities, type ImporterActivities } from '../activities/importer/activities';
-import type { UploadProgress, UploadResult } from '../activities/importer/upload';
+import { initialProgress, type UploadProgress, type UploadResult } from '../activities/importer/upload';
 import { createS3Client } from '../activities/s3/client';
 import { getObjectBytes, listObjects } from '../activities/s3/objects';
 import { buildImportSpec } from '../activities/secrets/import-spec';
@@ -348,17 +348,7 @@ describe('fast import activities', () => {
     // What the killed attempt's heartbeat said: one part of the segment sent, to an upload S3 has
     // since dropped (expired by a lifecycle rule, or aborted).
     const killedAttempt = (prefix: string, uploadId: string): UploadProgress => ({
-      phase: 'upload',
-      filesTotal: 0,
-      bytesTotal: 0,
-      filesDone: 0,
-      bytesDone: 0,
-      uploadedFiles: 0,
-      uploadedBytes: 0,
-      skippedFiles: 0,
-      skippedBytes: 0,
-      resumedParts: 0,
-      restartedFiles: 0,
+      ...initialProgress(0, 0),
       inFlight: [{ key: `${prefix}/pgdata/pg_wal/${segment}`, uploadId, size: local.length, mtimeMs, partSize: 5 * MiB, parts: [[1, `"${'0'.repeat(32)}"`]] }],
     });
     const warnings: { message: string; meta?: Record<string, unknown> }[] = [];

@@ -93,6 +93,24 @@ export interface UploadProgress {
   inFlight: MultipartState[];
 }
 
+/** An upload's progress before anything was sent. */
+export function initialProgress(filesTotal: number, bytesTotal: number): UploadProgress {
+  return {
+    phase: 'upload',
+    filesTotal,
+    bytesTotal,
+    filesDone: 0,
+    bytesDone: 0,
+    uploadedFiles: 0,
+    uploadedBytes: 0,
+    skippedFiles: 0,
+    skippedBytes: 0,
+    resumedParts: 0,
+    restartedFiles: 0,
+    inFlight: [],
+  };
+}
+
 export interface UploadResult extends Omit<UploadProgress, 'inFlight'> {
   skippedSymlinks: string[];
   removedStaleObjects: number;
@@ -262,20 +280,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
   const remote = await listWithEtags(opts.s3, opts.bucket, `${opts.keyPrefix}/`, signal);
   const journal = UploadJournal.open(opts.journalFile);
 
-  const progress: UploadProgress = {
-    phase: 'upload',
-    filesTotal: files.length,
-    bytesTotal: files.reduce((n, f) => n + f.size, 0),
-    filesDone: 0,
-    bytesDone: 0,
-    uploadedFiles: 0,
-    uploadedBytes: 0,
-    skippedFiles: 0,
-    skippedBytes: 0,
-    resumedParts: 0,
-    restartedFiles: 0,
-    inFlight: [],
-  };
+  const progress = initialProgress(files.length, files.reduce((n, f) => n + f.size, 0));
   let verifiedByContent = 0;
   const inFlight = new Map<string, MultipartState>();
   const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1_000;
