@@ -117,7 +117,7 @@ export interface ImportStatus {
     skipped_files: number;
     skipped_bytes: number;
     resumed_parts: number;
-    /** Half-sent files whose earlier multipart upload S3 would not complete, so were sent again whole. */
+    /** Half-sent files whose earlier multipart upload S3 no longer had, so were sent again whole. */
     restarted_files: number;
     /** What the interrupted attempt's last heartbeat said, when the upload resumed from it. */
     resumed_from: { files_done: number; bytes_done: number } | null;

@@ -35,7 +35,9 @@ import { UploadJournal } from './upload-journal';
  *   of the local file to compare its sha256 with the object's metadata. Anything else is sent.
  * - Parts: multipart uploads continue with the parts they have (from the journal, and from the
  *   heartbeat details the previous attempt left), sending only the missing parts of a half-sent
- *   file; if the server no longer has them, that file starts over.
+ *   file. An attempt can die after S3 completed its upload and before the journal recorded the
+ *   file: the object is recognised by its ETag and kept. If S3 no longer has the upload, that
+ *   file starts over once, with a warning.
  *
  * Objects under the prefix that match no local file (left by an earlier, different data
  * directory) are deleted at the end, so the prefix mirrors the directory exactly.
@@ -88,7 +90,7 @@ export interface UploadProgress {
   skippedBytes: number;
   /** Parts reused from the previous attempt's unfinished multipart uploads. */
   resumedParts: number;
-  /** Files whose earlier multipart upload S3 would not complete, sent again whole from a new one. */
+  /** Half-sent files whose earlier multipart upload S3 no longer had, sent again whole from a new one. */
   restartedFiles: number;
   inFlight: MultipartState[];
 }
