@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -222,6 +222,20 @@ async function statusObject(importId: string, name: 'pgdata' | 'fast_import'): P
 async function countPgdataObjects(importId: string): Promise<number> {
   let n = 0;
   for await (const _o of listObjects(s3, bucket, `${importPrefix(importId)}/pgdata/`)) n++;
+  return n;
+}
+
+/**
+ * Objects under the import's pgdata/ with their local file's full size. s3rver writes a PUT
+ * straight to its final path, so one cut short by a kill is listed too, half written.
+ */
+async function countIntactPgdataObjects(importId: string, pgdata: string): Promise<number> {
+  const prefix = `${importPrefix(importId)}/pgdata/`;
+  let n = 0;
+  for await (const o of listObjects(s3, bucket, prefix)) {
+    const local = path.join(pgdata, ...o.key.slice(prefix.length).split('/'));
+    if (existsSync(local) && statSync(local).size === o.size) n++;
+  }
   return n;
 }
 
@@ -450,7 +464,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     expect(atKill.bytesTotal).toBeGreaterThan(0);
     process.kill(worker.proc.pid, 'SIGSTOP');
     await worker.proc.kill('SIGKILL');
-    const uploadedAtKill = await countPgdataObjects(importId);
+    const uploadedAtKill = await countIntactPgdataObjects(importId, path.join(workdir, 'pgdata'));
     worker = await pool.startImporter(host, env);
 
     const done = await imports.wait(importId, { timeoutMs: 300_000 });
