@@ -16,3 +16,9 @@ export function readSecretFile(file: string, what: string): string {
   if (/\s/.test(secret)) throw new Error(`the ${what} file ${file} must hold one token without spaces or line breaks`);
   return secret;
 }
+
+/** A service's `--auth-token T` or `--auth-token-file F` (the file keeps it out of process listings); at most one. */
+export function authTokenOption(token: string | undefined, file: string | undefined): string | undefined {
+  if (token !== undefined && file !== undefined) throw new Error('give --auth-token or --auth-token-file, not both');
+  return file !== undefined ? readSecretFile(file, '--auth-token-file') : token;
+}

@@ -39,7 +39,7 @@ export interface ImporterDeps {
   keyProviders: KeyProviders;
   /** Defaults to this machine's memory and CPUs. */
   resources?: HostResources;
-  /** Upload tuning; the defaults (10 requests in flight, 8 MiB parts) keep memory below about 160 MB. */
+  /** Upload tuning; the defaults (10 requests in flight, 32 MiB parts) keep memory below about 400 MB. */
   upload?: { concurrency?: number; partSize?: number; multipartThreshold?: number; heartbeatIntervalMs?: number };
 }
 

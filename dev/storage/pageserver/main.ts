@@ -10,7 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createS3Client } from '../../../activities/s3/client';
-import { readSecretFile } from '../../../common/secret-file';
+import { authTokenOption } from '../../../common/secret-file';
 import { createImportPgdataHandler } from '../pgdata-import/handler';
 import { startPageserver } from './pageserver';
 
@@ -42,8 +42,7 @@ async function main(): Promise<void> {
     strict: true,
   });
   if (!values.dir) throw new Error('--dir is required');
-  if (values['auth-token'] && values['auth-token-file']) throw new Error('give --auth-token or --auth-token-file, not both');
-  const authToken = values['auth-token-file'] ? readSecretFile(values['auth-token-file'], '--auth-token-file') : values['auth-token'];
+  const authToken = authTokenOption(values['auth-token'], values['auth-token-file']);
   const safekeepers = values.safekeepers
     .split(',')
     .map((s) => s.trim())

@@ -5,7 +5,7 @@
  * Prints `safekeeper ready` once both listeners accept connections; SIGTERM/SIGINT stop it cleanly.
  */
 import { Command, InvalidArgumentError } from 'commander';
-import { readSecretFile } from '../../../common/secret-file';
+import { authTokenOption } from '../../../common/secret-file';
 import { startSafekeeper } from './safekeeper';
 
 function port(value: string): number {
@@ -35,8 +35,7 @@ const { authTokenFile, ...opts } = program.opts<{ id: number; dir: string; pgPor
 const log = (line: string) => console.log(`${new Date().toISOString()} sk${opts.id} ${line}`);
 
 try {
-  if (authTokenFile !== undefined && opts.authToken !== undefined) throw new Error('give --auth-token or --auth-token-file, not both');
-  if (authTokenFile !== undefined) opts.authToken = readSecretFile(authTokenFile, '--auth-token-file');
+  opts.authToken = authTokenOption(opts.authToken, authTokenFile);
   const sk = await startSafekeeper({ ...opts, log });
   console.log(`safekeeper ready id=${sk.id} pg=${sk.pgAddress} http=${sk.httpUrl}`);
   let stopping = false;
