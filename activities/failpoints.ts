@@ -7,6 +7,11 @@ export interface FailpointOptions {
    * its latest details, so pausing there does not overwrite them with nothing.
    */
   heartbeatDetails?: unknown;
+  /**
+   * Fire on a retried attempt too. For points inside one activity that resumes past the steps an
+   * earlier attempt finished: each worker a test starts stops at its own point, whatever the attempt.
+   */
+  evenOnRetry?: boolean;
 }
 
 /**
@@ -22,7 +27,7 @@ export function createFailpoints(enabled: ReadonlySet<string>) {
   return async function failpoint(name: string, opts: FailpointOptions = {}): Promise<void> {
     if (!enabled.has(name) || fired.has(name)) return;
     const ctx = Context.current();
-    if (ctx.info.attempt > 1) return;
+    if (ctx.info.attempt > 1 && !opts.evenOnRetry) return;
     fired.add(name);
     console.log(`failpoint ${name} reached (pid ${process.pid})`);
     for (;;) {

@@ -13,13 +13,11 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { createPageserverClient, fetchBasebackup } from '../activities/pageserver';
 import { postgresIdentity } from '../common/pg-identity';
+import { percentile } from './stats';
 import { canConnect, freePort, spawnDetached, stopTracked, waitUntilReady } from '../dev/processes';
 
 const repoRoot = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
 
 /** `psql -XAtq -c "basebackup ..." | tar -xz -C target`, with argument arrays and no shell. */
 function stockFetch(pgPort: number, command: string, target: string): Promise<void> {

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  WithStartWorkflowOperation,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
@@ -11,12 +12,12 @@ import { parseComputeConfig } from '../model/compute-spec';
 import {
   computeWorkflowId,
   isValidComputeId,
-  type ComputeStatus,
   type ComputeStatusResponse,
   type TerminateMode,
 } from '../model/compute-status';
 import type { OffloadState, PrewarmState } from '../model/cache-state';
 import {
+  awaitStartupUpdate,
   cancelPrewarmUpdate,
   configureUpdate,
   lfcStatusQuery,
@@ -51,6 +52,11 @@ function rootMessage(err: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+function requireRunning(computeId: string, s: ComputeStatusResponse): ComputeStatusResponse {
+  if (s.status !== 'running') throw new UserFacingError(`compute ${computeId} is ${s.status}${s.error ? `: ${s.error}` : ''}`);
+  return s;
+}
+
 /** The control plane's typed API over compute workflows. */
 export class ComputeClient {
   constructor(
@@ -69,6 +75,25 @@ export class ComputeClient {
    * neither duplicated nor replaced.
    */
   async start(computeId: string, config: unknown | undefined, options: ComputeWorkflowOptions = {}): Promise<void> {
+    const startOptions = this.startOptions(computeId, config, options);
+    await this.refusingDuplicates(computeId, () => this.client.workflow.start('computeWorkflow', startOptions));
+  }
+
+  /**
+   * Starts the compute and returns once it is running, in one call (update-with-start): the
+   * control plane learns the outcome the moment the workflow records it, with no status polling.
+   */
+  async startAndAwaitRunning(computeId: string, config: unknown, options: ComputeWorkflowOptions = {}): Promise<ComputeStatusResponse> {
+    const startWorkflowOperation = new WithStartWorkflowOperation<typeof computeWorkflow>('computeWorkflow', {
+      ...this.startOptions(computeId, config, options),
+      workflowIdConflictPolicy: 'FAIL',
+    });
+    const status = await this.refusingDuplicates(computeId, () => this.client.workflow.executeUpdateWithStart(awaitStartupUpdate, { startWorkflowOperation }));
+    return requireRunning(computeId, status);
+  }
+
+  /** The spec is validated here first so a bad one is refused with every problem named and no workflow is left behind. */
+  private startOptions(computeId: string, config: unknown | undefined, options: ComputeWorkflowOptions) {
     requireComputeId(computeId);
     let tenant: string | undefined;
     let timeline: string | undefined;
@@ -78,19 +103,24 @@ export class ComputeClient {
       tenant = parsed.config.spec.tenant_id;
       timeline = parsed.config.spec.timeline_id;
     }
+    return {
+      taskQueue: this.controlPlaneTaskQueue,
+      workflowId: computeWorkflowId(computeId),
+      args: [{ computeId, config, options }] as [Parameters<typeof computeWorkflow>[0]],
+      typedSearchAttributes: [
+        { key: COMPUTE_ID, value: computeId },
+        { key: COMPUTE_STATUS, value: config === undefined ? 'empty' : 'init' },
+        ...(tenant ? [{ key: TENANT_ID, value: tenant }] : []),
+        ...(timeline ? [{ key: TIMELINE_ID, value: timeline }] : []),
+      ],
+      staticSummary: `compute ${computeId}${tenant ? ` on ${tenant}/${timeline}` : ''}`,
+    };
+  }
+
+  /** A compute whose workflow is still open is neither duplicated nor replaced. */
+  private async refusingDuplicates<R>(computeId: string, run: () => Promise<R>): Promise<R> {
     try {
-      await this.client.workflow.start('computeWorkflow', {
-        taskQueue: this.controlPlaneTaskQueue,
-        workflowId: computeWorkflowId(computeId),
-        args: [{ computeId, config, options }],
-        typedSearchAttributes: [
-          { key: COMPUTE_ID, value: computeId },
-          { key: COMPUTE_STATUS, value: config === undefined ? 'empty' : 'init' },
-          ...(tenant ? [{ key: TENANT_ID, value: tenant }] : []),
-          ...(timeline ? [{ key: TIMELINE_ID, value: timeline }] : []),
-        ],
-        staticSummary: `compute ${computeId}${tenant ? ` on ${tenant}/${timeline}` : ''}`,
-      });
+      return await run();
     } catch (err) {
       if (err instanceof WorkflowExecutionAlreadyStartedError) {
         const current = await this.status(computeId).catch(() => undefined);
@@ -122,11 +152,18 @@ export class ComputeClient {
     }
   }
 
-  async waitForRunning(computeId: string, timeoutMs?: number): Promise<ComputeStatusResponse> {
-    const terminal: ComputeStatus[] = ['running', 'failed', 'terminated'];
-    const s = await this.waitFor(computeId, (x) => terminal.includes(x.status), timeoutMs);
-    if (s.status !== 'running') throw new UserFacingError(`compute ${computeId} is ${s.status}${s.error ? `: ${s.error}` : ''}`);
-    return s;
+  /** Waits (an update that returns when the startup ends, no polling) until the compute is running; its error otherwise. */
+  async waitForRunning(computeId: string, timeoutMs = 300_000): Promise<ComputeStatusResponse> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new UserFacingError(`compute ${computeId} is not running after ${timeoutMs / 1000} s`)), timeoutMs);
+    });
+    try {
+      const status = await Promise.race([this.update(computeId, 'wait', () => this.handle(computeId).executeUpdate(awaitStartupUpdate)), timedOut]);
+      return requireRunning(computeId, status);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** compute_ctl's /configure: blocks until running (or failed) and returns the final status. */

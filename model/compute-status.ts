@@ -17,6 +17,8 @@ export type TerminateMode = 'fast' | 'immediate';
 /** Startup timings under compute_ctl's /metrics.json names. */
 export interface ComputeStartupMetrics {
   wait_for_spec_ms: number;
+  /** Ours: fresh PGDATA, postgresql.conf, pg_hba.conf and standby.signal (compute_ctl counts them nowhere). */
+  prepare_pgdata_ms: number;
   sync_sk_check_ms: number;
   sync_safekeepers_ms: number;
   pageserver_connect_micros: number;
@@ -46,6 +48,7 @@ export interface ComputeStatusResponse {
 export function emptyStartupMetrics(): ComputeStartupMetrics {
   return {
     wait_for_spec_ms: 0,
+    prepare_pgdata_ms: 0,
     sync_sk_check_ms: 0,
     sync_safekeepers_ms: 0,
     pageserver_connect_micros: 0,

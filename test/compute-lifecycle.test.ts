@@ -148,7 +148,10 @@ describe('compute lifecycle on the real stack', () => {
         }
         // Every payload (spec, results, update arguments, failure details) is ciphertext.
         // Search attributes stay readable: the server indexes them, and they hold only IDs and states.
-        const payloads = payloadEncodings.filter((p) => !p.path.includes('searchAttributes'));
+        // So do patch markers: the SDK records the patch ID there itself, past the codec.
+        const patchMarkers = payloadEncodings.filter((p) => p.path.includes('markerRecordedEventAttributes.details.patch-data'));
+        for (const marker of patchMarkers) expect(marker.encoding).toBe('json/plain');
+        const payloads = payloadEncodings.filter((p) => !p.path.includes('searchAttributes') && !patchMarkers.includes(p));
         expect(payloads.length).toBeGreaterThan(5);
         expect(payloads.filter((p) => p.encoding !== 'binary/encrypted')).toEqual([]);
         await Worker.runReplayHistory({ workflowsPath: WORKFLOWS_PATH, dataConverter: encryptedDataConverter(cfg.payloadKeys) }, history, computeWorkflowId(computeId));

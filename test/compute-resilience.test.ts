@@ -56,31 +56,46 @@ async function postmasterPid(pgdata: string): Promise<number> {
   return Number(readFileSync(path.join(pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]);
 }
 
+/** How often each startup step finished, across the logs of every worker that served the compute. */
+function stepsDone(workers: WorkerProcess[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const w of workers) {
+    for (const m of w.output().matchAll(/startup step (\w+) done/g)) counts[m[1]!] = (counts[m[1]!] ?? 0) + 1;
+  }
+  return counts;
+}
+
 describe('a compute worker killed with SIGKILL inside each startup step', () => {
   it('resumes each step on a new worker; no completed step is repeated', async () => {
     const computeId = uniqueId('kill');
     const pgdata = testPgdata();
     const { spec } = await exampleSpecFor(await createTestTimeline());
-    const steps = ['preparePgdata', 'writePostgresConfig', 'fetchBasebackup', 'prepareStartupFiles', 'startPostgres', 'applySpec'];
-    let worker = await startComputeWorker(computeId, pgdata, steps);
+    // The startup is one activity; each worker stops at its own step, the next one resumes there.
+    const points = ['preparePgdata', 'writePostgresConfig', 'fetchBasebackup', 'prepareStartupFiles', 'startPostgres', 'applySpec'];
+    const workers: WorkerProcess[] = [];
+    workers.push(await startComputeWorker(computeId, pgdata, [points[0]!]));
     await computes.start(computeId, spec, TEST_WORKFLOW_OPTIONS);
-    for (const step of steps) {
-      // Each new worker passes the retried step (its second attempt) and stops at the next one.
-      await waitForOutput(worker, new RegExp(`failpoint ${step} reached`));
-      await worker.kill('SIGKILL');
-      worker = await startComputeWorker(computeId, pgdata, steps);
+    for (const [i, point] of points.entries()) {
+      await waitForOutput(workers[i]!, new RegExp(`failpoint ${point} reached`));
+      await workers[i]!.kill('SIGKILL');
+      workers.push(await startComputeWorker(computeId, pgdata, points[i + 1] ? [points[i + 1]!] : []));
     }
     const status = await computes.waitForRunning(computeId, 180_000);
     expect(status.status).toBe('running');
 
+    // Every step ran to completion exactly once, each time on the worker that reached it (a
+    // safekeeper sync only where the quick check found no quorum in agreement within its 100 ms).
+    const done = stepsDone(workers);
+    expect(done.sync_safekeepers ?? 0).toBeLessThanOrEqual(1);
+    expect({ ...done, sync_safekeepers: undefined }).toEqual({ prepare_pgdata: 1, sync_sk_check: 1, basebackup: 1, start_postgres: 1, config: 1, sync_safekeepers: undefined });
     const counts = await activityCounts(computeId);
-    for (const step of steps) expect(counts[step], step).toEqual({ scheduled: 1, completed: 1 });
-    // The quorum check found the fresh timeline's safekeepers in agreement: no sync needed.
-    expect(counts.checkSafekeepersSynced).toEqual({ scheduled: 1, completed: 1 });
+    expect(counts.startCompute).toEqual({ scheduled: 1, completed: 1 });
+    // No per-step activity: the startup is the one activity, resumed attempt after attempt.
+    expect(counts.preparePgdata).toBeUndefined();
 
     // Termination syncs the safekeepers on the compute; kill the worker inside that step too.
     const killedInSync = await startComputeWorker(computeId, pgdata, ['syncSafekeepers']);
-    await worker.kill('SIGKILL');
+    await workers[workers.length - 1]!.kill('SIGKILL');
     const terminating = computes.terminate(computeId, 'fast');
     await waitForOutput(killedInSync, /failpoint syncSafekeepers reached/);
     await killedInSync.kill('SIGKILL');
@@ -90,27 +105,38 @@ describe('a compute worker killed with SIGKILL inside each startup step', () => 
     const after = await activityCounts(computeId);
     expect(after.syncSafekeepers).toEqual({ scheduled: 1, completed: 1 });
     expect(after.stopPostgres).toEqual({ scheduled: 1, completed: 1 });
-  });
+  }, 300_000);
 
   it('redoes the fresh start when PGDATA is wiped between two steps, never starting Postgres on it', async () => {
     const computeId = uniqueId('wipe');
     const pgdata = testPgdata();
     const { spec } = await exampleSpecFor(await createTestTimeline());
-    const worker = await startComputeWorker(computeId, pgdata, ['startPostgres']);
+    const first = await startComputeWorker(computeId, pgdata, ['startPostgres']);
     await computes.start(computeId, spec, TEST_WORKFLOW_OPTIONS);
-    await waitForOutput(worker, /failpoint startPostgres reached/);
+    await waitForOutput(first, /failpoint startPostgres reached/);
     // A replaced VM: the disk comes back empty.
     for (const entry of readdirSync(pgdata)) rmSync(path.join(pgdata, entry), { recursive: true, force: true });
-    await worker.kill('SIGKILL');
-    await startComputeWorker(computeId, pgdata);
+    await first.kill('SIGKILL');
+    const second = await startComputeWorker(computeId, pgdata);
     const status = await computes.waitForRunning(computeId, 180_000);
     expect(status.status).toBe('running');
-    const counts = await activityCounts(computeId);
-    expect(counts.preparePgdata).toEqual({ scheduled: 2, completed: 2 });
-    expect(counts.fetchBasebackup).toEqual({ scheduled: 2, completed: 2 });
-    // The first startPostgres failed with PgdataLost instead of starting on the wiped directory.
-    expect(counts.startPostgres).toEqual({ scheduled: 2, completed: 1 });
+    // The empty disk held no journal of the start: the retried attempt began again at a fresh
+    // PGDATA and a new base backup; Postgres started once, on the complete directory.
+    const withoutSync = (c: Record<string, number>) => ({ ...c, sync_safekeepers: undefined });
+    expect(withoutSync(stepsDone([first]))).toEqual({ prepare_pgdata: 1, sync_sk_check: 1, basebackup: 1, sync_safekeepers: undefined });
+    expect(withoutSync(stepsDone([second]))).toEqual({ prepare_pgdata: 1, sync_sk_check: 1, basebackup: 1, start_postgres: 1, config: 1, sync_safekeepers: undefined });
+    expect((await activityCounts(computeId)).startCompute).toEqual({ scheduled: 1, completed: 1 });
     await computes.terminate(computeId, 'immediate');
+  });
+
+  it('a VM whose worker never polls fails the compute with that reason, not init forever', async () => {
+    const computeId = uniqueId('nopoll');
+    const { spec } = await exampleSpecFor(await createTestTimeline());
+    await computes.start(computeId, spec, { ...TEST_WORKFLOW_OPTIONS, startupScheduleToStartSeconds: 3 });
+    await expect(computes.waitForRunning(computeId, 60_000)).rejects.toThrow(`compute worker for ${computeId} never polled`);
+    const status = await computes.status(computeId);
+    expect(status.status).toBe('failed');
+    expect(status.error).toMatch(/never polled/);
   });
 });
 

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { createComputeNodeActivities } from '../activities/compute/node-activities';
 import { createFailpoints } from '../activities/failpoints';
 import { computeStorageBackend } from '../activities/storage-backend';
+import { prepareSidecars } from '../activities/storage-backend/stock/sidecars';
 import type { AppConfig } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { UserFacingError } from '../common/errors';
@@ -27,6 +28,8 @@ export async function createComputeWorker(config: AppConfig, opts: ComputeWorker
   if (!isValidComputeId(opts.computeId)) throw new UserFacingError(`invalid compute ID ${JSON.stringify(opts.computeId)}`);
   if (!path.isAbsolute(opts.pgdata)) throw new UserFacingError(`--pgdata must be an absolute path, got ${opts.pgdata}`);
   const pg = findPostgres({ pgBinDir: opts.pgBinDir ?? config.pgBinDir });
+  // The stock backend's sidecars start on every compute start: ready them before polling.
+  if ((opts.storageBackend ?? 'stock') === 'stock') await prepareSidecars();
   const activities = createComputeNodeActivities({
     pgBinDir: pg.binDir,
     pgdata: opts.pgdata,

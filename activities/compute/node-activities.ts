@@ -1,20 +1,13 @@
-import { readdir, rm } from 'node:fs/promises';
-import path from 'node:path';
-import { ApplicationFailure, Context } from '@temporalio/activity';
-import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
-import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
+import { ApplicationFailure } from '@temporalio/activity';
 import type { TerminateMode } from '../../model/compute-status';
 import type { S3Config } from '../../common/config';
-import { stockCacheConf } from '../cache';
 import { type Failpoint } from '../failpoints';
-import { fetchBasebackup, StorageError } from '../pageserver';
 import { createPostgresActivities, PostgresFailure } from '../postgres';
-import { INCARNATION_FILE } from '../postgres/pgdata';
-import { readPostmasterPid } from '../postgres/process';
-import { runSyncSafekeepers, SyncSafekeepersError } from '../safekeepers';
 import type { ComputeStorageBackend } from '../storage-backend';
 import { createComputeCacheActivities } from './cache-node-activities';
-import { PGDATA_LOST, type ComputeNodeActivities } from './types';
+import { createStartCompute } from './startup';
+import { createStartupSteps } from './startup-steps';
+import { type ComputeNodeActivities } from './types';
 
 export interface ComputeNodeDeps {
   pgBinDir: string;
@@ -27,13 +20,6 @@ export interface ComputeNodeDeps {
   /** compute_ctl's superuser; the base backup's pg_hba lets it in over the local socket. */
   adminUser?: string;
   failpoint: Failpoint;
-}
-
-/** Files the startup writes before the base backup is unpacked, kept when a partial unpack is cleared. */
-const WRITTEN_BEFORE_BASEBACKUP = new Set(['postgresql.conf', 'compute_ctl_temp_override.conf', INCARNATION_FILE]);
-
-function pgdataLost(message: string): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(message, PGDATA_LOST);
 }
 
 /**
@@ -59,139 +45,54 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
     failpoint,
   });
 
-  // What the storage backend needs, plus what the stock cache backend needs (Neon's LFC needs nothing).
-  const backendConf = (spec: ComputeSpec) =>
-    [
-      backend.postgresqlConf({
-        tenantId: spec.tenant_id,
-        timelineId: spec.timeline_id,
-        safekeepers: spec.safekeeper_connstrings,
-        mode: spec.mode.kind,
-      }),
-      cacheBackend === 'stock' ? stockCacheConf() : '',
-    ].join('\n');
-
-  /** Removes what a crashed unpack left, keeping the files written before it. */
-  async function clearPartialUnpack(): Promise<void> {
-    for (const entry of await readdir(deps.pgdata)) {
-      if (!WRITTEN_BEFORE_BASEBACKUP.has(entry)) await rm(path.join(deps.pgdata, entry), { recursive: true, force: true });
-    }
-  }
+  const steps = createStartupSteps({
+    pgBinDir: deps.pgBinDir,
+    pgdata: deps.pgdata,
+    backend,
+    cacheBackend,
+    postgres,
+    syncSafekeepersCommand: deps.syncSafekeepersCommand,
+    adminUser: deps.adminUser,
+  });
 
   return {
     ...cache,
 
+    startCompute: createStartCompute({ pgdata: deps.pgdata, steps, failpoint }),
+
     async preparePgdata({ incarnation }) {
       await failpoint('preparePgdata');
-      await postgres.preparePgdata({ incarnation });
+      await steps.preparePgdata({ incarnation });
     },
 
     async writePostgresConfig({ incarnation, spec }) {
       await failpoint('writePostgresConfig');
-      const { ms } = await postgres.writePostgresConfig({ incarnation, spec, extraConf: backendConf(spec) });
-      return { ms };
+      return steps.writePostgresConfig({ incarnation, spec });
     },
 
     async syncSafekeepers({ incarnation, storageAuthToken }) {
       await failpoint('syncSafekeepers');
-      const check = await postgres.checkPgdata({ incarnation });
-      if (check.problems.some((p) => p.includes('incarnation') || p.includes('does not exist'))) {
-        throw pgdataLost(`cannot sync safekeepers: ${check.problems.join('; ')}`);
-      }
-      try {
-        const ctx = Context.current();
-        const beat = setInterval(() => ctx.heartbeat(), 1000);
-        try {
-          const result = await runSyncSafekeepers({
-            command: deps.syncSafekeepersCommand ?? backend.syncSafekeepersCommand(deps.pgBinDir),
-            pgdata: deps.pgdata,
-            timeoutMs: 120_000,
-            token: storageAuthToken,
-            spawnAs: pgSpawnIdentity(),
-            signal: ctx.cancellationSignal,
-          });
-          return { lsn: result.lsn, ms: result.elapsedMs };
-        } finally {
-          clearInterval(beat);
-        }
-      } catch (err) {
-        if (err instanceof SyncSafekeepersError) throw ApplicationFailure.retryable(err.message, 'SyncSafekeepersFailed');
-        throw err;
-      }
+      return steps.syncSafekeepers({ incarnation, storageAuthToken });
     },
 
     async fetchBasebackup({ incarnation, spec, lsn }) {
       await failpoint('fetchBasebackup');
-      const check = await postgres.checkPgdata({ incarnation });
-      if (check.problems.some((p) => p.includes('incarnation') || p.includes('does not exist'))) {
-        throw pgdataLost(`cannot unpack the base backup: ${check.problems.join('; ')}`);
-      }
-      // Finished before a crash, but the result never reached the workflow: report it again.
-      if (check.intact && check.basebackup) {
-        const b = check.basebackup;
-        return { bytes: Number(b.basebackup_bytes ?? 0), ms: Number(b.basebackup_ms ?? 0), connectMicros: Number(b.pageserver_connect_micros ?? 0) };
-      }
-      await clearPartialUnpack();
-      const ctx = Context.current();
-      const id = postgresIdentity();
-      try {
-        const result = await fetchBasebackup({
-          connstring: shard0PageserverConnstring(spec),
-          tenantId: spec.tenant_id,
-          timelineId: spec.timeline_id,
-          lsn: lsn ?? undefined,
-          replica: spec.mode.kind !== 'Primary',
-          token: spec.storage_auth_token,
-          targetDir: deps.pgdata,
-          owner: id ? { uid: id.uid, gid: id.gid } : undefined,
-          signal: ctx.cancellationSignal,
-          onProgress: (p) => ctx.heartbeat(p),
-        });
-        const m = result.metrics;
-        await postgres.markBasebackupComplete({
-          incarnation,
-          info: { ...m, lsn: lsn ?? 'latest', files: result.files },
-        });
-        return { bytes: m.basebackup_bytes, ms: m.basebackup_ms, connectMicros: m.pageserver_connect_micros };
-      } catch (err) {
-        if (err instanceof StorageError) {
-          // Unknown tenant/timeline or a refused request will not get better by retrying.
-          throw err.retryable ? ApplicationFailure.retryable(err.message, 'BasebackupFailed') : ApplicationFailure.nonRetryable(err.message, 'BasebackupFailed');
-        }
-        throw err;
-      }
+      return steps.fetchBasebackup({ incarnation, spec, lsn });
     },
 
     async prepareStartupFiles({ incarnation, spec }) {
       await failpoint('prepareStartupFiles');
-      await postgres.prepareStartupFiles({ incarnation, spec, extraHbaLines: backend.hbaLines() });
+      await steps.prepareStartupFiles({ incarnation, spec });
     },
 
     async startPostgres({ incarnation, spec }) {
       await failpoint('startPostgres');
-      // Never start Postgres on a directory that is not a complete base backup of this start.
-      const check = await postgres.checkPgdata({ incarnation });
-      if (!check.intact) throw pgdataLost(`refusing to start Postgres: ${check.problems.join('; ')}`);
-      const started = await postgres.startPostgres({ incarnation, storageAuthToken: spec.storage_auth_token });
-      const pidFile = await readPostmasterPid(deps.pgdata);
-      await backend.afterPostgresReady({
-        pgdata: deps.pgdata,
-        socketDir: pidFile?.socketDir,
-        port: started.port ?? pidFile?.port ?? 5432,
-        tenantId: spec.tenant_id,
-        timelineId: spec.timeline_id,
-        safekeepers: spec.safekeeper_connstrings,
-        authToken: spec.storage_auth_token,
-        mode: spec.mode.kind,
-        superuser: deps.adminUser ?? 'cloud_admin',
-      });
-      return { pid: started.pid, ms: started.ms };
+      return steps.startPostgres({ incarnation, spec });
     },
 
     async applySpec({ spec }) {
       await failpoint('applySpec');
-      const { changes, ms } = await postgres.applySpec({ spec });
-      return { changes, ms };
+      return steps.applySpec({ spec });
     },
 
     async watchPostgres({ reportAfterSeconds, lastActive }) {
@@ -205,7 +106,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
 
     async reconfigurePostgres({ spec }) {
       await failpoint('reconfigurePostgres');
-      const { changes } = await postgres.reconfigurePostgres({ spec, extraConf: backendConf(spec) });
+      const { changes } = await postgres.reconfigurePostgres({ spec, extraConf: steps.backendConf(spec) });
       return { changes };
     },
 

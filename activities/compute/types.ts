@@ -11,7 +11,29 @@ import type { ComputeCacheActivities } from './cache-node-activities';
  * every later step checks it, so a step never runs on a directory from another start (or on a
  * replaced VM's empty disk) and fails with the non-retryable type PgdataLost instead.
  */
+/** The steps of the one-activity startup, under compute_ctl's metric names where it has one. */
+export type StartupStep = 'prepare_pgdata' | 'sync_sk_check' | 'sync_safekeepers' | 'basebackup' | 'start_postgres' | 'config';
+
+export interface StartComputeResult {
+  lsn: string | null;
+  pid: number;
+  /** Each step's whole work, in milliseconds (compute_ctl's names; prepare_pgdata is ours). */
+  metrics: {
+    prepare_pgdata_ms: number;
+    sync_sk_check_ms: number;
+    sync_safekeepers_ms: number;
+    basebackup_ms: number;
+    basebackup_bytes: number;
+    pageserver_connect_micros: number;
+    start_postgres_ms: number;
+    config_ms: number;
+  };
+}
+
 export interface ComputeNodeActivities extends ComputeCacheActivities {
+  /** compute_ctl's whole startup, resumable per step (startup.ts). */
+  startCompute(input: { incarnation: string; spec: ComputeSpec }): Promise<StartComputeResult>;
+  // The per-step startup activities, kept for workflows that began before startCompute existed.
   preparePgdata(input: { incarnation: string }): Promise<void>;
   writePostgresConfig(input: { incarnation: string; spec: ComputeSpec }): Promise<{ ms: number }>;
   syncSafekeepers(input: { incarnation: string; storageAuthToken?: string }): Promise<{ lsn: string; ms: number }>;

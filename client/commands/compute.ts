@@ -60,8 +60,12 @@ export function registerComputeCommands(program: Command): void {
     .action(async (opts: { computeId: string; spec?: string; wait?: boolean; json?: boolean }) => {
       const spec = opts.spec ? readSpecFile(opts.spec) : undefined;
       await withComputeClient(async (c) => {
-        await c.start(opts.computeId, spec);
-        const status = opts.wait ? await c.waitForRunning(opts.computeId) : await c.status(opts.computeId);
+        let status;
+        if (opts.wait && spec !== undefined) status = await c.startAndAwaitRunning(opts.computeId, spec);
+        else {
+          await c.start(opts.computeId, spec);
+          status = opts.wait ? await c.waitForRunning(opts.computeId) : await c.status(opts.computeId);
+        }
         if (opts.json) printJson(status);
         else printStatus(status);
       });

@@ -12,9 +12,28 @@ const quickStep: ActivityOptions = {
   retry: { initialInterval: '200 ms', maximumAttempts: 10 },
 };
 
-export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSeconds: number, watchReportSeconds: number) {
+export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSeconds: number, watchReportSeconds: number, startupScheduleToStartSeconds: number) {
   const on = (options: ActivityOptions) => proxyActivities<ComputeNodeActivities>({ ...options, taskQueue });
   return {
+    // The whole startup. A killed worker is noticed within the heartbeat timeout and the next
+    // attempt resumes after the last finished step; transient storage errors retry with
+    // compute_ctl's base backup backoff (500 ms growing x1.5, 11 attempts). A VM that never comes
+    // up fails the compute after the schedule-to-start timeout instead of leaving it in init.
+    startCompute: on({
+      startToCloseTimeout: '15 minutes',
+      heartbeatTimeout: '5 seconds',
+      scheduleToStartTimeout: `${startupScheduleToStartSeconds} seconds`,
+      retry: { initialInterval: '500 ms', backoffCoefficient: 1.5, maximumAttempts: 11 },
+      summary: 'start compute (fresh PGDATA, LSN, base backup, Postgres, roles and databases)',
+    }).startCompute,
+    // Cleanup after a failed startCompute: bounded, since the VM may be the thing that failed.
+    stopAfterFailedStart: on({
+      startToCloseTimeout: '2 minutes',
+      heartbeatTimeout: '5 seconds',
+      scheduleToStartTimeout: '30 seconds',
+      retry: { initialInterval: '500 ms', maximumAttempts: 3 },
+      summary: 'stop Postgres after a failed start',
+    }).stopPostgres,
     preparePgdata: on({ ...quickStep, summary: 'fresh PGDATA' }).preparePgdata,
     writePostgresConfig: on({ ...quickStep, summary: 'write postgresql.conf' }).writePostgresConfig,
     // compute_ctl: 6 attempts, exponential backoff from 1.1 s.

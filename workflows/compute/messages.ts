@@ -8,6 +8,12 @@ export const configureUpdate = defineUpdate<ComputeStatusResponse, [unknown]>('c
 /** compute_ctl's POST /terminate?mode=: returns the LSN the safekeepers were synced at after Postgres stopped. */
 export const terminateUpdate = defineUpdate<{ lsn: string | null }, [{ mode?: TerminateMode }]>('terminate');
 
+/**
+ * Waits until the startup has ended (running, failed or terminated) and returns the status. With
+ * update-with-start, a control plane starts a compute and learns it is running in one call.
+ */
+export const awaitStartupUpdate = defineUpdate<ComputeStatusResponse, []>('awaitStartup');
+
 /** compute_ctl's GET /status, plus startup timings under /metrics.json names. */
 export const statusQuery = defineQuery<ComputeStatusResponse>('status');
 

@@ -5,7 +5,9 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  patched,
   sleep,
+  TimeoutFailure,
   continueAsNew,
   log,
   setCurrentDetails,
@@ -26,10 +28,12 @@ import {
   type TerminateMode,
 } from '../../model/compute-status';
 import { computeCacheActivities, computeNodeActivities, controlPlaneActivities } from './activity-proxies';
-import { cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
+import { awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
 export interface ComputeWorkflowOptions {
+  /** How long the startup waits for the compute worker to take it before the compute fails (default 120 s). */
+  startupScheduleToStartSeconds?: number;
   /** How often the watch step reports last_active (and so how often history grows while idle). */
   watchReportSeconds?: number;
   /** How long a silent compute worker is tolerated before the compute is declared failed. */
@@ -70,6 +74,9 @@ export interface ComputeWorkflowInput {
 
 const MAX_FRESH_STARTS = 3;
 
+/** The whole startup as one resumable activity (startCompute) instead of one activity per step. */
+const STARTUP_IN_ONE_ACTIVITY = 'startup-in-one-activity';
+
 /** Formats an activity failure for the status `error`: the innermost message says what went wrong. */
 function describeFailure(err: unknown): string {
   let cause: unknown = err;
@@ -89,7 +96,8 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   const watchReportSeconds = input.options?.watchReportSeconds ?? 60;
   const watchHeartbeatTimeoutSeconds = input.options?.watchHeartbeatTimeoutSeconds ?? 15;
   const maxWatchRounds = input.options?.maxWatchRoundsPerRun ?? 1000;
-  const node = computeNodeActivities(computeTaskQueue(input.computeId), watchHeartbeatTimeoutSeconds, watchReportSeconds);
+  const startupScheduleToStartSeconds = input.options?.startupScheduleToStartSeconds ?? 120;
+  const node = computeNodeActivities(computeTaskQueue(input.computeId), watchHeartbeatTimeoutSeconds, watchReportSeconds, startupScheduleToStartSeconds);
   const cache = computeCacheActivities(computeTaskQueue(input.computeId));
 
   let config: ComputeConfig | undefined = input.carried?.config;
@@ -101,8 +109,10 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   let terminationMode: TerminateMode | undefined;
   let postgresRunning = input.carried !== undefined;
   let currentIncarnation = input.carried?.incarnation ?? '';
+  /** Set once a startCompute has been scheduled: its failure may leave Postgres running. */
+  let startupMayHaveStartedPostgres = false;
   const startTime = input.carried?.startTime ?? new Date(workflowInfo().startTime).toISOString();
-  const metrics: ComputeStartupMetrics = input.carried?.metrics ?? emptyStartupMetrics();
+  const metrics: ComputeStartupMetrics = { ...emptyStartupMetrics(), ...input.carried?.metrics };
 
   // Cache (LFC) offload and prewarm: at most one of each at a time; background work stops with Postgres.
   let prewarm: PrewarmState = input.carried?.prewarm ?? { status: 'not_prewarmed' };
@@ -152,6 +162,10 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   };
 
   setHandler(statusQuery, response);
+  setHandler(awaitStartupUpdate, async () => {
+    await condition(() => status === 'running' || status === 'failed' || status === 'terminated');
+    return response();
+  });
 
   let reconfiguring = false;
   setHandler(
@@ -371,8 +385,9 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
           log.warn('PGDATA lost or replaced during startup; redoing the fresh start', { freshStart, reason: describeFailure(err) });
           continue;
         }
-        const reason = `startup failed: ${describeFailure(err)}`;
+        const reason = `startup failed: ${describeStartupFailure(err)}`;
         if (postgresRunning) await node.stopPostgres({ mode: 'immediate' }).catch(() => undefined);
+        else if (startupMayHaveStartedPostgres && !neverPolled(err)) await node.stopAfterFailedStart({ mode: 'immediate' }).catch(() => undefined);
         postgresRunning = false;
         setStatus('failed', reason);
         await condition(allHandlersFinished);
@@ -452,12 +467,32 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   await condition(allHandlersFinished);
   throw ApplicationFailure.nonRetryable(exitReason ?? 'postmaster exited', 'ComputeFailed');
 
-  // compute_ctl's startup steps, each one activity; completed ones are never repeated on resume.
+  function neverPolled(err: unknown): boolean {
+    return err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START';
+  }
+
+  function describeStartupFailure(err: unknown): string {
+    if (neverPolled(err)) {
+      return `compute worker for ${input.computeId} never polled (no worker took the startup within ${startupScheduleToStartSeconds} s)`;
+    }
+    return describeFailure(err);
+  }
+
+  // compute_ctl's startup steps; completed ones are never repeated on resume.
   async function startup(cfg: ComputeConfig, freshStart: number): Promise<void> {
     const incarnation = uuid4();
     currentIncarnation = incarnation;
     const spec = cfg.spec;
     log.info('startup', { freshStart });
+    if (patched(STARTUP_IN_ONE_ACTIVITY)) {
+      // One activity; it resumes per step from its journal (activities/compute/startup.ts).
+      startupMayHaveStartedPostgres = true;
+      const started = await node.startCompute({ incarnation, spec });
+      postgresRunning = true;
+      startLsn = started.lsn;
+      Object.assign(metrics, started.metrics);
+      return;
+    }
     await node.preparePgdata({ incarnation });
     metrics.config_ms = (await node.writePostgresConfig({ incarnation, spec })).ms;
 

@@ -5,21 +5,17 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { maskSecrets } from '../../../common/errors';
-import { tsNodeArgs } from '../../../common/paths';
 import { pgSpawnIdentity } from '../../../common/pg-identity';
 import { isNeonId } from '../../../model/ids';
 import type { ComputeStorageBackend, PostgresReadyContext } from '../types';
 import { processStartTime } from '../../../common/process-start-time';
 import { confLine } from './pg-conf';
 import { livePusherPid, PUSHER_LOG_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
+import { sidecarCommand } from './sidecars';
 import { PUSHER_APPLICATION_NAME } from './wal-pusher';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const PUSHER_MAIN = path.join(here, 'wal-pusher-main.ts');
-const SYNC_MAIN = path.join(here, 'sync-safekeepers-main.ts');
 const PUSHER_READY_TIMEOUT_MS = 60_000;
 
 function logTail(file: string, lines = 20): string {
@@ -50,9 +46,9 @@ function startPusher(ctx: PostgresReadyContext): number {
   const logFile = path.join(ctx.pgdata, PUSHER_LOG_FILE);
   const fd = openSync(logFile, 'a', 0o600);
   try {
+    const [node, ...script] = sidecarCommand('wal-pusher');
     const args = [
-      ...tsNodeArgs(),
-      PUSHER_MAIN,
+      ...script,
       '--pgdata',
       ctx.pgdata,
       '--user',
@@ -64,7 +60,7 @@ function startPusher(ctx: PostgresReadyContext): number {
       '--safekeepers',
       ctx.safekeepers.join(','),
     ];
-    const child = spawn(process.execPath, args, {
+    const child = spawn(node!, args, {
       // Its own session, so the pusher outlives a restart of the worker that started it.
       detached: true,
       stdio: ['ignore', fd, fd],
@@ -151,6 +147,6 @@ export const stockStorageBackend: ComputeStorageBackend = {
   },
 
   syncSafekeepersCommand(_pgBinDir) {
-    return [process.execPath, ...tsNodeArgs(), SYNC_MAIN];
+    return sidecarCommand('sync-safekeepers');
   },
 };

@@ -45,6 +45,8 @@ async function basebackup(service: PageserverService, args: string[], log: (l: s
   const gzip = flags.includes('--gzip');
   const started = Date.now();
   const { image, source } = await service.imageForBasebackup(tenantId, timelineId, lsn).catch(wrap);
+  // A primary will write WAL: have its image ready for the next start once it is gone.
+  if (!flags.includes('--replica')) service.watchForIngest(tenantId, timelineId);
   log(`basebackup ${tenantId}/${timelineId} at ${image.lsn}${gzip ? ' (gzip)' : ''}: image ready in ${Date.now() - started} ms`);
   // pipeline() destroys every stream if one fails or the client goes away.
   if (source.kind === 'tarball') {

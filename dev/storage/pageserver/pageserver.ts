@@ -35,6 +35,8 @@ export interface PageserverOptions {
   importCompleteUrl?: string;
   /** Upper bound for one WAL replay (default 10 minutes). */
   materializeTimeoutMs?: number;
+  /** Background WAL ingest poll interval (default 500 ms; 0 = replay only on request). */
+  ingestPollMs?: number;
   /** Images up to this size keep a precomputed base backup; bigger ones are packed per request (default 256 MiB). */
   precomputeLimitBytes?: number;
   /** Which images survive once newer ones exist (default DEFAULT_IMAGE_RETENTION). */
@@ -61,6 +63,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     safekeepers: new SafekeeperClient(opts.safekeepers.map((u) => u.replace(/\/+$/, '')), opts.authToken, log),
     install,
     materializeTimeoutMs: opts.materializeTimeoutMs ?? 10 * 60 * 1000,
+    ...(opts.ingestPollMs !== undefined ? { ingestPollMs: opts.ingestPollMs } : {}),
     ...(opts.imageRetention ? { imageRetention: opts.imageRetention } : {}),
     log,
     ...(opts.importPgdata ? { importPgdata: opts.importPgdata } : {}),

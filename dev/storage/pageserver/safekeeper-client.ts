@@ -7,6 +7,8 @@ import { formatLsn, isLsn, parseLsn } from '../../../model/lsn';
 export interface SafekeeperFlush {
   url: string;
   flushLsn: bigint;
+  /** Whether a compute's walproposer is connected to it (Neon's `walreceivers`). */
+  computeConnected: boolean;
 }
 
 export class WalSourceError extends Error {
@@ -42,12 +44,13 @@ export class SafekeeperClient {
             this.log(`safekeeper ${url} answered ${res.status} for ${tenantId}/${timelineId}: ${text.slice(0, 200)}`);
             return undefined;
           }
-          const flush = (JSON.parse(text) as { flush_lsn?: unknown }).flush_lsn;
+          const status = JSON.parse(text) as { flush_lsn?: unknown; walreceivers?: unknown };
+          const flush = status.flush_lsn;
           if (typeof flush !== 'string' || !isLsn(flush)) {
             this.log(`safekeeper ${url} sent no valid flush_lsn for ${tenantId}/${timelineId}`);
             return undefined;
           }
-          return { url, flushLsn: parseLsn(flush) };
+          return { url, flushLsn: parseLsn(flush), computeConnected: Array.isArray(status.walreceivers) && status.walreceivers.length > 0 };
         } catch (err) {
           this.log(`safekeeper ${url} unreachable: ${(err as Error).message}`);
           return undefined;

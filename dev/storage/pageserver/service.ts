@@ -34,6 +34,9 @@ export const SUPPORTED_PG_VERSION = 15;
 export type BasebackupSource = { kind: 'tarball'; file: FileHandle } | { kind: 'pgdata'; pgdata: string; release: () => void };
 
 /** Enough to serve the latest state and the one before it without a replay. */
+/** How long a timeline whose base backup was served waits for its compute to connect before the watch ends. */
+const INGEST_GRACE_MS = 10 * 60 * 1000;
+
 export const DEFAULT_IMAGE_RETENTION: ImageRetention = { keepNewest: 2, graceMs: 10 * 60 * 1000 };
 
 /**
@@ -68,6 +71,11 @@ export interface ServiceDeps {
   importPgdata?: ImportPgdataHandler;
   /** Background imports (with a handler that has `isCommitted`): poll interval and completion callback. */
   imports?: { pollIntervalMs: number; onComplete?: (record: PgdataImportRecord) => Promise<void> };
+  /**
+   * How often a timeline whose primary compute has started is checked for WAL to ingest (default
+   * 500 ms; 0 turns background ingest off, so every new LSN is replayed on request).
+   */
+  ingestPollMs?: number;
   log: (line: string) => void;
 }
 
@@ -88,6 +96,11 @@ export class PageserverService {
   private gc: Promise<void> = Promise.resolve();
   /** Imports running in the background or failed; undefined without a background-capable handler. */
   private readonly imports: PgdataImports | undefined;
+  /** Background WAL ingest: timelines with a primary compute since their newest image, and the quorum flush LSN seen last. */
+  private readonly ingestWatch = new Map<string, { tenantId: string; timelineId: string; since: number; sawCompute: boolean; lastQuorum?: bigint }>();
+  private ingestTimer: NodeJS.Timeout | undefined;
+  private ingestRound: Promise<void> = Promise.resolve();
+  private closing = false;
 
   constructor(private readonly deps: ServiceDeps) {
     const handler = deps.importPgdata;
@@ -113,8 +126,70 @@ export class PageserverService {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    if (this.ingestTimer) clearInterval(this.ingestTimer);
+    await this.ingestRound;
     await this.imports?.close();
     await this.gc;
+  }
+
+  /**
+   * Neon's pageserver ingests a timeline's WAL as the safekeepers receive it, so a compute that
+   * starts again later gets its base backup at once. The dev pageserver replays WAL into a new
+   * image instead, which takes seconds; doing it on request put those seconds on the next
+   * compute's cold start. So once a primary compute has started on a timeline, the pageserver
+   * watches the safekeepers, and when no compute is connected any more and the quorum flush LSN
+   * holds still for one poll, it builds the image at that LSN in the background: the LSN the next
+   * start will ask for.
+   */
+  watchForIngest(tenantId: string, timelineId: string): void {
+    const pollMs = this.deps.ingestPollMs ?? 500;
+    if (pollMs <= 0 || this.closing || this.deps.safekeepers.count === 0) return;
+    this.ingestWatch.set(`${tenantId}/${timelineId}`, { tenantId, timelineId, since: Date.now(), sawCompute: false });
+    this.ingestTimer ??= setInterval(() => {
+      // One round at a time; a slow replay simply delays the next poll.
+      this.ingestRound = this.ingestRound.then(() => this.ingestOnce());
+    }, pollMs).unref();
+  }
+
+  private async ingestOnce(): Promise<void> {
+    for (const [key, watched] of [...this.ingestWatch]) {
+      if (this.closing) return;
+      try {
+        const meta = await this.deps.store.get(watched.tenantId, watched.timelineId);
+        if (!meta) {
+          this.ingestWatch.delete(key);
+          continue;
+        }
+        const s = await this.state(meta);
+        if (s.flushes.some((f) => f.computeConnected)) {
+          watched.sawCompute = true;
+          watched.lastQuorum = undefined;
+          continue;
+        }
+        const newest = parseLsn(s.images[s.images.length - 1]!.lsn);
+        if (s.lastRecordLsn <= newest) {
+          // Nothing new: done once the compute has come and gone (or never came within the grace).
+          if (watched.sawCompute || Date.now() - watched.since > INGEST_GRACE_MS) this.ingestWatch.delete(key);
+          continue;
+        }
+        if (watched.lastQuorum !== s.lastRecordLsn) {
+          watched.lastQuorum = s.lastRecordLsn;
+          continue;
+        }
+        const started = Date.now();
+        await this.imageAt(meta, s.lastRecordLsn, 'LSN');
+        this.ingestWatch.delete(key);
+        this.deps.log(`ingested ${key} up to ${formatLsn(s.lastRecordLsn)} in ${Date.now() - started} ms`);
+      } catch (err) {
+        // Left in the watch: the next round tries again; a base backup request would too.
+        this.deps.log(`background ingest of ${key} failed: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    if (this.ingestWatch.size === 0 && this.ingestTimer) {
+      clearInterval(this.ingestTimer);
+      this.ingestTimer = undefined;
+    }
   }
 
   private async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {

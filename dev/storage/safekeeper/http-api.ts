@@ -48,7 +48,8 @@ export function timelineStatusJson(t: Timeline): Record<string, unknown> {
     remote_consistent_lsn: formatLsn(s.remoteConsistentLsn),
     peers: [],
     walsenders: [],
-    walreceivers: [],
+    // Neon lists the connected walproposers here; the dev pageserver ingests once none is left.
+    walreceivers: t.pushing ? [{ state: 'Streaming' }] : [],
   };
 }
 

@@ -187,6 +187,11 @@ export class Timeline {
     return { ...this.state, termHistory: this.state.termHistory.map((e) => ({ ...e })) };
   }
 
+  /** Whether a proposer (a compute's WAL pusher) is connected and may still write. */
+  get pushing(): boolean {
+    return this.activePush !== undefined;
+  }
+
   get lastLogTerm(): bigint {
     return lastLogTerm(this.state.termHistory, this.state.flushLsn);
   }

@@ -1,0 +1,202 @@
+import { readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
+import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
+import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
+import { PGDATA_LOST } from '../../model/compute-status';
+import { stockCacheConf } from '../cache';
+import { fetchBasebackup, StorageError } from '../pageserver';
+import { type PostgresActivities } from '../postgres';
+import { cancellationSignal, heartbeat } from '../postgres/activity-context';
+import { INCARNATION_FILE } from '../postgres/pgdata';
+import { readPostmasterPid } from '../postgres/process';
+import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../safekeepers';
+import type { ComputeStorageBackend } from '../storage-backend';
+
+/** Journal of the one-activity startup (startup.ts); inside PGDATA, so a wipe removes it too. */
+export const STARTUP_JOURNAL_FILE = '.durable-compute-startup.json';
+
+/** Files the startup writes before the base backup is unpacked, kept when a partial unpack is cleared. */
+const WRITTEN_BEFORE_BASEBACKUP = new Set(['postgresql.conf', 'compute_ctl_temp_override.conf', INCARNATION_FILE, STARTUP_JOURNAL_FILE]);
+
+export function pgdataLost(message: string): ApplicationFailure {
+  return ApplicationFailure.nonRetryable(message, PGDATA_LOST);
+}
+
+export interface StartupStepDeps {
+  pgBinDir: string;
+  pgdata: string;
+  backend: ComputeStorageBackend;
+  cacheBackend: 'stock' | 'neon';
+  postgres: PostgresActivities;
+  syncSafekeepersCommand?: string[];
+  adminUser?: string;
+}
+
+/** What a base backup step reports, under compute_ctl's metric names. */
+export interface BasebackupReport {
+  bytes: number;
+  ms: number;
+  connectMicros: number;
+}
+
+/**
+ * compute_ctl's startup steps over one PGDATA, without any Temporal policy: the per-step
+ * activities (node-activities.ts) and the one-activity startup (startup.ts) are both built from
+ * these, and the cold-start benchmark calls them directly as its floor. Each step checks that
+ * PGDATA still belongs to the fresh start (`incarnation`) that prepared it, and each is safe to
+ * run again after a crash part-way.
+ */
+export function createStartupSteps(deps: StartupStepDeps) {
+  const { postgres, backend } = deps;
+
+  // What the storage backend needs, plus what the stock cache backend needs (Neon's LFC needs nothing).
+  const backendConf = (spec: ComputeSpec) =>
+    [
+      backend.postgresqlConf({
+        tenantId: spec.tenant_id,
+        timelineId: spec.timeline_id,
+        safekeepers: spec.safekeeper_connstrings,
+        mode: spec.mode.kind,
+      }),
+      deps.cacheBackend === 'stock' ? stockCacheConf() : '',
+    ].join('\n');
+
+  /** Removes what a crashed unpack left, keeping the files written before it. */
+  async function clearPartialUnpack(): Promise<void> {
+    for (const entry of await readdir(deps.pgdata)) {
+      if (!WRITTEN_BEFORE_BASEBACKUP.has(entry)) await rm(path.join(deps.pgdata, entry), { recursive: true, force: true });
+    }
+  }
+
+  async function requireOwnPgdata(incarnation: string, what: string): Promise<void> {
+    const check = await postgres.checkPgdata({ incarnation });
+    if (check.problems.some((p) => p.includes('incarnation') || p.includes('does not exist'))) {
+      throw pgdataLost(`${what}: ${check.problems.join('; ')}`);
+    }
+  }
+
+  return {
+    backendConf,
+
+    async preparePgdata({ incarnation }: { incarnation: string }): Promise<void> {
+      await postgres.preparePgdata({ incarnation });
+    },
+
+    async writePostgresConfig({ incarnation, spec }: { incarnation: string; spec: ComputeSpec }): Promise<{ ms: number }> {
+      const { ms } = await postgres.writePostgresConfig({ incarnation, spec, extraConf: backendConf(spec) });
+      return { ms };
+    },
+
+    /** compute_ctl's fast "already synced?" check: TIMELINE_STATUS from a quorum. */
+    async checkSafekeepersSynced(spec: ComputeSpec): Promise<{ synced: boolean; lsn: string | null; reason?: string; ms: number }> {
+      const result = await checkSafekeepersSynced({
+        safekeepers: spec.safekeeper_connstrings,
+        tenantId: spec.tenant_id,
+        timelineId: spec.timeline_id,
+        ...(spec.storage_auth_token !== undefined ? { token: spec.storage_auth_token } : {}),
+      });
+      return result.synced ? { synced: true, lsn: result.lsn, ms: result.elapsedMs } : { synced: false, lsn: null, reason: result.reason, ms: result.elapsedMs };
+    },
+
+    async syncSafekeepers({ incarnation, storageAuthToken }: { incarnation: string; storageAuthToken?: string }): Promise<{ lsn: string; ms: number }> {
+      await requireOwnPgdata(incarnation, 'cannot sync safekeepers');
+      const beat = setInterval(() => heartbeat({ step: 'sync_safekeepers' }), 1000);
+      try {
+        const result = await runSyncSafekeepers({
+          command: deps.syncSafekeepersCommand ?? backend.syncSafekeepersCommand(deps.pgBinDir),
+          pgdata: deps.pgdata,
+          timeoutMs: 120_000,
+          token: storageAuthToken,
+          spawnAs: pgSpawnIdentity(),
+          signal: cancellationSignal(),
+        });
+        return { lsn: result.lsn, ms: result.elapsedMs };
+      } catch (err) {
+        if (err instanceof SyncSafekeepersError) throw ApplicationFailure.retryable(err.message, 'SyncSafekeepersFailed');
+        throw err;
+      } finally {
+        clearInterval(beat);
+      }
+    },
+
+    async fetchBasebackup(
+      { incarnation, spec, lsn }: { incarnation: string; spec: ComputeSpec; lsn: string | null },
+      onProgress: (progress: { receivedBytes: number }) => void = (p) => heartbeat(p),
+    ): Promise<BasebackupReport> {
+      await requireOwnPgdata(incarnation, 'cannot unpack the base backup');
+      // Finished before a crash, but the result never reached the workflow: report it again.
+      const check = await postgres.checkPgdata({ incarnation });
+      if (check.intact && check.basebackup) {
+        const b = check.basebackup;
+        return { bytes: Number(b.basebackup_bytes ?? 0), ms: Number(b.basebackup_ms ?? 0), connectMicros: Number(b.pageserver_connect_micros ?? 0) };
+      }
+      await clearPartialUnpack();
+      const id = postgresIdentity();
+      try {
+        const result = await fetchBasebackup({
+          connstring: shard0PageserverConnstring(spec),
+          tenantId: spec.tenant_id,
+          timelineId: spec.timeline_id,
+          lsn: lsn ?? undefined,
+          replica: spec.mode.kind !== 'Primary',
+          token: spec.storage_auth_token,
+          targetDir: deps.pgdata,
+          owner: id ? { uid: id.uid, gid: id.gid } : undefined,
+          signal: cancellationSignal(),
+          onProgress,
+        });
+        const m = result.metrics;
+        await postgres.markBasebackupComplete({ incarnation, info: { ...m, lsn: lsn ?? 'latest', files: result.files } });
+        return { bytes: m.basebackup_bytes, ms: m.basebackup_ms, connectMicros: m.pageserver_connect_micros };
+      } catch (err) {
+        if (err instanceof StorageError) {
+          // Unknown tenant/timeline or a refused request will not get better by retrying.
+          throw err.retryable ? ApplicationFailure.retryable(err.message, 'BasebackupFailed') : ApplicationFailure.nonRetryable(err.message, 'BasebackupFailed');
+        }
+        throw err;
+      }
+    },
+
+    /** Whether PGDATA holds this start's base backup, completely unpacked. */
+    async hasCompleteBasebackup(incarnation: string): Promise<boolean> {
+      const check = await postgres.checkPgdata({ incarnation });
+      return check.intact;
+    },
+
+    async prepareStartupFiles({ incarnation, spec }: { incarnation: string; spec: ComputeSpec }): Promise<void> {
+      await postgres.prepareStartupFiles({ incarnation, spec, extraHbaLines: backend.hbaLines() });
+    },
+
+    /** Postgres started and ready, and the storage backend's companion (the WAL pusher) streaming. */
+    async startPostgres({ incarnation, spec }: { incarnation: string; spec: ComputeSpec }): Promise<{ pid: number; ms: number }> {
+      const started = Date.now();
+      // Never start Postgres on a directory that is not a complete base backup of this start.
+      const check = await postgres.checkPgdata({ incarnation });
+      if (!check.intact) throw pgdataLost(`refusing to start Postgres: ${check.problems.join('; ')}`);
+      const postmaster = await postgres.startPostgres({ incarnation, storageAuthToken: spec.storage_auth_token });
+      const pidFile = await readPostmasterPid(deps.pgdata);
+      await backend.afterPostgresReady({
+        pgdata: deps.pgdata,
+        socketDir: pidFile?.socketDir,
+        port: postmaster.port ?? pidFile?.port ?? 5432,
+        tenantId: spec.tenant_id,
+        timelineId: spec.timeline_id,
+        safekeepers: spec.safekeeper_connstrings,
+        authToken: spec.storage_auth_token,
+        mode: spec.mode.kind,
+        superuser: deps.adminUser ?? 'cloud_admin',
+      });
+      // The whole step, the storage backend's readiness included: start_postgres_ms says what it cost.
+      return { pid: postmaster.pid, ms: Date.now() - started };
+    },
+
+    async applySpec({ spec }: { spec: ComputeSpec }): Promise<{ changes: string[]; ms: number }> {
+      const started = Date.now();
+      const { changes } = await postgres.applySpec({ spec });
+      return { changes, ms: Date.now() - started };
+    },
+  };
+}
+
+export type StartupSteps = ReturnType<typeof createStartupSteps>;
