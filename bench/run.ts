@@ -11,7 +11,46 @@ import { fileURLToPath } from 'node:url';
 import { tsNodeArgs } from '../common/paths';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const ALL = ['basebackup', 'prewarm', 'import'] as const;
+const ALL = ['basebackup', 'prewarm', 'import', 'compute-start', 'compute-burst'] as const;
+
+/** The baseline tools each benchmark compares against: command and the Debian package that has it. */
+const BASELINES: Partial<Record<(typeof ALL)[number], { command: string; pkg: string }[]>> = {
+  basebackup: [
+    { command: 'psql', pkg: 'postgresql-client-15' },
+    { command: 'tar', pkg: 'tar' },
+  ],
+  import: [
+    { command: 'pgcopydb', pkg: 'pgcopydb' },
+    { command: 'aws', pkg: 'awscli' },
+    { command: 'pg_dump', pkg: 'postgresql-client-15' },
+  ],
+};
+
+function onPath(command: string): boolean {
+  return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', command], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * Installs the missing baseline tools with apt-get when this runs as root (a fresh machine of
+ * ours), else names each one with the command that installs it: better than dying minutes in
+ * with `spawn pgcopydb ENOENT`.
+ */
+function ensureBaselines(names: readonly string[]): void {
+  const missing = names.flatMap((n) => BASELINES[n as keyof typeof BASELINES] ?? []).filter((t) => !onPath(t.command));
+  if (missing.length === 0) return;
+  const pkgs = [...new Set(missing.map((t) => t.pkg))];
+  const canInstall = process.getuid?.() === 0 && onPath('apt-get');
+  if (canInstall) {
+    console.log(`installing the baseline tools ${missing.map((t) => t.command).join(', ')}: apt-get install ${pkgs.join(' ')}`);
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+    spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
+    const installed = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
+    if (installed.status === 0 && missing.every((t) => onPath(t.command))) return;
+  }
+  console.error('the benchmarks compare against tools this machine lacks:');
+  for (const t of missing) console.error(`  ${t.command}: sudo apt-get install ${t.pkg}`);
+  process.exit(2);
+}
 const chosen = (process.env.BENCH ?? ALL.join(','))
   .split(',')
   .map((b) => b.trim())
@@ -19,6 +58,8 @@ const chosen = (process.env.BENCH ?? ALL.join(','))
 for (const name of chosen) {
   if (!(ALL as readonly string[]).includes(name)) throw new Error(`unknown benchmark ${name}; choose from ${ALL.join(', ')}`);
 }
+
+ensureBaselines(chosen);
 
 const failed: string[] = [];
 for (const name of chosen) {
