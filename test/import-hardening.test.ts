@@ -4,12 +4,12 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Client } from '@temporalio/client';
+import { Client } from '@temporalio/client';
 import type { NativeConnection, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPageserverClient, type PageserverClient, type TimelineInfo } from '../activities/pageserver';
 import { generateLocalKey } from '../activities/secrets/local-aes';
-import { ImportClient } from '../client/import-client';
+import { ImportClient, startImportCallbackServer } from '../client/import-client';
 import { openClient } from '../client/context';
 import { importControlActivitiesFor } from '../activities/import-control';
 import { encryptedDataConverter } from '../common/codec/data-converter';
@@ -25,7 +25,8 @@ import { testConfig } from './helpers/stack';
  *
  * - an import never deletes a timeline it did not create, even when its start request failed
  *   transiently (a 5xx or a timeout, before or after the pageserver acted, or a 429 that was not
- *   the pageserver's "this import is running") and the import then failed or was cancelled.
+ *   the pageserver's "this import is running") and the import then failed or was cancelled;
+ * - the import_complete callback fails closed, and a forged failure notice never fails an import.
  *
  * Real Temporal, the real control-plane worker (in this process, on its own task queue) and the
  * stack's dev pageserver behind a fault-injecting HTTP proxy. Where an import must get as far as
@@ -278,5 +279,55 @@ describe.concurrent('an import never deletes a timeline it did not create', () =
     const final = await imports.cancel(importId);
     expect(final).toMatchObject({ phase: 'cancelled', workflow_status: 'CANCELLED' });
     await expect(pageserver.getTimeline(tenantId, timelineId)).rejects.toMatchObject({ status: 404 });
+  }, 300_000);
+});
+
+describe('the import_complete callback', () => {
+  it('without a token: refuses every request and says at startup why', async () => {
+    // A client that is never connected: nothing may get as far as Temporal.
+    const unconnected = new Client();
+    const lines: string[] = [];
+    const server = await startImportCallbackServer(unconnected, { host: '127.0.0.1', port: 0, token: undefined, log: (l) => lines.push(l) });
+    try {
+      expect(lines.join('\n')).toMatch(/no token.*refuses every/i);
+      const notice = JSON.stringify({ tenant_id: neonId(), timeline_id: neonId(), error: 'forged' });
+      for (const headers of [{}, { authorization: 'Bearer anything' }] as Record<string, string>[]) {
+        const res = await fetch(`${server.url}/import_complete`, { method: 'PUT', headers, body: notice });
+        expect(res.status).toBe(401);
+        expect(((await res.json()) as { msg: string }).msg).toMatch(/no token is configured/);
+      }
+      const status = await fetch(`${server.url}/status`);
+      expect(status.status).toBe(503);
+      expect(((await status.json()) as { reason: string }).reason).toMatch(/no token is configured/);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a forged failure notice, even one carrying the token, never fails an import: the pageserver decides (SIMULATED importer host)', async () => {
+    const tenantId = neonId();
+    const timelineId = neonId();
+    const importId = uniqueId('forged');
+    await startImport(importId, tenantId, timelineId, SIMULATED_QUEUE, 60);
+    const deadline = Date.now() + 60_000;
+    while ((await imports.status(importId)).phase !== 'pageserver_import' && Date.now() < deadline) await sleep(250);
+    expect((await imports.status(importId)).phase).toBe('pageserver_import');
+    const token = config.storage.authToken!;
+    const server = await startImportCallbackServer(client, { host: '127.0.0.1', port: 0, token });
+    try {
+      const forged = JSON.stringify({ tenant_id: tenantId, timeline_id: timelineId, error: 'forged: the import failed' });
+      expect((await fetch(`${server.url}/import_complete`, { method: 'PUT', body: forged })).status).toBe(401);
+      const res = await fetch(`${server.url}/import_complete`, { method: 'PUT', headers: { authorization: `Bearer ${token}` }, body: forged });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { signalled: number }).signalled).toBe(1);
+    } finally {
+      await server.close();
+    }
+    // Several polls later the pageserver still says "running", so the import still waits.
+    await sleep(4000);
+    const after = await imports.status(importId);
+    expect(after).toMatchObject({ workflow_status: 'RUNNING', phase: 'pageserver_import', error: null });
+    const final = await imports.cancel(importId);
+    expect(final.workflow_status).toBe('CANCELLED');
   }, 300_000);
 });

@@ -57,9 +57,11 @@ const DEFAULTS = {
 };
 
 /**
- * Patches (running workflows replay the old path): the cleanup deletes the timeline only if the
- * pageserver's record of the import carries this import's idempotency key.
+ * Patches (running workflows replay the old path): the completion signal only wakes the wait, the
+ * pageserver's state decides; the cleanup deletes the timeline only if the pageserver's record of
+ * the import carries this import's idempotency key.
  */
+const COMPLETION_SIGNAL_ONLY_WAKES = 'import-completion-signal-only-wakes';
 const DELETE_ONLY_OWN_TIMELINE = 'import-delete-only-own-timeline';
 
 /** The innermost message of a failure chain: what actually went wrong. */
@@ -268,7 +270,11 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
       if (s.state === 'done') return { lsn: s.lastRecordLsn, pgVersion: s.pgVersion };
       if (s.state === 'failed') throw ApplicationFailure.nonRetryable(`the pageserver's import failed: ${s.error}`, 'PageserverImportFailed');
       if (s.state === 'missing') throw ApplicationFailure.nonRetryable(`timeline ${input.tenantId}/${input.timelineId} disappeared from the pageserver during the import`, 'TimelineMissing');
-      if (completion?.error) throw ApplicationFailure.nonRetryable(`the pageserver's import failed: ${completion.error}`, 'PageserverImportFailed');
+      // The callback's word alone (it may be forged) never fails the import: the poll above, right
+      // after the signal woke the wait, is what decides.
+      if (completion?.error && !patched(COMPLETION_SIGNAL_ONLY_WAKES)) {
+        throw ApplicationFailure.nonRetryable(`the pageserver's import failed: ${completion.error}`, 'PageserverImportFailed');
+      }
       if (Date.now() >= deadline) throw ApplicationFailure.nonRetryable(`the pageserver did not finish the import within ${o.pageserverTimeoutSeconds} s`, 'PageserverImportTimeout');
       // A durable timer; the completion signal cuts it short.
       const seen = completion;
