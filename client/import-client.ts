@@ -244,11 +244,13 @@ export class ImportClient {
  * was signalled or none is running (nothing left to tell), 400 for a malformed body, 503 when
  * Temporal cannot be reached (the caller retries).
  *
- * With a token (the storage's, which the pageserver presents as a bearer token), every call
- * without it gets 401: a forged "failed" notice would otherwise fail a running import.
+ * It fails closed: only calls with the token (the storage's, which the pageserver presents as a
+ * bearer token) are served; without a configured token every call gets 401 and /status says why.
+ * (Even an accepted notice only wakes the import: its outcome is what the pageserver says.)
  */
 export function importCompleteHandler(client: Client, opts: { token?: string; log?: (line: string) => void } = {}) {
   const log = opts.log ?? (() => {});
+  const refusal = callbackRefusal(opts.token);
   const send = (res: http.ServerResponse, status: number, body: unknown) => {
     const text = JSON.stringify(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
@@ -256,10 +258,11 @@ export function importCompleteHandler(client: Client, opts: { token?: string; lo
   };
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     // Liveness, for whoever supervises the endpoint (the dev stack probes it).
-    if (req.url === '/status' && req.method === 'GET') return send(res, 200, { ok: true });
+    if (req.url === '/status' && req.method === 'GET') return refusal ? send(res, 503, { ok: false, reason: refusal }) : send(res, 200, { ok: true });
     if (req.url !== '/import_complete') return send(res, 404, { msg: `no route for ${req.method} ${req.url}` });
     if (req.method !== 'PUT') return send(res, 405, { msg: `method ${req.method} not allowed` });
-    if (opts.token !== undefined && !bearerTokenMatches(req.headers.authorization, opts.token)) {
+    if (refusal) return send(res, 401, { msg: refusal });
+    if (opts.token === undefined || !bearerTokenMatches(req.headers.authorization, opts.token)) {
       return send(res, 401, { msg: 'missing or wrong bearer token' });
     }
     const chunks: Buffer[] = [];
@@ -303,11 +306,19 @@ export function importCompleteHandler(client: Client, opts: { token?: string; lo
   };
 }
 
-/** Serves `importCompleteHandler` on host:port until closed. */
+/** Why the callback endpoint refuses every call, or undefined when it has a token to check. */
+export function callbackRefusal(token: string | undefined): string | undefined {
+  if (token !== undefined && token !== '') return undefined;
+  return 'no token is configured (STORAGE_AUTH_TOKEN or STORAGE_AUTH_TOKEN_FILE), so this endpoint refuses every call: anyone could otherwise end or fail imports';
+}
+
+/** Serves `importCompleteHandler` on host:port until closed; says at once if it will refuse every call. */
 export async function startImportCallbackServer(
   client: Client,
   opts: { host: string; port: number; token?: string; log?: (line: string) => void },
 ): Promise<{ url: string; close: () => Promise<void> }> {
+  const refusal = callbackRefusal(opts.token);
+  if (refusal) opts.log?.(`import callback server: ${refusal}`);
   const server = http.createServer(importCompleteHandler(client, { token: opts.token, log: opts.log }));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

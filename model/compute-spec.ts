@@ -189,6 +189,18 @@ function optionValueProblem(kind: OptionKind, value: string | undefined): string
 // ---------------------------------------------------------------------------------------------
 
 const NEON_ID = /^[0-9a-fA-F]{32}$/;
+/**
+ * Control characters (C0, DEL, C1) and Unicode line separators. In a string written into
+ * postgresql.conf, a line break ends the value (the rest becomes settings of its own) and the
+ * others make Postgres refuse the file or mean something other than what a reader sees.
+ */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const CONTROL_OR_LINE_BREAK = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+const CONTROL_PROBLEM = 'must not contain control characters or line breaks';
+/** A spec string written into postgresql.conf. */
+const confText = z.string().refine((s) => !CONTROL_OR_LINE_BREAK.test(s), `${CONTROL_PROBLEM} (it is written into postgresql.conf)`);
+/** An identifier that ends up in names, logs and task queues. */
+const plainText = z.string().refine((s) => !CONTROL_OR_LINE_BREAK.test(s), CONTROL_PROBLEM);
 const SETTING_NAME = /^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$/;
 /** A value compute_ctl writes unquoted into postgresql.conf: one token (number, unit, bool, enum word). */
 const SETTING_TOKEN = /^[A-Za-z0-9_.:+-]+$/;
@@ -223,6 +235,7 @@ function identifierProblem(name: string): string | undefined {
 
 /** Why `connstr` is not a libpq connection string (a postgres(ql):// URL or key=value list), or undefined. */
 export function libpqConnstringProblem(connstr: string): string | undefined {
+  if (CONTROL_OR_LINE_BREAK.test(connstr)) return `${CONTROL_PROBLEM} (it is written into postgresql.conf)`;
   if (connstr.trim() === '') return 'empty connection string';
   if (/^postgres(?:ql)?:\/\//i.test(connstr)) {
     return /\s/.test(connstr) ? 'a libpq URL must not contain whitespace' : undefined;
@@ -350,10 +363,10 @@ const rawSpecSchema = z.object({
   reconfigure_concurrency: optional(z.number().int().positive()),
   cluster: clusterSchema,
   delta_operations: optional(z.array(deltaOpSchema)),
-  endpoint_id: optional(z.string()),
-  project_id: optional(z.string()),
-  branch_id: optional(z.string()),
-  compute_id: optional(z.string()),
+  endpoint_id: optional(confText),
+  project_id: optional(confText),
+  branch_id: optional(confText),
+  compute_id: optional(plainText),
   autoprewarm: optional(z.boolean()),
   offload_lfc_interval_seconds: optional(z.number().int().positive()),
   endpoint_storage_addr: optional(z.string()),
@@ -458,7 +471,7 @@ function checkPageserverInfo(info: PageserverConnectionInfo, problems: Problems)
         const problem = libpqConnstringProblem(ps.libpq_url);
         if (problem) problems.add([...psPath, 'libpq_url'], problem);
       }
-      if (ps.grpc_url !== undefined && !/^grpc:\/\/\S+$/.test(ps.grpc_url)) {
+      if (ps.grpc_url !== undefined && (!/^grpc:\/\/\S+$/.test(ps.grpc_url) || CONTROL_OR_LINE_BREAK.test(ps.grpc_url))) {
         problems.add([...psPath, 'grpc_url'], 'not a grpc:// URL');
       }
       if (ps.libpq_url === undefined && ps.grpc_url === undefined) problems.add(psPath, 'needs a libpq_url or a grpc_url');
@@ -605,8 +618,8 @@ function checkCluster(raw: RawSpec, problems: Problems): Cluster {
     if (!SETTING_NAME.test(s.name)) problems.add([...path, 'name'], `${JSON.stringify(s.name)} is not a configuration parameter name`);
     if (s.value === undefined) {
       problems.add([...path, 'value'], 'required for a postgresql.conf setting');
-    } else if (/[\r\n\0]/.test(s.value)) {
-      problems.add([...path, 'value'], 'must not contain line breaks or NUL characters');
+    } else if (CONTROL_OR_LINE_BREAK.test(s.value)) {
+      problems.add([...path, 'value'], `${CONTROL_PROBLEM} (setting ${s.name}, written into postgresql.conf)`);
     } else if (s.vartype !== 'string' && !SETTING_TOKEN.test(s.value) && !SETTING_QUOTED.test(s.value)) {
       problems.add([...path, 'value'], `a ${s.vartype} setting must be a single token (number, boolean or word); use vartype "string" for text`);
     }

@@ -43,6 +43,11 @@ export interface ComputeStatusResponse {
   /** The LSN returned by terminate. */
   terminate_lsn: string | null;
   metrics: ComputeStartupMetrics;
+  /**
+   * In the result of a configure of a running compute only: settings of the new configuration
+   * that take effect only after a restart (Postgres keeps their old values until then).
+   */
+  pending_restart?: string[];
 }
 
 export function emptyStartupMetrics(): ComputeStartupMetrics {
@@ -78,3 +83,6 @@ export function isValidComputeId(id: string): boolean {
 
 /** ApplicationFailure type of a step that found PGDATA wiped or from another start; the workflow redoes the fresh start. */
 export const PGDATA_LOST = 'PgdataLost';
+
+/** ApplicationFailure type of a reconfigure with a setting Postgres rejected; the previous configuration stays in force. */
+export const SETTING_REJECTED = 'PostgresSettingRejected';

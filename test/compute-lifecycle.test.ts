@@ -105,6 +105,23 @@ describe('compute lifecycle on the real stack', () => {
     expect((await computes.status(computeId)).status).toBe('running');
   });
 
+  it('a configure with a setting Postgres rejects fails naming it; the previous configuration stays in force and the compute keeps running', async () => {
+    const settingsOf = (s: Spec) => (s.spec.cluster as unknown as { settings: { name: string; value: string; vartype: string }[] }).settings;
+    const show = async (name: string) => (await sql<Record<string, string>>(port, 'alice', 'alice-dev-password', 'app', `show ${name}`))[0]![name];
+    const workMem = await show('work_mem');
+    const bad = structuredClone(spec);
+    settingsOf(bad).push({ name: 'work_mem', value: 'banana', vartype: 'string' });
+    await expect(computes.configure(computeId, bad)).rejects.toThrow(/configure refused: reconfiguration refused: Postgres rejected work_mem: setting could not be applied .*the previous configuration stays in force/);
+    expect(await computes.status(computeId)).toMatchObject({ status: 'running', error: null });
+    expect(await show('work_mem')).toBe(workMem);
+
+    // A server-start setting: accepted, reported as waiting for a restart.
+    const restart = structuredClone(spec);
+    settingsOf(restart).push({ name: 'max_connections', value: String(Number(await show('max_connections')) + 1), vartype: 'integer' });
+    expect(await computes.configure(computeId, restart)).toMatchObject({ status: 'running', error: null, pending_restart: ['max_connections'] });
+    expect(await computes.configure(computeId, spec)).toMatchObject({ status: 'running', pending_restart: [] });
+  });
+
   it('keeps committed data across a fast terminate and an immediate terminate', async () => {
     await sql(port, 'alice', 'alice-dev-password', 'app', 'create table kept (v text); insert into kept values (\'before-fast\')');
     const fast = await computes.terminate(computeId, 'fast');

@@ -296,7 +296,7 @@ describe('parseComputeConfig rejects, naming the field', () => {
     [
       'a setting value that would inject postgresql.conf lines',
       spec({ cluster: { roles: [], databases: [], settings: [{ name: 'work_mem', value: "4MB\nshared_preload_libraries = 'evil'", vartype: 'integer' }] } }),
-      /^cluster\.settings\[0\]\.value: must not contain line breaks/,
+      /^cluster\.settings\[0\]\.value: must not contain control characters or line breaks \(setting work_mem/,
     ],
     [
       'a non-string setting with spaces',
@@ -312,6 +312,49 @@ describe('parseComputeConfig rejects, naming the field', () => {
       expect(errors.some((e) => expected.test(e)), `errors were: ${errors.join(' | ')}`).toBe(true);
     });
   }
+
+  describe('strings written into postgresql.conf that hold control characters or line breaks', () => {
+    // Each would end the quoted value (or the line) in postgresql.conf and let the rest become
+    // settings of its own, or make Postgres refuse the whole file.
+    const breakers = ['a\nshared_preload_libraries = evil', 'a\rb', 'a\u0000b', 'a\tb', 'a\u001bb', 'a\u007fb', 'a\u0085b', 'a\u2028b'];
+    const settings = (value: string, vartype = 'string') => spec({ cluster: { roles: [], databases: [], settings: [{ name: 'application_name', value, vartype }] } });
+    const shard0 = (libpq_url: string) => spec({ pageserver_connstring: undefined, pageserver_connection_info: { shard_count: 0, shards: { '0000': { pageservers: [{ libpq_url }] } } } });
+    const fields: [string, (bad: string) => Record<string, unknown>, RegExp][] = [
+      ['endpoint_id', (bad) => spec({ endpoint_id: bad }), /^endpoint_id: must not contain control characters or line breaks/],
+      ['project_id', (bad) => spec({ project_id: bad }), /^project_id: must not contain control characters or line breaks/],
+      ['branch_id', (bad) => spec({ branch_id: bad }), /^branch_id: must not contain control characters or line breaks/],
+      ['compute_id', (bad) => spec({ compute_id: bad }), /^compute_id: must not contain control characters or line breaks/],
+      ['a key=value pageserver_connstring', (bad) => spec({ pageserver_connstring: `host=ps port=6400 application_name=${bad}` }), /^pageserver_connstring: must not contain control characters or line breaks/],
+      ['a URL pageserver_connstring', (bad) => spec({ pageserver_connstring: `postgresql://ps:6400/?application_name=${bad}` }), /^pageserver_connstring: must not contain control characters or line breaks/],
+      ['a key=value libpq_url', (bad) => shard0(`host=ps application_name=${bad}`), /^pageserver_connection_info\.shards\.0000\.pageservers\[0\]\.libpq_url: must not contain control characters or line breaks/],
+      ['a key=value neon.pageserver_connstring setting', (bad) => spec({ pageserver_connstring: undefined, cluster: { roles: [], databases: [], settings: [{ name: 'neon.pageserver_connstring', value: `host=ps application_name=${bad}`, vartype: 'string' }] } }), /^cluster\.settings\[0\]\.value: must not contain control characters or line breaks/],
+      ['a string setting value', (bad) => settings(bad), /^cluster\.settings\[0\]\.value: must not contain control characters or line breaks \(setting application_name/],
+      ['a quoted non-string setting value', (bad) => settings(`'${bad}'`, 'enum'), /^cluster\.settings\[0\]\.value: must not contain control characters or line breaks \(setting application_name/],
+    ];
+    for (const [what, make, expected] of fields) {
+      it(`${what}, naming the field`, () => {
+        for (const bad of breakers) {
+          const errors = errorsOf(make(bad));
+          expect(errors.some((e) => expected.test(e)), `${JSON.stringify(bad)}: errors were: ${errors.join(' | ')}`).toBe(true);
+        }
+      });
+    }
+
+    it('while the same fields with ordinary text (spaces, quotes, non-ASCII letters) still parse', () => {
+      const parsed = ok(
+        spec({
+          endpoint_id: 'ep-cool-darkness-123456',
+          project_id: 'proj 1',
+          branch_id: "br-'quoted'",
+          compute_id: 'compute-é',
+          pageserver_connstring: "host=ps port=6400 application_name='a b'",
+          cluster: { roles: [], databases: [], settings: [{ name: 'application_name', value: "it's fine — ünïcode", vartype: 'string' }] },
+        }),
+      );
+      expect(parsed.endpoint_id).toBe('ep-cool-darkness-123456');
+      expect(parsed.cluster.settings?.[0]?.value).toBe("it's fine — ünïcode");
+    });
+  });
 
   it('with the spec. prefix when the spec came wrapped in a ComputeConfig', () => {
     expect(errorsOf({ spec: spec({ tenant_id: 'nope' }), compute_ctl_config: {} })).toEqual([expect.stringMatching(/^spec\.tenant_id: must be 32 hex/)]);

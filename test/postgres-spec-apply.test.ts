@@ -214,6 +214,53 @@ describe('applySpec against a fresh compute with the example spec', () => {
     expect((await c.activities.reconfigurePostgres({ spec: next })).changes).toEqual([]);
   });
 
+  it('reconfigure: a setting Postgres rejects fails naming it, and the previous configuration stays in force', async () => {
+    const conf = path.join(c.pgdata, 'postgresql.conf');
+    const before = readFileSync(conf, 'utf8');
+    const settingsInForce = () => admin(c, 'postgres', async (db) => (await db.query("SELECT name, setting FROM pg_settings WHERE name IN ('work_mem', 'log_min_duration_statement') ORDER BY name")).rows);
+    const inForce = await settingsInForce();
+    const cases: [string, (settings: { name: string; value: string; vartype: string }[]) => void, RegExp][] = [
+      ['a bad value', (st) => st.push({ name: 'work_mem', value: 'banana', vartype: 'string' }), /work_mem: setting could not be applied \(postgresql\.conf line \d+\)/],
+      ['an unknown parameter', (st) => st.push({ name: 'no_such_parameter', value: '1', vartype: 'integer' }), /no_such_parameter: unrecognized configuration parameter/],
+      ['a bad value of a server-start parameter', (st) => st.push({ name: 'max_connections', value: 'lots', vartype: 'string' }), /max_connections: setting could not be applied/],
+    ];
+    for (const [what, edit, named] of cases) {
+      const bad = c.spec((s) => {
+        // A good change alongside: it must not take effect either.
+        s.cluster.settings.push({ name: 'log_min_duration_statement', value: '1234', vartype: 'integer' });
+        edit(s.cluster.settings);
+      });
+      const err = await c.activities.reconfigurePostgres({ spec: bad }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err, what).toBeInstanceOf(ApplicationFailure);
+      expect((err as ApplicationFailure).type).toBe(PostgresFailure.SettingRejected);
+      expect((err as ApplicationFailure).nonRetryable).toBe(true);
+      expect((err as Error).message).toMatch(named);
+      expect((err as Error).message).toMatch(/the previous configuration stays in force/);
+      expect(readFileSync(conf, 'utf8'), what).toBe(before);
+      expect(await settingsInForce(), what).toEqual(inForce);
+      await admin(c, 'postgres', async (db) => expect((await db.query('SELECT name, error FROM pg_file_settings WHERE error IS NOT NULL')).rows).toEqual([]));
+    }
+  });
+
+  it('reconfigure: a setting that needs a restart is reported as such, the others take effect', async () => {
+    const next = c.spec((s) => {
+      // The last line for a name wins (earlier ones show in pg_file_settings as not applied, without an error).
+      s.cluster.settings.push({ name: 'shared_buffers', value: '2048', vartype: 'integer' });
+      s.cluster.settings.push({ name: 'log_min_duration_statement', value: '4321', vartype: 'integer' });
+    });
+    const result = await c.activities.reconfigurePostgres({ spec: next });
+    expect(result.pendingRestart).toEqual(['shared_buffers']);
+    await admin(c, 'postgres', async (db) => {
+      expect((await db.query('SHOW log_min_duration_statement')).rows).toEqual([{ log_min_duration_statement: '4321ms' }]);
+      expect((await db.query("SELECT setting FROM pg_settings WHERE name = 'shared_buffers'")).rows).toEqual([{ setting: '1024' }]);
+    });
+    // Back to the running value: nothing waits for a restart any more.
+    expect((await c.activities.reconfigurePostgres({ spec: c.spec() })).pendingRestart).toEqual([]);
+  });
+
   it('skips a read-only compute and skip_pg_catalog_updates', async () => {
     expect(await c.activities.applySpec({ spec: c.spec((s) => (s.skip_pg_catalog_updates = true)) })).toMatchObject({ changes: [], skipped: 'skip_pg_catalog_updates is set' });
     const replica = c.spec((s) => {

@@ -197,6 +197,54 @@ describe('extractTarStream', () => {
     }
   });
 
+  it('refuses entry types it does not understand, naming the entry and the type, and writes nothing', async () => {
+    // Real GNU sparse files made by GNU tar: the old GNU format ('S' headers) and the pax formats
+    // (typeflag '0' with GNU.sparse.* records, versions 0.1 and 1.0). Written as regular files they
+    // would be a sparse map followed by the data, not the file.
+    const src = mkdtempSync(path.join(os.tmpdir(), 'dc-untar-sparse-'));
+    onTestFinished(() => rmSync(src, { recursive: true, force: true }));
+    const sparse = path.join(src, 'holes');
+    writeFileSync(sparse, '');
+    await run('truncate', ['-s', String(4 * MiB), sparse]);
+    writeFileSync(sparse, 'tail', { flag: 'a' });
+    for (const format of [['--format=gnu'], ['--format=posix', '--sparse-version=0.1'], ['--format=posix', '--sparse-version=1.0']]) {
+      // Buffered first: Node discards a child's unread stdout when the child exits before it is read.
+      const { stdout: archive } = await run('tar', ['-C', src, '--sparse', ...format, '-cf', '-', 'holes'], { encoding: 'buffer' });
+      const { target } = freshTarget();
+      const err = await rejection(extractTarStream(chunked(archive), target, { maxBytes: 64 * MiB }));
+      expect(err.code, format.join(' ')).toBe('unsafe-entry');
+      expect(err.message).toMatch(/sparse/);
+      expect(err.message).toContain('holes');
+      expect(readdirSync(target), format.join(' ')).toEqual([]);
+    }
+
+    // Crafted headers of every other kind the extractor does not handle: the message names the raw type.
+    const kinds: [string, RegExp][] = [
+      ['S', /GNU sparse file \(type 'S'\)/],
+      ['V', /GNU volume header \(type 'V'\)/],
+      ['M', /GNU multi-volume continuation \(type 'M'\)/],
+      ['D', /GNU dump directory \(type 'D'\)/],
+      ['Z', /type 'Z'/],
+      ['9', /type '9'/],
+    ];
+    for (const [flag, wording] of kinds) {
+      const content = Buffer.from('not a plain file');
+      const archive = Buffer.concat([rawHeader({ name: `odd-${flag}`, size: content.length, typeflag: flag }), blocks(content), END_OF_ARCHIVE]);
+      const { target } = freshTarget();
+      const err = await rejection(extractTarStream(chunked(archive, 100), target, { maxBytes: MiB }));
+      expect(err.code, flag).toBe('unsafe-entry');
+      expect(err.entry).toBe(`odd-${flag}`);
+      expect(err.message).toMatch(wording);
+      expect(err.message).toContain(`odd-${flag}`);
+      expect(readdirSync(target), flag).toEqual([]);
+    }
+
+    // The check does not get in the way of what is understood: files, links and directories around it.
+    const { target } = freshTarget();
+    const fine = await packEntries([{ name: 'd', type: 'directory' }, { name: 'd/f', content: 'x' }, { name: 'l', type: 'symlink', linkname: 'd/f' }]);
+    expect(await extractTarStream(chunked(fine, 7), target, { maxBytes: MiB })).toMatchObject({ files: 1, entries: 3 });
+  });
+
   it('refuses a declared size beyond the cap before writing anything', async () => {
     const { target } = freshTarget();
     const lie = Buffer.concat([rawHeader({ name: 'huge', size: 7 * 1024 * 1024 * 1024 }), Buffer.alloc(4096)]);

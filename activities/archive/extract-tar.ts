@@ -85,6 +85,44 @@ function isFsError(err: unknown): boolean {
   return typeof err === 'object' && err !== null && typeof (err as NodeJS.ErrnoException).syscall === 'string';
 }
 
+/** The GNU type flags with a name worth telling the user; any other unknown flag is shown raw. */
+const GNU_TYPES: Record<string, string> = {
+  S: 'GNU sparse file',
+  V: 'GNU volume header',
+  M: 'GNU multi-volume continuation',
+  D: 'GNU dump directory',
+};
+
+/** The raw type flag byte of a header, as the user would see it in a tar listing. */
+function describeTypeflag(byte: number | undefined): string {
+  if (byte === undefined) return 'an entry of unknown type';
+  const shown = byte >= 0x21 && byte <= 0x7e ? `'${String.fromCharCode(byte)}'` : `0x${byte.toString(16).padStart(2, '0')}`;
+  const known = GNU_TYPES[String.fromCharCode(byte)];
+  return known ? `${known} (type ${shown})` : `an entry of type ${shown}`;
+}
+
+/**
+ * The stream bytes from the end of the last entry's data onwards. tar-stream reports a type flag
+ * it does not know as null; these bytes still hold the header, so the refusal can name the flag.
+ * Memory stays bounded: file data is dropped as soon as it is fed, headers once their entry is handled.
+ */
+class RecentBytes {
+  private readonly chunks: { start: number; data: Buffer }[] = [];
+
+  push(start: number, data: Buffer, keepFrom: number): void {
+    this.chunks.push({ start, data });
+    while (this.chunks.length > 0 && this.chunks[0]!.start + this.chunks[0]!.data.length <= keepFrom) this.chunks.shift();
+  }
+
+  byteAt(offset: number): number | undefined {
+    const chunk = this.chunks.find((c) => offset >= c.start && offset < c.start + c.data.length);
+    return chunk?.data[offset - chunk.start];
+  }
+}
+
+/** Offset of the type flag inside a 512-byte tar header. */
+const TYPEFLAG_OFFSET = 156;
+
 interface Created {
   abs: string;
   dir: boolean;
@@ -110,6 +148,10 @@ class Extraction {
 
   private unsafe(name: string, reason: string): ArchiveError {
     return new ArchiveError('unsafe-entry', `unsafe archive entry ${displayName(name)}: ${reason}`, name);
+  }
+
+  private notUnderstood(name: string, kind: string): ArchiveError {
+    return this.unsafe(name, `${kind} is not an entry type this extractor understands (it extracts regular files, directories, symbolic and hard links)`);
   }
 
   /** The components of `value` (the entry's name, or its hard link target), errors naming the entry. */
@@ -169,7 +211,7 @@ class Extraction {
     return abs;
   }
 
-  async handle(entry: Entry, streamBytes: () => number): Promise<void> {
+  async handle(entry: Entry, streamBytes: () => number, byteAt: (offset: number) => number | undefined): Promise<void> {
     // The parser reports kinds its typings do not list (GNU sparse files, unknown flags) as null.
     const h = entry.header as Omit<Header, 'type'> & { type: string | null; byteOffset?: number };
     const name = h.name;
@@ -180,9 +222,16 @@ class Extraction {
     const size = h.size ?? 0;
     if (!Number.isSafeInteger(size) || size < 0) throw this.unsafe(name, `invalid size ${String(h.size)}`);
     const dataStart = typeof h.byteOffset === 'number' ? h.byteOffset : streamBytes();
+    // Read before lastEntryEnd moves on: the header bytes are kept only up to then.
+    const typeflag = byteAt(dataStart - BLOCK + TYPEFLAG_OFFSET);
     this.lastEntryEnd = dataStart + Math.ceil(size / BLOCK) * BLOCK;
 
-    const type = h.type ?? 'file';
+    // Written as regular files, these would hold a sparse map (or a volume label, a directory
+    // listing) instead of the file: refuse them rather than corrupt the data directory.
+    if (h.type === null) throw this.notUnderstood(name, describeTypeflag(typeflag));
+    const sparseRecord = Object.keys(h.pax ?? {}).find((k) => k.startsWith('GNU.sparse.'));
+    if (sparseRecord !== undefined) throw this.notUnderstood(name, `GNU sparse file (pax record ${sparseRecord})`);
+    const type = h.type;
     if (type !== 'file' && type !== 'contiguous-file' && size > 0 && type !== 'directory') {
       throw this.unsafe(name, `${type} entry carries ${size} bytes of data`);
     }
@@ -327,7 +376,8 @@ function isDestroyable(x: unknown): x is { destroy(err?: Error): void } {
 /**
  * Extracts the tar stream `input` into `targetDir` (created 0700 if missing). Accepts regular
  * files, directories, hard links to files already extracted and symbolic links whose targets stay
- * inside; refuses absolute or `..` names, NUL or backslash in names, devices, fifos, writes through
+ * inside; refuses absolute or `..` names, NUL or backslash in names, devices, fifos, GNU sparse files
+ * and any other entry type it does not understand, writes through
  * symbolic links, archives above `maxBytes` or `maxEntries`, and archives without their
  * end-of-archive marker. The first problem stops the extraction, removes what it created and throws
  * an ArchiveError naming the entry. An error of `input` itself (a network failure, a server error)
@@ -354,6 +404,7 @@ export async function extractTarStream(
     parseError ??= err;
   });
   let streamBytes = 0;
+  const recent = new RecentBytes();
   let stopping = false;
   /** Our own verdict (too large, aborted) reached while feeding. */
   let feedFailure: ArchiveError | undefined;
@@ -377,6 +428,7 @@ export async function extractTarStream(
       for await (const raw of input as AsyncIterable<Buffer | Uint8Array>) {
         if (stopping || tornDown(extract)) return;
         const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+        recent.push(streamBytes, chunk, extraction.lastEntryEnd);
         streamBytes += chunk.length;
         // Counting the stream (not only declared file sizes) also stops bombs made of padding
         // or endless zero blocks, which the tar parser would otherwise skip forever.
@@ -397,7 +449,7 @@ export async function extractTarStream(
   try {
     for await (const entry of extract) {
       try {
-        await extraction.handle(entry, () => streamBytes);
+        await extraction.handle(entry, () => streamBytes, (offset) => recent.byteAt(offset));
       } catch (err) {
         if (err instanceof ArchiveError || !isFsError(err)) throw err;
         throw new ArchiveError('io', `cannot extract ${displayName(entry.header.name)}: ${errorText(err)}`, entry.header.name, { cause: err });

@@ -106,8 +106,8 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
 
     async reconfigurePostgres({ spec }) {
       await failpoint('reconfigurePostgres');
-      const { changes } = await postgres.reconfigurePostgres({ spec, extraConf: steps.backendConf(spec) });
-      return { changes };
+      const { changes, pendingRestart } = await postgres.reconfigurePostgres({ spec, extraConf: steps.backendConf(spec) });
+      return { changes, pendingRestart };
     },
 
     async stopPostgres({ mode }: { mode: TerminateMode }) {

@@ -43,8 +43,12 @@ export interface ComputeNodeActivities extends ComputeCacheActivities {
   applySpec(input: { spec: ComputeSpec }): Promise<{ changes: string[]; ms: number }>;
   /** Returns after `reportAfterSeconds` with last_active, or at once when the postmaster has exited. */
   watchPostgres(input: { reportAfterSeconds: number; lastActive: string | null }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string }>;
-  /** Rewrites postgresql.conf, reloads, re-applies roles and databases. */
-  reconfigurePostgres(input: { spec: ComputeSpec }): Promise<{ changes: string[] }>;
+  /**
+   * Rewrites postgresql.conf, reloads, re-applies roles and databases. A setting Postgres rejects
+   * fails it (SETTING_REJECTED, the previous configuration back in force); `pendingRestart` names
+   * the settings that wait for a restart.
+   */
+  reconfigurePostgres(input: { spec: ComputeSpec }): Promise<{ changes: string[]; pendingRestart?: string[] }>;
   stopPostgres(input: { mode: TerminateMode }): Promise<void>;
 }
 

@@ -48,6 +48,15 @@ function prefixOf(prefix: string): string {
   }
 }
 
+/**
+ * Whose the timeline is, by the pageserver's own record of the import that created it: `ours`
+ * only when that record carries this import's idempotency key. A timeline without such a record
+ * (bootstrapped, branched, another import, or a pageserver that does not say) is never ours.
+ */
+export function timelineOwnership(info: TimelineInfo, idempotencyKey: string): 'ours' | 'not-ours' {
+  return info.import_pgdata?.idempotency_key === idempotencyKey ? 'ours' : 'not-ours';
+}
+
 /** A broken timeline's reason, or undefined for any other state. */
 function brokenReason(info: TimelineInfo): string | undefined {
   const state = info.state;
@@ -91,8 +100,10 @@ export function createImportControlActivities(deps: ImportControlDeps) {
     },
 
     /**
-     * POST timeline with import_pgdata. 201: accepted; 429: this import already runs (a repeated
-     * start); 409: the timeline exists otherwise, which is a permanent conflict.
+     * POST timeline with import_pgdata. 201: accepted; 409: the timeline exists otherwise, which
+     * is a permanent conflict; 429: this import already runs (a repeated start), but only if the
+     * pageserver's record says so: a 429 from anything else (throttling, a proxy) must not make
+     * another timeline look like this import's.
      */
     async startPageserverImport(input: { tenantId: string; timelineId: string; prefix: string; idempotencyKey: string }): Promise<{ httpStatus: number; alreadyRunning: boolean }> {
       const prefix = prefixOf(input.prefix);
@@ -104,7 +115,21 @@ export function createImportControlActivities(deps: ImportControlDeps) {
         return { httpStatus: status, alreadyRunning: false };
       } catch (err) {
         if (err instanceof PageserverHttpError) {
-          if (err.status === 429) return { httpStatus: 429, alreadyRunning: true };
+          if (err.status === 429) {
+            let info: TimelineInfo | undefined;
+            try {
+              info = await pageserver().getTimeline(input.tenantId, input.timelineId);
+            } catch (lookup) {
+              if (!(lookup instanceof PageserverHttpError && lookup.status === 404)) throw lookup;
+            }
+            // Nothing there yet: the 429 was not about this import; try again later.
+            if (!info) throw new Error(`The pageserver answered 429 (${err.msg}) but has no import of ${input.tenantId}/${input.timelineId}; retrying`);
+            if (timelineOwnership(info, input.idempotencyKey) === 'ours') return { httpStatus: 429, alreadyRunning: true };
+            throw ApplicationFailure.nonRetryable(
+              `Timeline ${input.tenantId}/${input.timelineId} already exists and is not this import's (the pageserver answered 429: ${err.msg})`,
+              IMPORT_CONTROL_FAILURES.timelineConflict,
+            );
+          }
           if (err.status === 409) {
             throw ApplicationFailure.nonRetryable(
               `Timeline ${input.tenantId}/${input.timelineId} already exists and is not this import's: ${err.msg}`,
@@ -152,13 +177,31 @@ export function createImportControlActivities(deps: ImportControlDeps) {
       return { safekeepers: deps.safekeepersHttp.length };
     },
 
-    /** Deletes the timeline of a failed or cancelled import; one that is already gone is fine. */
-    async deleteImportTimeline(input: { tenantId: string; timelineId: string }): Promise<{ deleted: boolean }> {
+    /**
+     * Deletes the timeline of a failed or cancelled import, only if this import created it: the
+     * pageserver's record of the import must carry `idempotencyKey`. Any other timeline (one that
+     * existed before, or another import's) is kept, whatever happened to the start request. One
+     * that is already gone is fine. Without a key (a call scheduled by an older workflow) nothing
+     * can be proven, so nothing is deleted.
+     */
+    async deleteImportTimeline(input: { tenantId: string; timelineId: string; idempotencyKey?: string }): Promise<{ deleted: boolean; kept?: string }> {
+      const notFound = (err: unknown) => err instanceof PageserverHttpError && err.status === 404;
+      if (input.idempotencyKey === undefined) return { deleted: false, kept: 'no idempotency key to prove the timeline is this import\'s' };
+      let info: TimelineInfo;
+      try {
+        info = await pageserver().getTimeline(input.tenantId, input.timelineId);
+      } catch (err) {
+        if (notFound(err)) return { deleted: false };
+        throw err;
+      }
+      if (timelineOwnership(info, input.idempotencyKey) !== 'ours') {
+        return { deleted: false, kept: `timeline ${input.tenantId}/${input.timelineId} was not created by this import (the pageserver has no record of its idempotency key)` };
+      }
       try {
         await pageserver().deleteTimeline(input.tenantId, input.timelineId);
         return { deleted: true };
       } catch (err) {
-        if (err instanceof PageserverHttpError && err.status === 404) return { deleted: false };
+        if (notFound(err)) return { deleted: false };
         throw err;
       }
     },

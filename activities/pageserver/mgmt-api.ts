@@ -33,6 +33,11 @@ const timelineInfoSchema = z.looseObject({
   initdb_lsn: lsnText.optional(),
   pg_version: z.number().int().optional(),
   state: timelineState.optional(),
+  /**
+   * The pageserver's record of the import that created the timeline (in progress, failed or done),
+   * null for a timeline made otherwise. Its idempotency key proves which import the timeline is.
+   */
+  import_pgdata: z.looseObject({ idempotency_key: z.string().nullish() }).nullish(),
 });
 
 export type TimelineInfo = z.infer<typeof timelineInfoSchema>;

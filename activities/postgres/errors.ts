@@ -1,5 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
+import { SETTING_REJECTED } from '../../model/compute-status';
 
 /** Failure types the compute workflow can match on (ApplicationFailure.type). */
 export const PostgresFailure = {
@@ -23,6 +24,8 @@ export const PostgresFailure = {
   ServerUserMissing: 'PostgresServerUserMissing',
   /** PGDATA is gone or belongs to another fresh start (the VM's disk was replaced or wiped). */
   PgdataLost: 'PgdataLost',
+  /** Postgres rejected a setting of a reconfigure (the previous configuration stays in force). */
+  SettingRejected: SETTING_REJECTED,
   /** Another postmaster (not ours, or for another PGDATA) is in the way. */
   PostmasterConflict: 'PostmasterConflict',
 } as const;

@@ -1,11 +1,12 @@
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { parseComputeSpec, type ComputeSpec } from '../../model/compute-spec';
 import { cancellationSignal, currentActivity, heartbeat } from './activity-context';
-import { ensurePgHba, ensureStandbySignal, writePostgresqlConf } from './config';
+import { ensurePgHba, ensureStandbySignal, renderPostgresqlConf, writePostgresqlConf } from './config';
 import { PostgresFailure, nonRetryable } from './errors';
-import { writeFileAtomic } from './files';
+import { readTextIfExists, writeFileAtomic } from './files';
 import { computeLastActive, sampleActivity } from './monitor';
 import { assertIncarnation, markBasebackupComplete, pgdataLooksIntact, prepareFreshPgdata, type PgdataCheck } from './pgdata';
 import {
@@ -20,6 +21,7 @@ import {
   type StopMode,
 } from './process';
 import { resolveServerUser, type ServerUser } from './server-user';
+import { confLoadTime, describeRejected, fileSettingErrors, pendingRestartSettings, settingsVerdict } from './settings-verdict';
 import { applySpec } from './spec-apply';
 
 export { PostgresFailure } from './errors';
@@ -70,6 +72,9 @@ function checkedSpec(spec: ComputeSpec): ComputeSpec {
   return parsed.spec;
 }
 
+/** postgresql.conf as it was before a reconfigure, until Postgres has accepted the new one. */
+const PREVIOUS_CONF = 'postgresql.conf.before-reconfigure';
+
 function connectHost(pidFile: { socketDir?: string; listenAddress?: string } | undefined): string {
   if (pidFile?.socketDir) return pidFile.socketDir;
   const listen = pidFile?.listenAddress;
@@ -115,6 +120,32 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
       throw err;
     }
     return client;
+  }
+
+  async function withClient<T>(database: string, applicationName: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+    const client = await connect(database, applicationName);
+    try {
+      return await fn(client);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Runs `fn` on a connection whose backend was started after the postmaster processed the reload
+   * (pending_restart is inherited from the postmaster), waiting up to 10 s for that.
+   */
+  async function afterReload<T>(loadedBefore: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const result = await withClient('postgres', 'compute_ctl:reconfigure', async (client) => {
+        if ((await confLoadTime(client)) === loadedBefore) return undefined;
+        return { value: await fn(client) };
+      });
+      if (result) return result.value;
+      if (Date.now() > deadline) throw new Error(`Postgres on ${pgdata} did not reload its configuration within 10 s`);
+      await sleep(50);
+    }
   }
 
   const activities = {
@@ -204,14 +235,45 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
     /**
      * compute_ctl's reconfigure: rewrite postgresql.conf, reload, and (Primary, unless
      * skip_pg_catalog_updates) re-apply roles and databases with neon.max_cluster_size lifted by
-     * the temporary override file.
+     * the temporary override file. Postgres must accept every setting: one it rejects fails the
+     * reconfigure (non-retryable, naming the setting) after the previous postgresql.conf is put
+     * back and reloaded, so the previous configuration stays in force. Settings that take effect
+     * only after a restart are returned in `pendingRestart`.
      */
-    async reconfigurePostgres(input: { spec: ComputeSpec; extraConf?: string }): Promise<{ changes: string[]; reloaded: boolean }> {
+    async reconfigurePostgres(input: { spec: ComputeSpec; extraConf?: string }): Promise<{ changes: string[]; reloaded: boolean; pendingRestart: string[] }> {
       const spec = checkedSpec(input.spec);
-      await writePostgresqlConf(pgdata, spec, { extraConf: input.extraConf, privilegedRoleName, locale: deps.locale, owner: serverUser() });
+      const confFile = path.join(pgdata, 'postgresql.conf');
+      const previousFile = path.join(pgdata, PREVIOUS_CONF);
+      const owner = serverUser();
+      // The configuration in force, kept until Postgres accepted the new one. A retried attempt
+      // finds the new file already written and keeps the copy the first attempt made.
+      const current = await readTextIfExists(confFile);
+      const next = renderPostgresqlConf(spec, { extraConf: input.extraConf, privilegedRoleName, locale: deps.locale });
+      if (current !== undefined && current !== next) await writeFileAtomic(previousFile, current, { mode: 0o600, owner });
+      await writeFileAtomic(confFile, next, { mode: 0o600, owner });
+      const loadedBefore = (await findRunningPostmaster(pgdata)) ? await withClient('postgres', 'compute_ctl:reconfigure', confLoadTime) : undefined;
       const { reloaded } = await reloadPostmaster(pgdata);
-      if (!reloaded) throw nonRetryable(PostgresFailure.NotRunning, `Postgres is not running on ${pgdata}; cannot reconfigure it`);
-      if (spec.skip_pg_catalog_updates) return { changes: [], reloaded };
+      if (!reloaded || loadedBefore === undefined) throw nonRetryable(PostgresFailure.NotRunning, `Postgres is not running on ${pgdata}; cannot reconfigure it`);
+      const errors = await withClient('postgres', 'compute_ctl:reconfigure', fileSettingErrors);
+      // Only a server-start parameter can be "valid, waiting for a restart"; that is known once the
+      // postmaster processed the reload (a file with any other error may not be loaded at all).
+      const mayWait = errors.length > 0 && errors.every((e) => e.context === 'postmaster');
+      const verdict = settingsVerdict(errors, new Set(mayWait ? await afterReload(loadedBefore, pendingRestartSettings) : []));
+      if (verdict.rejected.length > 0) {
+        const previous = await readTextIfExists(previousFile);
+        if (previous !== undefined) {
+          await writeFileAtomic(confFile, previous, { mode: 0o600, owner });
+          await reloadPostmaster(pgdata);
+          await rm(previousFile, { force: true });
+        }
+        throw nonRetryable(
+          PostgresFailure.SettingRejected,
+          `Postgres rejected ${describeRejected(verdict.rejected)}; ${previous !== undefined ? 'the previous configuration stays in force' : 'no previous postgresql.conf to go back to'}`,
+        );
+      }
+      await rm(previousFile, { force: true });
+      const { pendingRestart } = verdict;
+      if (spec.skip_pg_catalog_updates) return { changes: [], reloaded, pendingRestart };
       const override = path.join(pgdata, 'compute_ctl_temp_override.conf');
       await writeFileAtomic(override, 'neon.max_cluster_size=-1', { mode: 0o600, owner: serverUser() });
       try {
@@ -225,7 +287,7 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
                 onPhase: (phase) => heartbeat({ phase }),
               })
             : [];
-        return { changes, reloaded };
+        return { changes, reloaded, pendingRestart };
       } finally {
         await writeFileAtomic(override, '', { mode: 0o600, owner: serverUser() });
         await reloadPostmaster(pgdata);

@@ -20,6 +20,7 @@ import { CACHE_METRICS, mayOffloadPeriodically, type OffloadState, type PrewarmS
 import { parseComputeConfig, type ComputeConfig } from '../../model/compute-spec';
 import {
   PGDATA_LOST,
+  SETTING_REJECTED,
   computeTaskQueue,
   emptyStartupMetrics,
   type ComputeStartupMetrics,
@@ -82,6 +83,10 @@ function describeFailure(err: unknown): string {
   let cause: unknown = err;
   while (cause instanceof ActivityFailure && cause.cause) cause = cause.cause;
   return cause instanceof Error ? cause.message : String(cause);
+}
+
+function isSettingRejected(err: unknown): boolean {
+  return err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === SETTING_REJECTED;
 }
 
 function isPgdataLost(err: unknown): boolean {
@@ -181,19 +186,28 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
         return response();
       }
       // running → configuration_pending → configuration → running | failed (Postgres keeps running).
+      // A setting Postgres rejects: the update fails, the previous configuration stays (running).
       reconfiguring = true;
+      const previous = config;
+      let pendingRestart: string[] = [];
       setStatus('configuration_pending');
       try {
         adoptConfig(parsed.config);
         setStatus('configuration');
-        await node.reconfigurePostgres({ spec: parsed.config.spec });
+        pendingRestart = (await node.reconfigurePostgres({ spec: parsed.config.spec })).pendingRestart ?? [];
         setStatus('running');
       } catch (err) {
+        // Same commands as the failed path (one status upsert): no patch needed for replay.
+        if (isSettingRejected(err) && previous) {
+          config = previous;
+          setStatus('running');
+          throw ApplicationFailure.nonRetryable(`reconfiguration refused: ${describeFailure(err)}`, SETTING_REJECTED);
+        }
         setStatus('failed', `reconfiguration failed: ${describeFailure(err)}`);
       } finally {
         reconfiguring = false;
       }
-      return response();
+      return { ...response(), pending_restart: pendingRestart };
     },
     {
       validator: (raw) => {

@@ -7,6 +7,8 @@ export const importStatusQuery = defineQuery<ImportStatus>('importStatus');
 /**
  * The storage controller's completion callback (`PUT /import_complete {tenant_id, timeline_id,
  * error}`) delivered as a signal: it ends the wait for the pageserver early. Repeats are harmless.
+ * It only wakes the wait: the pageserver's own state decides the outcome, so a forged notice
+ * cannot fail (or finish) an import.
  */
 export interface ImportCompleteNotice {
   tenant_id: string;

@@ -5,6 +5,7 @@ import {
   condition,
   isCancellation,
   log,
+  patched,
   setCurrentDetails,
   setHandler,
   TimeoutFailure,
@@ -55,6 +56,14 @@ const DEFAULTS = {
   pageserverTimeoutSeconds: 24 * 3600,
 };
 
+/**
+ * Patches (running workflows replay the old path): the completion signal only wakes the wait, the
+ * pageserver's state decides; the cleanup deletes the timeline only if the pageserver's record of
+ * the import carries this import's idempotency key.
+ */
+const COMPLETION_SIGNAL_ONLY_WAKES = 'import-completion-signal-only-wakes';
+const DELETE_ONLY_OWN_TIMELINE = 'import-delete-only-own-timeline';
+
 /** The innermost message of a failure chain: what actually went wrong. */
 function describeFailure(err: unknown): string {
   let cause: unknown = err;
@@ -94,7 +103,8 @@ class StepFailure extends Error {
  * already uploaded intact. A host that is gone for good is replaced: the local steps start over on
  * another host from an empty directory, after the prefix's pgdata/ and status/ are cleared so
  * nothing of the lost host's upload mixes in. On failure or cancellation the timeline is deleted
- * (the pageserver would wait for the commit marker forever) and status/fast_import says why.
+ * if the pageserver records it as this import's (it would wait for the commit marker forever; any
+ * other timeline is never touched) and status/fast_import says why.
  */
 export async function importWorkflow(input: ImportWorkflowInput): Promise<ImportStatus> {
   const o = { ...DEFAULTS, ...input.options };
@@ -260,7 +270,11 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
       if (s.state === 'done') return { lsn: s.lastRecordLsn, pgVersion: s.pgVersion };
       if (s.state === 'failed') throw ApplicationFailure.nonRetryable(`the pageserver's import failed: ${s.error}`, 'PageserverImportFailed');
       if (s.state === 'missing') throw ApplicationFailure.nonRetryable(`timeline ${input.tenantId}/${input.timelineId} disappeared from the pageserver during the import`, 'TimelineMissing');
-      if (completion?.error) throw ApplicationFailure.nonRetryable(`the pageserver's import failed: ${completion.error}`, 'PageserverImportFailed');
+      // The callback's word alone (it may be forged) never fails the import: the poll above, right
+      // after the signal woke the wait, is what decides.
+      if (completion?.error && !patched(COMPLETION_SIGNAL_ONLY_WAKES)) {
+        throw ApplicationFailure.nonRetryable(`the pageserver's import failed: ${completion.error}`, 'PageserverImportFailed');
+      }
       if (Date.now() >= deadline) throw ApplicationFailure.nonRetryable(`the pageserver did not finish the import within ${o.pageserverTimeoutSeconds} s`, 'PageserverImportTimeout');
       // A durable timer; the completion signal cuts it short.
       const seen = completion;
@@ -300,7 +314,13 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
     status.finished_at = new Date().toISOString();
     await CancellationScope.nonCancellable(async () => {
       if (pageserverMayHaveStarted) {
-        await controlPlane.deleteImportTimeline(timeline).catch((e: unknown) => log.warn('could not delete the timeline', { error: describeFailure(e) }));
+        // Only a timeline the pageserver records as this import's is deleted: a start request
+        // that failed transiently proves nothing about whose the timeline is.
+        const which = patched(DELETE_ONLY_OWN_TIMELINE) ? { ...timeline, idempotencyKey } : timeline;
+        await controlPlane
+          .deleteImportTimeline(which)
+          .then((r) => r.kept && log.warn('timeline kept', { reason: r.kept }))
+          .catch((e: unknown) => log.warn('could not delete the timeline', { error: describeFailure(e) }));
       }
       await controlPlane.recordImportOutcome({ prefix, error: status.error! }).catch((e: unknown) => log.warn('could not write status/fast_import', { error: describeFailure(e) }));
       await removeWorkdir();

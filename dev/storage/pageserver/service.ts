@@ -234,6 +234,9 @@ export class PageserverService {
       is_archived: false,
       // Dev extras: the images the pageserver holds (each a cheap base backup).
       image_lsns: s.images.map((i) => i.lsn),
+      // The import that created the timeline, from its durable record (Neon keeps it in the
+      // timeline's index_part as import_pgdata Done {idempotency_key}): who may delete it.
+      import_pgdata: s.meta.creation.mode === 'import' ? { state: 'done', idempotency_key: s.meta.creation.idempotency_key } : null,
     };
   }
 
@@ -257,7 +260,14 @@ export class PageserverService {
       pg_version: SUPPORTED_PG_VERSION,
       state: record.state === 'failed' ? { Broken: { reason: `import_pgdata failed: ${record.error}`, backtrace: '' } } : 'Loading',
       // Dev extra: what the import is doing.
-      import_pgdata: { state: record.state, error: record.error, started_at: record.started_at, finished_at: record.finished_at },
+      import_pgdata: {
+        state: record.state,
+        // The durable import record's key (Neon's index_part import_pgdata InProgress {idempotency_key}).
+        idempotency_key: record.idempotency_key,
+        error: record.error,
+        started_at: record.started_at,
+        finished_at: record.finished_at,
+      },
     };
   }
 
