@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
+import { withDirLock } from './dir-lock';
 import { safekeeperPorts, stackComponents } from './stack-components';
 import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
 
@@ -81,41 +81,6 @@ function writeState(state: StackState): void {
   renameSync(tmp, file);
 }
 
-/** Serializes concurrent `dev up`/`dev down` on one stack directory. */
-async function withStackLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const lock = path.join(dir, 'stack.lock');
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    try {
-      closeSync(openSync(lock, 'wx'));
-      writeFileSync(lock, String(process.pid));
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = Number(readFileSync(lock, 'utf8') || '0');
-      let holderAlive = false;
-      try {
-        if (holder > 0) process.kill(holder, 0);
-        holderAlive = holder > 0;
-      } catch {
-        holderAlive = false;
-      }
-      if (!holderAlive) {
-        rmSync(lock, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new UserFacingError(`The stack in ${dir} is locked by process ${holder}`);
-      await sleep(200);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    rmSync(lock, { force: true });
-  }
-}
-
 /** The settings a stack in `dir` last ran with, if it ever ran. */
 export function previousStackSettings(dir: string): StackSettings | undefined {
   return readState(dir)?.settings;
@@ -137,7 +102,7 @@ export async function stackUp(
   requested: StackSettings,
   ctx: { resolveTemporalCli: () => Promise<string>; onProgress?: (line: string) => void },
 ): Promise<StackEndpoints> {
-  return withStackLock(requested.dir, async () => {
+  return withDirLock(requested.dir, 'The stack', async () => {
     const previous = readState(requested.dir);
     const anyAlive = previous ? Object.values(previous.processes).some(isTrackedAlive) : false;
     // A running stack keeps the ports it was started with; a stopped one takes the requested settings.
@@ -192,7 +157,7 @@ export async function stackStatus(dir: string): Promise<StackStatus | undefined>
 
 /** Stops exactly the processes this stack started (pid and start time must match), in reverse start order. */
 export async function stackDown(dir: string): Promise<string[]> {
-  return withStackLock(dir, async () => {
+  return withDirLock(dir, 'The stack', async () => {
     const state = readState(dir);
     if (!state) return [];
     const stopped: string[] = [];
