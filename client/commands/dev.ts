@@ -4,6 +4,7 @@ import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpo
 import { resolveStackSettings } from '../../dev/stack-settings';
 import { provisionTemporalCli } from '../../dev/temporal-cli';
 import { printJson } from '../output';
+import { registerTemporalServerCommands } from './temporal-server';
 
 interface StackOptions {
   dir?: string;
@@ -113,6 +114,8 @@ export function registerDevCommands(program: Command): void {
       const stopped = await stackDown(settings.dir);
       process.stdout.write(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
     });
+
+  registerTemporalServerCommands(dev);
 
   dev
     .command('prepare')
