@@ -98,26 +98,43 @@ function writeState(dir: string, state: ServerState): void {
   renameSync(`${file}.tmp`, file);
 }
 
-async function freshPorts(host: string, frontendPort: number | undefined): Promise<ServerPorts> {
-  const ports: number[] = [];
-  while (ports.length < 9) {
-    const p = await freePort(host);
-    if (!ports.includes(p) && p !== frontendPort) ports.push(p);
+/**
+ * A free port below 32768: the PostgreSQL schema keeps a member's membership port in a SMALLINT
+ * (cluster_membership.rpc_port), so a kernel-chosen port (32768 and up on Linux) fails the
+ * server's first membership heartbeat with "value ... is out of range for type smallint".
+ */
+async function freeSmallintPort(host: string, taken: number[]): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (taken.includes(port)) continue;
+    const free = await assertPortFree(host, port, 'probe', '').then(
+      () => true,
+      () => false,
+    );
+    if (free) return port;
   }
-  const [frontendHttp, frontendMembership, historyGrpc, historyMembership, matchingGrpc, matchingMembership, workerGrpc, workerMembership, metrics] = ports as [
-    number, number, number, number, number, number, number, number, number,
-  ];
+  throw new Error(`no free port between 20000 and 32000 on ${host}`);
+}
+
+async function freshPorts(host: string, frontendPort: number | undefined): Promise<ServerPorts> {
+  const taken: number[] = frontendPort === undefined ? [] : [frontendPort];
+  const next = async (smallint: boolean) => {
+    const port = smallint ? await freeSmallintPort(host, taken) : await freePort(host);
+    if (taken.includes(port)) return next(smallint);
+    taken.push(port);
+    return port;
+  };
   return {
-    frontendGrpc: frontendPort ?? (await freePort(host)),
-    frontendHttp,
-    frontendMembership,
-    historyGrpc,
-    historyMembership,
-    matchingGrpc,
-    matchingMembership,
-    workerGrpc,
-    workerMembership,
-    metrics,
+    frontendGrpc: frontendPort ?? (await next(false)),
+    frontendHttp: await next(false),
+    frontendMembership: await next(true),
+    historyGrpc: await next(false),
+    historyMembership: await next(true),
+    matchingGrpc: await next(false),
+    matchingMembership: await next(true),
+    workerGrpc: await next(false),
+    workerMembership: await next(true),
+    metrics: await next(false),
   };
 }
 
