@@ -6,6 +6,7 @@ import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, 
 import { withDirLock } from './dir-lock';
 import { safekeeperPorts, stackComponents } from './stack-components';
 import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
+import { sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from './temporal-server/server';
 
 /** What `dev up --json` and `dev status --json` print. Keys are only ever added, never renamed. */
 export interface StackEndpoints {
@@ -43,9 +44,14 @@ function ensureStackSecrets(dir: string): void {
   for (const [file, value] of secrets) if (!existsSync(file)) writeFileSync(file, `${value}\n`, { mode: 0o600, flag: 'wx' });
 }
 
+/** Where the production Temporal server (DURABLE_COMPUTE_TEMPORAL_SERVER=sql) keeps its state, config, logs and PostgreSQL. */
+export const sqlTemporalServerDir = (stackDir: string): string => path.join(stackDir, 'temporal-server');
+
 export function endpointsOf(s: StackSettings): StackEndpoints {
+  // The production server comes without the Web UI.
+  const ui = s.temporalServer === 'sql' ? '' : `http://${s.host}:${s.ports.temporalUi}`;
   return {
-    temporal: { address: `${s.host}:${s.ports.temporal}`, namespace: s.namespace, ui: `http://${s.host}:${s.ports.temporalUi}` },
+    temporal: { address: `${s.host}:${s.ports.temporal}`, namespace: s.namespace, ui },
     s3: { endpoint: `http://${s.host}:${s.ports.s3}`, bucket: s.bucket, region: s.region },
     pageserver: { pg: `${s.host}:${s.ports.pageserverPg}`, http: `http://${s.host}:${s.ports.pageserverHttp}` },
     safekeepers: Array.from({ length: s.safekeepers }, (_, i) => {
@@ -115,6 +121,15 @@ export async function stackUp(
     chmodSync(settings.dir, 0o755);
     ensureStackSecrets(settings.dir);
 
+    if (settings.temporalServer === 'sql') {
+      await startSqlTemporalServer({
+        dir: sqlTemporalServerDir(settings.dir),
+        host: settings.host,
+        frontendPort: settings.ports.temporal,
+        namespace: settings.namespace,
+        onProgress: ctx.onProgress,
+      });
+    }
     for (const component of stackComponents(settings)) {
       const existing = state.processes[component.name];
       if (existing && isTrackedAlive(existing)) {
@@ -151,7 +166,11 @@ export async function stackStatus(dir: string): Promise<StackStatus | undefined>
   for (const [name, proc] of Object.entries(state.processes)) {
     processes[name] = { pid: proc.pid, running: isTrackedAlive(proc), log: proc.log };
   }
-  const running = stackComponents(state.settings).every((c) => processes[c.name]?.running);
+  const sqlServer = state.settings.temporalServer === 'sql' ? sqlTemporalServerStatus(sqlTemporalServerDir(dir)) : undefined;
+  Object.assign(processes, sqlServer?.processes);
+  const running =
+    stackComponents(state.settings).every((c) => processes[c.name]?.running) &&
+    (state.settings.temporalServer !== 'sql' || processes['temporal-server']?.running === true);
   return { ...endpointsOf(state.settings), running, processes };
 }
 
@@ -170,6 +189,8 @@ export async function stackDown(dir: string): Promise<string[]> {
     }
     state.processes = {};
     writeState(state);
+    // After the workers: they drain against a live server.
+    if (state.settings.temporalServer === 'sql') stopped.push(...(await stopSqlTemporalServer(sqlTemporalServerDir(dir))));
     return stopped;
   });
 }
