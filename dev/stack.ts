@@ -110,7 +110,10 @@ export async function stackUp(
 ): Promise<StackEndpoints> {
   return withDirLock(requested.dir, 'The stack', async () => {
     const previous = readState(requested.dir);
-    const anyAlive = previous ? Object.values(previous.processes).some(isTrackedAlive) : false;
+    const sqlServerAlive =
+      previous?.settings.temporalServer === 'sql' &&
+      Object.values(sqlTemporalServerStatus(sqlTemporalServerDir(requested.dir))?.processes ?? {}).some((p) => p.running);
+    const anyAlive = previous ? Object.values(previous.processes).some(isTrackedAlive) || sqlServerAlive : false;
     // A running stack keeps the ports it was started with; a stopped one takes the requested settings.
     const settings: StackSettings = structuredClone(anyAlive && previous ? previous.settings : requested);
     // No fixed default for the import callback: a free port, kept in the state from then on.

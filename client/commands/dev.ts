@@ -49,7 +49,7 @@ export function printEndpoints(e: StackEndpoints): void {
     [
       `Temporal address:   ${e.temporal.address}`,
       `Temporal namespace: ${e.temporal.namespace}`,
-      `Temporal Web UI:    ${e.temporal.ui}`,
+      `Temporal Web UI:    ${e.temporal.ui || '(none: the production server comes without it)'}`,
       `S3 endpoint:        ${e.s3.endpoint}`,
       `S3 bucket:          ${e.s3.bucket}`,
       `S3 region:          ${e.s3.region}`,
