@@ -1,8 +1,10 @@
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // Needs the production Temporal server build: npm run test:temporal-server (vitest.temporal-server.config.ts).
+    exclude: [...configDefaults.exclude, 'test/temporal-server/**'],
     // Tests start real servers and kill real processes: isolate them in forked processes.
     pool: 'forks',
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },

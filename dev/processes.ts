@@ -17,7 +17,12 @@ export function isTrackedAlive(p: TrackedProcess): boolean {
 }
 
 /** Starts a process in its own process group, output appended to `log`, surviving the caller's exit. */
-export function spawnDetached(command: string, args: string[], opts: { log: string; env?: NodeJS.ProcessEnv; cwd?: string }): TrackedProcess {
+export function spawnDetached(
+  command: string,
+  args: string[],
+  /** uid/gid: run as that user (PostgreSQL refuses to run as root). */
+  opts: { log: string; env?: NodeJS.ProcessEnv; cwd?: string; uid?: number; gid?: number },
+): TrackedProcess {
   const fd = openSync(opts.log, 'a');
   try {
     const child = spawn(command, args, {
@@ -25,6 +30,8 @@ export function spawnDetached(command: string, args: string[], opts: { log: stri
       stdio: ['ignore', fd, fd],
       env: opts.env ?? process.env,
       cwd: opts.cwd,
+      uid: opts.uid,
+      gid: opts.gid,
     });
     if (child.pid === undefined) throw new Error(`could not start ${command}`);
     child.unref();
@@ -36,8 +43,11 @@ export function spawnDetached(command: string, args: string[], opts: { log: stri
   }
 }
 
-/** SIGTERM to the process group, then SIGKILL after `graceMs`. Only touches the group if the leader is still the tracked process. */
-export async function stopTracked(p: TrackedProcess, graceMs = 10_000): Promise<void> {
+/**
+ * `signal` (SIGTERM unless told: PostgreSQL wants SIGINT, its fast shutdown) to the process group,
+ * then SIGKILL after `graceMs`. Only touches the group if the leader is still the tracked process.
+ */
+export async function stopTracked(p: TrackedProcess, graceMs = 10_000, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (!isTrackedAlive(p)) return;
   const signalGroup = (sig: NodeJS.Signals) => {
     try {
@@ -46,7 +56,7 @@ export async function stopTracked(p: TrackedProcess, graceMs = 10_000): Promise<
       /* already gone */
     }
   };
-  signalGroup('SIGTERM');
+  signalGroup(signal);
   const deadline = Date.now() + graceMs;
   while (Date.now() < deadline) {
     if (!isTrackedAlive(p)) return;

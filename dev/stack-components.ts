@@ -253,7 +253,8 @@ const importerWorkerComponent: StackComponent = {
 /** In start order: the pageserver reads WAL from the safekeepers; the workers and the callback endpoint need Temporal. */
 export function stackComponents(s: StackSettings): StackComponent[] {
   return [
-    temporalComponent,
+    // The production server on PostgreSQL is two processes with its own state: stack.ts runs it through dev/temporal-server.
+    ...(s.temporalServer === 'sql' ? [] : [temporalComponent]),
     s3Component,
     ...Array.from({ length: s.safekeepers }, (_, i) => safekeeperComponent(i + 1)),
     pageserverComponent,

@@ -12,6 +12,11 @@ export interface StackSettings {
   region: string;
   /** How many dev safekeepers run (Neon's default deployment has three). */
   safekeepers: number;
+  /**
+   * Which Temporal runs: the CLI's dev server (SQLite, with the Web UI), or `sql`, the server
+   * production runs, on PostgreSQL (dev/temporal-server). Unset on stacks from before the choice: dev.
+   */
+  temporalServer?: TemporalServerKind;
   ports: {
     temporal: number;
     temporalUi: number;
@@ -28,6 +33,9 @@ export interface StackSettings {
     importCallback?: number;
   };
 }
+
+export const TEMPORAL_SERVER_KINDS = ['dev', 'sql'] as const;
+export type TemporalServerKind = (typeof TEMPORAL_SERVER_KINDS)[number];
 
 /** The stack's payload encryption key: created on its first start, kept with its state (mode 0600). */
 export const devPayloadKeyFile = (stackDir: string): string => path.join(stackDir, 'payload.key');
@@ -79,6 +87,10 @@ export function resolveStackSettings(
     ports[key] = parsed.data;
   }
   const dir = overrides.dir ?? env.DURABLE_COMPUTE_STACK_DIR ?? defaultStackDir;
+  const temporalServer = overrides.temporalServer ?? (env.DURABLE_COMPUTE_TEMPORAL_SERVER || undefined) ?? previous?.temporalServer ?? 'dev';
+  if (!(TEMPORAL_SERVER_KINDS as readonly string[]).includes(temporalServer)) {
+    throw new UserFacingError(`Invalid DURABLE_COMPUTE_TEMPORAL_SERVER=${JSON.stringify(temporalServer)}: use ${TEMPORAL_SERVER_KINDS.join(' or ')}`);
+  }
   return {
     dir: path.resolve(dir),
     host: overrides.host ?? previous?.host ?? '127.0.0.1',
@@ -86,6 +98,7 @@ export function resolveStackSettings(
     bucket: overrides.bucket ?? previous?.bucket ?? 'durable-compute',
     region: overrides.region ?? previous?.region ?? 'us-east-1',
     safekeepers: overrides.safekeepers ?? previous?.safekeepers ?? 3,
+    temporalServer: temporalServer as TemporalServerKind,
     ports,
   };
 }

@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
+import { withDirLock } from './dir-lock';
 import { safekeeperPorts, stackComponents } from './stack-components';
 import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
+import { sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from './temporal-server/server';
 
 /** What `dev up --json` and `dev status --json` print. Keys are only ever added, never renamed. */
 export interface StackEndpoints {
@@ -43,9 +44,14 @@ function ensureStackSecrets(dir: string): void {
   for (const [file, value] of secrets) if (!existsSync(file)) writeFileSync(file, `${value}\n`, { mode: 0o600, flag: 'wx' });
 }
 
+/** Where the production Temporal server (DURABLE_COMPUTE_TEMPORAL_SERVER=sql) keeps its state, config, logs and PostgreSQL. */
+export const sqlTemporalServerDir = (stackDir: string): string => path.join(stackDir, 'temporal-server');
+
 export function endpointsOf(s: StackSettings): StackEndpoints {
+  // The production server comes without the Web UI.
+  const ui = s.temporalServer === 'sql' ? '' : `http://${s.host}:${s.ports.temporalUi}`;
   return {
-    temporal: { address: `${s.host}:${s.ports.temporal}`, namespace: s.namespace, ui: `http://${s.host}:${s.ports.temporalUi}` },
+    temporal: { address: `${s.host}:${s.ports.temporal}`, namespace: s.namespace, ui },
     s3: { endpoint: `http://${s.host}:${s.ports.s3}`, bucket: s.bucket, region: s.region },
     pageserver: { pg: `${s.host}:${s.ports.pageserverPg}`, http: `http://${s.host}:${s.ports.pageserverHttp}` },
     safekeepers: Array.from({ length: s.safekeepers }, (_, i) => {
@@ -81,41 +87,6 @@ function writeState(state: StackState): void {
   renameSync(tmp, file);
 }
 
-/** Serializes concurrent `dev up`/`dev down` on one stack directory. */
-async function withStackLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const lock = path.join(dir, 'stack.lock');
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    try {
-      closeSync(openSync(lock, 'wx'));
-      writeFileSync(lock, String(process.pid));
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = Number(readFileSync(lock, 'utf8') || '0');
-      let holderAlive = false;
-      try {
-        if (holder > 0) process.kill(holder, 0);
-        holderAlive = holder > 0;
-      } catch {
-        holderAlive = false;
-      }
-      if (!holderAlive) {
-        rmSync(lock, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new UserFacingError(`The stack in ${dir} is locked by process ${holder}`);
-      await sleep(200);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    rmSync(lock, { force: true });
-  }
-}
-
 /** The settings a stack in `dir` last ran with, if it ever ran. */
 export function previousStackSettings(dir: string): StackSettings | undefined {
   return readState(dir)?.settings;
@@ -137,9 +108,12 @@ export async function stackUp(
   requested: StackSettings,
   ctx: { resolveTemporalCli: () => Promise<string>; onProgress?: (line: string) => void },
 ): Promise<StackEndpoints> {
-  return withStackLock(requested.dir, async () => {
+  return withDirLock(requested.dir, 'The stack', async () => {
     const previous = readState(requested.dir);
-    const anyAlive = previous ? Object.values(previous.processes).some(isTrackedAlive) : false;
+    const sqlServerAlive =
+      previous?.settings.temporalServer === 'sql' &&
+      Object.values(sqlTemporalServerStatus(sqlTemporalServerDir(requested.dir))?.processes ?? {}).some((p) => p.running);
+    const anyAlive = previous ? Object.values(previous.processes).some(isTrackedAlive) || sqlServerAlive : false;
     // A running stack keeps the ports it was started with; a stopped one takes the requested settings.
     const settings: StackSettings = structuredClone(anyAlive && previous ? previous.settings : requested);
     // No fixed default for the import callback: a free port, kept in the state from then on.
@@ -150,6 +124,15 @@ export async function stackUp(
     chmodSync(settings.dir, 0o755);
     ensureStackSecrets(settings.dir);
 
+    if (settings.temporalServer === 'sql') {
+      await startSqlTemporalServer({
+        dir: sqlTemporalServerDir(settings.dir),
+        host: settings.host,
+        frontendPort: settings.ports.temporal,
+        namespace: settings.namespace,
+        onProgress: ctx.onProgress,
+      });
+    }
     for (const component of stackComponents(settings)) {
       const existing = state.processes[component.name];
       if (existing && isTrackedAlive(existing)) {
@@ -186,13 +169,17 @@ export async function stackStatus(dir: string): Promise<StackStatus | undefined>
   for (const [name, proc] of Object.entries(state.processes)) {
     processes[name] = { pid: proc.pid, running: isTrackedAlive(proc), log: proc.log };
   }
-  const running = stackComponents(state.settings).every((c) => processes[c.name]?.running);
+  const sqlServer = state.settings.temporalServer === 'sql' ? sqlTemporalServerStatus(sqlTemporalServerDir(dir)) : undefined;
+  Object.assign(processes, sqlServer?.processes);
+  const running =
+    stackComponents(state.settings).every((c) => processes[c.name]?.running) &&
+    (state.settings.temporalServer !== 'sql' || processes['temporal-server']?.running === true);
   return { ...endpointsOf(state.settings), running, processes };
 }
 
 /** Stops exactly the processes this stack started (pid and start time must match), in reverse start order. */
 export async function stackDown(dir: string): Promise<string[]> {
-  return withStackLock(dir, async () => {
+  return withDirLock(dir, 'The stack', async () => {
     const state = readState(dir);
     if (!state) return [];
     const stopped: string[] = [];
@@ -205,6 +192,8 @@ export async function stackDown(dir: string): Promise<string[]> {
     }
     state.processes = {};
     writeState(state);
+    // After the workers: they drain against a live server.
+    if (state.settings.temporalServer === 'sql') stopped.push(...(await stopSqlTemporalServer(sqlTemporalServerDir(dir))));
     return stopped;
   });
 }

@@ -1,8 +1,8 @@
-import { spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { UserFacingError } from '../common/errors';
 import { projectCacheDir } from '../common/paths';
+import { findOnPath, goInstall, isExecutableFile } from './go-install';
 
 /** The one pinned Temporal CLI version. Later tags carry a replace directive and refuse `go install`. */
 export const TEMPORAL_CLI_VERSION = '1.5.1';
@@ -21,63 +21,8 @@ export interface ProvisionedCli {
   source: 'TEMPORAL_CLI_PATH' | 'PATH' | 'cache' | 'go install' | 'sdk download';
 }
 
-function isExecutableFile(p: string): boolean {
-  try {
-    accessSync(p, constants.X_OK);
-    return statSync(p).isFile();
-  } catch {
-    return false;
-  }
-}
-
-function findOnPath(name: string, pathVar: string | undefined): string | undefined {
-  for (const dir of (pathVar ?? '').split(path.delimiter)) {
-    if (!dir) continue;
-    const candidate = path.join(dir, name);
-    if (isExecutableFile(candidate)) return candidate;
-  }
-  return undefined;
-}
-
 export function temporalCacheDir(cacheDir = projectCacheDir): string {
   return path.join(cacheDir, 'temporal', `v${TEMPORAL_CLI_VERSION}`);
-}
-
-/** Runs `go install` into the cache, streaming go's output and a heartbeat so a minutes-long build is visibly alive. */
-async function goInstall(goBinary: string, binDir: string, env: Record<string, string | undefined>, onProgress: (l: string) => void): Promise<void> {
-  mkdirSync(binDir, { recursive: true });
-  const started = Date.now();
-  onProgress(`building the Temporal CLI v${TEMPORAL_CLI_VERSION} with go install (takes a few minutes the first time)...`);
-  const child = spawn(goBinary, ['install', '-v', `${TEMPORAL_CLI_MODULE}@v${TEMPORAL_CLI_VERSION}`], {
-    env: { ...env, GOBIN: binDir, GOFLAGS: [env.GOFLAGS, '-buildvcs=false'].filter(Boolean).join(' ') },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let packages = 0;
-  const tail: string[] = [];
-  const onData = (chunk: Buffer) => {
-    for (const line of chunk.toString('utf8').split('\n')) {
-      if (!line.trim()) continue;
-      packages += 1;
-      tail.push(line);
-      if (tail.length > 20) tail.shift();
-      if (line.startsWith('go: ') && !line.startsWith('go: downloading')) onProgress(line);
-    }
-  };
-  child.stdout.on('data', onData);
-  child.stderr.on('data', onData);
-  const ticker = setInterval(() => {
-    onProgress(`  ... still building (${Math.round((Date.now() - started) / 1000)} s, ${packages} packages so far)`);
-  }, 15_000);
-  try {
-    const code = await new Promise<number | null>((resolve, reject) => {
-      child.on('error', reject);
-      child.on('close', resolve);
-    });
-    if (code !== 0) throw new Error(`go install exited with ${code}:\n${tail.join('\n')}`);
-  } finally {
-    clearInterval(ticker);
-  }
-  onProgress(`built the Temporal CLI in ${Math.round((Date.now() - started) / 1000)} s`);
 }
 
 /** The SDK's own download, reached only when explicitly allowed: this machine class has no internet and must not try. */
@@ -124,7 +69,14 @@ export async function provisionTemporalCli(opts: ProvisionOptions = {}): Promise
   const go = findOnPath('go', env.PATH);
   if (go) {
     try {
-      await goInstall(go, binDir, env, onProgress);
+      await goInstall({
+        goBinary: go,
+        binDir,
+        packages: [`${TEMPORAL_CLI_MODULE}@v${TEMPORAL_CLI_VERSION}`],
+        what: `the Temporal CLI v${TEMPORAL_CLI_VERSION}`,
+        env,
+        onProgress,
+      });
       if (isExecutableFile(cached)) return { path: cached, source: 'go install' };
       tried.push(`go install: finished but left no binary at ${cached}`);
     } catch (err) {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { freePort, freePortRange } from '../dev/processes';
 import { runningStack, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
-import { resolveStackSettings } from '../dev/stack-settings';
+import { resolveStackSettings, type TemporalServerKind } from '../dev/stack-settings';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 
 declare module 'vitest' {
@@ -43,12 +43,16 @@ export default async function setup(project: TestProject): Promise<() => Promise
           safekeeperPg: await freePortRange(3),
           safekeeperHttp: await freePortRange(3),
         },
+        // `sql`: the Temporal server production runs, on PostgreSQL (npm run test:temporal-server).
+        temporalServer: (process.env.DURABLE_COMPUTE_TEMPORAL_SERVER || undefined) as TemporalServerKind | undefined,
       },
       {},
     );
     try {
       const endpoints = await stackUp(settings, {
         resolveTemporalCli: async () => (await provisionTemporalCli({ onProgress: (l) => console.log(l) })).path,
+        // Its first start builds the server and sets up PostgreSQL: worth seeing.
+        onProgress: settings.temporalServer === 'sql' ? (l) => console.log(`test stack: ${l}`) : undefined,
       });
       project.provide('stack', endpoints);
       break;

@@ -4,6 +4,7 @@ import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpo
 import { resolveStackSettings } from '../../dev/stack-settings';
 import { provisionTemporalCli } from '../../dev/temporal-cli';
 import { printJson } from '../output';
+import { registerTemporalServerCommands } from './temporal-server';
 
 interface StackOptions {
   dir?: string;
@@ -48,7 +49,7 @@ export function printEndpoints(e: StackEndpoints): void {
     [
       `Temporal address:   ${e.temporal.address}`,
       `Temporal namespace: ${e.temporal.namespace}`,
-      `Temporal Web UI:    ${e.temporal.ui}`,
+      `Temporal Web UI:    ${e.temporal.ui || '(none: the production server comes without it)'}`,
       `S3 endpoint:        ${e.s3.endpoint}`,
       `S3 bucket:          ${e.s3.bucket}`,
       `S3 region:          ${e.s3.region}`,
@@ -113,6 +114,8 @@ export function registerDevCommands(program: Command): void {
       const stopped = await stackDown(settings.dir);
       process.stdout.write(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
     });
+
+  registerTemporalServerCommands(dev);
 
   dev
     .command('prepare')
