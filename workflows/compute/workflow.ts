@@ -26,7 +26,7 @@ import {
   type TerminateMode,
 } from '../../model/compute-status';
 import { computeCacheActivities, computeNodeActivities, controlPlaneActivities } from './activity-proxies';
-import { cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
+import { apiKeysQuery, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
 export interface ComputeWorkflowOptions {
@@ -152,6 +152,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   };
 
   setHandler(statusQuery, response);
+  setHandler(apiKeysQuery, () => config?.compute_ctl_config.jwks ?? { keys: [] });
 
   let reconfiguring = false;
   setHandler(
