@@ -11,7 +11,6 @@ import { computeLastActive, sampleActivity } from './monitor';
 import { assertIncarnation, markBasebackupComplete, pgdataLooksIntact, prepareFreshPgdata, type PgdataCheck } from './pgdata';
 import {
   findRunningPostmaster,
-  readPostmasterPid,
   reloadPostmaster,
   startPostmaster,
   stopPostmaster,
