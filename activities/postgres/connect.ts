@@ -17,13 +17,19 @@ function connectHost(pidFile: { socketDir?: string; listenAddress?: string } | u
   return listen;
 }
 
-/** A client on `database` of the Postgres running on `pgdata`, as the admin user. */
-export async function connectAsAdmin(pgdata: string, admin: AdminLogin, database: string, applicationName = 'compute_ctl'): Promise<pg.Client> {
+/** Where the Postgres running on `pgdata` listens, from its postmaster.pid. */
+export async function postgresEndpoint(pgdata: string, admin: AdminLogin): Promise<{ host: string; port: number }> {
   const pidFile = await readPostmasterPid(pgdata);
   if (!pidFile?.port) throw new Error(`no running postmaster on ${pgdata} to connect to (postmaster.pid missing or incomplete)`);
+  return { host: admin.host ?? connectHost(pidFile), port: pidFile.port };
+}
+
+/** A client on `database` of the Postgres running on `pgdata`, as the admin user. */
+export async function connectAsAdmin(pgdata: string, admin: AdminLogin, database: string, applicationName = 'compute_ctl'): Promise<pg.Client> {
+  const { host, port } = await postgresEndpoint(pgdata, admin);
   const client = new pg.Client({
-    host: admin.host ?? connectHost(pidFile),
-    port: pidFile.port,
+    host,
+    port,
     user: admin.user,
     password: admin.password,
     database,
