@@ -2,7 +2,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { runUntilShutdown } from '../../workers/run-worker';
 import { createComputeWorker } from '../../workers/compute';
 import { DEFAULT_COMPUTE_HTTP_PORT, startComputeApi } from '../../workers/compute-http';
-import { createControlPlaneWorker } from '../../workers/control-plane';
+import { createControlPlaneWorker, startControlPlaneFleetMetrics } from '../../workers/control-plane';
 import { createImporterWorker, runImporterUntilShutdown } from '../../workers/importer';
 import { cliConfig } from '../context';
 
@@ -15,7 +15,12 @@ export function registerWorkerCommands(program: Command): void {
     .action(async () => {
       const config = cliConfig();
       const handle = await createControlPlaneWorker(config);
-      await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue}`));
+      const fleet = config.workerMetrics ? await startControlPlaneFleetMetrics(config, config.workerMetrics) : undefined;
+      try {
+        await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue}`));
+      } finally {
+        await fleet?.close();
+      }
       console.log('control-plane worker stopped');
     });
 
