@@ -14,7 +14,7 @@ export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'S
   Runtime.install({
     shutdownSignals,
     // The SDK's own metrics (task latency, schedule-to-start, pollers) on GET /metrics at this address.
-    ...(metrics && { telemetryOptions: { metrics: { prometheus: { bindAddress: metrics.bindAddress } } } }),
+    ...(metrics && { telemetryOptions: { metrics: { prometheus: { bindAddress: metrics.bindAddress, countersTotalSuffix: true } } } }),
   });
   runtimeInstalled = true;
 }

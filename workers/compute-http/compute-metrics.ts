@@ -40,9 +40,9 @@ export function createComputeMetrics(snapshot: ComputeSnapshot) {
     help: "1 if the compute's workflow answered the last scrape's queries, 0 if not (the other series then hold no values)",
     registers: [registry],
   });
-  const phases = new Gauge({ name: 'compute_ctl_startup_phase_ms', help: 'Duration of each startup phase of the last start (metrics.json), in milliseconds', labelNames: ['phase'], registers: [registry] });
+  const phases = new Gauge({ name: 'compute_ctl_startup_phase_seconds', help: 'Duration of each startup phase of the last start (metrics.json), in seconds', labelNames: ['phase'], registers: [registry] });
   const basebackupBytes = new Gauge({ name: 'compute_ctl_basebackup_bytes', help: 'Size of the last base backup, in bytes', registers: [registry] });
-  const connectMicros = new Gauge({ name: 'compute_ctl_pageserver_connect_micros', help: 'Time to connect to the pageserver for the base backup, in microseconds', registers: [registry] });
+  const connectMicros = new Gauge({ name: 'compute_ctl_pageserver_connect_seconds', help: 'Time to connect to the pageserver for the base backup, in seconds', registers: [registry] });
   const lfcCounters = {
     [CACHE_METRICS.prewarms]: new Counter({ name: CACHE_METRICS.prewarms, help: 'Completed LFC prewarms', registers: [registry] }),
     [CACHE_METRICS.prewarmErrors]: new Counter({ name: CACHE_METRICS.prewarmErrors, help: 'Failed LFC prewarms', registers: [registry] }),
@@ -57,9 +57,9 @@ export function createComputeMetrics(snapshot: ComputeSnapshot) {
       up.reset();
       // Every status has a series, as compute_ctl's int gauge vec is reset to 0 on each change.
       for (const s of COMPUTE_STATUSES) up.set({ build_tag: BUILD_TAG, status: statusLabel(s) }, s === status.status ? 1 : 0);
-      for (const [phase, field] of Object.entries(STARTUP_PHASES)) phases.set({ phase }, status.metrics[field]);
+      for (const [phase, field] of Object.entries(STARTUP_PHASES)) phases.set({ phase }, status.metrics[field] / 1000);
       basebackupBytes.set(status.metrics.basebackup_bytes);
-      connectMicros.set(status.metrics.pageserver_connect_micros);
+      connectMicros.set(status.metrics.pageserver_connect_micros / 1e6);
       // The workflow keeps the totals (they survive a worker restart); the counters mirror them.
       for (const [name, counter] of Object.entries(lfcCounters)) {
         counter.reset();
