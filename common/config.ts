@@ -71,6 +71,15 @@ export interface AppConfig {
   failpoints: string[];
   /** Fast import: how source connection strings are encrypted, and the importer host's settings. */
   imports: ImportConfig;
+  /** Where a worker process serves the Temporal SDK Runtime's Prometheus metrics; absent = not served. */
+  workerMetrics?: WorkerMetricsConfig;
+}
+
+export interface WorkerMetricsConfig {
+  /** host:port for the Runtime's Prometheus exporter (GET /metrics). */
+  bindAddress: string;
+  /** How often the control-plane worker recounts computes by status and imports by phase. */
+  fleetRefreshSeconds: number;
 }
 
 /**
@@ -274,7 +283,20 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
       .filter(Boolean),
     imports: loadImportConfig(env, read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir),
     stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
+    workerMetrics: loadWorkerMetricsConfig(env),
   };
+}
+
+function loadWorkerMetricsConfig(env: Env): WorkerMetricsConfig | undefined {
+  const port = read(env, 'DURABLE_COMPUTE_WORKER_METRICS_PORT', z.coerce.number().int().min(1, 'port must be 1-65535').max(65535, 'port must be 1-65535'));
+  const host = read(env, 'DURABLE_COMPUTE_WORKER_METRICS_HOST', z.string().regex(/^([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)$/, 'expected a host name or IP address'));
+  const refresh = read(env, 'DURABLE_COMPUTE_FLEET_METRICS_INTERVAL_SECONDS', positiveInt(3600));
+  if (port === undefined) {
+    if (host !== undefined) throw new UserFacingError('Invalid environment: DURABLE_COMPUTE_WORKER_METRICS_HOST needs DURABLE_COMPUTE_WORKER_METRICS_PORT');
+    return undefined;
+  }
+  // Prometheus scrapes from another machine, as compute_ctl's metrics are (it binds every address).
+  return { bindAddress: `${host ?? '0.0.0.0'}:${port}`, fleetRefreshSeconds: refresh ?? 30 };
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);

@@ -374,9 +374,29 @@ const rawSpecSchema = z.object({
 });
 type RawSpec = z.output<typeof rawSpecSchema>;
 
+/**
+ * A public Ed25519 key (RFC 8037) that may sign requests to the compute's external API. compute_ctl
+ * verifies with EdDSA; a private key (`d`) in a spec would put a signing secret into workflow
+ * history, so it is refused.
+ */
+const ed25519PublicJwkSchema = z
+  .object({
+    kty: z.literal('OKP', { error: 'must be "OKP" (an Ed25519 key)' }),
+    crv: z.literal('Ed25519', { error: 'must be "Ed25519"' }),
+    x: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'must be the 32-byte public key in base64url (43 characters)'),
+    kid: optional(z.string().max(256)),
+    alg: optional(z.enum(['EdDSA', 'Ed25519'], { error: 'must be "EdDSA" or "Ed25519"' })),
+    use: optional(z.literal('sig', { error: 'must be "sig"' })),
+    d: z.undefined({ error: 'a private key has no place in a spec: give only the public part' }).optional(),
+  })
+  .loose();
+
+/** The keys of compute_ctl_config.jwks, checked as compute_ctl's external API will use them. */
+export const jwkSetSchema = z.object({ keys: z.array(ed25519PublicJwkSchema) });
+
 const computeCtlConfigSchema = optional(
   z.object({
-    jwks: optional(z.object({ keys: z.array(z.record(z.string(), z.unknown())) })),
+    jwks: optional(jwkSetSchema),
     tls: z.unknown().optional(),
   }),
 );

@@ -86,7 +86,7 @@ describe('the example spec', () => {
 describe('parseComputeConfig accepts', () => {
   it('a ComputeConfig and a bare ComputeSpec alike', () => {
     const bare = ok(spec());
-    const wrapped = parseComputeConfig({ spec: spec(), compute_ctl_config: { jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x: 'abc' }] } } });
+    const wrapped = parseComputeConfig({ spec: spec(), compute_ctl_config: { jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x: '11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo', kid: 'cp-1' }] } } });
     expect(wrapped.ok && wrapped.config.spec).toEqual(bare);
     expect(wrapped.ok && wrapped.config.compute_ctl_config.jwks.keys).toHaveLength(1);
     const bareConfig = parseComputeConfig(spec());
@@ -360,6 +360,15 @@ describe('parseComputeConfig rejects, naming the field', () => {
     expect(errorsOf({ spec: spec({ tenant_id: 'nope' }), compute_ctl_config: {} })).toEqual([expect.stringMatching(/^spec\.tenant_id: must be 32 hex/)]);
     expect(errorsOf({ compute_ctl_config: {} })).toEqual(['spec: required (the compute spec)']);
     expect(errorsOf({ spec: spec(), compute_ctl_config: { jwks: { keys: 'x' } } })[0]).toMatch(/^compute_ctl_config\.jwks\.keys: /);
+  });
+
+  it('signing keys that are not public Ed25519 keys, naming the key and the field', () => {
+    const x = '11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo';
+    const keys = (key: Record<string, unknown>) => errorsOf({ spec: spec(), compute_ctl_config: { jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x }, key] } } });
+    expect(keys({ kty: 'RSA', n: 'abc', e: 'AQAB' })).toContainEqual(expect.stringMatching(/^compute_ctl_config\.jwks\.keys\[1\]\.kty: must be "OKP"/));
+    expect(keys({ kty: 'OKP', crv: 'X25519', x })).toContainEqual(expect.stringMatching(/^compute_ctl_config\.jwks\.keys\[1\]\.crv: must be "Ed25519"/));
+    expect(keys({ kty: 'OKP', crv: 'Ed25519', x: 'abc' })).toContainEqual(expect.stringMatching(/^compute_ctl_config\.jwks\.keys\[1\]\.x: must be the 32-byte public key/));
+    expect(keys({ kty: 'OKP', crv: 'Ed25519', x, d: x })).toContainEqual(expect.stringMatching(/^compute_ctl_config\.jwks\.keys\[1\]\.d: a private key has no place/));
   });
 
   it('anything that is not an object', () => {

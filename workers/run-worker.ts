@@ -1,5 +1,5 @@
 import { NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type WorkerOptions } from '@temporalio/worker';
-import type { AppConfig } from '../common/config';
+import type { AppConfig, WorkerMetricsConfig } from '../common/config';
 import { temporalConnectionOptions } from '../common/temporal-connection';
 
 let runtimeInstalled = false;
@@ -9,9 +9,13 @@ let runtimeInstalled = false;
  * process exits; a process that must act on Ctrl-C first (the main job) passes no signals and
  * shuts its workers down itself.
  */
-export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM']): void {
+export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'], metrics?: WorkerMetricsConfig): void {
   if (runtimeInstalled) return;
-  Runtime.install({ shutdownSignals });
+  Runtime.install({
+    shutdownSignals,
+    // The SDK's own metrics (task latency, schedule-to-start, pollers) on GET /metrics at this address.
+    ...(metrics && { telemetryOptions: { metrics: { prometheus: { bindAddress: metrics.bindAddress, countersTotalSuffix: true } } } }),
+  });
   runtimeInstalled = true;
 }
 
@@ -32,7 +36,7 @@ const taskTokenOutOfLogs: ActivityInterceptorsFactory = () => ({
 
 /** Creates a worker on the configured cluster; callers run it and it shuts down gracefully on SIGINT/SIGTERM. */
 export async function createWorker(config: AppConfig, spec: WorkerSpec): Promise<{ worker: Worker; connection: NativeConnection }> {
-  installRuntime();
+  installRuntime(undefined, config.workerMetrics);
   const connection = await NativeConnection.connect(temporalConnectionOptions(config.temporal));
   try {
     const worker = await Worker.create({

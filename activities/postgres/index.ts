@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { parseComputeSpec, type ComputeSpec } from '../../model/compute-spec';
 import { cancellationSignal, currentActivity, heartbeat } from './activity-context';
+import { connectAsAdmin, type AdminLogin } from './connect';
 import { ensurePgHba, ensureStandbySignal, renderPostgresqlConf, writePostgresqlConf } from './config';
 import { PostgresFailure, nonRetryable } from './errors';
 import { readTextIfExists, writeFileAtomic } from './files';
@@ -11,7 +12,6 @@ import { computeLastActive, sampleActivity } from './monitor';
 import { assertIncarnation, markBasebackupComplete, pgdataLooksIntact, prepareFreshPgdata, type PgdataCheck } from './pgdata';
 import {
   findRunningPostmaster,
-  readPostmasterPid,
   reloadPostmaster,
   startPostmaster,
   stopPostmaster,
@@ -41,7 +41,7 @@ export interface PostgresActivitiesDeps {
    * Host and port come from postmaster.pid (its socket directory, else its listen address) unless
    * `host` is given. The password, if any, stays in the worker (never in workflow history).
    */
-  admin: { user: string; password?: string; host?: string };
+  admin: AdminLogin;
   /** compute_ctl's --privileged-role-name (default neon_superuser). */
   privilegedRoleName?: string;
   /** lc_* locale written to postgresql.conf (default C.UTF-8; null leaves them out). */
@@ -75,14 +75,6 @@ function checkedSpec(spec: ComputeSpec): ComputeSpec {
 /** postgresql.conf as it was before a reconfigure, until Postgres has accepted the new one. */
 const PREVIOUS_CONF = 'postgresql.conf.before-reconfigure';
 
-function connectHost(pidFile: { socketDir?: string; listenAddress?: string } | undefined): string {
-  if (pidFile?.socketDir) return pidFile.socketDir;
-  const listen = pidFile?.listenAddress;
-  if (!listen || listen === '*' || listen === '0.0.0.0') return '127.0.0.1';
-  if (listen === '::') return '::1';
-  return listen;
-}
-
 export function createPostgresActivities(deps: PostgresActivitiesDeps) {
   const pgdata = path.resolve(deps.pgdata);
   const logPath = deps.logPath;
@@ -98,29 +90,7 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
   }
 
   /** A client on `database` of the running compute, as the admin user. */
-  async function connect(database: string, applicationName = 'compute_ctl'): Promise<pg.Client> {
-    const pidFile = await readPostmasterPid(pgdata);
-    if (!pidFile?.port) throw new Error(`no running postmaster on ${pgdata} to connect to (postmaster.pid missing or incomplete)`);
-    const client = new pg.Client({
-      host: deps.admin.host ?? connectHost(pidFile),
-      port: pidFile.port,
-      user: deps.admin.user,
-      password: deps.admin.password,
-      database,
-      application_name: applicationName,
-      connectionTimeoutMillis: 10_000,
-    });
-    // An idle connection dies with the postmaster; that must surface on the next query, not as an
-    // uncaught 'error' event that takes the worker down.
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-    } catch (err) {
-      await client.end().catch(() => undefined);
-      throw err;
-    }
-    return client;
-  }
+  const connect = (database: string, applicationName = 'compute_ctl'): Promise<pg.Client> => connectAsAdmin(pgdata, deps.admin, database, applicationName);
 
   async function withClient<T>(database: string, applicationName: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
     const client = await connect(database, applicationName);

@@ -108,12 +108,31 @@ export function computeEnv(extra: Record<string, string> = {}): Record<string, s
   return { ...testEnv(), ...extra };
 }
 
-/** Starts `durable-compute worker compute` as a separate process, as inside a compute VM. */
-export function startComputeWorker(computeId: string, pgdata: string, failpoints: string[] = []): Promise<WorkerProcess> {
-  return startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
-    env: computeEnv(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(',') } : {}),
-    readyLine: /compute worker ready/,
-  });
+/**
+ * Starts `durable-compute worker compute` as a separate process, as inside a compute VM. Its HTTP
+ * API listens on a free loopback port (tests run many computes at once); see computeApiPort.
+ */
+export function startComputeWorker(
+  computeId: string,
+  pgdata: string,
+  failpoints: string[] = [],
+  extra: { args?: string[]; env?: Record<string, string> } = {},
+): Promise<WorkerProcess> {
+  return startProcess(
+    'bin/durable-compute.mjs',
+    ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1', ...(extra.args ?? [])],
+    {
+      env: computeEnv({ ...(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(',') } : {}), ...extra.env }),
+      readyLine: /compute worker ready/,
+    },
+  );
+}
+
+/** The port the compute worker's HTTP API listens on, from its start-up line. */
+export function computeApiPort(worker: WorkerProcess): number {
+  const match = /compute HTTP API listening on [^\s]+:(\d+)/.exec(worker.output());
+  if (!match) throw new Error(`the compute worker did not say where its HTTP API listens:\n${worker.output()}`);
+  return Number(match[1]);
 }
 
 export async function testComputeClient(): Promise<{ computes: ComputeClient; close: () => Promise<void> }> {

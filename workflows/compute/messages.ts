@@ -35,3 +35,9 @@ export interface LfcStatus {
 
 /** compute_ctl's GET /lfc/prewarm and GET /lfc/offload, together. */
 export const lfcStatusQuery = defineQuery<LfcStatus>('lfcStatus');
+
+/**
+ * The public keys that may sign requests to compute_ctl's external API (compute_ctl_config.jwks of
+ * the current config; none before a config arrives). Read by the compute worker's HTTP API.
+ */
+export const apiKeysQuery = defineQuery<{ keys: Record<string, unknown>[] }>('apiKeys');

@@ -29,7 +29,7 @@ import {
   type TerminateMode,
 } from '../../model/compute-status';
 import { computeCacheActivities, computeNodeActivities, controlPlaneActivities } from './activity-proxies';
-import { awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
+import { apiKeysQuery, awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
 export interface ComputeWorkflowOptions {
@@ -171,6 +171,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     await condition(() => status === 'running' || status === 'failed' || status === 'terminated');
     return response();
   });
+  setHandler(apiKeysQuery, () => config?.compute_ctl_config.jwks ?? { keys: [] });
 
   let reconfiguring = false;
   setHandler(

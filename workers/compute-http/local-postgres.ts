@@ -1,0 +1,157 @@
+/**
+ * The API's reads and writes on the compute's own Postgres, as compute_ctl does them: catalog
+ * listings, the schema dump, the writability probe and the statement insights. Connections go to
+ * the local Postgres as the admin user over its socket, like the compute worker's activities.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import type pg from 'pg';
+import { connectAsAdmin, postgresEndpoint, type AdminLogin } from '../../activities/postgres/connect';
+import { HttpError } from './http-kit';
+
+export interface LocalPostgres {
+  pgdata: string;
+  pgBinDir: string;
+  admin: AdminLogin;
+}
+
+/** compute_ctl's CatalogObjects: roles and databases as the catalog has them. */
+export interface CatalogObjects {
+  roles: { name: string; encrypted_password: string | null; options: null }[];
+  databases: { name: string; owner: string; options: null; restrict_conn: boolean; invalid: boolean }[];
+}
+
+async function withClient<T>(pgc: LocalPostgres, database: string, what: string, run: (client: pg.Client) => Promise<T>): Promise<T> {
+  let client: pg.Client;
+  try {
+    client = await connectAsAdmin(pgc.pgdata, pgc.admin, database, `compute_ctl:${what}`);
+  } catch (err) {
+    throw new HttpError(500, `cannot connect to the compute's Postgres: ${(err as Error).message}`);
+  }
+  try {
+    return await run(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export function dbsAndRoles(pgc: LocalPostgres): Promise<CatalogObjects> {
+  return withClient(pgc, 'postgres', 'dbs_and_roles', async (client) => {
+    const roles = await client.query<{ name: string; encrypted_password: string | null }>(
+      `SELECT rolname AS name, rolpassword AS encrypted_password
+         FROM pg_catalog.pg_authid
+        WHERE rolname OPERATOR(pg_catalog.!~) '^pg_'
+        ORDER BY rolname`,
+    );
+    const databases = await client.query<{ name: string; owner: string; restrict_conn: boolean; invalid: boolean }>(
+      `SELECT datname AS name,
+              (SELECT rolname FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) datdba) AS owner,
+              NOT datallowconn AS restrict_conn,
+              datconnlimit OPERATOR(pg_catalog.=) -2 AS invalid
+         FROM pg_catalog.pg_database
+        WHERE NOT datistemplate
+        ORDER BY datname`,
+    );
+    return {
+      roles: roles.rows.map((r) => ({ name: r.name, encrypted_password: r.encrypted_password, options: null })),
+      databases: databases.rows.map((d) => ({ ...d, options: null })),
+    };
+  });
+}
+
+/** A libpq conninfo value, quoted: inside single quotes only `'` and `\` need a backslash. */
+function conninfoValue(value: string): string {
+  return `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+}
+
+/**
+ * `pg_dump --schema-only` of `database`, streamed. Runs from an argument array with an empty
+ * environment; the database name travels inside a quoted conninfo value, so a name holding `=` or
+ * spaces is a name, never connection options. 404 when the database does not exist.
+ */
+export async function dumpSchema(pgc: LocalPostgres, database: string): Promise<{ stdout: Readable; done: Promise<void> }> {
+  const exists = await withClient(pgc, 'postgres', 'database_schema', async (client) =>
+    (await client.query('SELECT 1 FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1', [database])).rowCount === 1,
+  );
+  if (!exists) throw new HttpError(404, 'database does not exist');
+  const { host, port } = await postgresEndpoint(pgc.pgdata, pgc.admin);
+  const conninfo = [
+    `host=${conninfoValue(host)}`,
+    `port=${port}`,
+    `user=${conninfoValue(pgc.admin.user)}`,
+    `dbname=${conninfoValue(database)}`,
+    `application_name='compute_ctl:database_schema'`,
+  ].join(' ');
+  const child = spawn(path.join(pgc.pgBinDir, 'pg_dump'), ['--schema-only', '--no-password', conninfo], {
+    env: {},
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk: string) => {
+    if (stderr.length < 4096) stderr += chunk;
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', (err) => reject(new HttpError(500, `cannot run pg_dump: ${err.message}`)));
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve();
+      else reject(new HttpError(500, `pg_dump failed (${signal ?? `exit code ${code}`}): ${stderr.trim()}`));
+    });
+  });
+  return { stdout: child.stdout, done };
+}
+
+/** compute_ctl's checker: upsert row 1 of public.health_check; a full disk still counts as writable. */
+export function checkWritability(pgc: LocalPostgres): Promise<void> {
+  return withClient(pgc, 'postgres', 'check_writability', async (client) => {
+    try {
+      await client.query(
+        `CREATE TABLE IF NOT EXISTS public.health_check (
+           id integer PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY,
+           updated_at timestamptz DEFAULT pg_catalog.now()
+         )`,
+      );
+      await client.query(
+        `INSERT INTO public.health_check (id, updated_at) VALUES (1, pg_catalog.now())
+           ON CONFLICT (id) DO UPDATE SET updated_at = pg_catalog.now()`,
+      );
+    } catch (err) {
+      if ((err as { code?: string }).code === '53100') return; // DISK_FULL: compute_ctl treats it as writable
+      throw new HttpError(500, `the write through public.health_check failed: ${(err as Error).message}`);
+    }
+  });
+}
+
+/**
+ * compute_ctl's insights: the top 100 statements of pg_stat_statements by mean execution plus
+ * planning time, without the admin user's own, as the JSON text `{"pg_stat_statements": [...]}`.
+ */
+export function insights(pgc: LocalPostgres): Promise<string> {
+  return withClient(pgc, 'postgres', 'insights', async (client) => {
+    const installed = await client.query<{ schema: string }>(
+      `SELECT n.nspname AS schema FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_stat_statements'`,
+    );
+    if (installed.rowCount === 0) {
+      throw new HttpError(
+        500,
+        'the pg_stat_statements extension is not installed in database postgres: add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements',
+      );
+    }
+    const view = `${client.escapeIdentifier(installed.rows[0]!.schema)}.pg_stat_statements`;
+    try {
+      const { rows } = await client.query<{ insights: string }>(
+        `SELECT pg_catalog.jsonb_build_object('pg_stat_statements', COALESCE(pg_catalog.jsonb_agg(pg_catalog.row_to_json(t)), '[]'::jsonb))::text AS insights
+           FROM (SELECT s.* FROM ${view} s
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) s.userid AND r.rolname OPERATOR(pg_catalog.=) $1)
+                  ORDER BY s.mean_exec_time OPERATOR(pg_catalog.+) s.mean_plan_time DESC
+                  LIMIT 100) t`,
+        [pgc.admin.user],
+      );
+      return rows[0]!.insights;
+    } catch (err) {
+      throw new HttpError(500, `reading pg_stat_statements failed: ${(err as Error).message}`);
+    }
+  });
+}
