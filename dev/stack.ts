@@ -4,8 +4,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
-import { safekeeperPorts, stackComponents } from './stack-components';
-import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
+import { codecEndpoint, safekeeperPorts, stackComponents } from './stack-components';
+import { DEFAULT_PORTS, DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
 
 /** What `dev up --json` and `dev status --json` print. Keys are only ever added, never renamed. */
 export interface StackEndpoints {
@@ -15,6 +15,8 @@ export interface StackEndpoints {
   safekeepers: { pg: string; http: string }[];
   /** Fast import: where the pageserver reports finished imports (null on a stack started before it had one). */
   imports: { callbackUrl: string | null };
+  /** The codec server the Web UI decodes payloads through (no bearer token: dev only, loopback). */
+  codec: { endpoint: string };
   stackDir: string;
 }
 
@@ -53,6 +55,7 @@ export function endpointsOf(s: StackSettings): StackEndpoints {
       return { pg: `${s.host}:${p.pg}`, http: `http://${s.host}:${p.http}` };
     }),
     imports: { callbackUrl: s.ports.importCallback ? `http://${s.host}:${s.ports.importCallback}/import_complete` : null },
+    codec: { endpoint: codecEndpoint(s) },
     stackDir: s.dir,
   };
 }
@@ -144,6 +147,8 @@ export async function stackUp(
     const settings: StackSettings = structuredClone(anyAlive && previous ? previous.settings : requested);
     // No fixed default for the import callback: a free port, kept in the state from then on.
     settings.ports.importCallback ??= await freePort(settings.host);
+    // A stack started before the codec server existed gets it on the default port.
+    settings.ports.codecServer ??= DEFAULT_PORTS.codecServer;
     const state: StackState = { version: 1, settings, processes: anyAlive && previous ? previous.processes : {} };
     mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
     // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.

@@ -17,6 +17,7 @@ async function stackPorts(): Promise<string[]> {
     '--pageserver-http-port', String(await freePort()),
     '--safekeeper-pg-port', String(await freePortRange(3)),
     '--safekeeper-http-port', String(await freePortRange(3)),
+    '--codec-port', String(await freePort()),
   ];
 }
 
@@ -95,10 +96,24 @@ describe('durable-compute dev up/status/down', () => {
     }
 
     const pids: number[] = Object.values(up.processes as Record<string, { pid: number }>).map((p) => p.pid);
-    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker']);
+    // The Web UI decodes payloads in the browser through the stack's codec server (dev only: no token, loopback).
+    expect(status.processes['codec-server']).toMatchObject({ running: true });
+    expect(status.codec.endpoint).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const temporalArgs = readFileSync(`/proc/${up.processes.temporal.pid}/cmdline`, 'utf8').split('\0');
+    expect(temporalArgs[temporalArgs.indexOf('--ui-codec-endpoint') + 1]).toBe(status.codec.endpoint);
+    const preflight = await fetch(`${status.codec.endpoint}/decode`, {
+      method: 'OPTIONS',
+      headers: { origin: up.temporal.ui, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,x-namespace' },
+    });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers.get('access-control-allow-origin')).toBe(up.temporal.ui);
+    const empty = await fetch(`${status.codec.endpoint}/decode`, { method: 'POST', headers: { origin: up.temporal.ui }, body: '{"payloads":[]}' });
+    expect(await empty.json()).toEqual({ payloads: [] });
+
+    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker', 'codec-server']);
     const down = await runCli(['dev', 'down', '--dir', dir]);
     expect(down.code).toBe(0);
-    expect(down.stdout).toMatch(/stopped importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
+    expect(down.stdout).toMatch(/stopped codec-server, importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);

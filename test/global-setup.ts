@@ -42,6 +42,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
           pageserverHttp: await freePort(),
           safekeeperPg: await freePortRange(3),
           safekeeperHttp: await freePortRange(3),
+          codecServer: await freePort(),
         },
       },
       {},
