@@ -5,13 +5,23 @@ import { inject } from 'vitest';
 import { projectRoot } from '../common/paths';
 import { computeWorkflowId } from '../model/compute-status';
 import type { ComputeClient } from '../client/compute-client';
-import { launchLoopbackBrowser } from './helpers/browser';
+import { findChromium, launchLoopbackBrowser } from './helpers/browser';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses } from './helpers/processes';
 import { testClient } from './helpers/stack';
 
-const SCREENSHOT = path.join(projectRoot, 'docs', 'web-ui-compute.png');
+/** The README's screenshot is refreshed only on request, so a test run leaves the checkout unchanged. */
+const SCREENSHOT = process.env.RECORD_SCREENSHOTS === '1' ? path.join(projectRoot, 'docs', 'web-ui-compute.png') : path.join(projectRoot, '.cache', 'web-ui-test', 'web-ui-compute.png');
+
+describe('finding Chromium', () => {
+  it('fails with what is missing and the command that installs it', () => {
+    expect(() => findChromium({ CHROMIUM_PATH: '/nonexistent/chromium' })).toThrow(
+      /\/nonexistent\/chromium is not an executable \(from CHROMIUM_PATH\)\. Install Debian's with `apt-get install -y chromium`/,
+    );
+    expect(findChromium({ CHROMIUM_PATH: process.execPath })).toBe(process.execPath);
+  });
+});
 
 describe('the Web UI shows a running compute decoded through the codec server (real Chromium)', () => {
   const stack = inject('stack');
@@ -79,11 +89,17 @@ describe('the Web UI shows a running compute decoded through the codec server (r
       await page.goto(workflowPage, { timeout: 60_000 });
       await page.getByRole('tab', { name: 'User Metadata' }).click({ timeout: 60_000 });
       // The static summary, the current details (status, tenant, timeline, LSN) and the activity summaries.
-      const metadata = await waitForText(/status: running/);
-      expect(metadata).toContain(`compute ${computeId} on ${tenantId}/${timelineId}`);
-      expect(metadata).toMatch(new RegExp(`tenant: ${tenantId}\\s+timeline: ${timelineId}`));
-      expect(metadata).toMatch(/start LSN: [0-9A-F]+\/[0-9A-F]+/);
-      for (const step of ['fresh PGDATA', 'base backup', 'start Postgres', 'apply roles and databases', 'watch Postgres']) expect(metadata).toContain(step);
+      // Each part is decoded by a call of its own, so each is waited for.
+      for (const expected of [
+        /status: running/,
+        `compute ${computeId} on ${tenantId}/${timelineId}`,
+        new RegExp(`tenant: ${tenantId}\\s+timeline: ${timelineId}`),
+        /start LSN: [0-9A-F]+\/[0-9A-F]+/,
+        ...['fresh PGDATA', 'base backup', 'start Postgres', 'apply roles and databases', 'watch Postgres'],
+      ]) {
+        await waitForText(expected);
+      }
+      const metadata = await visibleText();
       for (const ciphertext of [...rawCiphertexts, 'binary/encrypted', Buffer.from('binary/encrypted').toString('base64')]) expect(metadata).not.toContain(ciphertext);
       mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
       await page.screenshot({ path: SCREENSHOT });
