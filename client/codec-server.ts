@@ -99,7 +99,7 @@ async function decodeAll(codec: PayloadCodec, payloads: Payload[]): Promise<Payl
   return out;
 }
 
-/** A parsed Origin header is allowed if it is one of the configured origins, compared exactly. */
+/** An origin in its canonical form (scheme://host[:port]), so the configured ones compare exactly with the Origin header. */
 function normalizeOrigin(origin: string): string | undefined {
   try {
     const u = new URL(origin);
@@ -133,15 +133,16 @@ export function codecServerHandler(opts: CodecServerOptions): http.RequestListen
     return Buffer.concat(chunks);
   };
 
+  const originAllowed = (origin: string | undefined): origin is string => origin !== undefined && allowed.has(normalizeOrigin(origin) ?? '');
+  // Credentials: the UI's "include cross-origin credentials" sends cookies, which a browser only
+  // allows with the exact origin echoed back, never with a wildcard.
+  const corsHeaders = (origin: string | undefined): http.OutgoingHttpHeaders =>
+    originAllowed(origin) ? { 'access-control-allow-origin': origin, 'access-control-allow-credentials': 'true', vary: 'Origin' } : { vary: 'Origin' };
+
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://codec.invalid');
     const origin = req.headers.origin;
-    const originAllowed = origin !== undefined && allowed.has(normalizeOrigin(origin) ?? '');
-    // Credentials: the UI's "include cross-origin credentials" sends cookies, which a browser only
-    // allows with the exact origin echoed back, never with a wildcard.
-    const cors: http.OutgoingHttpHeaders = originAllowed
-      ? { 'access-control-allow-origin': origin, 'access-control-allow-credentials': 'true', vary: 'Origin' }
-      : { vary: 'Origin' };
+    const cors = corsHeaders(origin);
 
     if (url.pathname === '/health' && req.method === 'GET') return send(res, 200, { ok: true }, cors);
     const operation = url.pathname.split('/').filter(Boolean).pop();
@@ -149,7 +150,7 @@ export function codecServerHandler(opts: CodecServerOptions): http.RequestListen
 
     if (req.method === 'OPTIONS') {
       // A preflight carries no Authorization header, so it is answered without one.
-      if (!originAllowed) return send(res, 403, { message: `origin ${origin ?? '(none)'} is not allowed; add it with --allow-origin` }, { vary: 'Origin' });
+      if (!originAllowed(origin)) return send(res, 403, { message: `origin ${origin ?? '(none)'} is not allowed; add it with --allow-origin` }, { vary: 'Origin' });
       res.writeHead(204, {
         ...cors,
         'access-control-allow-methods': 'POST, OPTIONS',
@@ -160,7 +161,7 @@ export function codecServerHandler(opts: CodecServerOptions): http.RequestListen
     }
     if (req.method !== 'POST') return send(res, 405, { message: `method ${req.method} not allowed; use POST` }, { ...cors, allow: 'POST, OPTIONS' });
     // A page from any other origin is refused outright, not merely kept from reading the answer.
-    if (origin !== undefined && !originAllowed) return send(res, 403, { message: `origin ${origin} is not allowed; add it with --allow-origin` }, cors);
+    if (origin !== undefined && !originAllowed(origin)) return send(res, 403, { message: `origin ${origin} is not allowed; add it with --allow-origin` }, cors);
     if (opts.token !== undefined && !bearerTokenMatches(req.headers.authorization, opts.token)) {
       return send(res, 401, { message: 'missing or wrong bearer token' }, { ...cors, 'www-authenticate': 'Bearer' });
     }
@@ -186,10 +187,7 @@ export function codecServerHandler(opts: CodecServerOptions): http.RequestListen
       const message = err instanceof Error ? err.message : String(err);
       if (status === 500) log(`internal error: ${message}`);
       if (res.headersSent) return void res.destroy();
-      const origin = req.headers.origin;
-      const cors: http.OutgoingHttpHeaders =
-        origin !== undefined && allowed.has(normalizeOrigin(origin) ?? '') ? { 'access-control-allow-origin': origin, 'access-control-allow-credentials': 'true' } : {};
-      send(res, status, { message: status === 500 ? 'internal error' : message }, { ...cors, vary: 'Origin', ...(status === 413 ? { connection: 'close' } : {}) });
+      send(res, status, { message: status === 500 ? 'internal error' : message }, { ...corsHeaders(req.headers.origin), ...(status === 413 ? { connection: 'close' } : {}) });
       // The rest of an oversized body is not read: drop the connection once the answer is out.
       if (status === 413) res.on('finish', () => req.destroy());
     });
