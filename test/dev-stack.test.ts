@@ -21,6 +21,10 @@ async function stackPorts(): Promise<string[]> {
   ];
 }
 
+/** Each `dev up` starts ten processes (Temporal, S3, storage, workers, codec server): minutes on a busy 2-core machine. */
+const STACK_TEST_TIMEOUT_MS = 540_000;
+const UP = { timeoutMs: 240_000 };
+
 describe('durable-compute dev up/status/down', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-'));
   afterAll(async () => {
@@ -30,7 +34,7 @@ describe('durable-compute dev up/status/down', () => {
 
   it('starts once, is idempotent, reports status, and stops exactly its processes', async () => {
     const ports = await stackPorts();
-    const first = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
+    const first = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports], UP);
     expect(first.stderr).not.toMatch(/error/i);
     expect(first.code).toBe(0);
     const up = JSON.parse(first.stdout);
@@ -48,7 +52,7 @@ describe('durable-compute dev up/status/down', () => {
     // The dev credentials stay out of printed output.
     expect(first.stdout).not.toContain('S3RVER');
 
-    const second = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
+    const second = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports], UP);
     expect(second.code).toBe(0);
     const again = JSON.parse(second.stdout);
     expect(again.temporal).toEqual(up.temporal);
@@ -117,13 +121,13 @@ describe('durable-compute dev up/status/down', () => {
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);
-  });
+  }, STACK_TEST_TIMEOUT_MS);
 
   it('keeps running workflows across a restart because Temporal state lives in the stack directory', async () => {
     const ports = await stackPorts();
     const sdir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-persist-'));
     try {
-      const up = JSON.parse((await runCli(['dev', 'up', '--json', '--dir', sdir, ...ports])).stdout);
+      const up = JSON.parse((await runCli(['dev', 'up', '--json', '--dir', sdir, ...ports], UP)).stdout);
       const { Connection, Client } = await import('@temporalio/client');
       const open = async () => {
         const connection = await Connection.connect({ address: up.temporal.address });
@@ -133,7 +137,7 @@ describe('durable-compute dev up/status/down', () => {
       await client.workflow.start('noSuchWorkflowType', { taskQueue: 'nobody-polls-this', workflowId: 'persisted-across-restart' });
       await connection.close();
       expect((await runCli(['dev', 'down', '--dir', sdir])).code).toBe(0);
-      expect((await runCli(['dev', 'up', '--json', '--dir', sdir])).code).toBe(0);
+      expect((await runCli(['dev', 'up', '--json', '--dir', sdir], UP)).code).toBe(0);
       ({ connection, client } = await open());
       const description = await client.workflow.getHandle('persisted-across-restart').describe();
       expect(description.status.name).toBe('RUNNING');
@@ -142,7 +146,7 @@ describe('durable-compute dev up/status/down', () => {
       await runCli(['dev', 'down', '--dir', sdir]);
       rmSync(sdir, { recursive: true, force: true });
     }
-  });
+  }, STACK_TEST_TIMEOUT_MS);
 
   it('fails with a clear error when a port is taken, instead of hanging', async () => {
     const blocker = net.createServer();
