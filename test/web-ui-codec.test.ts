@@ -32,6 +32,9 @@ describe('the Web UI shows a running compute decoded through the codec server (r
   let timelineId: string;
 
   beforeAll(async () => {
+    // A stack started before the codec server existed (DURABLE_COMPUTE_TEST_STACK_DIR) has none.
+    const codecUp = await fetch(`${stack.codec?.endpoint}/health`).then((r) => r.ok, () => false);
+    if (!codecUp) throw new Error(`the test stack in ${stack.stackDir} runs no codec server; restart it (durable-compute dev down, then dev up) so that it does`);
     ({ computes, close } = await testComputeClient());
     const timeline = await createTestTimeline();
     ({ tenantId, timelineId } = timeline);
