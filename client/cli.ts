@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerCodecServerCommand } from './commands/codec-server';
 import { registerComputeCommands } from './commands/compute';
 import { registerDevCommands } from './commands/dev';
 import { registerImportCommands } from './commands/import';
@@ -19,5 +20,6 @@ registerTimelineCommands(program);
 registerImportCommands(program);
 registerMainCommand(program);
 registerLfcCommands(program);
+registerCodecServerCommand(program);
 
 program.parseAsync(process.argv).catch(exitWithError);

@@ -42,6 +42,18 @@ function runTs(s: StackSettings, name: string, script: string, args: string[], e
   });
 }
 
+/** Where the browser reaches the stack's codec server (the UI calls it from the page, not from its server). */
+export function codecEndpoint(s: StackSettings): string {
+  return `http://${s.host}:${s.ports.codecServer}`;
+}
+
+/** The origins the stack's Web UI is opened at: its address, and localhost for a loopback stack. */
+function uiOrigins(s: StackSettings): string[] {
+  const origins = [`http://${s.host}:${s.ports.temporalUi}`];
+  if (s.host === '127.0.0.1') origins.push(`http://localhost:${s.ports.temporalUi}`);
+  return origins;
+}
+
 export function safekeeperPorts(s: StackSettings, index: number): { pg: number; http: number } {
   return { pg: s.ports.safekeeperPg + index - 1, http: s.ports.safekeeperHttp + index - 1 };
 }
@@ -69,6 +81,9 @@ const temporalComponent: StackComponent = {
       s.namespace,
       '--log-level',
       'warn',
+      // The UI decodes payloads in the browser through the stack's codec server.
+      '--ui-codec-endpoint',
+      codecEndpoint(s),
       ...Object.entries(SEARCH_ATTRIBUTES).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
     ];
     return spawnDetached(temporalCli, args, { log: path.join(s.dir, 'temporal.log') });
@@ -231,6 +246,31 @@ const importCallbackComponent: StackComponent = {
 };
 
 /**
+ * The codec server the Web UI decodes payloads through, with the stack's payload key. Without a
+ * bearer token (`--dev-no-auth`, which it accepts only on loopback): the dev UI has no login
+ * whose token it could forward.
+ */
+const codecServerComponent: StackComponent = {
+  name: 'codec-server',
+  ports: (s) => [{ port: s.ports.codecServer, key: 'codecServer' }],
+  start(s) {
+    const env = stackEnv(s);
+    delete env.DURABLE_COMPUTE_CODEC_TOKEN;
+    delete env.DURABLE_COMPUTE_CODEC_TOKEN_FILE;
+    delete env.DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS;
+    return runTs(
+      s,
+      'codec-server',
+      'bin/durable-compute.mjs',
+      ['codec-server', '--listen', `${s.host}:${s.ports.codecServer}`, '--dev-no-auth', '--allow-origin', ...uiOrigins(s)],
+      env,
+    );
+  },
+  probe: (s) => httpOk(`${codecEndpoint(s)}/health`),
+  readyTimeoutMs: 60_000,
+};
+
+/**
  * Where the stack's importer keeps its imports' working directories: in the stack directory,
  * unless that path is too long for the scratch Postgres sockets below it (then a short one in
  * the temp directory, named after the stack so two stacks never share it).
@@ -261,5 +301,6 @@ export function stackComponents(s: StackSettings): StackComponent[] {
     controlPlaneWorkerComponent,
     importCallbackComponent,
     importerWorkerComponent,
+    codecServerComponent,
   ];
 }

@@ -26,6 +26,8 @@ export interface StackSettings {
     /** Safekeeper i (1-based) uses this port + i - 1; likewise for HTTP. */
     safekeeperPg: number;
     safekeeperHttp: number;
+    /** The codec server the Web UI decodes payloads through (`durable-compute codec-server`). */
+    codecServer: number;
     /**
      * The control plane's import_complete endpoint (the pageserver calls it when an import ends).
      * Unset: a free port is chosen when the stack first starts, and kept from then on.
@@ -54,6 +56,7 @@ export const DEFAULT_PORTS: StackSettings['ports'] = {
   pageserverHttp: 9898,
   safekeeperPg: 5454,
   safekeeperHttp: 7676,
+  codecServer: 8234,
 };
 
 /** Environment variable and CLI option (if any) for each port, so every error can say how to change it. */
@@ -65,6 +68,7 @@ export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string;
   pageserverHttp: { env: 'DURABLE_COMPUTE_PAGESERVER_HTTP_PORT', option: '--pageserver-http-port', what: 'pageserver HTTP API' },
   safekeeperPg: { env: 'DURABLE_COMPUTE_SAFEKEEPER_PG_PORT', option: '--safekeeper-pg-port', what: 'safekeeper libpq (first of a range)' },
   safekeeperHttp: { env: 'DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT', option: '--safekeeper-http-port', what: 'safekeeper HTTP (first of a range)' },
+  codecServer: { env: 'DURABLE_COMPUTE_CODEC_PORT', option: '--codec-port', what: 'codec server (Web UI payload decoding)' },
   importCallback: { env: 'DURABLE_COMPUTE_IMPORT_CALLBACK_PORT', option: '', what: 'import_complete callback endpoint' },
 };
 

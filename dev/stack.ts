@@ -4,8 +4,8 @@ import path from 'node:path';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
 import { withDirLock } from './dir-lock';
-import { safekeeperPorts, stackComponents } from './stack-components';
-import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
+import { codecEndpoint, safekeeperPorts, stackComponents } from './stack-components';
+import { DEFAULT_PORTS, DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
 import { sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from './temporal-server/server';
 
 /** What `dev up --json` and `dev status --json` print. Keys are only ever added, never renamed. */
@@ -16,6 +16,8 @@ export interface StackEndpoints {
   safekeepers: { pg: string; http: string }[];
   /** Fast import: where the pageserver reports finished imports (null on a stack started before it had one). */
   imports: { callbackUrl: string | null };
+  /** The codec server the Web UI decodes payloads through (no bearer token: dev only, loopback). */
+  codec: { endpoint: string };
   stackDir: string;
 }
 
@@ -59,6 +61,7 @@ export function endpointsOf(s: StackSettings): StackEndpoints {
       return { pg: `${s.host}:${p.pg}`, http: `http://${s.host}:${p.http}` };
     }),
     imports: { callbackUrl: s.ports.importCallback ? `http://${s.host}:${s.ports.importCallback}/import_complete` : null },
+    codec: { endpoint: codecEndpoint(s) },
     stackDir: s.dir,
   };
 }
@@ -118,6 +121,8 @@ export async function stackUp(
     const settings: StackSettings = structuredClone(anyAlive && previous ? previous.settings : requested);
     // No fixed default for the import callback: a free port, kept in the state from then on.
     settings.ports.importCallback ??= await freePort(settings.host);
+    // A stack started before the codec server existed gets it on the default port.
+    settings.ports.codecServer ??= DEFAULT_PORTS.codecServer;
     const state: StackState = { version: 1, settings, processes: anyAlive && previous ? previous.processes : {} };
     mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
     // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.

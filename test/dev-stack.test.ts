@@ -17,8 +17,13 @@ async function stackPorts(): Promise<string[]> {
     '--pageserver-http-port', String(await freePort()),
     '--safekeeper-pg-port', String(await freePortRange(3)),
     '--safekeeper-http-port', String(await freePortRange(3)),
+    '--codec-port', String(await freePort()),
   ];
 }
+
+/** Each `dev up` starts ten processes (Temporal, S3, storage, workers, codec server): minutes on a busy 2-core machine. */
+const STACK_TEST_TIMEOUT_MS = 540_000;
+const UP = { timeoutMs: 240_000 };
 
 describe('durable-compute dev up/status/down', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-'));
@@ -29,7 +34,7 @@ describe('durable-compute dev up/status/down', () => {
 
   it('starts once, is idempotent, reports status, and stops exactly its processes', async () => {
     const ports = await stackPorts();
-    const first = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
+    const first = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports], UP);
     expect(first.stderr).not.toMatch(/error/i);
     expect(first.code).toBe(0);
     const up = JSON.parse(first.stdout);
@@ -47,7 +52,7 @@ describe('durable-compute dev up/status/down', () => {
     // The dev credentials stay out of printed output.
     expect(first.stdout).not.toContain('S3RVER');
 
-    const second = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports]);
+    const second = await runCli(['dev', 'up', '--json', '--dir', dir, ...ports], UP);
     expect(second.code).toBe(0);
     const again = JSON.parse(second.stdout);
     expect(again.temporal).toEqual(up.temporal);
@@ -95,20 +100,34 @@ describe('durable-compute dev up/status/down', () => {
     }
 
     const pids: number[] = Object.values(up.processes as Record<string, { pid: number }>).map((p) => p.pid);
-    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker']);
+    // The Web UI decodes payloads in the browser through the stack's codec server (dev only: no token, loopback).
+    expect(status.processes['codec-server']).toMatchObject({ running: true });
+    expect(status.codec.endpoint).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const temporalArgs = readFileSync(`/proc/${up.processes.temporal.pid}/cmdline`, 'utf8').split('\0');
+    expect(temporalArgs[temporalArgs.indexOf('--ui-codec-endpoint') + 1]).toBe(status.codec.endpoint);
+    const preflight = await fetch(`${status.codec.endpoint}/decode`, {
+      method: 'OPTIONS',
+      headers: { origin: up.temporal.ui, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,x-namespace' },
+    });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers.get('access-control-allow-origin')).toBe(up.temporal.ui);
+    const empty = await fetch(`${status.codec.endpoint}/decode`, { method: 'POST', headers: { origin: up.temporal.ui }, body: '{"payloads":[]}' });
+    expect(await empty.json()).toEqual({ payloads: [] });
+
+    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker', 'codec-server']);
     const down = await runCli(['dev', 'down', '--dir', dir]);
     expect(down.code).toBe(0);
-    expect(down.stdout).toMatch(/stopped importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
+    expect(down.stdout).toMatch(/stopped codec-server, importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);
-  });
+  }, STACK_TEST_TIMEOUT_MS);
 
   it('keeps running workflows across a restart because Temporal state lives in the stack directory', async () => {
     const ports = await stackPorts();
     const sdir = mkdtempSync(path.join(os.tmpdir(), 'dc-devstack-persist-'));
     try {
-      const up = JSON.parse((await runCli(['dev', 'up', '--json', '--dir', sdir, ...ports])).stdout);
+      const up = JSON.parse((await runCli(['dev', 'up', '--json', '--dir', sdir, ...ports], UP)).stdout);
       const { Connection, Client } = await import('@temporalio/client');
       const open = async () => {
         const connection = await Connection.connect({ address: up.temporal.address });
@@ -118,7 +137,7 @@ describe('durable-compute dev up/status/down', () => {
       await client.workflow.start('noSuchWorkflowType', { taskQueue: 'nobody-polls-this', workflowId: 'persisted-across-restart' });
       await connection.close();
       expect((await runCli(['dev', 'down', '--dir', sdir])).code).toBe(0);
-      expect((await runCli(['dev', 'up', '--json', '--dir', sdir])).code).toBe(0);
+      expect((await runCli(['dev', 'up', '--json', '--dir', sdir], UP)).code).toBe(0);
       ({ connection, client } = await open());
       const description = await client.workflow.getHandle('persisted-across-restart').describe();
       expect(description.status.name).toBe('RUNNING');
@@ -127,7 +146,7 @@ describe('durable-compute dev up/status/down', () => {
       await runCli(['dev', 'down', '--dir', sdir]);
       rmSync(sdir, { recursive: true, force: true });
     }
-  });
+  }, STACK_TEST_TIMEOUT_MS);
 
   it('fails with a clear error when a port is taken, instead of hanging', async () => {
     const blocker = net.createServer();

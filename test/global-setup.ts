@@ -42,6 +42,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
           pageserverHttp: await freePort(),
           safekeeperPg: await freePortRange(3),
           safekeeperHttp: await freePortRange(3),
+          codecServer: await freePort(),
         },
         // `sql`: the Temporal server production runs, on PostgreSQL (npm run test:temporal-server).
         temporalServer: (process.env.DURABLE_COMPUTE_TEMPORAL_SERVER || undefined) as TemporalServerKind | undefined,

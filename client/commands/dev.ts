@@ -15,6 +15,7 @@ interface StackOptions {
   pageserverHttpPort?: string;
   safekeeperPgPort?: string;
   safekeeperHttpPort?: string;
+  codecPort?: string;
   json?: boolean;
 }
 
@@ -31,6 +32,7 @@ function settingsFrom(opts: StackOptions) {
         pageserverHttp: opts.pageserverHttpPort,
         safekeeperPg: opts.safekeeperPgPort,
         safekeeperHttp: opts.safekeeperHttpPort,
+        codecServer: opts.codecPort,
       },
     },
     process.env,
@@ -50,6 +52,7 @@ export function printEndpoints(e: StackEndpoints): void {
       `Temporal address:   ${e.temporal.address}`,
       `Temporal namespace: ${e.temporal.namespace}`,
       `Temporal Web UI:    ${e.temporal.ui || '(none: the production server comes without it)'}`,
+      `Codec server:       ${e.codec.endpoint} (the Web UI decodes payloads through it)`,
       `S3 endpoint:        ${e.s3.endpoint}`,
       `S3 bucket:          ${e.s3.bucket}`,
       `S3 region:          ${e.s3.region}`,
@@ -72,7 +75,8 @@ export function registerDevCommands(program: Command): void {
       .option('--pageserver-pg-port <port>', 'pageserver page service port (env DURABLE_COMPUTE_PAGESERVER_PG_PORT; default 6400)')
       .option('--pageserver-http-port <port>', 'pageserver HTTP API port (env DURABLE_COMPUTE_PAGESERVER_HTTP_PORT; default 9898)')
       .option('--safekeeper-pg-port <port>', 'first safekeeper libpq port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_PG_PORT; default 5454)')
-      .option('--safekeeper-http-port <port>', 'first safekeeper HTTP port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT; default 7676)');
+      .option('--safekeeper-http-port <port>', 'first safekeeper HTTP port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT; default 7676)')
+      .option('--codec-port <port>', 'codec server port, for the Web UI (env DURABLE_COMPUTE_CODEC_PORT; default 8234)');
 
   withStackOptions(dev.command('up'))
     .description('start the stack in the background; returns once every part accepts connections')
