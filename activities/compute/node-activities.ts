@@ -5,7 +5,7 @@ import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import type { TerminateMode } from '../../model/compute-status';
 import type { S3Config } from '../../common/config';
-import { stockCacheConf } from '../cache';
+import { stockCacheConf } from '../cache/stock-backend';
 import { type Failpoint } from '../failpoints';
 import { fetchBasebackup, StorageError } from '../pageserver';
 import { createPostgresActivities, PostgresFailure } from '../postgres';

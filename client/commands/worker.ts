@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { runUntilShutdown } from '../../workers/run-worker';
-import { createComputeWorker } from '../../workers/compute';
 import { createControlPlaneWorker } from '../../workers/control-plane';
 import { createImporterWorker, runImporterUntilShutdown } from '../../workers/importer';
 import { cliConfig } from '../context';
+import { configureComputeWorkerCommand } from './compute-worker';
 
 export function registerWorkerCommands(program: Command): void {
   const worker = program.command('worker').description('run a Temporal worker in the foreground (SIGINT/SIGTERM drain it gracefully)');
@@ -31,28 +31,5 @@ export function registerWorkerCommands(program: Command): void {
       console.log('importer worker stopped');
     });
 
-  worker
-    .command('compute')
-    .description("the worker inside a compute VM: this compute's Postgres steps, on its own task queue")
-    .requiredOption('--compute-id <id>', 'the compute this VM runs')
-    .requiredOption('--pgdata <dir>', 'the compute data directory (absolute path)')
-    .option('--pg-bin <dir>', 'PostgreSQL bin directory (default: PG_BIN_DIR, pg_config, /usr/lib/postgresql/15/bin)')
-    .option('--storage-backend <name>', 'stock (stock PostgreSQL with the WAL pusher) or neon (Neon Postgres)', 'stock')
-    .option('--sync-safekeepers-command <argv...>', "the safekeeper sync command (Neon: postgres --sync-safekeepers)")
-    .action(async (opts: { computeId: string; pgdata: string; pgBin?: string; storageBackend: string; syncSafekeepersCommand?: string[] }) => {
-      if (opts.storageBackend !== 'stock' && opts.storageBackend !== 'neon') {
-        throw new Error(`--storage-backend must be stock or neon, got ${opts.storageBackend}`);
-      }
-      const config = cliConfig();
-      const handle = await createComputeWorker(config, {
-        computeId: opts.computeId,
-        pgdata: opts.pgdata,
-        pgBinDir: opts.pgBin,
-        storageBackend: opts.storageBackend,
-        syncSafekeepersCommand: opts.syncSafekeepersCommand,
-        failpoints: config.failpoints,
-      });
-      await runUntilShutdown(handle, () => console.log(`compute worker ready on ${handle.taskQueue}`));
-      console.log('compute worker stopped');
-    });
+  configureComputeWorkerCommand(worker.command('compute'), cliConfig);
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { maskSecrets } from '../../../common/errors';
-import { tsNodeArgs } from '../../../common/paths';
+import { nodeEntryArgs } from '../../../common/node-entry';
 import { pgSpawnIdentity } from '../../../common/pg-identity';
 import { isNeonId } from '../../../model/ids';
 import type { ComputeStorageBackend, PostgresReadyContext } from '../types';
@@ -51,8 +51,7 @@ function startPusher(ctx: PostgresReadyContext): number {
   const fd = openSync(logFile, 'a', 0o600);
   try {
     const args = [
-      ...tsNodeArgs(),
-      PUSHER_MAIN,
+      ...nodeEntryArgs(PUSHER_MAIN),
       '--pgdata',
       ctx.pgdata,
       '--user',
@@ -151,6 +150,6 @@ export const stockStorageBackend: ComputeStorageBackend = {
   },
 
   syncSafekeepersCommand(_pgBinDir) {
-    return [process.execPath, ...tsNodeArgs(), SYNC_MAIN];
+    return [process.execPath, ...nodeEntryArgs(SYNC_MAIN)];
   },
 };
