@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { temporal } from '@temporalio/proto';
+import proto from '@temporalio/proto';
 
-type WorkflowService = temporal.api.workflowservice.v1.WorkflowService;
+type WorkflowService = proto.temporal.api.workflowservice.v1.WorkflowService;
 
 /**
  * Resolves once the server lists `identity` among the activity pollers of `taskQueue`, that is
@@ -19,7 +19,7 @@ export async function waitForActivityPoller(
     const queue = await service.describeTaskQueue({
       namespace: where.namespace,
       taskQueue: { name: where.taskQueue },
-      taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+      taskQueueType: proto.temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
     });
     if (queue.pollers?.some((p) => p.identity === where.identity)) return;
     if (Date.now() > deadline) {
