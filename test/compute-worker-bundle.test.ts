@@ -109,7 +109,7 @@ describe('the compute-worker bundle, alone in a folder', () => {
   it('with --compute-id: polls its own task queue, then drains and exits 0 on SIGTERM', async () => {
     const computeId = uniqueId('bundle');
     const agent = await startAgent(['--compute-id', computeId, '--pgdata', testPgdata()], /compute worker ready on/);
-    expect(agent.output()).toContain(`compute worker ready on compute-node-${computeId} (polling)`);
+    expect(agent.output()).toContain(`compute worker ready on compute-node-${computeId} (polling;`);
     expect(await activityPollers(`compute-node-${computeId}`)).toContain(`compute-${computeId}@${agent.child.pid}`);
     await stopGracefully(agent);
   });

@@ -1,4 +1,7 @@
+import { loadDataConverter } from '@temporalio/common/lib/internal-non-workflow';
+import proto from '@temporalio/proto';
 import type { NativeConnection, Worker } from '@temporalio/worker';
+import { encryptedDataConverter } from '../common/codec/data-converter';
 import type { ComputeNodeActivities } from '../activities/compute/types';
 import type { AppConfig } from '../common/config';
 import { maskSecrets, UserFacingError } from '../common/errors';
@@ -56,7 +59,22 @@ export class ComputeAgent {
 
   static async prepare(config: AppConfig, opts: ComputeNodeOptions, log: (line: string) => void = console.log): Promise<ComputeAgent> {
     const activities = computeNodeActivitiesFor(config, opts);
+    // Loaded now, as the worker will (the failure converter is a file the SDK require()s), so a
+    // missing key fails at boot and the assignment does not pay for it.
+    loadDataConverter(encryptedDataConverter(config.payloadKeys));
     const connection = await connectWorkerConnection(config);
+    try {
+      // The first DescribeTaskQueue builds its protobuf codecs (a few hundred ms); pay that before
+      // an assignment waits on one.
+      await connection.workflowService.describeTaskQueue({
+        namespace: config.temporal.namespace,
+        taskQueue: { name: computeTaskQueue('pool-warmup') },
+        taskQueueType: proto.temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+      });
+    } catch (err) {
+      await connection.close();
+      throw err;
+    }
     return new ComputeAgent(config, connection, activities, log);
   }
 
@@ -90,7 +108,9 @@ export class ComputeAgent {
     this.assignment = assignment;
     assignment.polling = (async () => {
       try {
+        const started = performance.now();
         const { worker, taskQueue, identity } = await createComputeWorkerOn(this.connection, this.config, computeId, this.activities);
+        const created = performance.now();
         assignment.worker = worker;
         const running = worker.run();
         // A shutdown signal that came while the worker was being created stops it at once.
@@ -104,7 +124,7 @@ export class ComputeAgent {
           running.then(() => Promise.reject(new Error('the worker stopped before it polled'))),
         ]);
         if (assignment.state === 'assigning') assignment.state = 'polling';
-        this.log(`compute worker ready on ${taskQueue} (polling)`);
+        this.log(`compute worker ready on ${taskQueue} (polling; worker created in ${Math.round(created - started)} ms, its poll seen by the server ${Math.round(performance.now() - created)} ms later)`);
       } catch (err) {
         assignment.error = maskSecrets(err instanceof Error ? err.message : String(err));
         // A worker that never ran can be assigned again; one that ran ends the agent (workerEnded).
