@@ -4,6 +4,10 @@
  *
  *   dist/compute-worker/  the VM agent, self-contained: copy the folder to a VM and run
  *                         `node compute-worker.cjs` (see durable-compute-compute-worker.service)
+ *   dist/cli/             the whole CLI (`node dist/cli/durable-compute.cjs ...`): clients, the
+ *                         control-plane worker with a workflow bundle made here, the importer
+ *                         and compute workers. Also self-contained; `dev` commands still need the
+ *                         source checkout (they run the dev stack's TypeScript).
  *
  * Every bundle is CommonJS: the Temporal SDK's native bridge finds its binary through `__dirname`
  * and `require()`s it, which only a CommonJS file does as written. `import.meta.url` becomes the
@@ -181,7 +185,60 @@ export async function buildComputeWorker(distDir = path.join(root, 'dist')): Pro
   return outDir;
 }
 
+/** Only webpack stays out of the CLI: its workflow code is bundled here, once. */
+const prebuiltWorkflows: esbuild.Plugin = {
+  name: 'prebuilt-workflows',
+  setup(build) {
+    build.onResolve({ filter: /^\.\.?\/(workflow\/bundler|debug-replayer)$/ }, (args) =>
+      args.importer.includes(`${path.sep}@temporalio${path.sep}worker${path.sep}lib${path.sep}`) ? { path: args.path, namespace: 'workflow-only-stub' } : undefined,
+    );
+    build.onLoad({ filter: /.*/, namespace: 'workflow-only-stub' }, () => ({ contents: stubSource, loader: 'js' }));
+  },
+};
+
+export async function buildCli(distDir = path.join(root, 'dist')): Promise<string> {
+  const outDir = path.join(distDir, 'cli');
+  rmSync(outDir, { recursive: true, force: true });
+  await esbuild.build({
+    ...shared,
+    entryPoints: {
+      'durable-compute': path.join(root, 'client/cli.ts'),
+      'wal-pusher-main': path.join(root, 'activities/storage-backend/stock/wal-pusher-main.ts'),
+      'sync-safekeepers-main': path.join(root, 'activities/storage-backend/stock/sync-safekeepers-main.ts'),
+      'failure-converter': path.join(root, 'common/codec/failure-converter.cjs'),
+    },
+    outdir: outDir,
+    // s3rver and the dev stack's servers are dev-only and run from the sources.
+    external: ['s3rver'],
+    plugins: [prebuiltWorkflows],
+  });
+  // The SDK starts its workflow thread with `require.resolve('./workflow-worker-thread')` beside
+  // the bundle: a .js name, and a package.json that makes .js CommonJS here.
+  const workerLib = path.dirname(require.resolve('@temporalio/worker/package.json'));
+  await esbuild.build({
+    ...shared,
+    entryPoints: { 'workflow-worker-thread': path.join(workerLib, 'lib/workflow/workflow-worker-thread.js') },
+    outExtension: { '.js': '.js' },
+    outdir: outDir,
+  });
+  writeFileSync(path.join(outDir, 'package.json'), '{ "type": "commonjs" }\n');
+  const { bundleWorkflowCode } = await import('@temporalio/worker');
+  const { code } = await bundleWorkflowCode({
+    workflowsPath: path.join(root, 'workflows/index.ts'),
+    failureConverterPath: path.join(root, 'common/codec/failure-converter.cjs'),
+    logger: { log() {}, trace() {}, debug() {}, info() {}, warn: console.warn, error: console.error },
+  });
+  writeFileSync(path.join(outDir, 'workflow-bundle.js'), code);
+  copyNativeBridge(outDir);
+  // The workflow sandbox maps stack traces with source-map, which reads its wasm beside itself (__dirname).
+  const sourceMapLib = path.dirname(require.resolve('source-map/package.json', { paths: [workerLib] }));
+  copyFileSync(path.join(sourceMapLib, 'lib', 'mappings.wasm'), path.join(outDir, 'mappings.wasm'));
+  return outDir;
+}
+
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const outDir = await buildComputeWorker();
-  console.log(`built ${path.relative(process.cwd(), outDir)}/`);
+  for (const build of [buildComputeWorker, buildCli]) {
+    const outDir = await build();
+    console.log(`built ${path.relative(process.cwd(), outDir)}/`);
+  }
 }
