@@ -5,6 +5,7 @@
  *   - bundle: dist/compute-worker copied alone into an empty directory, started with the unit
  *     file's node flags and environment (deploy/compute-worker-runtime.ts), --compute-id;
  *   - bundle, pool: the same with --pool, then assigned over the loopback API;
+ *   - bundle at nice -19 (as root): as on a VM, where nothing else competes for the cores;
  *   - bundle, default node settings: without those flags and environment, to show what they buy;
  *   - tsx: `node bin/durable-compute.mjs worker compute`, the TypeScript entry used before.
  * "Polling" is what the agent prints once DescribeTaskQueue lists its identity among the activity
@@ -67,7 +68,7 @@ async function stop(child: ChildProcess): Promise<void> {
   await Promise.race([exited, sleep(20_000).then(() => child.kill('SIGKILL'))]);
 }
 
-type Variant = 'bundle' | 'pool' | 'bundle-defaults' | 'tsx';
+type Variant = 'bundle' | 'bundle-nice' | 'pool' | 'bundle-defaults' | 'tsx';
 
 export interface AgentBenchOptions {
   runs?: number;
@@ -101,8 +102,11 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
     const baseEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', TEMPORAL_ADDRESS: `127.0.0.1:${port}`, DURABLE_COMPUTE_PAYLOAD_KEY_FILE: keyFile, ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}) };
     const bundle = path.join(vm, 'compute-worker', 'compute-worker.cjs');
 
-    const samples: Record<Variant, Sample[]> = { bundle: [], pool: [], 'bundle-defaults': [], tsx: [] };
-    const order: Variant[] = ['bundle', 'pool', 'bundle-defaults', 'tsx'];
+    const samples: Record<Variant, Sample[]> = { bundle: [], 'bundle-nice': [], pool: [], 'bundle-defaults': [], tsx: [] };
+    // bundle-nice runs the agent at the highest priority (when we may): on its VM it has the cores
+    // to itself, here it shares them with whatever else runs.
+    const canRenice = process.getuid?.() === 0;
+    const order: Variant[] = ['bundle', ...(canRenice ? (['bundle-nice'] as const) : []), 'pool', 'bundle-defaults', 'tsx'];
     for (let round = 0; round < runs; round++) {
       for (const variant of order) {
         const computeId = `bench-${variant}-${round}-${randomBytes(3).toString('hex')}`;
@@ -113,7 +117,9 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
             ? ([process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], baseEnv, repoRoot] as const)
             : variant === 'bundle-defaults'
               ? ([process.execPath, [bundle, '--compute-id', computeId, '--pgdata', pgdata], baseEnv, vm] as const)
-              : ([
+              : variant === 'bundle-nice'
+                ? (['nice', ['-n', '-19', process.execPath, ...COMPUTE_WORKER_NODE_FLAGS, bundle, '--compute-id', computeId, '--pgdata', pgdata], { ...baseEnv, ...COMPUTE_WORKER_ENV }, vm] as const)
+                : ([
                   process.execPath,
                   [...COMPUTE_WORKER_NODE_FLAGS, bundle, ...(variant === 'pool' ? ['--pool', '--internal-http-port', String(internalPort)] : ['--compute-id', computeId]), '--pgdata', pgdata],
                   { ...baseEnv, ...COMPUTE_WORKER_ENV },
@@ -150,6 +156,7 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
     };
     const label: Record<Variant, string> = {
       bundle: 'bundle, --compute-id (unit file settings)',
+      'bundle-nice': 'the same at nice -19 (the cores to itself, as on its VM)',
       pool: 'bundle, --pool (unit file settings)',
       'bundle-defaults': 'bundle, --compute-id, default node settings',
       tsx: 'tsx: bin/durable-compute.mjs worker compute',
