@@ -11,7 +11,10 @@ import { fileURLToPath } from 'node:url';
 import { tsNodeArgs } from '../common/paths';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const ALL = ['basebackup', 'prewarm', 'import', 'compute-start', 'compute-burst'] as const;
+const ALL = ['basebackup', 'prewarm', 'import', 'compute-start', 'compute-burst', 'agent'] as const;
+/** Benchmarks whose module (and results file) is not named after them. */
+const MODULE: Partial<Record<(typeof ALL)[number], string>> = { agent: 'compute-agent' };
+const moduleOf = (name: string) => MODULE[name as (typeof ALL)[number]] ?? name;
 
 /** The baseline tools each benchmark compares against: command and the Debian package that has it. */
 const BASELINES: Partial<Record<(typeof ALL)[number], { command: string; pkg: string }[]>> = {
@@ -65,12 +68,12 @@ const failed: string[] = [];
 for (const name of chosen) {
   console.log(`\n=== benchmark: ${name}`);
   const started = Date.now();
-  const result = spawnSync(process.execPath, [...tsNodeArgs(), path.join(here, `${name}.ts`)], { stdio: 'inherit' });
+  const result = spawnSync(process.execPath, [...tsNodeArgs(), path.join(here, `${moduleOf(name)}.ts`)], { stdio: 'inherit' });
   console.log(`=== ${name}: ${result.status === 0 ? 'done' : `FAILED (${result.status ?? result.signal})`} in ${Math.round((Date.now() - started) / 1000)} s`);
   if (result.status !== 0) failed.push(name);
 }
 
-const sections = ALL.map((name) => path.join(here, 'results', `${name}.md`))
+const sections = ALL.map((name) => path.join(here, 'results', `${moduleOf(name)}.md`))
   .filter((file) => existsSync(file))
   .map((file) => readFileSync(file, 'utf8').trim());
 writeFileSync(

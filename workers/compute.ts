@@ -1,5 +1,7 @@
 import path from 'node:path';
+import type { NativeConnection } from '@temporalio/worker';
 import { createComputeNodeActivities } from '../activities/compute/node-activities';
+import type { ComputeNodeActivities } from '../activities/compute/types';
 import { createFailpoints } from '../activities/failpoints';
 import { computeStorageBackend } from '../activities/storage-backend';
 import { prepareSidecars } from '../activities/storage-backend/stock/sidecars';
@@ -8,10 +10,10 @@ import { encryptedDataConverter } from '../common/codec/data-converter';
 import { UserFacingError } from '../common/errors';
 import { findPostgres } from '../common/pg-binaries';
 import { computeTaskQueue, isValidComputeId } from '../model/compute-status';
-import { createWorker } from './run-worker';
+import { createWorker, createWorkerOn, type WorkerSpec } from './run-worker';
 
-export interface ComputeWorkerOptions {
-  computeId: string;
+/** What the compute worker needs before it knows its compute (a pool VM's worker starts so). */
+export interface ComputeNodeOptions {
   pgdata: string;
   pgBinDir?: string;
   storageBackend?: 'stock' | 'neon';
@@ -20,17 +22,15 @@ export interface ComputeWorkerOptions {
   failpoints?: string[];
 }
 
-/**
- * The worker inside a compute VM: only the activities that touch this compute's PGDATA and
- * Postgres, on the compute's own task queue. Activities only; the workflow runs elsewhere.
- */
-export async function createComputeWorker(config: AppConfig, opts: ComputeWorkerOptions) {
-  if (!isValidComputeId(opts.computeId)) throw new UserFacingError(`invalid compute ID ${JSON.stringify(opts.computeId)}`);
+export interface ComputeWorkerOptions extends ComputeNodeOptions {
+  computeId: string;
+}
+
+/** Validates the VM's settings and builds its activities; nothing here depends on the compute ID. */
+export function computeNodeActivitiesFor(config: AppConfig, opts: ComputeNodeOptions): ComputeNodeActivities {
   if (!path.isAbsolute(opts.pgdata)) throw new UserFacingError(`--pgdata must be an absolute path, got ${opts.pgdata}`);
   const pg = findPostgres({ pgBinDir: opts.pgBinDir ?? config.pgBinDir });
-  // The stock backend's sidecars start on every compute start: ready them before polling.
-  if ((opts.storageBackend ?? 'stock') === 'stock') await prepareSidecars();
-  const activities = createComputeNodeActivities({
+  return createComputeNodeActivities({
     pgBinDir: pg.binDir,
     pgdata: opts.pgdata,
     backend: computeStorageBackend(opts.storageBackend ?? 'stock'),
@@ -38,12 +38,43 @@ export async function createComputeWorker(config: AppConfig, opts: ComputeWorker
     failpoint: createFailpoints(new Set(opts.failpoints ?? [])),
     cacheStorage: { s3: config.s3, prefix: config.cacheStatePrefix },
   });
-  const taskQueue = computeTaskQueue(opts.computeId);
-  const handle = await createWorker(config, {
-    taskQueue,
+}
+
+/** The VM's activities, with what they start on every compute start (the stock backend's sidecars) made ready. */
+export async function prepareComputeNodeActivities(config: AppConfig, opts: ComputeNodeOptions): Promise<ComputeNodeActivities> {
+  const activities = computeNodeActivitiesFor(config, opts);
+  if ((opts.storageBackend ?? 'stock') === 'stock') await prepareSidecars();
+  return activities;
+}
+
+/** The compute worker's options for one compute: its own task queue, activities only (no workflow bundle). */
+export function computeWorkerSpec(config: AppConfig, computeId: string, activities: ComputeNodeActivities): WorkerSpec & { taskQueue: string; identity: string } {
+  if (!isValidComputeId(computeId)) throw new UserFacingError(`invalid compute ID ${JSON.stringify(computeId)}`);
+  return {
+    taskQueue: computeTaskQueue(computeId),
     activities,
     dataConverter: encryptedDataConverter(config.payloadKeys),
-    identity: `compute-${opts.computeId}@${process.pid}`,
-  });
-  return { ...handle, taskQueue };
+    identity: `compute-${computeId}@${process.pid}`,
+    // One compute's steps run one at a time; the watch, a reconfigure and a cache offload can
+    // overlap. Few slots and pollers keep the VM agent small.
+    maxConcurrentActivityTaskExecutions: 8,
+    maxConcurrentActivityTaskPolls: 2,
+  };
+}
+
+/** The compute worker on an open connection (a pool VM's agent creates it once it is assigned). */
+export async function createComputeWorkerOn(connection: NativeConnection, config: AppConfig, computeId: string, activities: ComputeNodeActivities) {
+  const spec = computeWorkerSpec(config, computeId, activities);
+  return { worker: await createWorkerOn(connection, config, spec), taskQueue: spec.taskQueue, identity: spec.identity };
+}
+
+/**
+ * The worker inside a compute VM: only the activities that touch this compute's PGDATA and
+ * Postgres, on the compute's own task queue. Activities only; the workflow runs elsewhere.
+ */
+export async function createComputeWorker(config: AppConfig, opts: ComputeWorkerOptions) {
+  if (!isValidComputeId(opts.computeId)) throw new UserFacingError(`invalid compute ID ${JSON.stringify(opts.computeId)}`);
+  const spec = computeWorkerSpec(config, opts.computeId, await prepareComputeNodeActivities(config, opts));
+  const handle = await createWorker(config, spec);
+  return { ...handle, taskQueue: spec.taskQueue, identity: spec.identity };
 }

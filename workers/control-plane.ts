@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createControlPlaneActivities } from '../activities/compute/control-plane-activities';
 import { importControlActivitiesFor } from '../activities/import-control';
@@ -7,15 +8,22 @@ import type { AppConfig, WorkerMetricsConfig } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { connectClient } from '../common/temporal-connection';
 import { startFleetMetrics } from './fleet-metrics';
+import { isBundled } from '../common/node-entry';
 import { createWorker } from './run-worker';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+/** The workflow code: a bundle prepared by `npm run build` beside the CLI bundle, else the sources, bundled when the worker starts. */
+function workflowCode(): { workflowBundle: { codePath: string } } | { workflowsPath: string } {
+  if (isBundled) return { workflowBundle: { codePath: path.join(path.dirname(fileURLToPath(import.meta.url)), 'workflow-bundle.js') } };
+  return { workflowsPath: WORKFLOWS_PATH };
+}
 
 /** Runs every workflow plus the control-plane activities, on the control-plane task queue. */
 export async function createControlPlaneWorker(config: AppConfig) {
   return createWorker(config, {
     taskQueue: config.temporal.controlPlaneTaskQueue,
-    workflowsPath: WORKFLOWS_PATH,
+    ...workflowCode(),
     activities: { ...createControlPlaneActivities(), ...importControlActivitiesFor(config) },
     dataConverter: encryptedDataConverter(config.payloadKeys),
     identity: `control-plane@${process.pid}`,

@@ -34,20 +34,29 @@ const taskTokenOutOfLogs: ActivityInterceptorsFactory = () => ({
   },
 });
 
+/** Installs the runtime and connects to the configured cluster, for workers created later with `createWorkerOn`. */
+export async function connectWorkerConnection(config: AppConfig): Promise<NativeConnection> {
+  installRuntime(undefined, config.workerMetrics);
+  return NativeConnection.connect(temporalConnectionOptions(config.temporal));
+}
+
+/** Creates a worker on an open connection, with the settings every worker of the project shares. */
+export async function createWorkerOn(connection: NativeConnection, config: AppConfig, spec: WorkerSpec): Promise<Worker> {
+  return Worker.create({
+    connection,
+    namespace: config.temporal.namespace,
+    // Graceful shutdown: give running activities this long to finish or heartbeat-cancel.
+    shutdownGraceTime: '10s',
+    ...spec,
+    interceptors: { ...spec.interceptors, activity: [taskTokenOutOfLogs, ...(spec.interceptors?.activity ?? [])] },
+  });
+}
+
 /** Creates a worker on the configured cluster; callers run it and it shuts down gracefully on SIGINT/SIGTERM. */
 export async function createWorker(config: AppConfig, spec: WorkerSpec): Promise<{ worker: Worker; connection: NativeConnection }> {
-  installRuntime(undefined, config.workerMetrics);
-  const connection = await NativeConnection.connect(temporalConnectionOptions(config.temporal));
+  const connection = await connectWorkerConnection(config);
   try {
-    const worker = await Worker.create({
-      connection,
-      namespace: config.temporal.namespace,
-      // Graceful shutdown: give running activities this long to finish or heartbeat-cancel.
-      shutdownGraceTime: '10s',
-      ...spec,
-      interceptors: { ...spec.interceptors, activity: [taskTokenOutOfLogs, ...(spec.interceptors?.activity ?? [])] },
-    });
-    return { worker, connection };
+    return { worker: await createWorkerOn(connection, config, spec), connection };
   } catch (err) {
     await connection.close();
     throw err;

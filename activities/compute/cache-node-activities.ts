@@ -1,10 +1,9 @@
 import pg from 'pg';
-import { createCacheActivities, createCacheStateStore } from '../cache';
+import type { CacheActivities } from '../cache';
 import type { S3Config } from '../../common/config';
 import type { OffloadResult, PrewarmResult } from '../../model/cache-state';
 import type { Failpoint } from '../failpoints';
 import { readPostmasterPid } from '../postgres/process';
-import { createS3Client } from '../s3/client';
 
 export interface ComputeCacheDeps {
   pgdata: string;
@@ -30,20 +29,26 @@ export function createComputeCacheActivities(deps: ComputeCacheDeps): ComputeCac
     await client.connect();
     return client;
   };
-  const cache = createCacheActivities({
-    connect,
-    store: createCacheStateStore({ s3: createS3Client(deps.s3), bucket: deps.s3.bucket, prefix: deps.prefix }),
-    backend: deps.backend,
-    afterPrewarmBatch: (heartbeat) => deps.failpoint('prewarmBatch', { heartbeatDetails: heartbeat }),
-  });
+  // The cache code and the AWS SDK load on the first offload or prewarm, not when the VM agent
+  // starts: they are the heaviest modules it has, and a start without a cache never needs them.
+  let cache: Promise<CacheActivities> | undefined;
+  const loadCache = () =>
+    (cache ??= import('./cache-runtime').then(({ createCacheActivities, createCacheStateStore, createS3Client }) =>
+      createCacheActivities({
+        connect,
+        store: createCacheStateStore({ s3: createS3Client(deps.s3), bucket: deps.s3.bucket, prefix: deps.prefix }),
+        backend: deps.backend,
+        afterPrewarmBatch: (heartbeat) => deps.failpoint('prewarmBatch', { heartbeatDetails: heartbeat }),
+      }),
+    ));
   return {
     async offloadCacheState(input) {
       await deps.failpoint('offloadCacheState');
-      return cache.offloadCacheState(input);
+      return (await loadCache()).offloadCacheState(input);
     },
     async prewarmCache(input) {
       await deps.failpoint('prewarmCache');
-      return cache.prewarmCache(input);
+      return (await loadCache()).prewarmCache(input);
     },
   };
 }

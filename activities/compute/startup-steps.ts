@@ -4,7 +4,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import { PGDATA_LOST } from '../../model/compute-status';
-import { stockCacheConf } from '../cache';
+import { stockCacheConf } from '../cache/stock-backend';
 import { fetchBasebackup, StorageError } from '../pageserver';
 import { type PostgresActivities } from '../postgres';
 import { cancellationSignal, heartbeat } from '../postgres/activity-context';

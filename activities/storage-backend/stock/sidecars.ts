@@ -2,37 +2,33 @@
  * How the stock backend runs its sidecar programs (the WAL pusher, the safekeeper sync). They are
  * started on every compute start, on its cold-start path, so they run as bundled JavaScript:
  * compiling their TypeScript at each start with tsx cost ~0.45 CPU-seconds, a bundle ~0.1.
- * A deployed worker ships the bundles beside itself (`sidecars/<name>.mjs`, written by
- * `npm run build`); a worker running from the sources bundles them once per process with
- * esbuild, into the project's cache under a name that changes with their content.
+ * A deployed worker ships them built beside itself (`npm run build`, common/node-entry.ts); a
+ * worker running from the sources bundles them once per process with esbuild, into the project's
+ * cache under a name that changes with their content.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { projectCacheDir, projectRoot } from '../../../common/paths';
+import { isBundled, nodeEntryArgs } from '../../../common/node-entry';
+import { projectCacheDir } from '../../../common/paths';
 
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** Each sidecar's entry point, beside this file (a bundle carries them beside itself, built). */
 export const SIDECARS = {
-  'wal-pusher': 'activities/storage-backend/stock/wal-pusher-main.ts',
-  'sync-safekeepers': 'activities/storage-backend/stock/sync-safekeepers-main.ts',
+  'wal-pusher': 'wal-pusher-main.ts',
+  'sync-safekeepers': 'sync-safekeepers-main.ts',
 } as const;
 export type Sidecar = keyof typeof SIDECARS;
 
 const built = new Map<Sidecar, string>();
 
-/** Where a bundled program keeps its sidecars: `sidecars/` beside the running script. */
-function shippedBundle(name: Sidecar): string | undefined {
-  const script = process.argv[1];
-  if (!script) return undefined;
-  const candidate = path.join(path.dirname(path.resolve(script)), 'sidecars', `${name}.mjs`);
-  return existsSync(candidate) ? candidate : undefined;
-}
-
 /** Bundles the sidecar from the sources (node_modules stay external, found from the project root). */
 async function bundleFromSources(name: Sidecar): Promise<string> {
   const { build } = await import('esbuild');
   const result = await build({
-    entryPoints: [path.join(projectRoot, SIDECARS[name])],
+    entryPoints: [path.join(here, SIDECARS[name])],
     bundle: true,
     platform: 'node',
     format: 'esm',
@@ -54,18 +50,17 @@ async function bundleFromSources(name: Sidecar): Promise<string> {
   return file;
 }
 
-/** Makes the sidecars ready to start (a worker calls this once, before it polls). */
+/** Makes the sidecars ready to start (a worker calls this once, before it polls); a bundle has them already. */
 export async function prepareSidecars(): Promise<void> {
+  if (isBundled) return;
   for (const name of Object.keys(SIDECARS) as Sidecar[]) {
-    if (built.has(name)) continue;
-    built.set(name, shippedBundle(name) ?? (await bundleFromSources(name)));
+    if (!built.has(name)) built.set(name, await bundleFromSources(name));
   }
 }
 
-/** argv (node and script) that runs the sidecar; falls back to tsx if prepareSidecars was never called. */
+/** argv (node and script) that runs the sidecar; from the sources through tsx if prepareSidecars was never called. */
 export function sidecarCommand(name: Sidecar): string[] {
-  const bundle = built.get(name) ?? shippedBundle(name);
+  const bundle = built.get(name);
   if (bundle) return [process.execPath, bundle];
-  const tsx = fileURLToPath(import.meta.resolve('tsx'));
-  return [process.execPath, '--import', tsx, path.join(projectRoot, SIDECARS[name])];
+  return [process.execPath, ...nodeEntryArgs(path.join(here, SIDECARS[name]))];
 }
