@@ -67,7 +67,7 @@ export interface AppConfig {
   stackDir: string;
   /** S3 key prefix for cache (LFC) state objects. */
   cacheStatePrefix: string;
-  /** Fault-injection pause points for tests (DURABLE_COMPUTE_FAILPOINTS=a,b); empty in production. */
+  /** Fault-injection pause points for tests (DURABLE_COMPUTE_FAILPOINTS=a,b with DURABLE_COMPUTE_ENABLE_FAILPOINTS=1); empty in production. */
   failpoints: string[];
   /** Fast import: how source connection strings are encrypted, and the importer host's settings. */
   imports: ImportConfig;
@@ -269,12 +269,28 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
     pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
     cacheStatePrefix:
       read(env, 'DURABLE_COMPUTE_CACHE_PREFIX', z.string().regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'expected a relative S3 key prefix')) ?? 'lfc',
-    failpoints: (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated failpoint names')) ?? '')
-      .split(',')
-      .filter(Boolean),
+    failpoints: loadFailpoints(env),
     imports: loadImportConfig(env, read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir),
     stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
   };
+}
+
+/**
+ * Failpoints pause activities on purpose: a test feature. Naming them is not enough to arm them;
+ * DURABLE_COMPUTE_ENABLE_FAILPOINTS must say so too, and failpoints named without it are refused
+ * rather than ignored, so nobody believes they are armed when they are not.
+ */
+function loadFailpoints(env: Env): string[] {
+  const names = (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated failpoint names')) ?? '')
+    .split(',')
+    .filter(Boolean);
+  const enabled = read(env, 'DURABLE_COMPUTE_ENABLE_FAILPOINTS', booleanText) ?? false;
+  if (names.length > 0 && !enabled) {
+    throw new UserFacingError(
+      'DURABLE_COMPUTE_FAILPOINTS is set but failpoints are a test feature: also set DURABLE_COMPUTE_ENABLE_FAILPOINTS=1 to arm them, or unset DURABLE_COMPUTE_FAILPOINTS',
+    );
+  }
+  return names;
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);

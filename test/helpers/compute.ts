@@ -111,7 +111,7 @@ export function computeEnv(extra: Record<string, string> = {}): Record<string, s
 /** Starts `durable-compute worker compute` as a separate process, as inside a compute VM. */
 export function startComputeWorker(computeId: string, pgdata: string, failpoints: string[] = []): Promise<WorkerProcess> {
   return startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
-    env: computeEnv(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(',') } : {}),
+    env: computeEnv(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(','), DURABLE_COMPUTE_ENABLE_FAILPOINTS: '1' } : {}),
     readyLine: /compute worker ready/,
   });
 }
