@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { UserFacingError } from './errors';
 import { readSecretFile } from './secret-file';
 import { defaultStackDir } from './paths';
+import { SPEC_TRUST_LEVELS, type SpecTrust } from '../model/spec-trust';
 
 /**
  * The one place that reads the process environment. Every value is validated and an error names
@@ -71,6 +72,11 @@ export interface AppConfig {
   failpoints: string[];
   /** Fast import: how source connection strings are encrypted, and the importer host's settings. */
   imports: ImportConfig;
+  /**
+   * DURABLE_COMPUTE_SPEC_TRUST: `full` (default) lets a spec use every field; `restricted` makes
+   * the client and the control-plane worker refuse the fields that give superuser-level power.
+   */
+  specTrust: SpecTrust;
 }
 
 /**
@@ -270,6 +276,7 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
     cacheStatePrefix:
       read(env, 'DURABLE_COMPUTE_CACHE_PREFIX', z.string().regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'expected a relative S3 key prefix')) ?? 'lfc',
     failpoints: loadFailpoints(env),
+    specTrust: read(env, 'DURABLE_COMPUTE_SPEC_TRUST', z.enum(SPEC_TRUST_LEVELS as [SpecTrust, ...SpecTrust[]], { error: 'expected full or restricted' })) ?? 'full',
     imports: loadImportConfig(env, read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir),
     stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
   };

@@ -6,6 +6,8 @@ import { encryptedDataConverter } from '../common/codec/data-converter';
 import { createWorker } from './run-worker';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+/** Loaded into the workflow sandbox with DURABLE_COMPUTE_SPEC_TRUST=restricted. */
+export const RESTRICTED_SPEC_TRUST_INTERCEPTORS = fileURLToPath(new URL('../workflows/restricted-spec-trust.ts', import.meta.url));
 
 /** Runs every workflow plus the control-plane activities, on the control-plane task queue. */
 export async function createControlPlaneWorker(config: AppConfig) {
@@ -14,6 +16,7 @@ export async function createControlPlaneWorker(config: AppConfig) {
     workflowsPath: WORKFLOWS_PATH,
     activities: { ...createControlPlaneActivities(), ...importControlActivitiesFor(config) },
     dataConverter: encryptedDataConverter(config.payloadKeys),
+    interceptors: { workflowModules: config.specTrust === 'restricted' ? [RESTRICTED_SPEC_TRUST_INTERCEPTORS] : [] },
     identity: `control-plane@${process.pid}`,
   });
 }

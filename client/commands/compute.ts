@@ -25,7 +25,7 @@ export async function withComputeClient<T>(fn: (c: ComputeClient) => Promise<T>)
   const config = cliConfig();
   const { client, close } = await openClient(config);
   try {
-    return await fn(new ComputeClient(client, config.temporal.controlPlaneTaskQueue));
+    return await fn(new ComputeClient(client, config.temporal.controlPlaneTaskQueue, config.specTrust));
   } finally {
     await close();
   }

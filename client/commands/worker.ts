@@ -14,7 +14,7 @@ export function registerWorkerCommands(program: Command): void {
     .action(async () => {
       const config = cliConfig();
       const handle = await createControlPlaneWorker(config);
-      await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue}`));
+      await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue} (spec trust ${config.specTrust})`));
       console.log('control-plane worker stopped');
     });
 
