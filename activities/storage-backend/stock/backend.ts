@@ -8,6 +8,7 @@ import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pgServerChildEnv } from '../../../common/child-env';
 import { maskSecrets } from '../../../common/errors';
 import { tsNodeArgs } from '../../../common/paths';
 import { chownForPostgres, pgSpawnIdentity } from '../../../common/pg-identity';
@@ -136,10 +137,7 @@ async function startPusher(ctx: PostgresReadyContext): Promise<number> {
       // As the user Postgres runs as (when we are root), so its files in PGDATA belong to that user.
       ...pgSpawnIdentity(),
       // A minimal environment: the pusher needs nothing of the worker's, except the token.
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        ...(ctx.authToken !== undefined ? { NEON_AUTH_TOKEN: ctx.authToken } : {}),
-      },
+      env: pgServerChildEnv({ NEON_AUTH_TOKEN: ctx.authToken }),
     });
     if (child.pid === undefined) throw new Error('could not start the WAL pusher');
     child.unref();
