@@ -1,6 +1,7 @@
 import { NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type WorkerOptions } from '@temporalio/worker';
 import type { AppConfig } from '../common/config';
 import { temporalConnectionOptions } from '../common/temporal-connection';
+import { maskConsole, maskedLogger } from './masked-logging';
 
 let runtimeInstalled = false;
 
@@ -11,7 +12,8 @@ let runtimeInstalled = false;
  */
 export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM']): void {
   if (runtimeInstalled) return;
-  Runtime.install({ shutdownSignals });
+  maskConsole();
+  Runtime.install({ shutdownSignals, logger: maskedLogger() });
   runtimeInstalled = true;
 }
 
