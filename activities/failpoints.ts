@@ -22,7 +22,11 @@ export interface FailpointOptions {
  * statement's progress was heartbeated). Each fires once per worker process, on attempt 1 only.
  * With no failpoints configured — always in production — this returns at once.
  */
-export function createFailpoints(enabled: ReadonlySet<string>) {
+export function createFailpoints(enabled: ReadonlySet<string>, warn: (line: string) => void = console.warn) {
+  // Said at startup, so a worker that will pause on purpose is never mistaken for a production one.
+  if (enabled.size > 0) {
+    warn(`WARNING: failpoints armed: ${[...enabled].join(', ')} (DURABLE_COMPUTE_FAILPOINTS); activities will pause on purpose. A test feature: never run production work on this worker.`);
+  }
   const fired = new Set<string>();
   return async function failpoint(name: string, opts: FailpointOptions = {}): Promise<void> {
     if (!enabled.has(name) || fired.has(name)) return;

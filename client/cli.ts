@@ -8,6 +8,10 @@ import { registerMainCommand } from './commands/main';
 import { registerTimelineCommands } from './commands/timeline';
 import { registerWorkerCommands } from './commands/worker';
 import { exitWithError } from './output';
+import { maskConsole } from '../workers/masked-logging';
+
+// Whatever any command logs (workers, the import callback server) is masked too.
+maskConsole();
 
 const program = new Command('durable-compute')
   .description('Neon-style Postgres computes, cache prewarm and fast import as durable Temporal workflows')

@@ -8,7 +8,8 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { UserFacingError } from '../common/errors';
-import { parseComputeConfig } from '../model/compute-spec';
+import { parseComputeConfig, type ComputeConfig } from '../model/compute-spec';
+import { specTrustProblem, type SpecTrust } from '../model/spec-trust';
 import {
   computeWorkflowId,
   isValidComputeId,
@@ -62,7 +63,14 @@ export class ComputeClient {
   constructor(
     private readonly client: Client,
     private readonly controlPlaneTaskQueue: string,
+    /** `restricted`: refuse specs with fields that give superuser-level power (DURABLE_COMPUTE_SPEC_TRUST). */
+    private readonly specTrust: SpecTrust = 'full',
   ) {}
+
+  private checkTrust(config: ComputeConfig): void {
+    const problem = specTrustProblem(config.spec, this.specTrust);
+    if (problem) throw new UserFacingError(problem);
+  }
 
   private handle(computeId: string): WorkflowHandle<typeof computeWorkflow> {
     requireComputeId(computeId);
@@ -100,6 +108,7 @@ export class ComputeClient {
     if (config !== undefined) {
       const parsed = parseComputeConfig(config);
       if (!parsed.ok) throw new UserFacingError(`invalid compute spec:\n  ${parsed.errors.join('\n  ')}`);
+      this.checkTrust(parsed.config);
       tenant = parsed.config.spec.tenant_id;
       timeline = parsed.config.spec.timeline_id;
     }
@@ -170,6 +179,7 @@ export class ComputeClient {
   async configure(computeId: string, config: unknown): Promise<ComputeStatusResponse> {
     const parsed = parseComputeConfig(config);
     if (!parsed.ok) throw new UserFacingError(`invalid compute spec:\n  ${parsed.errors.join('\n  ')}`);
+    this.checkTrust(parsed.config);
     try {
       return await this.handle(computeId).executeUpdate(configureUpdate, { args: [config] });
     } catch (err) {

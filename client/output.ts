@@ -7,6 +7,11 @@ export function exitWithError(err: unknown): never {
   process.exit(1);
 }
 
+/** Every command's output goes through here, masked: a status can carry an error that quotes a connection string. */
+export function printText(text: string): void {
+  process.stdout.write(maskSecrets(text));
+}
+
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  printText(`${JSON.stringify(value, null, 2)}\n`);
 }

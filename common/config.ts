@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { UserFacingError } from './errors';
 import { readSecretFile } from './secret-file';
 import { defaultStackDir } from './paths';
+import { SPEC_TRUST_LEVELS, type SpecTrust } from '../model/spec-trust';
 
 /**
  * The one place that reads the process environment. Every value is validated and an error names
@@ -67,10 +68,15 @@ export interface AppConfig {
   stackDir: string;
   /** S3 key prefix for cache (LFC) state objects. */
   cacheStatePrefix: string;
-  /** Fault-injection pause points for tests (DURABLE_COMPUTE_FAILPOINTS=a,b); empty in production. */
+  /** Fault-injection pause points for tests (DURABLE_COMPUTE_FAILPOINTS=a,b with DURABLE_COMPUTE_ENABLE_FAILPOINTS=1); empty in production. */
   failpoints: string[];
   /** Fast import: how source connection strings are encrypted, and the importer host's settings. */
   imports: ImportConfig;
+  /**
+   * DURABLE_COMPUTE_SPEC_TRUST: `full` (default) lets a spec use every field; `restricted` makes
+   * the client and the control-plane worker refuse the fields that give superuser-level power.
+   */
+  specTrust: SpecTrust;
   /** Where a worker process serves the Temporal SDK Runtime's Prometheus metrics; absent = not served. */
   workerMetrics?: WorkerMetricsConfig;
 }
@@ -279,9 +285,8 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
     pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
     cacheStatePrefix:
       read(env, 'DURABLE_COMPUTE_CACHE_PREFIX', z.string().regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'expected a relative S3 key prefix')) ?? 'lfc',
-    failpoints: (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated failpoint names')) ?? '')
-      .split(',')
-      .filter(Boolean),
+    failpoints: loadFailpoints(env),
+    specTrust: read(env, 'DURABLE_COMPUTE_SPEC_TRUST', z.enum(SPEC_TRUST_LEVELS as [SpecTrust, ...SpecTrust[]], { error: 'expected full or restricted' })) ?? 'full',
     imports: loadImportConfig(env, read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir),
     stackDir: read(env, 'DURABLE_COMPUTE_STACK_DIR', z.string().min(1).transform((p) => path.resolve(p))) ?? defaultStackDir,
     workerMetrics: loadWorkerMetricsConfig(env),
@@ -340,6 +345,24 @@ export function loadCodecServerConfig(env: Env = process.env): CodecServerConfig
       .filter(Boolean)
       .map((o) => read({ DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS: o }, 'DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS', origin)!.replace(/\/$/, '')),
   };
+}
+
+/**
+ * Failpoints pause activities on purpose: a test feature. Naming them is not enough to arm them;
+ * DURABLE_COMPUTE_ENABLE_FAILPOINTS must say so too, and failpoints named without it are refused
+ * rather than ignored, so nobody believes they are armed when they are not.
+ */
+function loadFailpoints(env: Env): string[] {
+  const names = (read(env, 'DURABLE_COMPUTE_FAILPOINTS', z.string().regex(/^[A-Za-z]+(,[A-Za-z]+)*$/, 'expected comma-separated failpoint names')) ?? '')
+    .split(',')
+    .filter(Boolean);
+  const enabled = read(env, 'DURABLE_COMPUTE_ENABLE_FAILPOINTS', booleanText) ?? false;
+  if (names.length > 0 && !enabled) {
+    throw new UserFacingError(
+      'DURABLE_COMPUTE_FAILPOINTS is set but failpoints are a test feature: also set DURABLE_COMPUTE_ENABLE_FAILPOINTS=1 to arm them, or unset DURABLE_COMPUTE_FAILPOINTS',
+    );
+  }
+  return names;
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { childEnv } from './child-env';
 import { accessSync, constants, existsSync } from 'node:fs';
 import path from 'node:path';
 import { UserFacingError } from './errors';
@@ -34,7 +35,7 @@ function debianPackagesHint(major: number): string {
 
 function pgConfigValue(pgConfig: string, flag: string): string | undefined {
   try {
-    return execFileSync(pgConfig, [flag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }).trim();
+    return execFileSync(pgConfig, [flag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000, env: childEnv() }).trim();
   } catch {
     return undefined;
   }
@@ -65,7 +66,7 @@ export function findPostgres(opts: { pgBinDir?: string; major?: number } = {}): 
     }
     let version: string;
     try {
-      const out = execFileSync(postgres, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+      const out = execFileSync(postgres, ['--version'], { encoding: 'utf8', timeout: 10_000, env: childEnv() });
       version = /(\d+(?:\.\d+)?)/.exec(out)?.[1] ?? '';
     } catch (err) {
       problems.push(`${source}: ${postgres} --version failed: ${(err as Error).message}`);

@@ -100,16 +100,26 @@ describe('renderPostgresqlConf', () => {
 });
 
 describe('pg_hba.conf and standby.signal', () => {
-  it("appends the storage backend's lines, then compute_ctl's md5 line, once", async () => {
+  it("puts the storage backend's lines first, then appends compute_ctl's md5 line, once", async () => {
     const dir = tmp();
     const hba = path.join(dir, 'pg_hba.conf');
     writeFileSync(hba, 'local all all trust'); // no trailing newline
     const first = await ensurePgHba(dir, { extraLines: ['host all cloud_admin 127.0.0.1/32 trust'] });
     expect(first.added).toEqual(['host all cloud_admin 127.0.0.1/32 trust', PG_HBA_ALL_MD5]);
-    expect(readFileSync(hba, 'utf8')).toBe(`local all all trust\nhost all cloud_admin 127.0.0.1/32 trust\n${PG_HBA_ALL_MD5}\n`);
+    // The storage backend's lines go first: pg_hba is first-match, and the image's own lines must not win.
+    expect(readFileSync(hba, 'utf8')).toBe(`host all cloud_admin 127.0.0.1/32 trust\nlocal all all trust\n${PG_HBA_ALL_MD5}\n`);
     const again = await ensurePgHba(dir, { extraLines: ['host all cloud_admin 127.0.0.1/32 trust'] });
     expect(again.added).toEqual([]);
     await expect(ensurePgHba(dir, { extraLines: ['host all all all trust\nlocal all all trust'] })).rejects.toThrow(/line breaks/);
+  });
+
+  it('moves a storage backend line found further down to the top', async () => {
+    const dir = tmp();
+    const hba = path.join(dir, 'pg_hba.conf');
+    writeFileSync(hba, `local all all trust\nlocal replication all reject\n${PG_HBA_ALL_MD5}\n`);
+    const result = await ensurePgHba(dir, { extraLines: ['local replication pusher scram-sha-256', 'local replication all reject'] });
+    expect(result.added).toEqual(['local replication pusher scram-sha-256']);
+    expect(readFileSync(hba, 'utf8')).toBe(`local replication pusher scram-sha-256\nlocal replication all reject\nlocal all all trust\n${PG_HBA_ALL_MD5}\n`);
   });
 
   it('creates pg_hba.conf when the base backup had none', async () => {

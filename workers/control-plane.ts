@@ -12,6 +12,8 @@ import { isBundled } from '../common/node-entry';
 import { createWorker } from './run-worker';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+/** Loaded into the workflow sandbox with DURABLE_COMPUTE_SPEC_TRUST=restricted. */
+export const RESTRICTED_SPEC_TRUST_INTERCEPTORS = fileURLToPath(new URL('../workflows/restricted-spec-trust.ts', import.meta.url));
 
 /** The workflow code: a bundle prepared by `npm run build` beside the CLI bundle, else the sources, bundled when the worker starts. */
 function workflowCode(): { workflowBundle: { codePath: string } } | { workflowsPath: string } {
@@ -26,6 +28,7 @@ export async function createControlPlaneWorker(config: AppConfig) {
     ...workflowCode(),
     activities: { ...createControlPlaneActivities(), ...importControlActivitiesFor(config) },
     dataConverter: encryptedDataConverter(config.payloadKeys),
+    interceptors: { workflowModules: config.specTrust === 'restricted' ? [RESTRICTED_SPEC_TRUST_INTERCEPTORS] : [] },
     identity: `control-plane@${process.pid}`,
   });
 }

@@ -1,6 +1,7 @@
 import { NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type WorkerOptions } from '@temporalio/worker';
 import type { AppConfig, WorkerMetricsConfig } from '../common/config';
 import { temporalConnectionOptions } from '../common/temporal-connection';
+import { maskConsole, maskedLogger } from './masked-logging';
 
 let runtimeInstalled = false;
 
@@ -11,8 +12,10 @@ let runtimeInstalled = false;
  */
 export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'], metrics?: WorkerMetricsConfig): void {
   if (runtimeInstalled) return;
+  maskConsole();
   Runtime.install({
     shutdownSignals,
+    logger: maskedLogger(),
     // The SDK's own metrics (task latency, schedule-to-start, pollers) on GET /metrics at this address.
     ...(metrics && { telemetryOptions: { metrics: { prometheus: { bindAddress: metrics.bindAddress, countersTotalSuffix: true } } } }),
   });

@@ -174,7 +174,8 @@ export function createStartupSteps(deps: StartupStepDeps) {
       // Never start Postgres on a directory that is not a complete base backup of this start.
       const check = await postgres.checkPgdata({ incarnation });
       if (!check.intact) throw pgdataLost(`refusing to start Postgres: ${check.problems.join('; ')}`);
-      const postmaster = await postgres.startPostgres({ incarnation, storageAuthToken: spec.storage_auth_token });
+      // Neon's Postgres (walproposer) needs the storage token; stock Postgres does not, so it never sees it.
+      const postmaster = await postgres.startPostgres({ incarnation, storageAuthToken: backend.name === 'neon' ? spec.storage_auth_token : undefined });
       const pidFile = await readPostmasterPid(deps.pgdata);
       await backend.afterPostgresReady({
         pgdata: deps.pgdata,

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { childEnv } from '../../common/child-env';
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { maskSecrets } from '../../common/errors';
@@ -108,8 +109,7 @@ export async function completedDump(workdir: string): Promise<DumpMarker | undef
 
 /** Environment for a client tool: nothing inherited that could redirect it (PGHOST, PGSERVICE...). */
 function toolEnv(workdir: string, password?: string): Record<string, string> {
-  const env: Record<string, string> = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
+  const extra: Record<string, string> = {
     LC_ALL: 'C',
     LC_MESSAGES: 'C',
     PGAPPNAME: 'durable-compute-fast-import',
@@ -117,8 +117,8 @@ function toolEnv(workdir: string, password?: string): Record<string, string> {
     // No password file lookups: the password comes from the spec or not at all.
     PGPASSFILE: path.join(workdir, 'no-passfile'),
   };
-  if (password !== undefined) env.PGPASSWORD = password;
-  return env;
+  if (password !== undefined) extra.PGPASSWORD = password;
+  return childEnv({ extra });
 }
 
 function failureText(tool: string, result: ToolResult): string {

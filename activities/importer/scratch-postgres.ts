@@ -1,4 +1,5 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
+import { childEnv, pgServerChildEnv } from '../../common/child-env';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -92,7 +93,7 @@ async function freeLoopbackPort(): Promise<number> {
 /** C.UTF-8 where the C library has it (as the reference asks), else plain C. */
 function chooseLocale(): string {
   try {
-    const out = execFileSync('locale', ['-a'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('locale', ['-a'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'], env: childEnv() });
     if (out.split('\n').some((l) => /^c\.utf-?8$/i.test(l.trim()))) return 'C.UTF-8';
   } catch {
     /* no locale tool: fall back */
@@ -138,7 +139,7 @@ export async function initScratchDataDir(install: PgInstallation, workdir: strin
         '--pwfile', pwfile,
         '--no-sync',
       ],
-      { ...pgSpawnIdentity(), env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' }, timeout: 600_000 },
+      { ...pgSpawnIdentity(), env: pgServerChildEnv({ LC_ALL: 'C' }), timeout: 600_000 },
     );
   } catch (err) {
     const e = err as { stderr?: string; message: string };
@@ -230,7 +231,7 @@ export async function ensureScratchRunning(opts: {
       ...pgSpawnIdentity(),
       detached: true,
       stdio: ['ignore', logFd, logFd],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' },
+      env: pgServerChildEnv({ LC_ALL: 'C' }),
     });
     child.once('exit', (code, signal) => (exited = `exit ${code ?? signal}`));
     child.once('error', (err) => (exited = `could not start: ${err.message}`));
@@ -282,7 +283,7 @@ export interface ControlSummary {
 }
 
 export async function readControlSummary(install: PgInstallation, pgdata: string): Promise<ControlSummary> {
-  const { stdout } = await run(pgBin(install, 'pg_controldata'), ['-D', pgdata], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' }, timeout: 30_000 });
+  const { stdout } = await run(pgBin(install, 'pg_controldata'), ['-D', pgdata], { env: pgServerChildEnv({ LC_ALL: 'C' }), timeout: 30_000 });
   const field = (name: string) => new RegExp(`^${name}:\\s*(.+)$`, 'm').exec(stdout)?.[1]?.trim();
   const state = field('Database cluster state');
   const checkpointLsn = field('Latest checkpoint location');

@@ -95,8 +95,21 @@ export function ensureLines(text: string, wanted: string[]): { text: string; add
 }
 
 /**
+ * `wanted` as the first lines of `text`, in order (moved there if they were further down); the
+ * lines that were not in `text` at all are `added`.
+ */
+export function ensureLinesFirst(text: string, wanted: string[]): { text: string; added: string[] } {
+  const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n').map((l) => l.replace(/\r$/, ''));
+  if (wanted.every((w, i) => lines[i] === w)) return { text, added: [] };
+  const present = new Set(lines);
+  const rest = lines.filter((l) => !wanted.includes(l));
+  return { text: `${[...wanted, ...rest].join('\n')}\n`, added: wanted.filter((w) => !present.has(w)) };
+}
+
+/**
  * Makes sure pg_hba.conf lets clients in with a password: the storage backend's extra lines first
- * (pg_hba is first-match, so they must precede the catch-all), then compute_ctl's md5 line.
+ * in the file (pg_hba is first-match, so they must precede every line of the base backup's own),
+ * then compute_ctl's md5 line.
  */
 export async function ensurePgHba(pgdata: string, opts: { extraLines?: string[]; owner?: ServerUser } = {}): Promise<{ added: string[] }> {
   for (const line of opts.extraLines ?? []) {
@@ -104,9 +117,10 @@ export async function ensurePgHba(pgdata: string, opts: { extraLines?: string[];
   }
   const file = path.join(pgdata, 'pg_hba.conf');
   const current = (await readTextIfExists(file)) ?? '';
-  const { text, added } = ensureLines(current, [...(opts.extraLines ?? []), PG_HBA_ALL_MD5]);
-  if (added.length > 0) await writeFileAtomic(file, text, { mode: 0o600, owner: opts.owner });
-  return { added };
+  const first = ensureLinesFirst(current, opts.extraLines ?? []);
+  const { text, added } = ensureLines(first.text, [PG_HBA_ALL_MD5]);
+  if (text !== current) await writeFileAtomic(file, text, { mode: 0o600, owner: opts.owner });
+  return { added: [...first.added, ...added] };
 }
 
 /** standby.signal for Replica and Static computes (they run in hot standby); removed for a Primary. */

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { childEnv } from '../../common/child-env';
 import { maskSecrets } from '../../common/errors';
 import { PostgresFailure, nonRetryable } from './errors';
 import { assertExecutable } from './process';
@@ -28,7 +29,7 @@ export async function runInitdb(opts: InitdbOptions): Promise<void> {
   try {
     await run(initdb, args, {
       cwd: opts.pgdata,
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: childEnv({ ...(opts.owner && { runAs: { user: opts.owner.name } }) }),
       timeout: 120_000,
       ...(opts.owner && { uid: opts.owner.uid, gid: opts.owner.gid }),
     });

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { childEnv } from '../../common/child-env';
 import { constants } from 'node:fs';
 import { access, chown, open, readFile, readlink, realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
@@ -151,7 +152,7 @@ export interface StartPostmasterOptions {
   pgdata: string;
   /** Where the postmaster's stdout/stderr go (appended); default `<pgdata>.log` next to PGDATA. */
   logPath?: string;
-  /** Extra environment (e.g. NEON_AUTH_TOKEN); the postmaster gets PATH and these only. */
+  /** Extra environment (e.g. NEON_AUTH_TOKEN); the postmaster gets childEnv's allow-list and these only. */
   env?: Record<string, string>;
   owner?: ServerUser;
   timeoutMs?: number;
@@ -226,7 +227,7 @@ export async function startPostmaster(opts: StartPostmasterOptions): Promise<Sta
       cwd: opts.pgdata,
       detached: true,
       stdio: ['ignore', log.fd, log.fd],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...opts.env },
+      env: childEnv({ extra: opts.env, ...(opts.owner && { runAs: { user: opts.owner.name } }) }),
       ...(opts.owner && { uid: opts.owner.uid, gid: opts.owner.gid }),
     });
   } finally {

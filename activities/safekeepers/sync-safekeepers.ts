@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { pgServerChildEnv } from '../../common/child-env';
 import { maskSecrets } from '../../common/errors';
 import { formatLsn, isLsn, parseLsn } from '../../model/lsn';
 
@@ -14,7 +15,7 @@ export interface RunSyncSafekeepersOptions {
   /** Given as PGDATA in the environment (the mode cannot take -D). */
   pgdata: string;
   timeoutMs: number;
-  /** The child's environment; this process's when absent. PGDATA (and NEON_AUTH_TOKEN) are added. */
+  /** Variables the command needs besides childEnv's allow-list; PGDATA (and NEON_AUTH_TOKEN) are added. */
   env?: NodeJS.ProcessEnv;
   /** storage_auth_token, passed as NEON_AUTH_TOKEN like compute_ctl does. */
   token?: string;
@@ -65,8 +66,8 @@ export async function runSyncSafekeepers(opts: RunSyncSafekeepersOptions): Promi
   const [program, ...args] = opts.command;
   if (!program) throw new SyncSafekeepersError('spawn', 'sync-safekeepers command is empty', '');
   const started = performance.now();
-  const env: NodeJS.ProcessEnv = { ...(opts.env ?? process.env), PGDATA: opts.pgdata };
-  if (opts.token !== undefined) env.NEON_AUTH_TOKEN = opts.token;
+  // Nothing of the worker's environment but the allow-list: PGDATA and the token are what it needs.
+  const env = pgServerChildEnv({ ...opts.env, PGDATA: opts.pgdata, NEON_AUTH_TOKEN: opts.token });
   if (opts.signal?.aborted) throw new SyncSafekeepersError('aborted', 'sync-safekeepers aborted before it started', '');
 
   // Its own process group, so a wrapper script and whatever it started are stopped together.

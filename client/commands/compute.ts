@@ -4,7 +4,7 @@ import { UserFacingError } from '../../common/errors';
 import type { ComputeStatusResponse, TerminateMode } from '../../model/compute-status';
 import { ComputeClient } from '../compute-client';
 import { cliConfig, openClient } from '../context';
-import { printJson } from '../output';
+import { printJson, printText } from '../output';
 
 /** Reads a spec file ('-' = stdin) as JSON, naming the file in any error. */
 export function readSpecFile(file: string): unknown {
@@ -25,7 +25,7 @@ export async function withComputeClient<T>(fn: (c: ComputeClient) => Promise<T>)
   const config = cliConfig();
   const { client, close } = await openClient(config);
   try {
-    return await fn(new ComputeClient(client, config.temporal.controlPlaneTaskQueue));
+    return await fn(new ComputeClient(client, config.temporal.controlPlaneTaskQueue, config.specTrust));
   } finally {
     await close();
   }
@@ -44,7 +44,7 @@ function printStatus(s: ComputeStatusResponse): void {
   if (s.terminate_lsn) lines.push(`end LSN:     ${s.terminate_lsn}`);
   if (s.error) lines.push(`error:       ${s.error}`);
   if (s.metrics.total_startup_ms) lines.push(`startup:     ${s.metrics.total_startup_ms} ms (basebackup ${s.metrics.basebackup_ms} ms, ${s.metrics.basebackup_bytes} bytes)`);
-  process.stdout.write(`${lines.join('\n')}\n`);
+  printText(`${lines.join('\n')}\n`);
 }
 
 export function registerComputeCommands(program: Command): void {
@@ -109,7 +109,7 @@ export function registerComputeCommands(program: Command): void {
       await withComputeClient(async (c) => {
         const result = await c.terminate(opts.computeId, opts.mode as TerminateMode);
         if (opts.json) printJson(result);
-        else process.stdout.write(`terminated; safekeepers synced at ${result.lsn ?? '(no sync: not a primary)'}\n`);
+        else printText(`terminated; safekeepers synced at ${result.lsn ?? '(no sync: not a primary)'}\n`);
       });
     });
 
@@ -124,7 +124,7 @@ export function registerComputeCommands(program: Command): void {
           return;
         }
         for (const e of entries) {
-          process.stdout.write(`${e.computeId.padEnd(24)} ${e.status.padEnd(30)} ${e.tenant ?? '-'}/${e.timeline ?? '-'}  ${e.startTime}\n`);
+          printText(`${e.computeId.padEnd(24)} ${e.status.padEnd(30)} ${e.tenant ?? '-'}/${e.timeline ?? '-'}  ${e.startTime}\n`);
         }
       });
     });

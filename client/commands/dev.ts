@@ -3,7 +3,7 @@ import { findPostgres } from '../../common/pg-binaries';
 import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints } from '../../dev/stack';
 import { resolveStackSettings } from '../../dev/stack-settings';
 import { provisionTemporalCli } from '../../dev/temporal-cli';
-import { printJson } from '../output';
+import { printJson, printText } from '../output';
 import { registerTemporalServerCommands } from './temporal-server';
 
 interface StackOptions {
@@ -47,7 +47,7 @@ export async function resolveTemporalCliWithProgress(): Promise<string> {
 }
 
 export function printEndpoints(e: StackEndpoints): void {
-  process.stdout.write(
+  printText(
     [
       `Temporal address:   ${e.temporal.address}`,
       `Temporal namespace: ${e.temporal.namespace}`,
@@ -101,12 +101,12 @@ export function registerDevCommands(program: Command): void {
         return;
       }
       if (!status) {
-        process.stdout.write(`No stack in ${settings.dir}\n`);
+        printText(`No stack in ${settings.dir}\n`);
         return;
       }
-      process.stdout.write(`Stack ${status.running ? 'running' : 'NOT fully running'}\n`);
+      printText(`Stack ${status.running ? 'running' : 'NOT fully running'}\n`);
       for (const [name, p] of Object.entries(status.processes)) {
-        process.stdout.write(`  ${name.padEnd(12)} ${p.running ? `running (pid ${p.pid})` : 'stopped'}\n`);
+        printText(`  ${name.padEnd(12)} ${p.running ? `running (pid ${p.pid})` : 'stopped'}\n`);
       }
       printEndpoints(status);
     });
@@ -116,7 +116,7 @@ export function registerDevCommands(program: Command): void {
     .action(async (opts: StackOptions) => {
       const settings = settingsFrom(opts);
       const stopped = await stackDown(settings.dir);
-      process.stdout.write(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+      printText(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
     });
 
   registerTemporalServerCommands(dev);
@@ -127,6 +127,6 @@ export function registerDevCommands(program: Command): void {
     .action(async () => {
       const cli = await provisionTemporalCli({ onProgress: progress });
       const pg = findPostgres();
-      process.stdout.write(`Temporal CLI: ${cli.path} (${cli.source})\nPostgreSQL ${pg.version}: ${pg.binDir}\n`);
+      printText(`Temporal CLI: ${cli.path} (${cli.source})\nPostgreSQL ${pg.version}: ${pg.binDir}\n`);
     });
 }

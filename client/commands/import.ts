@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { maskSecrets, UserFacingError } from '../../common/errors';
 import { ImportClient, startImportCallbackServer, type ImportStatusView } from '../import-client';
 import { cliConfig, openClient } from '../context';
-import { printJson } from '../output';
+import { printJson, printText } from '../output';
 
 /**
  * The source connection string: from a file or stdin (`-`), so it stays out of shell history and
@@ -143,7 +143,7 @@ export function registerImportCommands(program: Command): void {
           status = await c.status(opts.importId);
         }
         if (opts.json) printJson(status);
-        else process.stdout.write(formatImportStatus(status));
+        else printText(formatImportStatus(status));
       });
     });
 
@@ -156,7 +156,7 @@ export function registerImportCommands(program: Command): void {
       await withImportClient(async (c) => {
         const status = await c.status(opts.importId);
         if (opts.json) printJson(status);
-        else process.stdout.write(formatImportStatus(status));
+        else printText(formatImportStatus(status));
       });
     });
 
@@ -194,7 +194,7 @@ export function registerImportCommands(program: Command): void {
       await withImportClient(async (c) => {
         const status = await c.cancel(opts.importId);
         if (opts.json) printJson(status);
-        else process.stdout.write(formatImportStatus(status));
+        else printText(formatImportStatus(status));
       });
     });
 }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { UserFacingError } from '../../common/errors';
 import type { ComputeClient } from '../compute-client';
 import { withComputeClient } from './compute';
-import { printJson } from '../output';
+import { printJson, printText } from '../output';
 
 interface LfcOptions {
   computeId: string;
@@ -13,7 +13,7 @@ interface LfcOptions {
 
 function printState(label: string, state: object, json?: boolean): void {
   if (json) printJson(state);
-  else process.stdout.write(`${label}: ${JSON.stringify(state)}\n`);
+  else printText(`${label}: ${JSON.stringify(state)}\n`);
 }
 
 async function settle(c: ComputeClient, opts: LfcOptions, which: 'prewarm' | 'offload'): Promise<void> {
@@ -33,7 +33,7 @@ export function registerLfcCommands(program: Command): void {
       await withComputeClient(async (c) => {
         const s = await c.lfcStatus(opts.computeId);
         if (opts.json) printJson(s);
-        else process.stdout.write(`prewarm: ${JSON.stringify(s.prewarm)}\noffload: ${JSON.stringify(s.offload)}\n`);
+        else printText(`prewarm: ${JSON.stringify(s.prewarm)}\noffload: ${JSON.stringify(s.offload)}\n`);
       });
     });
 

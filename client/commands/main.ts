@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { printText } from '../output';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { UserFacingError } from '../../common/errors';
@@ -32,7 +33,7 @@ async function choosePort(preferred: number): Promise<number> {
   }
 }
 
-const say = (line: string) => process.stdout.write(`${line}\n`);
+const say = (line: string) => printText(`${line}\n`);
 
 /**
  * `npm start`: the embedded stack, both workers, a timeline and a compute from the example spec.

@@ -6,7 +6,7 @@ import { isNeonId } from '../../model/ids';
 import { isLsn } from '../../model/lsn';
 import { cliConfig } from '../context';
 import { createTimeline } from '../timelines';
-import { printJson } from '../output';
+import { printJson, printText } from '../output';
 
 export function newNeonId(): string {
   return randomBytes(16).toString('hex');
@@ -44,6 +44,6 @@ export function registerTimelineCommands(program: Command): void {
         : { new_timeline_id: timelineId, pg_version: 15 };
       const info = await createTimeline(config.storage, tenantId, request);
       if (opts.json) printJson(info);
-      else process.stdout.write(`tenant   ${info.tenant_id}\ntimeline ${info.timeline_id}\nlsn      ${info.last_record_lsn}\n`);
+      else printText(`tenant   ${info.tenant_id}\ntimeline ${info.timeline_id}\nlsn      ${info.last_record_lsn}\n`);
     });
 }

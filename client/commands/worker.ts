@@ -16,7 +16,7 @@ export function registerWorkerCommands(program: Command): void {
       const handle = await createControlPlaneWorker(config);
       const fleet = config.workerMetrics ? await startControlPlaneFleetMetrics(config, config.workerMetrics) : undefined;
       try {
-        await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue}`));
+        await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue} (spec trust ${config.specTrust})`));
       } finally {
         await fleet?.close();
       }

@@ -46,10 +46,28 @@ export class EncryptionCodec implements PayloadCodec {
     });
   }
 
+  /**
+   * Refuses every payload that is not ciphertext under one of our keys: whoever can write to the
+   * namespace without the key (the Temporal CLI or UI, a client without this codec) must not be
+   * able to hand a worker a spec, an update argument or a result. The allow-list of payloads that
+   * may stay in clear text is empty on purpose, because the SDK never hands the codec the ones
+   * that must: search attributes and headers skip the codec (the workers' activation decoding
+   * passes `skipSearchAttributes` and `skipHeaders`). Memo, user metadata (summaries), inputs,
+   * results, signal, query and update arguments, heartbeat details and failure attributes all go
+   * through `encode` in our clients and workers, so a clear-text one was written by someone else.
+   * A worker given one fails the workflow task with this error and runs nothing.
+   */
   async decode(payloads: Payload[]): Promise<Payload[]> {
     return payloads.map((payload) => {
       const encoding = payload.metadata?.[METADATA_ENCODING_KEY];
-      if (!encoding || Buffer.from(encoding).toString() !== ENCRYPTED_ENCODING) return payload;
+      const encodingName = encoding ? Buffer.from(encoding).toString() : '';
+      if (encodingName !== ENCRYPTED_ENCODING) {
+        // Name the encoding, never the content: the payload may be a secret someone leaked.
+        throw new ValueError(
+          `refused an unencrypted payload (encoding ${JSON.stringify(encodingName || '(none)')}): this namespace's payloads must be encrypted with the payload key ` +
+            '(DURABLE_COMPUTE_PAYLOAD_KEY); it was written by a client without the key, e.g. the Temporal CLI or UI',
+        );
+      }
       const keyId = Buffer.from(payload.metadata?.[KEY_ID_METADATA] ?? []).toString();
       const key = this.keys.get(keyId);
       if (!key) throw new ValueError(`payload was encrypted with key ${keyId || '(none)'}, which this process does not have`);

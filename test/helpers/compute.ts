@@ -122,7 +122,7 @@ export function startComputeWorker(
     'bin/durable-compute.mjs',
     ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1', ...(extra.args ?? [])],
     {
-      env: computeEnv({ ...(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(',') } : {}), ...extra.env }),
+      env: computeEnv({ ...(failpoints.length ? { DURABLE_COMPUTE_FAILPOINTS: failpoints.join(','), DURABLE_COMPUTE_ENABLE_FAILPOINTS: '1' } : {}), ...extra.env }),
       readyLine: /compute worker ready/,
     },
   );

@@ -3,20 +3,82 @@
  * pusher (wal-pusher.ts) and synced by sync-safekeepers-main.ts.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
+import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pgServerChildEnv } from '../../../common/child-env';
 import { maskSecrets } from '../../../common/errors';
-import { pgSpawnIdentity } from '../../../common/pg-identity';
+import { chownForPostgres, pgSpawnIdentity } from '../../../common/pg-identity';
 import { isNeonId } from '../../../model/ids';
 import type { ComputeStorageBackend, PostgresReadyContext } from '../types';
 import { processStartTime } from '../../../common/process-start-time';
 import { confLine } from './pg-conf';
-import { livePusherPid, PUSHER_LOG_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
+import { connectHost, readPostmasterPid } from './local-postgres';
+import { PgConnection } from './pg-client';
+import { livePusherPid, PUSHER_LOG_FILE, PUSHER_PASSWORD_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
 import { sidecarCommand } from './sidecars';
 import { PUSHER_APPLICATION_NAME } from './wal-pusher';
 
 const PUSHER_READY_TIMEOUT_MS = 60_000;
+
+/**
+ * The only role that may open a replication connection to a stock compute, and so the only one
+ * whose walsender (application_name wal_pusher, the one synchronous standby) acknowledges commits.
+ * It logs in with SCRAM-SHA-256 and a random password set afresh at every pusher start.
+ */
+export const PUSHER_ROLE = 'durable_compute_wal_pusher';
+
+/** A SCRAM-SHA-256 verifier for `password`, so the clear password never reaches SQL text or logs. */
+function scramVerifier(password: string): string {
+  const salt = randomBytes(16);
+  const iterations = 4096;
+  const salted = pbkdf2Sync(password, salt, iterations, 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  const storedKey = createHash('sha256').update(clientKey).digest();
+  const serverKey = createHmac('sha256', salted).update('Server Key').digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
+}
+
+/**
+ * Creates the pusher's role if needed and gives it a new random password, as the compute's
+ * superuser over the local socket. The commit must not wait for the synchronous standby: that is
+ * the pusher this password is for.
+ */
+async function setPusherPassword(ctx: PostgresReadyContext, password: string): Promise<void> {
+  const postmaster = readPostmasterPid(ctx.pgdata);
+  const conn = await PgConnection.connect({
+    host: connectHost(postmaster),
+    port: postmaster.port,
+    user: ctx.superuser ?? 'cloud_admin',
+    database: 'postgres',
+    connectTimeoutMs: 10_000,
+    params: { application_name: 'durable-compute' },
+  });
+  try {
+    await conn.query(
+      [
+        'BEGIN',
+        'SET LOCAL synchronous_commit = local',
+        `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '${PUSHER_ROLE}') THEN CREATE ROLE ${PUSHER_ROLE}; END IF; END $$`,
+        `ALTER ROLE ${PUSHER_ROLE} WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '${scramVerifier(password)}'`,
+        // pg_control_checkpoint() and pg_settings, for the image's checkpoint.
+        `GRANT pg_read_all_settings TO ${PUSHER_ROLE}`,
+        'COMMIT',
+      ].join('; '),
+    );
+  } finally {
+    await conn.close();
+  }
+}
+
+/** The password file the pusher reads and removes at start; only the Postgres OS user can read it. */
+function writePusherPassword(pgdata: string, password: string): void {
+  const file = path.join(pgdata, PUSHER_PASSWORD_FILE);
+  rmSync(file, { force: true });
+  writeFileSync(file, password, { mode: 0o600, flag: 'wx' });
+  chownForPostgres(file, false);
+}
 
 function logTail(file: string, lines = 20): string {
   try {
@@ -42,7 +104,10 @@ function validate(ctx: PostgresReadyContext): void {
   }
 }
 
-function startPusher(ctx: PostgresReadyContext): number {
+async function startPusher(ctx: PostgresReadyContext): Promise<number> {
+  const password = randomBytes(32).toString('base64url');
+  await setPusherPassword(ctx, password);
+  writePusherPassword(ctx.pgdata, password);
   const logFile = path.join(ctx.pgdata, PUSHER_LOG_FILE);
   const fd = openSync(logFile, 'a', 0o600);
   try {
@@ -52,7 +117,7 @@ function startPusher(ctx: PostgresReadyContext): number {
       '--pgdata',
       ctx.pgdata,
       '--user',
-      ctx.superuser ?? 'cloud_admin',
+      PUSHER_ROLE,
       '--tenant-id',
       ctx.tenantId,
       '--timeline-id',
@@ -68,10 +133,7 @@ function startPusher(ctx: PostgresReadyContext): number {
       // As the user Postgres runs as (when we are root), so its files in PGDATA belong to that user.
       ...pgSpawnIdentity(),
       // A minimal environment: the pusher needs nothing of the worker's, except the token.
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        ...(ctx.authToken !== undefined ? { NEON_AUTH_TOKEN: ctx.authToken } : {}),
-      },
+      env: pgServerChildEnv({ NEON_AUTH_TOKEN: ctx.authToken }),
     });
     if (child.pid === undefined) throw new Error('could not start the WAL pusher');
     child.unref();
@@ -113,6 +175,9 @@ export const stockStorageBackend: ComputeStorageBackend = {
       confLine('neon.tenant_id', ctx.tenantId),
       confLine('neon.timeline_id', ctx.timelineId),
       confLine('neon.safekeepers', ctx.safekeepers.join(',')),
+      // The local socket is for the compute's own processes (the worker, the pusher), not for
+      // every OS user of the machine: pg_hba trusts the superuser there.
+      confLine('unix_socket_permissions', '0700'),
     ];
     if (ctx.mode === 'Primary') {
       lines.push(
@@ -134,15 +199,21 @@ export const stockStorageBackend: ComputeStorageBackend = {
   },
 
   hbaLines() {
-    // The pusher connects over the local socket with the replication protocol.
-    return ['local replication all trust'];
+    // Only the pusher's role may replicate, and only with its password: first in pg_hba.conf,
+    // before any line of the image (initdb's `local replication all trust`) can match.
+    return [
+      `local\treplication\t${PUSHER_ROLE}\t\tscram-sha-256`,
+      `local\tall\t${PUSHER_ROLE}\t\tscram-sha-256`,
+      'local\treplication\tall\t\treject',
+      'host\treplication\tall\t\tall\t\treject',
+    ];
   },
 
   async afterPostgresReady(ctx) {
     if ((ctx.mode ?? 'Primary') !== 'Primary') return;
     validate(ctx);
     const running = livePusherPid(ctx.pgdata);
-    const pid = running ?? startPusher(ctx);
+    const pid = running ?? (await startPusher(ctx));
     await waitForPusher(ctx.pgdata, pid);
   },
 

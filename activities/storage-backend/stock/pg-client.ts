@@ -2,10 +2,11 @@
  * A minimal PostgreSQL v3 wire-protocol client: simple queries, COPY OUT and COPY BOTH. node-pg
  * cannot do COPY BOTH (replication, WAL push), and the pusher needs exact control over how such a
  * stream ends (walsender shutdown, server errors, lost connections), so this speaks the protocol
- * itself. Authentication: trust, cleartext and MD5 passwords (what the local Postgres and the
- * safekeepers ask for).
+ * itself. Authentication: trust, cleartext, MD5 and SCRAM-SHA-256 passwords (what the local
+ * Postgres and the safekeepers ask for); SCRAM is node-postgres's implementation.
  */
 import { createHash } from 'node:crypto';
+import * as sasl from 'pg/lib/crypto/sasl.js';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -197,6 +198,7 @@ export class PgConnection {
     const len = Buffer.allocUnsafe(4);
     len.writeInt32BE(body.length + 4, 0);
     await this.write(Buffer.concat([len, body]));
+    let session: sasl.SaslSession | undefined;
     for (;;) {
       const m = await this.messages.next();
       switch (m.type) {
@@ -213,6 +215,27 @@ export class PgConnection {
                     .update(Buffer.concat([Buffer.from(createHash('md5').update(opts.password + opts.user).digest('hex')), m.body.subarray(4, 8)]))
                     .digest('hex');
             await this.write(frame('p', cstr(pw)));
+            break;
+          }
+          if (kind === 10) {
+            // AuthenticationSASL: the mechanisms, NUL-terminated, then an empty one.
+            if (opts.password === undefined) throw new PgClientError('the server asks for a password but none was given', '28000');
+            const mechanisms = m.body.subarray(4).toString('utf8').split('\0').filter(Boolean);
+            session = sasl.startSession(mechanisms);
+            const response = Buffer.from(session.response, 'utf8');
+            const len = Buffer.allocUnsafe(4);
+            len.writeInt32BE(response.length, 0);
+            await this.write(frame('p', Buffer.concat([cstr(session.mechanism), len, response])));
+            break;
+          }
+          if (kind === 11 && session && opts.password !== undefined) {
+            await sasl.continueSession(session, opts.password, m.body.subarray(4).toString('utf8'));
+            await this.write(frame('p', Buffer.from(session.response, 'utf8')));
+            break;
+          }
+          if (kind === 12 && session) {
+            // Proves the server knew the password too.
+            sasl.finalizeSession(session, m.body.subarray(4).toString('utf8'));
             break;
           }
           throw new PgClientError(`unsupported authentication method ${kind} requested by the server`, '28000');

@@ -10,6 +10,8 @@ export const PUSHER_PID_FILE = 'wal_pusher.pid';
 export const PUSHER_STATUS_FILE = 'wal_pusher.status';
 export const PUSHER_STATE_FILE = 'wal_pusher.state';
 export const PUSHER_LOG_FILE = 'wal_pusher.log';
+/** The pusher's Postgres password, handed over at start: the pusher reads it and removes the file. */
+export const PUSHER_PASSWORD_FILE = 'wal_pusher.password';
 
 export type PusherPhase = 'starting' | 'streaming' | 'stopping' | 'exited' | 'failed';
 

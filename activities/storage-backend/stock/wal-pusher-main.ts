@@ -1,21 +1,24 @@
 /**
  * The WAL pusher process (started detached by the stock storage backend):
  *   wal-pusher-main.ts --pgdata DIR --user ROLE --tenant-id ID --timeline-id ID --safekeepers h:p,h:p,h:p
- * The storage auth token, if any, comes from NEON_AUTH_TOKEN (never on the command line). Logs go
+ * The storage auth token, if any, comes from NEON_AUTH_TOKEN (never on the command line); the
+ * password of --user from PGDATA/wal_pusher.password, which it removes once read. Logs go
  * to stdout; status to PGDATA/wal_pusher.status. Exits 0 once Postgres stopped and its WAL is on a
  * quorum of safekeepers; SIGTERM stops it the same way.
  */
+import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
 import { Command } from 'commander';
 import { maskSecrets } from '../../../common/errors';
 import { isNeonId } from '../../../model/ids';
 import { parseSafekeeperList } from './pg-conf';
-import { livePusherPid, writePidFile } from './pusher-files';
+import { livePusherPid, PUSHER_PASSWORD_FILE, writePidFile } from './pusher-files';
 import { WalPusher } from './wal-pusher';
 
 const program = new Command()
   .name('wal-pusher')
   .requiredOption('--pgdata <dir>', "the compute's data directory")
-  .requiredOption('--user <role>', 'role to connect to Postgres as (needs REPLICATION)')
+  .requiredOption('--user <role>', 'role to connect to Postgres as (needs REPLICATION; its password in PGDATA/wal_pusher.password)')
   .requiredOption('--tenant-id <id>', 'tenant ID')
   .requiredOption('--timeline-id <id>', 'timeline ID')
   .requiredOption('--safekeepers <list>', 'comma-separated host:port list')
@@ -31,9 +34,19 @@ async function main(): Promise<void> {
   writePidFile(opts.pgdata, process.pid);
   // The token is this process's documented input (like NEON_AUTH_TOKEN for Neon's compute).
   const authToken = process.env.NEON_AUTH_TOKEN || undefined;
+  // Read once and removed: it lives on only in this process's memory (reconnects reuse it).
+  const passwordFile = path.join(opts.pgdata, PUSHER_PASSWORD_FILE);
+  let password: string | undefined;
+  try {
+    password = readFileSync(passwordFile, 'utf8').trim() || undefined;
+    rmSync(passwordFile, { force: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
   const pusher = new WalPusher({
     pgdata: opts.pgdata,
     user: opts.user,
+    ...(password !== undefined ? { password } : {}),
     tenantId: opts.tenantId,
     timelineId: opts.timelineId,
     safekeepers: parseSafekeeperList(opts.safekeepers),

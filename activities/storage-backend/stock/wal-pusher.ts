@@ -57,8 +57,10 @@ const FINAL_DRAIN_MS = 20_000;
 
 export interface WalPusherOptions {
   pgdata: string;
-  /** Role the pusher connects to Postgres as (needs REPLICATION; local trust via the backend's hba lines). */
+  /** Role the pusher connects to Postgres as (the backend's dedicated replication role). */
   user: string;
+  /** Its password (SCRAM-SHA-256 per the backend's hba lines); set afresh at every pusher start. */
+  password?: string;
   database?: string;
   tenantId: string;
   timelineId: string;
@@ -168,6 +170,7 @@ export class WalPusher {
       host: connectHost(this.postmaster),
       port: this.postmaster.port,
       user: this.opts.user,
+      ...(this.opts.password !== undefined ? { password: this.opts.password } : {}),
       database: this.opts.database ?? 'postgres',
       connectTimeoutMs: 10_000,
       params: { application_name: PUSHER_APPLICATION_NAME, ...(replication ? { replication: 'true' } : {}) },

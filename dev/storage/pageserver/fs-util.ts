@@ -1,4 +1,5 @@
 /** Durable file-system helpers: atomic JSON writes, recursive fsync, hard-link copies. */
+import { childEnv } from '../../../common/child-env';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -101,7 +102,7 @@ export async function moveDir(src: string, dest: string): Promise<void> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
     const staging = path.join(path.dirname(dest), `.tmp-${randomSuffix()}`);
-    await execFileAsync('cp', ['-a', '--', src, staging], { timeout: 30 * 60 * 1000 });
+    await execFileAsync('cp', ['-a', '--', src, staging], { timeout: 30 * 60 * 1000, env: childEnv() });
     await fsyncTree(staging);
     await fsp.rename(staging, dest);
     await fsp.rm(src, { recursive: true, force: true });

@@ -4,6 +4,7 @@
  * replay them in archive recovery up to the last complete record, shutting down right there (no
  * WAL of its own). See dev/storage/README.md for why the result's WAL ends exactly at L.
  */
+import { childEnv } from '../../../common/child-env';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -93,7 +94,7 @@ export async function materializeAt(ctx: MaterializeContext, lsn: bigint): Promi
       mark = Date.now();
     };
     // GNU cp is several times faster than fs.cp on a data directory's ~1000 files.
-    await execFileAsync('cp', ['-a', '--reflink=auto', '--', ctx.images.pgdata(base), pgdata], { timeout: 10 * 60 * 1000 });
+    await execFileAsync('cp', ['-a', '--reflink=auto', '--', ctx.images.pgdata(base), pgdata], { timeout: 10 * 60 * 1000, env: childEnv() });
     const control = readControlFile(pgdata);
     const g = geometryOf(control);
     const walDir = path.join(pgdata, 'pg_wal');

@@ -2,6 +2,7 @@
  * Runs the PostgreSQL binaries the pageserver needs (initdb, and postgres for WAL replay) as the
  * unprivileged PostgreSQL user when this process is root, with argument arrays only.
  */
+import { pgServerChildEnv } from '../../../common/child-env';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, promises as fsp, statSync } from 'node:fs';
 import path from 'node:path';
@@ -23,7 +24,7 @@ async function tail(file: string, lines = 25): Promise<string> {
 /** A fresh cluster: superuser cloud_admin, UTF8, locale C.UTF-8 (C where that locale is missing). */
 export async function runInitdb(install: PgInstallation, pgdata: string): Promise<void> {
   const base = ['-D', pgdata, '-U', 'cloud_admin', '-E', 'UTF8', '--auth-local=trust', '--auth-host=md5', '--no-instructions', '--no-sync'];
-  const env = { ...process.env, LC_ALL: 'C', LANG: 'C' };
+  const env = pgServerChildEnv({ LC_ALL: 'C', LANG: 'C' });
   const opts = { ...pgSpawnIdentity(), env, timeout: 120_000, maxBuffer: 4 * 1024 * 1024 };
   try {
     await execFileAsync(pgBin(install, 'initdb'), [...base, '--locale=C.UTF-8'], opts);
@@ -70,7 +71,7 @@ export async function runPostgresToExit(install: PgInstallation, pgdata: string,
     child = spawn(pgBin(install, 'postgres'), ['-D', pgdata], {
       ...pgSpawnIdentity(),
       stdio: ['ignore', fd, fd],
-      env: { ...process.env, LC_ALL: 'C', LANG: 'C' },
+      env: pgServerChildEnv({ LC_ALL: 'C', LANG: 'C' }),
     });
   } finally {
     closeSync(fd);
