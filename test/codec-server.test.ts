@@ -184,7 +184,7 @@ describe('durable-compute codec-server (the CLI command)', () => {
   it('refuses to start without a token, and without one anywhere but on loopback', async () => {
     const noToken = await runCli(['codec-server', '--listen', '127.0.0.1:0'], { env });
     expect(noToken.code).not.toBe(0);
-    expect(noToken.stderr).toContain('demands a bearer token: set DURABLE_COMPUTE_CODEC_TOKEN_FILE');
+    expect(noToken.stderr).toContain('demands an access token: set DURABLE_COMPUTE_CODEC_TOKEN_FILE');
     const open = await runCli(['codec-server', '--listen', '0.0.0.0:0', '--dev-no-auth'], { env });
     expect(open.code).not.toBe(0);
     expect(open.stderr).toContain('--dev-no-auth is only allowed on a loopback address');

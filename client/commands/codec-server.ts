@@ -50,7 +50,7 @@ export function registerCodecServerCommand(program: Command): void {
         if (!isLoopback(host)) throw new UserFacingError(`--dev-no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), not ${host}`);
       } else if (token === undefined) {
         throw new UserFacingError(
-          'The codec server decrypts every payload, so it demands a bearer token: set DURABLE_COMPUTE_CODEC_TOKEN_FILE ' +
+          'The codec server decrypts every payload, so it demands an access token: set DURABLE_COMPUTE_CODEC_TOKEN_FILE ' +
             '(or DURABLE_COMPUTE_CODEC_TOKEN, or --token-file). Only a development server on loopback may run without one (--dev-no-auth).',
         );
       }
