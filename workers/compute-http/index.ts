@@ -6,7 +6,7 @@ import { Client } from '@temporalio/client';
 import type { AppConfig } from '../../common/config';
 import { encryptedDataConverter } from '../../common/codec/data-converter';
 import { findPostgres } from '../../common/pg-binaries';
-import { connectClient } from '../../common/temporal-connection';
+import { connectWorkerConnection } from '../run-worker';
 import { readJwksFile } from './api-keys';
 import { startComputeHttpServer, type ComputeHttpServer } from './server';
 
@@ -27,7 +27,8 @@ export interface ComputeApiOptions {
 export async function startComputeApi(config: AppConfig, opts: ComputeApiOptions): Promise<ComputeHttpServer> {
   const keys = opts.jwksFile ? await readJwksFile(opts.jwksFile) : undefined;
   const pg = findPostgres({ pgBinDir: opts.pgBinDir ?? config.pgBinDir });
-  const connection = await connectClient(config.temporal);
+  // The native connection the worker uses too: the VM carries no second (JavaScript) gRPC stack.
+  const connection = await connectWorkerConnection(config);
   try {
     const client = new Client({ connection, namespace: config.temporal.namespace, dataConverter: encryptedDataConverter(config.payloadKeys) });
     const server = await startComputeHttpServer({
