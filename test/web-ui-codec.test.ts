@@ -98,7 +98,7 @@ describe('the Web UI shows a running compute decoded through the codec server (r
         `compute ${computeId} on ${tenantId}/${timelineId}`,
         new RegExp(`tenant: ${tenantId}\\s+timeline: ${timelineId}`),
         /start LSN: [0-9A-F]+\/[0-9A-F]+/,
-        ...['fresh PGDATA', 'base backup', 'start Postgres', 'apply roles and databases', 'watch Postgres'],
+        ...['start compute (fresh PGDATA, LSN, base backup, Postgres, roles and databases)', 'watch Postgres'],
       ]) {
         await waitForText(expected);
       }
