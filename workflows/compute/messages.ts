@@ -1,4 +1,4 @@
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { CACHE_METRICS, OffloadState, PrewarmState } from '../../model/cache-state';
 import type { ComputeStatusResponse, TerminateMode } from '../../model/compute-status';
 
@@ -7,6 +7,13 @@ export const configureUpdate = defineUpdate<ComputeStatusResponse, [unknown]>('c
 
 /** compute_ctl's POST /terminate?mode=: returns the LSN the safekeepers were synced at after Postgres stopped. */
 export const terminateUpdate = defineUpdate<{ lsn: string | null }, [{ mode?: TerminateMode }]>('terminate');
+
+/**
+ * From the VM platform: the compute's VM is gone (its Postgres with it). The compute fails at once
+ * with the reason, instead of waiting out the watch's heartbeat timeout. A signal, not an update:
+ * the platform must be able to fire it whatever state the compute is in, without waiting on it.
+ */
+export const vmLostSignal = defineSignal<[{ reason: string }]>('vmLost');
 
 /** compute_ctl's GET /status, plus startup timings under /metrics.json names. */
 export const statusQuery = defineQuery<ComputeStatusResponse>('status');
