@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { tsNodeArgs } from '../common/paths';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const ALL = ['basebackup', 'prewarm', 'import'] as const;
+const ALL = ['basebackup', 'prewarm', 'import', 'fleet'] as const;
 const chosen = (process.env.BENCH ?? ALL.join(','))
   .split(',')
   .map((b) => b.trim())
