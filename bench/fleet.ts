@@ -28,7 +28,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -91,6 +91,7 @@ const children: ChildProcess[] = [];
 let interrupted: string | undefined;
 let stopping = false;
 let runDir: string | undefined;
+let shmRunDir: string | undefined;
 /** Sleeps, unless the run was interrupted: then it throws, so the cleanup runs. */
 async function pause(msDelay: number): Promise<void> {
   const until = Date.now() + msDelay;
@@ -185,6 +186,8 @@ function billableEvents(e: temporal.api.history.v1.IHistoryEvent): number {
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-fleet-'));
   runDir = dir;
+  const shmDir = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'dc-fleet-db-'));
+  shmRunDir = shmDir;
   const namespace = 'default';
   log(
     `SIMULATED fleet: ${COMPUTES} computes on one control-plane worker; window ${WINDOW_S} s; watch round ${EFFECTIVE.report} s, heartbeat timeout ${EFFECTIVE.heartbeat} s, ${EFFECTIVE.maxRounds} rounds per run${compressed ? ' (time-compressed)' : ' (product defaults)'}`,
@@ -202,9 +205,10 @@ async function main(): Promise<void> {
       cli,
       [
         'server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--headless',
-        // In-memory SQLite: the dev server's file mode fsyncs every transaction, which on this
-        // shared disk made a compute's instant simulated steps take seconds each.
-        '--metrics-port', String(metricsPort),
+        // The SQLite file on tmpfs: on this shared disk the file's fsyncs made a compute's instant
+        // simulated steps take seconds each, and the in-memory mode lost its namespace under load
+        // once (its database lives only as long as some connection to it).
+        '--metrics-port', String(metricsPort), '--db-filename', path.join(shmDir, 'temporal.db'),
         '--namespace', namespace, '--log-level', 'warn',
         ...Object.entries(SEARCH_ATTRIBUTES).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
       ],
@@ -483,7 +487,7 @@ async function main(): Promise<void> {
     const lines = [
       `## Fleet: ${COMPUTES.toLocaleString('en-US')} computes on one control-plane worker${compressed ? ' (time-compressed settings)' : ''}`,
       '',
-      `**The computes are SIMULATED.** One simulator process (bench/fleet-simulator.ts) answers the compute-node activities of every compute with the real watch's heartbeat timing and no Postgres, on ${SIM_QUEUES} shared task queues (bench-only workflow option \`simulatedNodeTaskQueue\`) instead of one queue per compute. The control-plane side is the product: \`durable-compute worker control-plane\`, unchanged, against a private Temporal CLI dev server (in-memory SQLite) on loopback. Computes are Static-mode specs (no safekeeper check against servers that do not exist); the idle watch is the same for every mode. The shared queues change the number of pollers the server sees (${SIM_QUEUES} simulator workers instead of ${COMPUTES.toLocaleString('en-US')}), not what a compute costs in actions, history or control-plane work.`,
+      `**The computes are SIMULATED.** One simulator process (bench/fleet-simulator.ts) answers the compute-node activities of every compute with the real watch's heartbeat timing and no Postgres, on ${SIM_QUEUES} shared task queues (bench-only workflow option \`simulatedNodeTaskQueue\`) instead of one queue per compute. The control-plane side is the product: \`durable-compute worker control-plane\`, unchanged, against a private Temporal CLI dev server (its SQLite file on tmpfs) on loopback. Computes are Static-mode specs (no safekeeper check against servers that do not exist); the idle watch is the same for every mode. The shared queues change the number of pollers the server sees (${SIM_QUEUES} simulator workers instead of ${COMPUTES.toLocaleString('en-US')}), not what a compute costs in actions, history or control-plane work.`,
       '',
       `Run ${new Date().toISOString()} on ${os.cpus().length} cores, ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, shared with the simulator and the server. Watch round ${EFFECTIVE.report} s, heartbeat timeout ${EFFECTIVE.heartbeat} s (a beat every ${EFFECTIVE.heartbeat / 2} s), ${EFFECTIVE.maxRounds} rounds per run${compressed ? '' : ' (the product defaults)'}. Idle window ${fmt(windowSeconds, 0)} s of real time, ${fmt(computeHours, 1)} compute-hours. Control-plane worker: workflow cache ${cacheSize} (maxCachedWorkflows), other options the product's; it runs through tsx (TypeScript compiled at load), whose memory is part of the RSS.`,
       '',
@@ -511,7 +515,7 @@ async function main(): Promise<void> {
       '',
       `Server \`action\` counter in the window by its labels: ${Object.entries(byLabelsDelta).map(([k, v]) => `\`${k}\` ${v}`).join(', ') || 'none'}.`,
       '',
-      `How the hour is extrapolated: actions, heartbeats and CPU are counted over the ${fmt(windowSeconds, 0)} s window and scaled by 3600 s / window per compute. All computes started within ${fmt(startupSeconds, 0)} s of each other, so a window shorter than a round may hold few or no round boundaries: the heartbeats (most of the cost) are measured directly, and the per-round activity start and per-run continue-as-new are counted from history (the cross-check row) and modelled (the model row). The time-compressed run (below, or \`bench/results/fleet-compressed.md\`) holds many rounds and continue-as-news in its window and checks the model against the counter.`,
+      `How the hour is extrapolated: actions, heartbeats and CPU are counted over the ${fmt(windowSeconds, 0)} s window and scaled by 3600 s / window per compute. All computes started within ${fmt(startupSeconds, 0)} s of each other, so a window shorter than a round may hold few or no round boundaries: the heartbeats (most of the cost) are measured directly, and the per-round activity start and per-run continue-as-new are counted from history (the cross-check row) and modelled (the model row). A time-compressed run (\`npm run bench:fleet -- --report-seconds 20 --heartbeat-timeout 30 --max-rounds 3 ...\`) holds many rounds and continue-as-news in its window and checks the model against the counter.`,
       '',
       `Whole run: ${fmt(totalWallHours * 60, 0)} min; control-plane worker CPU over it ${fmt(finalUsage.cpuSeconds, 0)} s.`,
     ];
@@ -539,6 +543,7 @@ async function main(): Promise<void> {
       }
     }
     rmSync(dir, { recursive: true, force: true });
+    rmSync(shmDir, { recursive: true, force: true });
   }
 }
 
@@ -552,6 +557,6 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 process.on('exit', () => {
   for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  if (runDir) rmSync(runDir, { recursive: true, force: true });
+  for (const d of [runDir, shmRunDir]) if (d) rmSync(d, { recursive: true, force: true });
 });
 await main();
