@@ -10,11 +10,12 @@ export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', imp
 /**
  * Workflows kept in memory between their tasks. An idle compute's workflow has a task once per
  * watch round (30 minutes), so a compute out of the cache costs one replay of its short, bounded
- * history then, not memory all the time: 1,000 cached keep the worker well under 1 GiB while it
- * holds 10,000 computes (bench/results/fleet.md). The SDK's default (about 600 per GiB of heap
- * limit, 2,300 here) sizes for busy workflows.
+ * history then, not memory all the time. A cached compute workflow costs about 1.2 MiB of RSS
+ * (bench/results/fleet-cache1000.md: 1,777 MiB with 1,000 cached over a base of about 540), so 300
+ * keep the worker under 1 GiB however many computes it holds. The SDK's default (about 600 per
+ * GiB of heap limit, 2,300 here) sizes for busy workflows.
  */
-export const CONTROL_PLANE_MAX_CACHED_WORKFLOWS = 1000;
+export const CONTROL_PLANE_MAX_CACHED_WORKFLOWS = 300;
 
 /** Runs every workflow plus the control-plane activities, on the control-plane task queue. */
 export async function createControlPlaneWorker(config: AppConfig) {
