@@ -26,6 +26,7 @@ import {
   prewarmUpdate,
   statusQuery,
   terminateUpdate,
+  vmLostSignal,
   type LfcStatus,
 } from '../workflows/compute/messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../workflows/compute/search-attributes';
@@ -196,6 +197,20 @@ export class ComputeClient {
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no compute with ID ${computeId}`);
       if (err instanceof WorkflowUpdateFailedError) throw new UserFacingError(`terminate refused: ${rootMessage(err)}`);
+      throw err;
+    }
+  }
+
+  /**
+   * For the VM platform: the compute's VM is gone. The compute fails at once with the reason
+   * (a signal: it returns as soon as the server has it, whatever the compute is doing).
+   */
+  async vmLost(computeId: string, reason: string): Promise<void> {
+    if (!reason.trim()) throw new UserFacingError('a VM-lost report needs a reason');
+    try {
+      await this.handle(computeId).signal(vmLostSignal, { reason });
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new UserFacingError(`no running compute with ID ${computeId}`);
       throw err;
     }
   }

@@ -27,6 +27,8 @@ export interface TemporalConfig {
   tls: boolean | TemporalTlsFiles;
   apiKey?: string;
   controlPlaneTaskQueue: string;
+  /** The control-plane worker's workflow cache (DURABLE_COMPUTE_MAX_CACHED_WORKFLOWS); absent: the worker's default. */
+  maxCachedWorkflows?: number;
 }
 
 export interface S3Config {
@@ -270,6 +272,7 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
       controlPlaneTaskQueue:
         read(env, 'DURABLE_COMPUTE_TASK_QUEUE', z.string().regex(/^[A-Za-z0-9._:-]{1,200}$/, 'not a valid task queue name')) ??
         CONTROL_PLANE_TASK_QUEUE_DEFAULT,
+      maxCachedWorkflows: read(env, 'DURABLE_COMPUTE_MAX_CACHED_WORKFLOWS', positiveInt(1_000_000)),
     },
     s3: {
       endpoint,

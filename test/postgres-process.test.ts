@@ -387,6 +387,18 @@ describe('the postmaster', () => {
     await expect(watch).rejects.toThrow();
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(watchBeats[0]).toHaveProperty('lastActive');
+
+    // Each beat that reaches the server is a billed action: the watch beats every half heartbeat
+    // timeout, not on every 500 ms sample (which would be about 7 beats here).
+    const quietEnv = new MockActivityEnvironment({ heartbeatTimeoutMs: 2000 });
+    const quietBeats: number[] = [];
+    const quietStarted = Date.now();
+    quietEnv.on('heartbeat', () => quietBeats.push(Date.now() - quietStarted));
+    const round = await quietEnv.run(activities.watchPostgres, { reportAfterSeconds: 3.2, lastActive: null });
+    expect(round).toMatchObject({ exited: false });
+    expect(quietBeats.length).toBeGreaterThanOrEqual(2);
+    expect(quietBeats.length).toBeLessThanOrEqual(4);
+    expect(quietBeats[0]).toBeGreaterThanOrEqual(900);
     await activities.stopPostgres({ mode: 'fast' });
   });
 });

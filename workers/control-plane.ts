@@ -21,6 +21,16 @@ function workflowCode(): { workflowBundle: { codePath: string } } | { workflowsP
   return { workflowsPath: WORKFLOWS_PATH };
 }
 
+/**
+ * Workflows kept in memory between their tasks. An idle compute's workflow has a task once per
+ * watch round (30 minutes), so a compute out of the cache costs one replay of its short, bounded
+ * history then, not memory all the time. A cached compute workflow costs about 1.2 MiB of RSS
+ * (bench/results/fleet-cache1000.md: 1,777 MiB with 1,000 cached over a base of about 540), so 300
+ * keep the worker under 1 GiB however many computes it holds. The SDK's default (about 600 per
+ * GiB of heap limit, 2,300 here) sizes for busy workflows.
+ */
+export const CONTROL_PLANE_MAX_CACHED_WORKFLOWS = 300;
+
 /** Runs every workflow plus the control-plane activities, on the control-plane task queue. */
 export async function createControlPlaneWorker(config: AppConfig) {
   return createWorker(config, {
@@ -30,6 +40,7 @@ export async function createControlPlaneWorker(config: AppConfig) {
     dataConverter: encryptedDataConverter(config.payloadKeys),
     interceptors: { workflowModules: config.specTrust === 'restricted' ? [RESTRICTED_SPEC_TRUST_INTERCEPTORS] : [] },
     identity: `control-plane@${process.pid}`,
+    maxCachedWorkflows: config.temporal.maxCachedWorkflows ?? CONTROL_PLANE_MAX_CACHED_WORKFLOWS,
   });
 }
 

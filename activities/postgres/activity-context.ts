@@ -22,3 +22,15 @@ export function heartbeat(details?: unknown): void {
 export function cancellationSignal(): AbortSignal | undefined {
   return currentActivity()?.cancellationSignal;
 }
+
+/**
+ * How often a long, quiet activity (the watch) should heartbeat: half its heartbeat timeout, so
+ * one late beat is tolerated. Beats this far apart each reach the server (the SDK sends a beat at
+ * once when none went out for its throttle interval, min(0.8 × timeout, 60 s)), and each one is a
+ * billed Temporal action, so a long timeout keeps an idle compute cheap. `fallbackMs` without a
+ * heartbeat timeout (or outside an activity).
+ */
+export function heartbeatSpacingMs(fallbackMs: number): number {
+  const timeoutMs = currentActivity()?.info.heartbeatTimeoutMs;
+  return timeoutMs ? timeoutMs / 2 : fallbackMs;
+}

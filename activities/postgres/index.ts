@@ -3,7 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { parseComputeSpec, type ComputeSpec } from '../../model/compute-spec';
-import { cancellationSignal, currentActivity, heartbeat } from './activity-context';
+import { cancellationSignal, currentActivity, heartbeat, heartbeatSpacingMs } from './activity-context';
 import { connectAsAdmin, type AdminLogin } from './connect';
 import { ensurePgHba, ensureStandbySignal, renderPostgresqlConf, writePostgresqlConf } from './config';
 import { PostgresFailure, nonRetryable } from './errors';
@@ -290,8 +290,9 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
 
     /**
      * One round of compute_ctl's wait-on-postmaster plus activity monitor: samples last_active every
-     * `monitorIntervalMs`, heartbeating it (a retried watch resumes from the heartbeat), and returns
-     * after `reportAfterSeconds`, or at once when the postmaster exits (with how it exited).
+     * `monitorIntervalMs`, heartbeats it every half heartbeat timeout (a retried watch resumes from
+     * the heartbeat; each beat is a billed action, so not every sample), and returns after
+     * `reportAfterSeconds`, or at once when the postmaster exits (with how it exited).
      */
     async watchPostgres(input: { reportAfterSeconds: number; lastActive: string | null }): Promise<WatchResult> {
       const resumed = (currentActivity()?.info.heartbeatDetails as { lastActive?: string | null } | undefined)?.lastActive ?? null;
@@ -304,6 +305,9 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
       }
       const deadline = Date.now() + input.reportAfterSeconds * 1000;
       const interval = deps.monitorIntervalMs ?? 500;
+      const heartbeatEveryMs = heartbeatSpacingMs(interval);
+      // The first beat half a timeout in: a round's start needs none, and each one is billed.
+      let lastBeat = Date.now();
       let client: pg.Client | undefined;
       let monitorError: string | undefined;
       try {
@@ -323,7 +327,10 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
             await client?.end().catch(() => undefined);
             client = undefined;
           }
-          heartbeat({ lastActive });
+          if (Date.now() - lastBeat >= heartbeatEveryMs) {
+            heartbeat({ lastActive });
+            lastBeat = Date.now();
+          }
           if (Date.now() >= deadline) return { exited: false, lastActive, ...(monitorError && { monitorError }) };
           await sleep(interval, undefined, { signal }).catch(() => undefined);
         }

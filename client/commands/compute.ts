@@ -114,6 +114,18 @@ export function registerComputeCommands(program: Command): void {
     });
 
   compute
+    .command('vm-lost')
+    .description("for the VM platform: the compute's VM is gone; the compute fails at once with the reason")
+    .requiredOption('--compute-id <id>', 'the compute ID')
+    .requiredOption('--reason <text>', 'what happened to the VM (kept in the status error)')
+    .action(async (opts: { computeId: string; reason: string }) => {
+      await withComputeClient(async (c) => {
+        await c.vmLost(opts.computeId, opts.reason);
+        process.stdout.write(`reported VM lost for compute ${opts.computeId}\n`);
+      });
+    });
+
+  compute
     .command('list')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {

@@ -12,7 +12,7 @@ const quickStep: ActivityOptions = {
   retry: { initialInterval: '200 ms', maximumAttempts: 10 },
 };
 
-export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSeconds: number, watchReportSeconds: number, startupScheduleToStartSeconds: number) {
+export function computeNodeActivities(taskQueue: string, startupScheduleToStartSeconds: number) {
   const on = (options: ActivityOptions) => proxyActivities<ComputeNodeActivities>({ ...options, taskQueue });
   return {
     // The whole startup. A killed worker is noticed within the heartbeat timeout and the next
@@ -65,15 +65,6 @@ export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSe
       retry: { initialInterval: '500 ms', maximumAttempts: 10 },
       summary: 'apply roles and databases',
     }).applySpec,
-    // A watch that stops heartbeating means the compute worker is gone. It gets one more attempt,
-    // which a restarted worker must pick up within the same timeout; otherwise the VM is lost.
-    watchPostgres: on({
-      startToCloseTimeout: `${watchReportSeconds + 120} seconds`,
-      heartbeatTimeout: `${watchHeartbeatTimeoutSeconds} seconds`,
-      scheduleToStartTimeout: `${watchHeartbeatTimeoutSeconds} seconds`,
-      retry: { maximumAttempts: 2, initialInterval: '200 ms' },
-      summary: 'watch Postgres',
-    }).watchPostgres,
     reconfigurePostgres: on({
       startToCloseTimeout: '5 minutes',
       heartbeatTimeout: '10 seconds',
@@ -87,6 +78,28 @@ export function computeNodeActivities(taskQueue: string, watchHeartbeatTimeoutSe
       summary: 'stop Postgres',
     }).stopPostgres,
   };
+}
+
+export interface WatchTiming {
+  reportSeconds: number;
+  heartbeatTimeoutSeconds: number;
+}
+
+/**
+ * The watch of a running compute: one long activity per round. A watch that stops heartbeating
+ * means the compute worker is gone. It gets one more attempt, which a restarted worker must pick up
+ * within the same timeout; otherwise the VM is lost. This is the backstop for a VM platform that
+ * never sends `vmLost`; the signal is what notices a dead VM within seconds.
+ */
+export function computeWatchActivity(taskQueue: string, timing: WatchTiming) {
+  return proxyActivities<ComputeNodeActivities>({
+    taskQueue,
+    startToCloseTimeout: `${timing.reportSeconds + 120} seconds`,
+    heartbeatTimeout: `${timing.heartbeatTimeoutSeconds} seconds`,
+    scheduleToStartTimeout: `${timing.heartbeatTimeoutSeconds} seconds`,
+    retry: { maximumAttempts: 2, initialInterval: '200 ms' },
+    summary: 'watch Postgres',
+  }).watchPostgres;
 }
 
 export const controlPlaneActivities = proxyActivities<ControlPlaneActivities>({

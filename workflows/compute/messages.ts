@@ -1,4 +1,4 @@
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { CACHE_METRICS, OffloadState, PrewarmState } from '../../model/cache-state';
 import type { ComputeStatusResponse, TerminateMode } from '../../model/compute-status';
 
@@ -13,6 +13,13 @@ export const terminateUpdate = defineUpdate<{ lsn: string | null }, [{ mode?: Te
  * update-with-start, a control plane starts a compute and learns it is running in one call.
  */
 export const awaitStartupUpdate = defineUpdate<ComputeStatusResponse, []>('awaitStartup');
+
+/**
+ * From the VM platform: the compute's VM is gone (its Postgres with it). The compute fails at once
+ * with the reason, instead of waiting out the watch's heartbeat timeout. A signal, not an update:
+ * the platform must be able to fire it whatever state the compute is in, without waiting on it.
+ */
+export const vmLostSignal = defineSignal<[{ reason: string }]>('vmLost');
 
 /** compute_ctl's GET /status, plus startup timings under /metrics.json names. */
 export const statusQuery = defineQuery<ComputeStatusResponse>('status');

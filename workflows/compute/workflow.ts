@@ -28,20 +28,40 @@ import {
   type ComputeStatusResponse,
   type TerminateMode,
 } from '../../model/compute-status';
-import { computeCacheActivities, computeNodeActivities, controlPlaneActivities } from './activity-proxies';
-import { apiKeysQuery, awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate } from './messages';
+import { computeCacheActivities, computeNodeActivities, computeWatchActivity, controlPlaneActivities } from './activity-proxies';
+import { apiKeysQuery, awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate, vmLostSignal } from './messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
 export interface ComputeWorkflowOptions {
   /** How long the startup waits for the compute worker to take it before the compute fails (default 120 s). */
   startupScheduleToStartSeconds?: number;
-  /** How often the watch step reports last_active (and so how often history grows while idle). */
+  /** How often the watch step reports last_active (and so how often history grows while idle). Default 1800. */
   watchReportSeconds?: number;
-  /** How long a silent compute worker is tolerated before the compute is declared failed. */
+  /**
+   * How long a silent compute worker is tolerated before the compute is declared failed: the
+   * backstop for a VM platform that never sends `vmLost`. Default 600. The watch heartbeats every
+   * half of it, and each heartbeat is a billed Temporal action.
+   */
   watchHeartbeatTimeoutSeconds?: number;
-  /** Continue-as-new after this many watch rounds, to keep a weeks-long history bounded. */
+  /** Continue-as-new after this many watch rounds, to keep a weeks-long history bounded. Default 48 (a day at the default rounds). */
   maxWatchRoundsPerRun?: number;
+  /**
+   * SIMULATION ONLY (bench/fleet.ts): the task queue of the compute-node activities instead of the
+   * compute's own `compute-node-<id>`, so one simulator process can answer thousands of simulated
+   * computes from a few queues. Never set for a real compute.
+   */
+  simulatedNodeTaskQueue?: string;
 }
+
+/**
+ * The long, quiet watch (30-minute rounds, 10-minute heartbeat timeout, a dead VM reported by the
+ * platform's `vmLost` signal) replaced one-minute rounds with a 15 s heartbeat timeout: about 10
+ * instead of 360 actions per idle compute-hour. Computes already watching keep the old defaults
+ * until their next continue-as-new, so their recorded histories replay.
+ */
+const QUIET_WATCH_PATCH = 'quiet-watch-and-vm-lost';
+const WATCH_DEFAULTS = { reportSeconds: 1800, heartbeatTimeoutSeconds: 600, maxRoundsPerRun: 48 };
+const LEGACY_WATCH_DEFAULTS = { reportSeconds: 60, heartbeatTimeoutSeconds: 15, maxRoundsPerRun: 1000 };
 
 /** What survives a continue-as-new of a running compute. */
 export interface CarriedComputeState {
@@ -98,12 +118,10 @@ function isPgdataLost(err: unknown): boolean {
  * each step an activity on the compute's own task queue so a crashed worker resumes in that step.
  */
 export async function computeWorkflow(input: ComputeWorkflowInput): Promise<ComputeStatusResponse> {
-  const watchReportSeconds = input.options?.watchReportSeconds ?? 60;
-  const watchHeartbeatTimeoutSeconds = input.options?.watchHeartbeatTimeoutSeconds ?? 15;
-  const maxWatchRounds = input.options?.maxWatchRoundsPerRun ?? 1000;
+  const nodeTaskQueue = input.options?.simulatedNodeTaskQueue ?? computeTaskQueue(input.computeId);
   const startupScheduleToStartSeconds = input.options?.startupScheduleToStartSeconds ?? 120;
-  const node = computeNodeActivities(computeTaskQueue(input.computeId), watchHeartbeatTimeoutSeconds, watchReportSeconds, startupScheduleToStartSeconds);
-  const cache = computeCacheActivities(computeTaskQueue(input.computeId));
+  const node = computeNodeActivities(nodeTaskQueue, startupScheduleToStartSeconds);
+  const cache = computeCacheActivities(nodeTaskQueue);
 
   let config: ComputeConfig | undefined = input.carried?.config;
   let status: ComputeStatus = input.carried?.status ?? 'empty';
@@ -173,6 +191,28 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   });
   setHandler(apiKeysQuery, () => config?.compute_ctl_config.jwks ?? { keys: [] });
 
+  // The VM platform's word that the VM is gone. Work waiting on the VM's task queue (which no one
+  // will ever poll again) is abandoned at once; the compute then fails with the platform's reason.
+  let vmLost: string | undefined;
+  const onVmScopes = new Set<CancellationScope>();
+  const onVm = async <T>(work: () => Promise<T>): Promise<T> => {
+    const scope = new CancellationScope();
+    onVmScopes.add(scope);
+    try {
+      return await scope.run(work);
+    } finally {
+      onVmScopes.delete(scope);
+    }
+  };
+  const vmLostError = () => `VM lost: ${vmLost}`;
+  setHandler(vmLostSignal, (arg) => {
+    if (vmLost !== undefined) return;
+    const reason = typeof arg?.reason === 'string' ? arg.reason.trim().slice(0, 1000) : '';
+    vmLost = reason || 'no reason given';
+    log.warn('VM lost', { reason: vmLost });
+    for (const scope of onVmScopes) scope.cancel();
+  });
+
   let reconfiguring = false;
   setHandler(
     configureUpdate,
@@ -195,16 +235,16 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
       try {
         adoptConfig(parsed.config);
         setStatus('configuration');
-        pendingRestart = (await node.reconfigurePostgres({ spec: parsed.config.spec })).pendingRestart ?? [];
+        pendingRestart = (await onVm(() => node.reconfigurePostgres({ spec: parsed.config.spec }))).pendingRestart ?? [];
         setStatus('running');
       } catch (err) {
         // Same commands as the failed path (one status upsert): no patch needed for replay.
-        if (isSettingRejected(err) && previous) {
+        if (vmLost === undefined && isSettingRejected(err) && previous) {
           config = previous;
           setStatus('running');
           throw ApplicationFailure.nonRetryable(`reconfiguration refused: ${describeFailure(err)}`, SETTING_REJECTED);
         }
-        setStatus('failed', `reconfiguration failed: ${describeFailure(err)}`);
+        setStatus('failed', vmLost !== undefined ? vmLostError() : `reconfiguration failed: ${describeFailure(err)}`);
       } finally {
         reconfiguring = false;
       }
@@ -231,7 +271,14 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
       terminationMode = mode;
       const wasRunning = postgresRunning;
       setStatus(mode === 'fast' ? 'termination_pending_fast' : 'termination_pending_immediate');
-      if (wasRunning) await node.stopPostgres({ mode });
+      if (wasRunning) {
+        try {
+          await onVm(() => node.stopPostgres({ mode }));
+        } catch (err) {
+          // A lost VM stopped its Postgres for good; the compute fails with the reason below.
+          if (vmLost === undefined) throw err;
+        }
+      }
       await condition(() => status === 'terminated' || status === 'failed');
       return { lsn: terminateLsn };
     },
@@ -400,9 +447,9 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
           log.warn('PGDATA lost or replaced during startup; redoing the fresh start', { freshStart, reason: describeFailure(err) });
           continue;
         }
-        const reason = `startup failed: ${describeStartupFailure(err)}`;
-        if (postgresRunning) await node.stopPostgres({ mode: 'immediate' }).catch(() => undefined);
-        else if (startupMayHaveStartedPostgres && !neverPolled(err)) await node.stopAfterFailedStart({ mode: 'immediate' }).catch(() => undefined);
+        const reason = vmLost !== undefined ? vmLostError() : `startup failed: ${describeStartupFailure(err)}`;
+        if (vmLost === undefined && postgresRunning) await node.stopPostgres({ mode: 'immediate' }).catch(() => undefined);
+        else if (vmLost === undefined && startupMayHaveStartedPostgres && !neverPolled(err)) await node.stopAfterFailedStart({ mode: 'immediate' }).catch(() => undefined);
         postgresRunning = false;
         setStatus('failed', reason);
         await condition(allHandlersFinished);
@@ -419,9 +466,20 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     backgroundTasks.push(background.run(() => periodicOffload(offloadInterval)).catch(() => undefined));
   }
 
-  // Watch until the postmaster exits. Each round reports last_active.
+  // Watch until the postmaster exits or the VM is lost. Each round reports last_active.
+  const watchDefaults = patched(QUIET_WATCH_PATCH) ? WATCH_DEFAULTS : LEGACY_WATCH_DEFAULTS;
+  const watchReportSeconds = input.options?.watchReportSeconds ?? watchDefaults.reportSeconds;
+  const maxWatchRounds = input.options?.maxWatchRoundsPerRun ?? watchDefaults.maxRoundsPerRun;
+  const watchPostgres = computeWatchActivity(nodeTaskQueue, {
+    reportSeconds: watchReportSeconds,
+    heartbeatTimeoutSeconds: input.options?.watchHeartbeatTimeoutSeconds ?? watchDefaults.heartbeatTimeoutSeconds,
+  });
   let exitReason: string | undefined;
   for (let round = 0; ; round++) {
+    if (vmLost !== undefined) {
+      exitReason = vmLostError();
+      break;
+    }
     const historyLong = round >= maxWatchRounds || workflowInfo().continueAsNewSuggested;
     if (historyLong && !reconfiguring && terminationMode === undefined && !prewarmScope && !offloadRunning) {
       background.cancel();
@@ -446,14 +504,14 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
       });
     }
     try {
-      const report = await node.watchPostgres({ reportAfterSeconds: watchReportSeconds, lastActive });
+      const report = await onVm(() => watchPostgres({ reportAfterSeconds: watchReportSeconds, lastActive }));
       if (report.lastActive && (!lastActive || report.lastActive > lastActive)) lastActive = report.lastActive;
       if (report.exited) {
         exitReason = report.exitReason ?? 'postmaster exited';
         break;
       }
     } catch (err) {
-      exitReason = `compute worker lost: ${describeFailure(err)}`;
+      exitReason = vmLost !== undefined ? vmLostError() : `compute worker lost: ${describeFailure(err)}`;
       break;
     }
   }
@@ -462,7 +520,8 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   background.cancel();
   await Promise.all(backgroundTasks);
 
-  if (terminationMode !== undefined) {
+  // A lost VM took Postgres with it: no final sync is possible, termination or not.
+  if (terminationMode !== undefined && vmLost === undefined) {
     // After Postgres stops, a Primary syncs the safekeepers once more; that LSN is the answer.
     if (config!.spec.mode.kind === 'Primary') {
       try {
@@ -502,7 +561,8 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     if (patched(STARTUP_IN_ONE_ACTIVITY)) {
       // One activity; it resumes per step from its journal (activities/compute/startup.ts).
       startupMayHaveStartedPostgres = true;
-      const started = await node.startCompute({ incarnation, spec });
+      // A VM lost meanwhile (the platform's vmLost) cancels it: nothing is left to wait for.
+      const started = await onVm(() => node.startCompute({ incarnation, spec }));
       postgresRunning = true;
       startLsn = started.lsn;
       Object.assign(metrics, started.metrics);

@@ -1,0 +1,562 @@
+/**
+ * Fleet benchmark: thousands of compute workflows held by ONE control-plane worker process.
+ *
+ * Setup, all on loopback and all private to this run (removed at the end):
+ * - a Temporal CLI dev server (the embedded stack's server) with `--metrics-port`, whose
+ *   Prometheus counter `action` counts billable actions the way Temporal Cloud bills them;
+ * - the product's control-plane worker, `durable-compute worker control-plane`, unchanged: the
+ *   process whose RSS and CPU are measured;
+ * - a SIMULATOR process (bench/fleet-simulator.ts) standing in for the computes' VMs: it answers the
+ *   compute-node activities with the real watch's heartbeat timing but without Postgres, on a few
+ *   shared task queues (the bench-only workflow option `simulatedNodeTaskQueue`);
+ * - this process: starts the computes (the product's ComputeClient), waits until all are running,
+ *   measures an idle window, then plays the VM platform (kills simulated VMs and sends `vmLost`).
+ *
+ * Flags (each also as an environment variable FLEET_<NAME>, for `npm run bench`):
+ *   --computes N             computes to hold (10000)
+ *   --window S               idle measurement window in seconds (600)
+ *   --report-seconds S       watch round; default: the product default (1800)
+ *   --heartbeat-timeout S    watch heartbeat timeout; default: the product default (600)
+ *   --max-rounds N           watch rounds per run before continue-as-new; default: the product's (48)
+ *   --kills N                simulated VMs killed and reported with vmLost after the window (20)
+ *   --silent-kills N         simulated VMs killed with no report: the heartbeat-timeout backstop (0)
+ *   --sim-queues N           shared simulator task queues (4)
+ *   --sample N               histories read for event counts and task latency (200)
+ *   --out FILE               results file (bench/results/fleet.md)
+ * Quick, time-compressed run:
+ *   npm run bench:fleet -- --computes 500 --window 120 --report-seconds 20 --heartbeat-timeout 10 --max-rounds 4 --silent-kills 3 --out /tmp/fleet.md
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Client, Connection } from '@temporalio/client';
+import type { temporal } from '@temporalio/proto';
+import { ComputeClient } from '../client/compute-client';
+import { exampleComputeConfig } from '../client/example-spec';
+import { encryptedDataConverter } from '../common/codec/data-converter';
+import { loadConfig } from '../common/config';
+import { projectRoot, tsNodeArgs } from '../common/paths';
+import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
+import { freePort } from '../dev/processes';
+import { provisionTemporalCli } from '../dev/temporal-cli';
+import { computeWorkflowId } from '../model/compute-status';
+import { CONTROL_PLANE_MAX_CACHED_WORKFLOWS } from '../workers/control-plane';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+const { values: flags } = parseArgs({
+  options: {
+    computes: { type: 'string' },
+    window: { type: 'string' },
+    'report-seconds': { type: 'string' },
+    'heartbeat-timeout': { type: 'string' },
+    'max-rounds': { type: 'string' },
+    kills: { type: 'string' },
+    'silent-kills': { type: 'string' },
+    'sim-queues': { type: 'string' },
+    sample: { type: 'string' },
+    out: { type: 'string' },
+  },
+});
+
+function setting(name: keyof typeof flags, fallback?: number): number | undefined {
+  const raw = flags[name] ?? process.env[`FLEET_${name.toUpperCase().replace(/-/g, '_')}`];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a non-negative number, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+const COMPUTES = setting('computes', 10_000)!;
+const WINDOW_S = setting('window', 600)!;
+const REPORT_S = setting('report-seconds');
+const HEARTBEAT_S = setting('heartbeat-timeout');
+const MAX_ROUNDS = setting('max-rounds');
+const KILLS = Math.min(setting('kills', 20)!, COMPUTES);
+const SILENT_KILLS = Math.min(setting('silent-kills', 0)!, COMPUTES - KILLS);
+const SIM_QUEUES = Math.max(1, setting('sim-queues', 4)!);
+const SAMPLE = Math.min(setting('sample', 200)!, COMPUTES);
+const OUT = flags.out ?? process.env.FLEET_OUT ?? path.join(here, 'results', 'fleet.md');
+// The product defaults, for the arithmetic; the workflow applies them itself when a flag is absent.
+const EFFECTIVE = { report: REPORT_S ?? 1800, heartbeat: HEARTBEAT_S ?? 600, maxRounds: MAX_ROUNDS ?? 48 };
+const compressed = REPORT_S !== undefined || HEARTBEAT_S !== undefined || MAX_ROUNDS !== undefined;
+
+const log = (line: string) => console.log(`[fleet ${new Date().toISOString().slice(11, 19)}] ${line}`);
+const children: ChildProcess[] = [];
+let interrupted: string | undefined;
+let stopping = false;
+let runDir: string | undefined;
+let shmRunDir: string | undefined;
+/** Sleeps, unless the run was interrupted: then it throws, so the cleanup runs. */
+async function pause(msDelay: number): Promise<void> {
+  const until = Date.now() + msDelay;
+  while (Date.now() < until) {
+    if (interrupted) throw new Error(interrupted);
+    await sleep(Math.min(500, until - Date.now()));
+  }
+  if (interrupted) throw new Error(interrupted);
+}
+
+function startChild(command: string, args: string[], env: NodeJS.ProcessEnv, logFile: string, ipc = false): ChildProcess {
+  const child = spawn(command, args, { cwd: projectRoot, env, stdio: ['ignore', 'pipe', 'pipe', ...(ipc ? ['ipc' as const] : [])] });
+  children.push(child);
+  let output = '';
+  const keep = (chunk: Buffer) => {
+    output += chunk.toString('utf8');
+    if (output.length > 1_000_000) output = output.slice(-500_000);
+    writeFileSync(logFile, output);
+  };
+  child.on('exit', (code, signal) => {
+    if (!stopping) log(`${path.basename(logFile, '.log')} exited unexpectedly (code ${code}, signal ${signal})`);
+  });
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  (child as ChildProcess & { output: () => string }).output = () => output;
+  return child;
+}
+
+async function waitForLine(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 180_000): Promise<void> {
+  const output = (child as ChildProcess & { output: () => string }).output;
+  const deadline = Date.now() + timeoutMs;
+  while (!pattern.test(output())) {
+    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode}):\n${output().slice(-3000)}`);
+    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs / 1000} s:\n${output().slice(-3000)}`);
+    await pause(200);
+  }
+}
+
+/** CPU seconds (user + system) and RSS of a process, from /proc. */
+function processUsage(pid: number): { cpuSeconds: number; rssMiB: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  return { cpuSeconds: ticks / 100, rssMiB: rssKb / 1024 };
+}
+
+/** The server's billable-action counter for the namespace, summed over its other labels, with the breakdown. */
+async function serverActions(metricsUrl: string, namespace: string): Promise<{ total: number; byLabels: Record<string, number> }> {
+  const text = await (await fetch(metricsUrl)).text();
+  const byLabels: Record<string, number> = {};
+  let total = 0;
+  for (const line of text.split('\n')) {
+    const m = /^action(?:_total)?\{([^}]*)\}\s+([0-9.eE+-]+)$/.exec(line.trim());
+    if (!m) continue;
+    const labels = m[1]!;
+    if (!labels.includes(`namespace="${namespace}"`)) continue;
+    const value = Number(m[2]);
+    total += value;
+    const key = labels
+      .split(',')
+      .filter((l) => !/^(namespace|service_name|operation|instance|namespace_state)=/.test(l))
+      .join(',');
+    byLabels[key || '(no labels)'] = (byLabels[key || '(no labels)'] ?? 0) + value;
+  }
+  return { total, byLabels };
+}
+
+const pct = (xs: number[], p: number) => {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+const ms = (t: temporal.api.history.v1.IHistoryEvent['eventTime']) => Number(t?.seconds ?? 0) * 1000 + Math.floor((t?.nanos ?? 0) / 1e6);
+const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : 'n/a');
+
+/** History events that Temporal Cloud bills as an action (heartbeats never appear in history). */
+function billableEvents(e: temporal.api.history.v1.IHistoryEvent): number {
+  if (e.workflowExecutionStartedEventAttributes) return 1;
+  if (e.activityTaskScheduledEventAttributes) return 1;
+  // A retry is billed as another activity start.
+  if (e.activityTaskStartedEventAttributes) return Math.max(0, (e.activityTaskStartedEventAttributes.attempt ?? 1) - 1);
+  if (e.timerStartedEventAttributes) return 1;
+  if (e.workflowExecutionSignaledEventAttributes) return 1;
+  if (e.upsertWorkflowSearchAttributesEventAttributes) return 1;
+  if (e.workflowExecutionUpdateAcceptedEventAttributes) return 1;
+  // Markers, patch markers too (the server counts them as command_BatchMarkers).
+  if (e.markerRecordedEventAttributes) return 1;
+  return 0;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-fleet-'));
+  runDir = dir;
+  const shmDir = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'dc-fleet-db-'));
+  shmRunDir = shmDir;
+  const namespace = 'default';
+  log(
+    `SIMULATED fleet: ${COMPUTES} computes on one control-plane worker; window ${WINDOW_S} s; watch round ${EFFECTIVE.report} s, heartbeat timeout ${EFFECTIVE.heartbeat} s, ${EFFECTIVE.maxRounds} rounds per run${compressed ? ' (time-compressed)' : ' (product defaults)'}`,
+  );
+  let connection: Connection | undefined;
+  const startedAll = Date.now();
+  try {
+    // 1. A private Temporal dev server with its metrics endpoint.
+    const cli = (await provisionTemporalCli({ onProgress: (l) => log(l) })).path;
+    const port = await freePort();
+    const metricsPort = await freePort();
+    const address = `127.0.0.1:${port}`;
+    const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
+    const server = startChild(
+      cli,
+      [
+        'server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--headless',
+        // The SQLite file on tmpfs: on this shared disk the file's fsyncs made a compute's instant
+        // simulated steps take seconds each, and the in-memory mode lost its namespace under load
+        // once (its database lives only as long as some connection to it).
+        '--metrics-port', String(metricsPort), '--db-filename', path.join(shmDir, 'temporal.db'),
+        '--namespace', namespace, '--log-level', 'warn',
+        ...Object.entries(SEARCH_ATTRIBUTES).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
+      ],
+      process.env,
+      path.join(dir, 'temporal.log'),
+    );
+    for (let i = 0; ; i++) {
+      try {
+        connection = await Connection.connect({ address, connectTimeout: '2s' });
+        await connection.workflowService.describeNamespace({ namespace });
+        break;
+      } catch (err) {
+        if (server.exitCode !== null || i > 120) throw new Error(`Temporal dev server did not start: ${(err as Error).message}`);
+        await sleep(500);
+      }
+    }
+    log(`Temporal dev server on ${address}, metrics on ${metricsUrl}`);
+
+    const keyFile = path.join(dir, 'payload.key');
+    writeFileSync(keyFile, randomBytes(32).toString('base64'), { mode: 0o600 });
+    const taskQueue = 'fleet-control-plane';
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      TEMPORAL_ADDRESS: address,
+      TEMPORAL_NAMESPACE: namespace,
+      DURABLE_COMPUTE_PAYLOAD_KEY_FILE: keyFile,
+      DURABLE_COMPUTE_TASK_QUEUE: taskQueue,
+      // Nothing falls back to a dev stack the user may have running.
+      DURABLE_COMPUTE_STACK_DIR: dir,
+    };
+
+    // 2. The simulated VMs, then the product's control-plane worker.
+    const simQueues = Array.from({ length: SIM_QUEUES }, (_, i) => `fleet-simulated-nodes-${i}`);
+    const cacheSize = process.env.DURABLE_COMPUTE_MAX_CACHED_WORKFLOWS ?? `the product's ${CONTROL_PLANE_MAX_CACHED_WORKFLOWS}`;
+    const simulator = startChild(
+      process.execPath,
+      [...tsNodeArgs(), path.join(here, 'fleet-simulator.ts')],
+      { ...env, FLEET_SIM_QUEUES: simQueues.join(','), FLEET_SIM_SLOTS_PER_QUEUE: String(Math.ceil(COMPUTES / SIM_QUEUES) + 200) },
+      path.join(dir, 'simulator.log'),
+      true,
+    );
+    await waitForLine(simulator, /fleet simulator ready/, 'fleet simulator');
+    const controlPlane = startChild(process.execPath, [path.join(projectRoot, 'bin', 'durable-compute.mjs'), 'worker', 'control-plane'], env, path.join(dir, 'control-plane.log'));
+    await waitForLine(controlPlane, /control-plane worker ready/, 'control-plane worker');
+    const cpPid = controlPlane.pid!;
+    log(`control-plane worker pid ${cpPid} ready; simulator on ${SIM_QUEUES} queues`);
+
+    const simRequest = <T>(msg: object, key: string): Promise<T> =>
+      new Promise((resolve) => {
+        const onMessage = (reply: Record<string, unknown>) => {
+          if (key in reply) {
+            simulator.off('message', onMessage);
+            resolve(reply[key] as T);
+          }
+        };
+        simulator.on('message', onMessage);
+        simulator.send(msg);
+      });
+
+    const config = loadConfig(env);
+    const client = new Client({ connection, namespace, dataConverter: encryptedDataConverter(config.payloadKeys) });
+    const computes = new ComputeClient(client, taskQueue);
+
+    // 3. Start the fleet.
+    const ids = Array.from({ length: COMPUTES }, (_, i) => `fleet-${String(i).padStart(5, '0')}`);
+    const specFor = (i: number) => {
+      const cfg = exampleComputeConfig({
+        tenantId: randomBytes(16).toString('hex'),
+        timelineId: randomBytes(16).toString('hex'),
+        pageserverPg: '127.0.0.1:1',
+        safekeepers: ['127.0.0.1:2', '127.0.0.1:3', '127.0.0.1:4'],
+        port: 10_000 + (i % 50_000),
+        endpointId: `ep-fleet-${i}`,
+      }) as { spec: Record<string, unknown> };
+      // Static: no safekeeper quorum check against servers that do not exist; the idle watch is the same for every mode.
+      cfg.spec.mode = { Static: '0/1000028' };
+      cfg.spec.autoprewarm = false;
+      return cfg;
+    };
+    const options = {
+      simulatedNodeTaskQueue: '',
+      ...(REPORT_S !== undefined && { watchReportSeconds: REPORT_S }),
+      ...(HEARTBEAT_S !== undefined && { watchHeartbeatTimeoutSeconds: HEARTBEAT_S }),
+      ...(MAX_ROUNDS !== undefined && { maxWatchRoundsPerRun: MAX_ROUNDS }),
+    };
+    const startBegan = Date.now();
+    let next = 0;
+    const peak = { rssMiB: 0 };
+    const sampleRss = () => {
+      const u = processUsage(cpPid);
+      peak.rssMiB = Math.max(peak.rssMiB, u.rssMiB);
+      return u;
+    };
+    const rssTimer = setInterval(() => {
+      if (controlPlane.exitCode === null && controlPlane.signalCode === null) sampleRss();
+    }, 2000);
+    const cpuAtStart = processUsage(cpPid).cpuSeconds;
+    await Promise.all(
+      Array.from({ length: 32 }, async () => {
+        while (next < ids.length && !interrupted) {
+          const i = next++;
+          await computes.start(ids[i]!, specFor(i), { ...options, simulatedNodeTaskQueue: simQueues[i % SIM_QUEUES]! });
+          if (i % 1000 === 999) log(`started ${i + 1} workflows`);
+        }
+      }),
+    );
+    const countRunning = async () => Number((await client.workflow.count(`WorkflowType = 'computeWorkflow' AND ComputeStatus = 'running' AND ExecutionStatus = 'Running'`)).count);
+    for (;;) {
+      const running = await countRunning();
+      if (running >= COMPUTES) break;
+      const failed = [];
+      for await (const wf of client.workflow.list({ query: `WorkflowType = 'computeWorkflow' AND ComputeStatus = 'failed'`, pageSize: 3 })) {
+        failed.push(wf.workflowId);
+        if (failed.length >= 3) break;
+      }
+      if (failed.length) {
+        const first = await client.workflow.getHandle(failed[0]!).query<{ error: string | null }>('status');
+        throw new Error(`computes failed while starting (${failed.join(', ')}...); the first: ${first.error}`);
+      }
+      log(`${running} of ${COMPUTES} running`);
+      if (Date.now() - startBegan > 3600_000) throw new Error(`only ${running} of ${COMPUTES} computes running after an hour`);
+      await pause(5000);
+    }
+    const startupSeconds = (Date.now() - startBegan) / 1000;
+    const startupCpu = processUsage(cpPid).cpuSeconds - cpuAtStart;
+    log(`all ${COMPUTES} running after ${fmt(startupSeconds)} s (control-plane CPU ${fmt(startupCpu)} s)`);
+
+    // 4. The idle window. A short settle first, so the window holds no startup tail.
+    await pause(Math.min(30, WINDOW_S / 4) * 1000);
+    const simBefore = await simRequest<Record<string, number>>({ stats: true }, 'stats');
+    const actionsBefore = await serverActions(metricsUrl, namespace);
+    const usageBefore = sampleRss();
+    const serverBefore = processUsage(server.pid!);
+    const windowStart = Date.now();
+    const rssDuring: number[] = [];
+    while (Date.now() - windowStart < WINDOW_S * 1000) {
+      await pause(Math.min(10_000, WINDOW_S * 1000 - (Date.now() - windowStart)));
+      rssDuring.push(sampleRss().rssMiB);
+      if (rssDuring.length % 6 === 0) log(`window: ${Math.round((Date.now() - windowStart) / 1000)} s of ${WINDOW_S} s, control-plane RSS ${fmt(rssDuring.at(-1)!)} MiB`);
+    }
+    const windowEnd = Date.now();
+    const windowSeconds = (windowEnd - windowStart) / 1000;
+    const usageAfter = sampleRss();
+    const serverAfter = processUsage(server.pid!);
+    const actionsAfter = await serverActions(metricsUrl, namespace);
+    const simAfter = await simRequest<Record<string, number>>({ stats: true }, 'stats');
+    const windowActions = actionsAfter.total - actionsBefore.total;
+    const windowHeartbeats = simAfter.watchHeartbeats! - simBefore.watchHeartbeats!;
+    const windowRounds = simAfter.watchRounds! - simBefore.watchRounds!;
+    const computeHours = (COMPUTES * windowSeconds) / 3600;
+    const cpuSeconds = usageAfter.cpuSeconds - usageBefore.cpuSeconds;
+    const byLabelsDelta = Object.fromEntries(
+      Object.entries(actionsAfter.byLabels)
+        .map(([k, v]) => [k, v - (actionsBefore.byLabels[k] ?? 0)] as const)
+        .filter(([, v]) => v > 0),
+    );
+    log(`window done: ${windowActions} actions, ${windowHeartbeats} heartbeats, ${windowRounds} rounds; control-plane CPU ${fmt(cpuSeconds)} s, RSS ${fmt(usageAfter.rssMiB)} MiB`);
+
+    // 5. History: a sample of computes, their runs back to before the window.
+    const raw = new Client({ connection, namespace });
+    const sampleIds = ids.slice(KILLS + SILENT_KILLS).filter((_, i, all) => i % Math.max(1, Math.floor(all.length / SAMPLE)) === 0).slice(0, SAMPLE);
+    let sampleBillable = 0;
+    const wftScheduleToStart: number[] = [];
+    const wftScheduleToComplete: number[] = [];
+    const eventsPerRound: number[] = [];
+    const eventsPerRun: number[] = [];
+    let runsSeen = 0;
+    let continuedAsNew = 0;
+    for (const id of sampleIds) {
+      let runId: string | undefined;
+      for (let depth = 0; depth < 50; depth++) {
+        const handle = raw.workflow.getHandle(computeWorkflowId(id), runId);
+        const events = (await handle.fetchHistory()).events ?? [];
+        runsSeen += 1;
+        const last = events.at(-1);
+        if (last?.workflowExecutionContinuedAsNewEventAttributes) {
+          continuedAsNew += 1;
+          eventsPerRun.push(events.length);
+        }
+        const scheduled = new Map<number, number>();
+        const started = new Map<number, number>();
+        let lastWatch: number | undefined;
+        for (const e of events) {
+          const t = ms(e.eventTime);
+          const inWindow = t >= windowStart && t < windowEnd;
+          if (inWindow) sampleBillable += billableEvents(e);
+          const id64 = Number(e.eventId);
+          if (e.workflowTaskScheduledEventAttributes) scheduled.set(id64, t);
+          if (e.workflowTaskStartedEventAttributes) {
+            const s = scheduled.get(Number(e.workflowTaskStartedEventAttributes.scheduledEventId));
+            if (s !== undefined && inWindow) wftScheduleToStart.push(t - s);
+            started.set(id64, t);
+          }
+          if (e.workflowTaskCompletedEventAttributes && inWindow) {
+            const s = scheduled.get(Number(e.workflowTaskCompletedEventAttributes.scheduledEventId));
+            if (s !== undefined) wftScheduleToComplete.push(t - s);
+          }
+          if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'watchPostgres') {
+            if (lastWatch !== undefined) eventsPerRound.push(id64 - lastWatch);
+            lastWatch = id64;
+          }
+        }
+        const first = events[0];
+        const previous = first?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId;
+        if (!previous || ms(first?.eventTime) < windowStart) break;
+        runId = previous;
+      }
+    }
+    const sampleScale = COMPUTES / sampleIds.length;
+    const historyActionsEstimate = sampleBillable * sampleScale + windowHeartbeats;
+
+    // 6. Dead VMs: the simulator kills some; the bench, as the VM platform, reports them with vmLost.
+    const lostIds = ids.slice(0, KILLS);
+    const silentIds = ids.slice(KILLS, KILLS + SILENT_KILLS);
+    await simRequest({ kill: [...lostIds, ...silentIds].map(computeWorkflowId) }, 'killed');
+    const detect = async (id: string, report: boolean): Promise<{ ms: number; error: string | null }> => {
+      const reportedAt = Date.now();
+      if (report) {
+        // A compute that already failed (say, its watch timed out on an overloaded machine) is not running to be told.
+        const refused = await computes.vmLost(id, 'simulated VM killed by the fleet bench').then(() => undefined, (err: Error) => err.message);
+        if (refused) return { ms: NaN, error: `vmLost refused: ${refused}` };
+      }
+      const limitMs = report ? 120_000 : (EFFECTIVE.heartbeat * 2 + 120) * 1000;
+      for (;;) {
+        const s = await computes.status(id);
+        if (s.status === 'failed') return { ms: Date.now() - reportedAt, error: s.error };
+        if (Date.now() - reportedAt > limitMs) return { ms: NaN, error: `still ${s.status}` };
+        await pause(report ? 100 : 1000);
+      }
+    };
+    const reported = await Promise.all(lostIds.map((id) => detect(id, true)));
+    // From history too: the signal's event to the workflow's failure.
+    const signalToFailed: number[] = [];
+    for (const id of lostIds) {
+      const events = (await raw.workflow.getHandle(computeWorkflowId(id)).fetchHistory()).events ?? [];
+      const signaled = events.find((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'vmLost');
+      const failed = events.find((e) => e.workflowExecutionFailedEventAttributes);
+      if (signaled && failed) signalToFailed.push(ms(failed.eventTime) - ms(signaled.eventTime));
+    }
+    let silent: { ms: number; error: string | null }[] = [];
+    if (silentIds.length) {
+      log(`waiting for ${silentIds.length} silently killed VMs to be declared lost by the heartbeat timeout (up to ${EFFECTIVE.heartbeat * 2} s)`);
+      silent = await Promise.all(silentIds.map((id) => detect(id, false)));
+    }
+    const reportedMs = reported.map((r) => r.ms).filter(Number.isFinite);
+    log(`vmLost → failed: p50 ${fmt(pct(reportedMs, 50), 0)} ms, max ${fmt(Math.max(...reportedMs), 0)} ms`);
+
+    clearInterval(rssTimer);
+    const finalUsage = processUsage(cpPid);
+    const totalWallHours = (Date.now() - startedAll) / 3_600_000;
+
+    // 7. Results.
+    const perComputeHour = windowActions / computeHours;
+    const heartbeatsPerHour = windowHeartbeats / computeHours;
+    // A round's activity start; a run's start (continue-as-new) and its ComputeId upsert.
+    // The SDK holds a beat back until its throttle interval, min(0.8 × timeout, 60 s), has passed.
+    // The watch calls heartbeat every half timeout; the SDK sends a call at once unless one went out
+    // less than its throttle interval ago, min(0.8 × timeout, 60 s), and then holds it back till then.
+    const throttle = Math.min(0.8 * EFFECTIVE.heartbeat, 60);
+    let beatsPerRound = 0;
+    for (let call = EFFECTIVE.heartbeat / 2, lastSent = -Infinity; call < EFFECTIVE.report; call += EFFECTIVE.heartbeat / 2) {
+      const sendAt = Math.max(call, lastSent + throttle);
+      if (sendAt >= EFFECTIVE.report) break;
+      if (sendAt > lastSent) {
+        beatsPerRound += 1;
+        lastSent = sendAt;
+      }
+    }
+    // A run's continue-as-new, its patch marker and its two search-attribute upserts (as the server counts them).
+    const modelPerHour = (3600 / EFFECTIVE.report) * (beatsPerRound + 1) + (4 * 3600) / (EFFECTIVE.report * EFFECTIVE.maxRounds);
+    const roundsPerDay = 86400 / EFFECTIVE.report;
+    const medianRound = pct(eventsPerRound, 50);
+    const medianRun = pct(eventsPerRun, 50);
+    const perDay = Number.isFinite(medianRound) ? medianRound * roundsPerDay + (Number.isFinite(medianRun) ? (medianRun - medianRound * EFFECTIVE.maxRounds) * (roundsPerDay / EFFECTIVE.maxRounds) : 0) : NaN;
+    const allLost = reported.every((r) => r.error?.startsWith('VM lost:'));
+    const lines = [
+      `## Fleet: ${COMPUTES.toLocaleString('en-US')} computes on one control-plane worker${compressed ? ' (time-compressed settings)' : ''}`,
+      '',
+      `**The computes are SIMULATED.** One simulator process (bench/fleet-simulator.ts) answers the compute-node activities of every compute with the real watch's heartbeat timing and no Postgres, on ${SIM_QUEUES} shared task queues (bench-only workflow option \`simulatedNodeTaskQueue\`) instead of one queue per compute. The control-plane side is the product: \`durable-compute worker control-plane\`, unchanged, against a private Temporal CLI dev server (its SQLite file on tmpfs) on loopback. Computes are Static-mode specs (no safekeeper check against servers that do not exist); the idle watch is the same for every mode. The shared queues change the number of pollers the server sees (${SIM_QUEUES} simulator workers instead of ${COMPUTES.toLocaleString('en-US')}), not what a compute costs in actions, history or control-plane work.`,
+      '',
+      `Run ${new Date().toISOString()} on ${os.cpus().length} cores, ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, shared with the simulator and the server. Watch round ${EFFECTIVE.report} s, heartbeat timeout ${EFFECTIVE.heartbeat} s (a beat every ${EFFECTIVE.heartbeat / 2} s), ${EFFECTIVE.maxRounds} rounds per run${compressed ? '' : ' (the product defaults)'}. Idle window ${fmt(windowSeconds, 0)} s of real time, ${fmt(computeHours, 1)} compute-hours. Control-plane worker: workflow cache ${cacheSize} (maxCachedWorkflows), other options the product's; it runs through tsx (TypeScript compiled at load), whose memory is part of the RSS.`,
+      '',
+      '| Figure | Value | Target |',
+      '|---|---|---|',
+      `| Start ${COMPUTES.toLocaleString('en-US')} computes until all running | ${fmt(startupSeconds, 0)} s (control-plane CPU ${fmt(startupCpu, 0)} s) | |`,
+      `| Control-plane worker RSS: end of window / peak over the run | ${fmt(usageAfter.rssMiB, 0)} MiB / ${fmt(peak.rssMiB, 0)} MiB | < 1024 MiB |`,
+      `| Control-plane worker CPU per compute-hour (idle) | ${fmt((cpuSeconds * 1000) / computeHours, 2)} ms (${fmt((cpuSeconds / windowSeconds) * 100, 1)} % of one core for the fleet) | |`,
+      `| Workflow-task latency in the window, schedule → complete (${wftScheduleToComplete.length} tasks of ${sampleIds.length} sampled computes) | p50 ${fmt(pct(wftScheduleToComplete, 50), 0)} ms, p99 ${fmt(pct(wftScheduleToComplete, 99), 0)} ms (schedule → start p50 ${fmt(pct(wftScheduleToStart, 50), 0)} ms) | |`,
+      `| **Temporal actions per idle compute-hour** (server \`action\` counter over the window) | **${fmt(perComputeHour, 2)}** | ≤ 60 |`,
+      `| … of which watch heartbeats (counted by the simulator) | ${fmt(heartbeatsPerHour, 2)} | |`,
+      `| … cross-check: billable history events of ${sampleIds.length} sampled computes × ${fmt(sampleScale, 1)} + heartbeats, per compute-hour | ${fmt(historyActionsEstimate / computeHours, 2)} | |`,
+      `| … steady-state model: ${beatsPerRound} beats + one activity start per round, 4 per continue-as-new (run start, patch marker, 2 search-attribute upserts) | ${fmt(modelPerHour, 2)} | |`,
+      `| Watch rounds completed in the window | ${windowRounds.toLocaleString('en-US')} | |`,
+      `| History events per watch round (median, sampled) | ${fmt(medianRound, 0)} | |`,
+      `| History events per run at continue-as-new (median) | ${Number.isFinite(medianRun) ? fmt(medianRun, 0) : `none in this run (first after ${EFFECTIVE.maxRounds} rounds = ${fmt((EFFECTIVE.maxRounds * EFFECTIVE.report) / 3600, 1)} h)`} | bounded |`,
+      `| History events per compute-day | ${Number.isFinite(perDay) ? fmt(perDay, 0) : `${fmt(6 * roundsPerDay, 0)} (6 events per round × ${fmt(roundsPerDay, 0)} rounds; no round completed in the window)`} | |`,
+      `| Runs continued as new (sampled runs read: ${runsSeen}) | ${continuedAsNew} | |`,
+      `| Dead VM reported with vmLost → compute \`failed\` (${KILLS} VMs, client side) | p50 ${fmt(pct(reportedMs, 50), 0)} ms, max ${fmt(Math.max(...reportedMs), 0)} ms; error "VM lost: …" on all: ${allLost ? 'yes' : `NO (${reported.filter((r) => !r.error?.startsWith('VM lost:')).map((r) => r.error).join('; ')})`} | ≤ 60 s |`,
+      `| … signal event → workflow failed event (history) | p50 ${fmt(pct(signalToFailed, 50), 0)} ms, max ${fmt(Math.max(...signalToFailed), 0)} ms | |`,
+      ...(silentIds.length
+        ? [`| Dead VM never reported (backstop: heartbeat timeout, then the retry's schedule-to-start timeout) (${silentIds.length} VMs) | p50 ${fmt(pct(silent.map((s) => s.ms).filter(Number.isFinite), 50) / 1000, 0)} s, max ${fmt(Math.max(...silent.map((s) => s.ms).filter(Number.isFinite)) / 1000, 0)} s, still not failed: ${silent.filter((s) => !Number.isFinite(s.ms)).length} (bound ${2 * EFFECTIVE.heartbeat} s) | |`]
+        : [`| Dead VM never reported (backstop) | not waited for in this run: up to ${2 * EFFECTIVE.heartbeat} s (heartbeat timeout, then the retry's schedule-to-start timeout) | |`]),
+      `| Temporal dev server over the window | CPU ${fmt(((serverAfter.cpuSeconds - serverBefore.cpuSeconds) / windowSeconds) * 100, 1)} % of one core, RSS ${fmt(serverAfter.rssMiB, 0)} MiB | |`,
+      '',
+      `Server \`action\` counter in the window by its labels: ${Object.entries(byLabelsDelta).map(([k, v]) => `\`${k}\` ${v}`).join(', ') || 'none'}.`,
+      '',
+      `How the hour is extrapolated: actions, heartbeats and CPU are counted over the ${fmt(windowSeconds, 0)} s window and scaled by 3600 s / window per compute. All computes started within ${fmt(startupSeconds, 0)} s of each other, so a window shorter than a round may hold few or no round boundaries: the heartbeats (most of the cost) are measured directly, and the per-round activity start and per-run continue-as-new are counted from history (the cross-check row) and modelled (the model row). A time-compressed run (\`npm run bench:fleet -- --report-seconds 20 --heartbeat-timeout 30 --max-rounds 3 ...\`) holds many rounds and continue-as-news in its window and checks the model against the counter.`,
+      '',
+      `Whole run: ${fmt(totalWallHours * 60, 0)} min; control-plane worker CPU over it ${fmt(finalUsage.cpuSeconds, 0)} s.`,
+    ];
+    writeFileSync(OUT, `${lines.join('\n')}\n`);
+    log(`wrote ${OUT}`);
+    console.log(lines.join('\n'));
+  } catch (err) {
+    for (const name of ['control-plane.log', 'simulator.log']) {
+      try {
+        console.error(`--- tail of ${name}:\n${readFileSync(path.join(dir, name), 'utf8').slice(-4000)}`);
+      } catch {
+        // not started
+      }
+    }
+    throw err;
+  } finally {
+    stopping = true;
+    await connection?.close().catch(() => undefined);
+    for (const child of children.reverse()) {
+      if (child.exitCode === null && child.pid) {
+        child.kill('SIGTERM');
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        await Promise.race([exited, sleep(15_000)]);
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(shmDir, { recursive: true, force: true });
+  }
+}
+
+// Ctrl-C or a timeout still stops the children and removes the directory: the run unwinds
+// through its cleanup, and whatever is left when the process exits is killed there.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    interrupted = `interrupted by ${signal}`;
+    setTimeout(() => process.exit(130), 30_000).unref();
+  });
+}
+process.on('exit', () => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  for (const d of [runDir, shmRunDir]) if (d) rmSync(d, { recursive: true, force: true });
+});
+await main();

@@ -1,0 +1,69 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ComputeClient } from '../client/compute-client';
+import { computeWorkflowId } from '../model/compute-status';
+import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata } from './helpers/compute';
+import { uniqueId } from './helpers/ids';
+import { killAllProcesses } from './helpers/processes';
+import { testConfig } from './helpers/stack';
+
+let computes: ComputeClient;
+let close: () => Promise<void>;
+let raw: Client;
+let rawConnection: Connection;
+
+beforeAll(async () => {
+  ({ computes, close } = await testComputeClient());
+  rawConnection = await Connection.connect({ address: testConfig().temporal.address });
+  raw = new Client({ connection: rawConnection, namespace: testConfig().temporal.namespace });
+});
+afterAll(async () => {
+  await close();
+  await rawConnection.close();
+  await killAllProcesses();
+  await cleanupComputes();
+});
+
+const seconds = (d: { seconds?: unknown; nanos?: number | null } | null | undefined) => Number(d?.seconds ?? 0) + (d?.nanos ?? 0) / 1e9;
+
+describe('the quiet watch and the VM platform’s vmLost signal', () => {
+  it('watches in long rounds by default, yet a vmLost fails the compute at once with the reason; the status stays queryable', async () => {
+    const computeId = uniqueId('vmlost');
+    const pgdata = testPgdata();
+    const { spec } = await exampleSpecFor(await createTestTimeline());
+    const worker = await startComputeWorker(computeId, pgdata);
+    // No options: the product defaults.
+    await computes.start(computeId, spec);
+    await computes.waitForRunning(computeId);
+    const handle = raw.workflow.getHandle(computeWorkflowId(computeId));
+
+    // The watch round is long and quiet: 30 minutes, heartbeat timeout 10 minutes (the backstop).
+    const history = await handle.fetchHistory();
+    const watch = (history.events ?? []).find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'watchPostgres')?.activityTaskScheduledEventAttributes;
+    expect(watch).toBeDefined();
+    expect(seconds(watch!.heartbeatTimeout)).toBe(600);
+    expect(seconds(watch!.startToCloseTimeout)).toBe(1800 + 120);
+    expect(seconds(watch!.scheduleToStartTimeout)).toBe(600);
+    // The change is patched, so histories recorded before it still replay.
+    expect((history.events ?? []).some((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')).toBe(true);
+
+    // The VM dies; the platform says so. No heartbeat timeout is waited for.
+    await worker.kill('SIGKILL');
+    const reportedAt = Date.now();
+    await computes.vmLost(computeId, 'hypervisor host h-17 powered off');
+    const status = await computes.waitFor(computeId, (s) => s.status === 'failed', 30_000);
+    expect(Date.now() - reportedAt).toBeLessThan(10_000);
+    expect(status.error).toBe('VM lost: hypervisor host h-17 powered off');
+    await expect(handle.result()).rejects.toThrow();
+    // The workflow has ended; the control plane still reads the status.
+    expect(await computes.status(computeId)).toMatchObject({ status: 'failed', error: 'VM lost: hypervisor host h-17 powered off' });
+    // A second report finds no running compute and says so.
+    await expect(computes.vmLost(computeId, 'again')).rejects.toThrow(/no running compute/);
+    await expect(computes.vmLost(computeId, '  ')).rejects.toThrow(/needs a reason/);
+
+    // Postgres outlived the killed worker (a real VM would have taken it along).
+    process.kill(Number(readFileSync(path.join(pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]), 'SIGQUIT');
+  });
+});
