@@ -64,7 +64,7 @@ function criticalPath(p: Record<Phase, number>): number {
 
 /** A compute worker process, as inside the compute's VM; resolves once it polls. */
 async function startComputeWorker(stack: StackEndpoints, computeId: string, pgdata: string, logFile: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
+  const child = spawn(process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1'], {
     env: envFor(stack),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
