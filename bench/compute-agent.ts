@@ -114,7 +114,7 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
         const internalPort = await freePort();
         const [command, args, env, cwd] =
           variant === 'tsx'
-            ? ([process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], baseEnv, repoRoot] as const)
+            ? ([process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1'], baseEnv, repoRoot] as const)
             : variant === 'bundle-defaults'
               ? ([process.execPath, [bundle, '--compute-id', computeId, '--pgdata', pgdata], baseEnv, vm] as const)
               : variant === 'bundle-nice'

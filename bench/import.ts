@@ -270,7 +270,7 @@ async function fingerprintThroughCompute(ctx: Bench, tenantId: string, timelineI
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-bench-compute-'));
   chownForPostgres(dir, false);
   const pgdata = path.join(dir, 'pgdata');
-  const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
+  const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1'], {
     env: ctx.env,
     readyLine: /compute worker ready/,
     timeoutMs: 120_000,

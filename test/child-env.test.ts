@@ -190,7 +190,7 @@ describe('children started by a worker with secrets in its environment see none 
     };
     // The worker cannot hold a Temporal API key here (it implies TLS, which the dev server lacks).
     const { TEMPORAL_API_KEY: _apiKey, TEMPORAL_TLS_CLIENT_KEY_PATH: _tlsKey, ...inherited } = POISONED;
-    await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata], {
+    await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1'], {
       env: {
         ...inherited,
         ...stack,

@@ -121,7 +121,7 @@ describe('the compute-worker and CLI bundles, alone in a folder', () => {
 
   it('with --compute-id: polls its own task queue, then drains and exits 0 on SIGTERM', async () => {
     const computeId = uniqueId('bundle');
-    const agent = await startAgent(['--compute-id', computeId, '--pgdata', testPgdata()], /compute worker ready on/);
+    const agent = await startAgent(['--compute-id', computeId, '--pgdata', testPgdata(), '--http-port', '0', '--http-host', '127.0.0.1'], /compute worker ready on/);
     expect(agent.output()).toContain(`compute worker ready on compute-node-${computeId} (polling;`);
     expect(await activityPollers(`compute-node-${computeId}`)).toContain(`compute-${computeId}@${agent.child.pid}`);
     await stopGracefully(agent);
@@ -130,7 +130,7 @@ describe('the compute-worker and CLI bundles, alone in a folder', () => {
   it('in pool mode: waits, is assigned over the loopback API, runs a real compute start to running, stops on SIGTERM', async () => {
     const computeId = uniqueId('pool');
     const port = await freePort();
-    const agent = await startAgent(['--pool', '--internal-http-port', String(port), '--pgdata', testPgdata()], /waiting for an assignment/);
+    const agent = await startAgent(['--pool', '--internal-http-port', String(port), '--pgdata', testPgdata(), '--http-port', '0', '--http-host', '127.0.0.1'], /waiting for an assignment/);
     const api = `http://127.0.0.1:${port}`;
     const assign = (body: string) => fetch(`${api}/assign`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
 

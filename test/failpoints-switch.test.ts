@@ -29,7 +29,7 @@ describe('failpoints are a test feature', () => {
   });
 
   it('a compute worker given failpoints without the switch refuses to start', async () => {
-    const result = await runCli(['worker', 'compute', '--compute-id', uniqueId('fp'), '--pgdata', testPgdata()], {
+    const result = await runCli(['worker', 'compute', '--compute-id', uniqueId('fp'), '--pgdata', testPgdata(), '--http-port', '0', '--http-host', '127.0.0.1'], {
       env: { ...testEnv(), DURABLE_COMPUTE_FAILPOINTS: 'startPostgres', DURABLE_COMPUTE_ENABLE_FAILPOINTS: '' },
       timeoutMs: 60_000,
     });
@@ -40,7 +40,7 @@ describe('failpoints are a test feature', () => {
   });
 
   it('a compute worker with failpoints armed warns at startup, naming them', async () => {
-    const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', uniqueId('fp'), '--pgdata', testPgdata()], {
+    const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', uniqueId('fp'), '--pgdata', testPgdata(), '--http-port', '0', '--http-host', '127.0.0.1'], {
       env: { ...testEnv(), DURABLE_COMPUTE_FAILPOINTS: 'startPostgres,fetchBasebackup', DURABLE_COMPUTE_ENABLE_FAILPOINTS: '1' },
       readyLine: /compute worker ready/,
     });
@@ -49,7 +49,7 @@ describe('failpoints are a test feature', () => {
   });
 
   it('a compute worker without failpoints says nothing about them', async () => {
-    const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', uniqueId('fp'), '--pgdata', testPgdata()], {
+    const worker = await startProcess('bin/durable-compute.mjs', ['worker', 'compute', '--compute-id', uniqueId('fp'), '--pgdata', testPgdata(), '--http-port', '0', '--http-host', '127.0.0.1'], {
       env: { ...testEnv(), DURABLE_COMPUTE_FAILPOINTS: '', DURABLE_COMPUTE_ENABLE_FAILPOINTS: '' },
       readyLine: /compute worker ready/,
     });
