@@ -57,8 +57,30 @@ export function createStartCompute(deps: StartComputeDeps) {
   const { steps, failpoint, pgdata } = deps;
   const log = deps.log ?? ((line: string) => console.log(line));
 
-  return async function startCompute({ incarnation, spec }: { incarnation: string; spec: ComputeSpec }): Promise<StartComputeResult> {
+  // One attempt at a time on this PGDATA. An attempt the server timed out (its heartbeats stalled
+  // on a saturated VM) may still be running here when the retry arrives; two unpacks into one
+  // PGDATA would each clear the other's files.
+  let previousAttempt: Promise<unknown> = Promise.resolve();
+
+  return async function startCompute(input: { incarnation: string; spec: ComputeSpec }): Promise<StartComputeResult> {
     const ctx = Context.current();
+    const waitFor = previousAttempt;
+    let release!: () => void;
+    previousAttempt = new Promise<void>((resolve) => (release = resolve));
+    const beat = setInterval(() => ctx.heartbeat({ step: 'waiting for an earlier attempt on this PGDATA' }), 1000);
+    try {
+      await waitFor;
+    } finally {
+      clearInterval(beat);
+    }
+    try {
+      return await runStartup(ctx, input);
+    } finally {
+      release();
+    }
+  };
+
+  async function runStartup(ctx: Context, { incarnation, spec }: { incarnation: string; spec: ComputeSpec }): Promise<StartComputeResult> {
     const journal: StartupJournal = (await readJournal(pgdata, incarnation)) ?? { incarnation, done: {} };
     const beat = (details: Record<string, unknown> = {}) => ctx.heartbeat({ ...journal, ...details });
 
@@ -156,5 +178,5 @@ export function createStartCompute(deps: StartComputeDeps) {
         config_ms: journal.done.config ?? 0,
       },
     };
-  };
+  }
 }
