@@ -4,7 +4,8 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     // Needs the production Temporal server build: npm run test:temporal-server (vitest.temporal-server.config.ts).
-    exclude: [...configDefaults.exclude, 'test/temporal-server/**'],
+    // test/long/ holds end-to-end runs too long for npm test: npm run test:long.
+    exclude: [...configDefaults.exclude, 'test/temporal-server/**', 'test/long/**'],
     // Tests start real servers and kill real processes: isolate them in forked processes.
     pool: 'forks',
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },

@@ -40,7 +40,8 @@ describe('the Web UI shows a running compute decoded through the codec server (r
     ({ tenantId, timelineId } = timeline);
     const { spec } = await exampleSpecFor(timeline);
     await startComputeWorker(computeId, testPgdata());
-    await computes.start(computeId, spec, TEST_WORKFLOW_OPTIONS);
+    // A watch round long enough to hold heartbeats (one every half timeout): the page shows the pending watch's progress.
+    await computes.start(computeId, spec, { ...TEST_WORKFLOW_OPTIONS, watchReportSeconds: 60, watchHeartbeatTimeoutSeconds: 4 });
     await computes.waitForRunning(computeId);
   });
   afterAll(async () => {
