@@ -603,6 +603,7 @@ async function startStack(root: string): Promise<{ endpoints: StackEndpoints; di
         pageserverHttp: await freePort(),
         safekeeperPg: await freePortRange(3),
         safekeeperHttp: await freePortRange(3),
+        codecServer: await freePort(),
       },
     },
     {},

@@ -47,6 +47,7 @@ export async function startStack(dir: string): Promise<StackEndpoints> {
         pageserverHttp: await freePort(),
         safekeeperPg: await freePortRange(3),
         safekeeperHttp: await freePortRange(3),
+        codecServer: await freePort(),
       },
     },
     {},
