@@ -11,7 +11,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:f
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createPageserverClient, fetchBasebackup } from '../activities/pageserver';
+import { createPageserverClient, fetchBasebackup } from '../drivers/pageserver';
 import { postgresIdentity } from '../common/pg-identity';
 import { percentile } from './stats';
 import { canConnect, freePort, spawnDetached, stopTracked, waitUntilReady } from '../dev/processes';

@@ -25,9 +25,9 @@ import pg from 'pg';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { pgSpawnIdentity } from '../common/pg-identity';
 import { cacheStatePages, type CacheState } from '../model/cache-state';
-import { decodeCacheState, encodeCacheState } from '../activities/cache/state-codec';
-import { createStockCacheBackend } from '../activities/cache/stock-backend';
-import type { ConnectFn } from '../activities/cache/pg-session';
+import { decodeCacheState, encodeCacheState } from '../drivers/cache/state-codec';
+import { createStockCacheBackend } from '../drivers/cache/stock-backend';
+import type { ConnectFn } from '../drivers/cache/pg-session';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../test/helpers/postgres';
 import { canDropCaches, DROP_CACHES, dropOsCache } from './os-cache';
 

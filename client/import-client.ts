@@ -10,11 +10,11 @@ import {
 } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import { decodeArrayFromPayloads } from '@temporalio/common/lib/internal-non-workflow';
-import { parseKeyValueConninfo, splitPassword } from '../activities/importer/conninfo';
+import { parseKeyValueConninfo, splitPassword } from '../drivers/conninfo';
 import { bearerTokenMatches } from '../common/bearer-token';
-import { importKeyProviders, specKeyOf } from '../activities/import-control/keys';
-import { buildImportSpec } from '../activities/secrets/import-spec';
-import type { KeyProviders } from '../activities/secrets/key-provider';
+import { importKeyProviders, specKeyOf } from '../drivers/secrets/import-keys';
+import { buildImportSpec } from '../drivers/secrets/import-spec';
+import type { KeyProviders } from '../drivers/secrets/key-provider';
 import type { ImportConfig } from '../common/config';
 import { maskSecrets, UserFacingError } from '../common/errors';
 import { isNeonId } from '../model/ids';

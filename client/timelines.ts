@@ -1,5 +1,5 @@
-import { createPageserverClient, type CreateTimelineRequest, type TimelineInfo } from '../activities/pageserver';
-import { createSafekeeperTimeline } from '../activities/safekeepers/timeline-create';
+import { createPageserverClient, type CreateTimelineRequest, type TimelineInfo } from '../drivers/pageserver';
+import { createSafekeeperTimeline } from '../drivers/safekeepers/timeline-create';
 import type { StorageConfig } from '../common/config';
 import { UserFacingError } from '../common/errors';
 

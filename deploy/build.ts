@@ -171,8 +171,8 @@ export async function buildComputeWorker(distDir = path.join(root, 'dist')): Pro
       'compute-worker': path.join(root, 'client/compute-worker-main.ts'),
       'cache-runtime': path.join(root, 'activities/compute/cache-runtime.ts'),
       // Children the stock storage backend starts (nodeEntryArgs finds them beside the bundle).
-      'wal-pusher-main': path.join(root, 'activities/storage-backend/stock/wal-pusher-main.ts'),
-      'sync-safekeepers-main': path.join(root, 'activities/storage-backend/stock/sync-safekeepers-main.ts'),
+      'wal-pusher-main': path.join(root, 'drivers/storage-backend/stock/wal-pusher-main.ts'),
+      'sync-safekeepers-main': path.join(root, 'drivers/storage-backend/stock/sync-safekeepers-main.ts'),
       // The SDK require()s the failure converter by path (data-converter.ts points beside the bundle).
       'failure-converter': path.join(root, 'common/codec/failure-converter.cjs'),
     },
@@ -205,8 +205,8 @@ export async function buildCli(distDir = path.join(root, 'dist')): Promise<strin
     ...shared,
     entryPoints: {
       'durable-compute': path.join(root, 'client/cli.ts'),
-      'wal-pusher-main': path.join(root, 'activities/storage-backend/stock/wal-pusher-main.ts'),
-      'sync-safekeepers-main': path.join(root, 'activities/storage-backend/stock/sync-safekeepers-main.ts'),
+      'wal-pusher-main': path.join(root, 'drivers/storage-backend/stock/wal-pusher-main.ts'),
+      'sync-safekeepers-main': path.join(root, 'drivers/storage-backend/stock/sync-safekeepers-main.ts'),
       'failure-converter': path.join(root, 'common/codec/failure-converter.cjs'),
     },
     outdir: outDir,

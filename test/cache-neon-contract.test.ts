@@ -8,9 +8,9 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createNeonCacheBackend } from '../activities/cache/neon-backend';
-import { buildNeonLfcState } from '../activities/cache/neon-lfc-format';
-import type { ConnectFn } from '../activities/cache/pg-session';
+import { createNeonCacheBackend } from '../drivers/cache/neon-backend';
+import { buildNeonLfcState } from '../drivers/cache/neon-lfc-format';
+import type { ConnectFn } from '../drivers/cache/pg-session';
 import type { PrewarmProgress } from '../model/cache-state';
 import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
 

@@ -9,9 +9,9 @@ import {
   type CacheState,
   type PrewarmState,
 } from '../model/cache-state';
-import { hottest, normalizeSpans, orderForPrewarm, subtractCached } from '../activities/cache/block-ranges';
-import { buildNeonLfcState, inspectNeonLfcState } from '../activities/cache/neon-lfc-format';
-import { crc32, decodeCacheState, encodeCacheState } from '../activities/cache/state-codec';
+import { hottest, normalizeSpans, orderForPrewarm, subtractCached } from '../drivers/cache/block-ranges';
+import { buildNeonLfcState, inspectNeonLfcState } from '../drivers/cache/neon-lfc-format';
+import { crc32, decodeCacheState, encodeCacheState } from '../drivers/cache/state-codec';
 import { neonId } from './helpers/ids';
 
 const range = (relfilenode: number, firstBlock: number, blockCount: number, fork: BlockRange['fork'] = 0, database = 5): BlockRange => ({

@@ -11,9 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { pgSpawnIdentity } from '../common/pg-identity';
 import { cacheStatePages, validResumePoint, type BlockRange, type CacheState, type PrewarmProgress } from '../model/cache-state';
-import { createStockCacheBackend } from '../activities/cache/stock-backend';
-import { decodeCacheState, encodeCacheState } from '../activities/cache/state-codec';
-import type { ConnectFn } from '../activities/cache/pg-session';
+import { createStockCacheBackend } from '../drivers/cache/stock-backend';
+import { decodeCacheState, encodeCacheState } from '../drivers/cache/state-codec';
+import type { ConnectFn } from '../drivers/cache/pg-session';
 import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
 
 const run = promisify(execFile);

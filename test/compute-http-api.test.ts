@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectAsAdmin } from '../activities/postgres/connect';
+import { connectAsAdmin } from '../drivers/postgres/connect';
 import type { ComputeClient } from '../client/compute-client';
 import { freePort } from '../dev/processes';
 import { cleanupComputes, computeApiPort, computeEnv, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';

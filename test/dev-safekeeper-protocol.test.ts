@@ -12,8 +12,8 @@ import {
   parseTermHistory,
   formatTermHistory,
   ProtocolFrameError,
-} from '../activities/storage-backend/stock/safekeeper-protocol';
-import { pushStartFor } from '../activities/storage-backend/stock/consensus';
+} from '../drivers/storage-backend/stock/safekeeper-protocol';
+import { pushStartFor } from '../drivers/storage-backend/stock/consensus';
 
 const h = (text: string) => parseTermHistory(text);
 

@@ -10,7 +10,7 @@ import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stepContext } from '../activities/importer/activity-context';
 import { uploadDataDirectory } from '../activities/importer/upload';
-import { createS3Client } from '../activities/s3/client';
+import { createS3Client } from '../drivers/s3/client';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { freePort } from '../dev/processes';

@@ -5,11 +5,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { maskSecrets } from '../common/errors';
-import { splitPassword } from '../activities/importer/conninfo';
-import { buildImportSpec, decryptSourceConnstring, InvalidImportSpecError, parseImportSpec } from '../activities/secrets/import-spec';
-import { DecryptionError, KeyUnavailableError } from '../activities/secrets/key-provider';
-import { createKmsClient, createKmsKeyProvider } from '../activities/secrets/kms';
-import { createLocalKeyProvider, generateLocalKey, loadLocalKeyFile, parseLocalKey } from '../activities/secrets/local-aes';
+import { splitPassword } from '../drivers/conninfo';
+import { buildImportSpec, decryptSourceConnstring, InvalidImportSpecError, parseImportSpec } from '../drivers/secrets/import-spec';
+import { DecryptionError, KeyUnavailableError } from '../drivers/secrets/key-provider';
+import { createKmsClient, createKmsKeyProvider } from '../drivers/secrets/kms';
+import { createLocalKeyProvider, generateLocalKey, loadLocalKeyFile, parseLocalKey } from '../drivers/secrets/local-aes';
 
 const SOURCE = 'postgresql://importer:s3cr3t-P%40ss@db.example.internal:5432/appdb?sslmode=require';
 

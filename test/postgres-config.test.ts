@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'no
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ensureLines, ensurePgHba, ensureStandbySignal, escapeConfValue, PG_HBA_ALL_MD5, renderPostgresqlConf, TEMP_OVERRIDE_INCLUDE } from '../activities/postgres/config';
+import { ensureLines, ensurePgHba, ensureStandbySignal, escapeConfValue, PG_HBA_ALL_MD5, renderPostgresqlConf, TEMP_OVERRIDE_INCLUDE } from '../drivers/postgres/config';
 import { parseComputeConfig, type ComputeSpec } from '../model/compute-spec';
 
 const TENANT = '3aa8fcc61f6d357410b7de754b1d9001';

@@ -21,9 +21,9 @@ import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { createPostgresActivities, PostgresFailure } from '../activities/postgres';
-import { writePostgresqlConf } from '../activities/postgres/config';
-import { runInitdb } from '../activities/postgres/initdb';
+import { createPostgresActivities, PostgresFailure } from '../drivers/postgres';
+import { writePostgresqlConf } from '../drivers/postgres/config';
+import { runInitdb } from '../drivers/postgres/initdb';
 import {
   assertIncarnation,
   dangerousPgdataReason,
@@ -31,9 +31,9 @@ import {
   pgdataLooksIntact,
   pgdataMarkerPath,
   prepareFreshPgdata,
-} from '../activities/postgres/pgdata';
-import { findRunningPostmaster, isProcessAlive, readPostmasterPid, startPostmaster, waitForPostmasterExit } from '../activities/postgres/process';
-import { resolveServerUser } from '../activities/postgres/server-user';
+} from '../drivers/postgres/pgdata';
+import { findRunningPostmaster, isProcessAlive, readPostmasterPid, startPostmaster, waitForPostmasterExit } from '../drivers/postgres/process';
+import { resolveServerUser } from '../drivers/postgres/server-user';
 import { findPostgres } from '../common/pg-binaries';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { freePort } from '../dev/processes';

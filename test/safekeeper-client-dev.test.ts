@@ -6,10 +6,10 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { StorageError } from '../activities/pageserver/errors';
-import { checkSafekeepersSynced } from '../activities/safekeepers/sync-check';
-import { runSyncSafekeepers } from '../activities/safekeepers/sync-safekeepers';
-import { getTimelineStatus, queryTimelineStatus, SafekeeperHttpError } from '../activities/safekeepers/timeline-status';
+import { StorageError } from '../drivers/pageserver/errors';
+import { checkSafekeepersSynced } from '../drivers/safekeepers/sync-check';
+import { runSyncSafekeepers } from '../drivers/safekeepers/sync-safekeepers';
+import { getTimelineStatus, queryTimelineStatus, SafekeeperHttpError } from '../drivers/safekeepers/timeline-status';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { startSafekeeper, type RunningSafekeeper } from '../dev/storage/safekeeper/safekeeper';
 import { neonId } from './helpers/ids';
@@ -98,7 +98,7 @@ describe('against the dev safekeepers', () => {
       [`neon.safekeepers = '${addresses().join(',')}'`, `neon.tenant_id = '${tenant}'`, `neon.timeline_id = '${timeline}'`, ''].join('\n'),
     );
     const r = await runSyncSafekeepers({
-      command: [process.execPath, ...tsNodeArgs(), path.join(projectRoot, 'activities/storage-backend/stock/sync-safekeepers-main.ts')],
+      command: [process.execPath, ...tsNodeArgs(), path.join(projectRoot, 'drivers/storage-backend/stock/sync-safekeepers-main.ts')],
       pgdata,
       timeoutMs: 60_000,
       token: TOKEN,

@@ -1,9 +1,9 @@
 import pg from 'pg';
-import type { CacheActivities } from '../cache';
+import type { CacheActivities } from '../../drivers/cache';
 import type { S3Config } from '../../common/config';
 import type { OffloadResult, PrewarmResult } from '../../model/cache-state';
 import type { Failpoint } from '../failpoints';
-import { readPostmasterPid } from '../postgres/process';
+import { readPostmasterPid } from '../../drivers/postgres/process';
 
 export interface ComputeCacheDeps {
   pgdata: string;

@@ -1,4 +1,4 @@
-import { checkSafekeepersSynced } from '../safekeepers';
+import { checkSafekeepersSynced } from '../../drivers/safekeepers';
 import type { ControlPlaneActivities } from './types';
 
 /** Control-plane side of the compute workflow: storage calls that need no access to the compute VM. */

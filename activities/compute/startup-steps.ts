@@ -4,14 +4,14 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import { PGDATA_LOST } from '../../model/compute-status';
-import { stockCacheConf } from '../cache/stock-backend';
-import { fetchBasebackup, StorageError } from '../pageserver';
-import { type PostgresActivities } from '../postgres';
-import { cancellationSignal, heartbeat } from '../postgres/activity-context';
-import { INCARNATION_FILE } from '../postgres/pgdata';
-import { readPostmasterPid } from '../postgres/process';
-import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../safekeepers';
-import type { ComputeStorageBackend } from '../storage-backend';
+import { stockCacheConf } from '../../drivers/cache/stock-backend';
+import { fetchBasebackup, StorageError } from '../../drivers/pageserver';
+import { type PostgresActivities } from '../../drivers/postgres';
+import { cancellationSignal, heartbeat } from '../../drivers/postgres/activity-context';
+import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
+import { readPostmasterPid } from '../../drivers/postgres/process';
+import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../../drivers/safekeepers';
+import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 
 /** Journal of the one-activity startup (startup.ts); inside PGDATA, so a wipe removes it too. */
 export const STARTUP_JOURNAL_FILE = '.durable-compute-startup.json';

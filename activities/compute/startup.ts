@@ -2,8 +2,8 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import type { ComputeSpec } from '../../model/compute-spec';
 import type { Failpoint } from '../failpoints';
-import { readTextIfExists, writeFileAtomic } from '../postgres/files';
-import { findRunningPostmaster } from '../postgres/process';
+import { readTextIfExists, writeFileAtomic } from '../../drivers/postgres/files';
+import { findRunningPostmaster } from '../../drivers/postgres/process';
 import { STARTUP_JOURNAL_FILE, type StartupSteps } from './startup-steps';
 import type { StartComputeResult, StartupStep } from './types';
 

@@ -1,11 +1,11 @@
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
-import { PageserverHttpError, type PageserverClient, type TimelineInfo } from '../pageserver';
+import { PageserverHttpError, type PageserverClient, type TimelineInfo } from '../../drivers/pageserver';
 import { cleanPrefix, FAST_IMPORT_STATUS_KEY, PGDATA_STATUS_KEY, readJsonStatus, SPEC_KEY, writeFastImportStatus } from '../importer/status';
-import { assertSafePrefix, deletePrefix, joinKey } from '../s3/objects';
-import { createSafekeeperTimeline } from '../safekeepers/timeline-create';
-import { importSpecSchema } from '../secrets/import-spec';
+import { assertSafePrefix, deletePrefix, joinKey } from '../../drivers/s3/objects';
+import { createSafekeeperTimeline } from '../../drivers/safekeepers/timeline-create';
+import { importSpecSchema } from '../../drivers/secrets/import-spec';
 
 /**
  * The control plane's side of a fast import: everything that needs S3 or the storage services

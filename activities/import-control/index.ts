@@ -1,6 +1,6 @@
 import type { AppConfig } from '../../common/config';
-import { createPageserverClient } from '../pageserver';
-import { createS3Client } from '../s3/client';
+import { createPageserverClient } from '../../drivers/pageserver';
+import { createS3Client } from '../../drivers/s3/client';
 import { createImportControlActivities } from './control-plane';
 
 export { createImportControlActivities, IMPORT_CONTROL_FAILURES, type ImportControlActivities, type ImportControlDeps, type PageserverImportState } from './control-plane';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
 import { every, type StepContext } from './activity-context';
-import { formatKeyValueConninfo, splitPassword } from './conninfo';
+import { formatKeyValueConninfo, splitPassword } from '../../drivers/conninfo';
 import { classifyPgToolError, permanentFailure, transientFailure } from './failures';
 import { killRecordedGroup, runTool, ToolMissingError, type ToolResult } from './run-tool';
 import type { ScratchConnection } from './scratch-postgres';

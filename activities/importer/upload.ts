@@ -13,7 +13,7 @@ import {
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { listObjects, unquoteEtag } from '../s3/objects';
+import { listObjects, unquoteEtag } from '../../drivers/s3/objects';
 import { every, type StepContext } from './activity-context';
 import { UploadJournal } from './upload-journal';
 

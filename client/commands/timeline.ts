@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
-import type { CreateTimelineRequest } from '../../activities/pageserver';
+import type { CreateTimelineRequest } from '../../drivers/pageserver';
 import { UserFacingError } from '../../common/errors';
 import { isNeonId } from '../../model/ids';
 import { isLsn } from '../../model/lsn';

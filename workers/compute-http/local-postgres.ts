@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type pg from 'pg';
-import { connectAsAdmin, postgresEndpoint, type AdminLogin } from '../../activities/postgres/connect';
+import { connectAsAdmin, postgresEndpoint, type AdminLogin } from '../../drivers/postgres/connect';
 import { HttpError } from './http-kit';
 
 export interface LocalPostgres {

@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, linkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ImportConfig } from '../../common/config';
-import { createKmsClient, createKmsKeyProvider } from '../secrets/kms';
-import { createLocalKeyProvider, generateLocalKey, loadLocalKeyFile } from '../secrets/local-aes';
-import { KeyUnavailableError, type KeyKind, type KeyProviders } from '../secrets/key-provider';
+import { createKmsClient, createKmsKeyProvider } from './kms';
+import { createLocalKeyProvider, generateLocalKey, loadLocalKeyFile } from './local-aes';
+import { KeyUnavailableError, type KeyKind, type KeyProviders } from './key-provider';
 
 /**
  * The key providers for import specs, from the configuration. The client encrypts with
