@@ -19,7 +19,7 @@ import { createTimeline } from '../client/timelines';
 import { tsNodeArgs } from '../common/paths';
 import { freePort } from '../dev/processes';
 import { stackDown } from '../dev/stack';
-import { configFor, envFor, startStack } from './stack';
+import { configFor, envFor, startStack } from '../dev/private-stack';
 import { percentiles } from './stats';
 
 const repoRoot = path.dirname(path.dirname(fileURLToPath(import.meta.url)));

@@ -37,7 +37,7 @@ import { findPostgres } from '../common/pg-binaries';
 import { parseComputeSpec, type ComputeSpec } from '../model/compute-spec';
 import { freePort } from '../dev/processes';
 import { stackDown, type StackEndpoints } from '../dev/stack';
-import { configFor, envFor, startStack } from './stack';
+import { configFor, envFor, startStack } from '../dev/private-stack';
 import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { percentiles, type Percentiles } from './stats';

@@ -54,8 +54,8 @@ import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackDown, st
 import { resolveStackSettings } from '../dev/stack-settings';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 import { importPrefix } from '../model/import-status';
-import { startThrowawayPostgres, type ThrowawayPostgres } from '../test/helpers/postgres';
-import { startProcess, type WorkerProcess } from '../test/helpers/processes';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
+import { startProcess, type WorkerProcess } from '../dev/child-processes';
 import { canDropCaches, dropOsCache } from './os-cache';
 
 const run = promisify(execFile);

@@ -28,7 +28,7 @@ import { cacheStatePages, type CacheState } from '../model/cache-state';
 import { decodeCacheState, encodeCacheState } from '../drivers/cache/state-codec';
 import { createStockCacheBackend } from '../drivers/cache/stock-backend';
 import type { ConnectFn } from '../drivers/cache/pg-session';
-import { startThrowawayPostgres, type ThrowawayPostgres } from '../test/helpers/postgres';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 import { canDropCaches, DROP_CACHES, dropOsCache } from './os-cache';
 
 const run = promisify(execFile);

@@ -22,7 +22,7 @@ import { pgSpawnIdentity } from '../common/pg-identity';
 import { devS3Credentials } from '../dev/stack';
 import type { BlockRange, CacheState, PrewarmCompleted } from '../model/cache-state';
 import { neonId, uniqueId } from './helpers/ids';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 
 const run = promisify(execFile);
 

@@ -12,7 +12,7 @@ import { createNeonCacheBackend } from '../drivers/cache/neon-backend';
 import { buildNeonLfcState } from '../drivers/cache/neon-lfc-format';
 import type { ConnectFn } from '../drivers/cache/pg-session';
 import type { PrewarmProgress } from '../model/cache-state';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 
 const MOCK_NEON_SQL = `
 create schema neon;

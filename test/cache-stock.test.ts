@@ -14,7 +14,7 @@ import { cacheStatePages, validResumePoint, type BlockRange, type CacheState, ty
 import { createStockCacheBackend } from '../drivers/cache/stock-backend';
 import { decodeCacheState, encodeCacheState } from '../drivers/cache/state-codec';
 import type { ConnectFn } from '../drivers/cache/pg-session';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 
 const run = promisify(execFile);
 const HOT_QUERY = 'select sum(balance) from accounts where id between 1 and 20000';

@@ -21,7 +21,7 @@ import { chownForPostgres, systemUser } from '../common/pg-identity';
 import { tsNodeArgs } from '../common/paths';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 import { testConfig, testEnv } from './helpers/stack';
 import { waitFor } from './helpers/wait';
 

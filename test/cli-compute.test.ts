@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { neonId, uniqueId } from './helpers/ids';
 import { runCli } from './helpers/cli';
 import { cleanupComputes, exampleSpecFor, startComputeWorker, testPgdata } from './helpers/compute';
-import { killAllProcesses } from './helpers/processes';
+import { killAllProcesses } from '../dev/child-processes';
 import { testEnv } from './helpers/stack';
 
 describe('the durable-compute CLI drives a compute', () => {

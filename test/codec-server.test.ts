@@ -9,7 +9,7 @@ import { encryptedDataConverter } from '../common/codec/data-converter';
 import { EncryptionCodec, payloadKeyId } from '../common/codec/encryption-codec';
 import { freePort } from '../dev/processes';
 import { runCli } from './helpers/cli';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 
 const UI = 'http://127.0.0.1:8233';
 const previousKey = randomBytes(32);

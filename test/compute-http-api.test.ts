@@ -12,7 +12,7 @@ import type { ComputeClient } from '../client/compute-client';
 import { freePort } from '../dev/processes';
 import { cleanupComputes, computeApiPort, computeEnv, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
+import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 import { checkExposition } from './helpers/prometheus-format';
 import { waitFor } from './helpers/wait';
 

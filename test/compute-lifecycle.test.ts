@@ -11,7 +11,7 @@ import { WORKFLOWS_PATH } from '../workers/control-plane';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { decryptedHistoryJson, historyTexts, REPLAY_FIXTURE } from './helpers/history';
-import { killAllProcesses } from './helpers/processes';
+import { killAllProcesses } from '../dev/child-processes';
 import { testConfig } from './helpers/stack';
 import type { ComputeClient } from '../client/compute-client';
 

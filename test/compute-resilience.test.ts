@@ -7,7 +7,7 @@ import type { ComputeClient } from '../client/compute-client';
 import { computeWorkflowId } from '../model/compute-status';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses, type WorkerProcess } from './helpers/processes';
+import { killAllProcesses, type WorkerProcess } from '../dev/child-processes';
 import { testConfig } from './helpers/stack';
 
 let computes: ComputeClient;

@@ -6,7 +6,7 @@ import type { ComputeClient } from '../client/compute-client';
 import { computeWorkflowId } from '../model/compute-status';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses } from './helpers/processes';
+import { killAllProcesses } from '../dev/child-processes';
 import { testConfig } from './helpers/stack';
 
 let computes: ComputeClient;

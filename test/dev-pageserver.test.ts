@@ -29,7 +29,7 @@ import { startPageserver, type Pageserver } from '../dev/storage/pageserver/page
 import { parseSegmentFileName, segmentFileName, DEFAULT_GEOMETRY } from '../dev/storage/pageserver/wal';
 import { neonId } from './helpers/ids';
 import { basebackupCommand, fetchBasebackupInto, startBareCompute, stopBareComputes, unpackTar, type BareCompute } from './helpers/bare-compute';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 
 const run = promisify(execFile);
 const install = findPostgres({ pgBinDir: process.env.PG_BIN_DIR });

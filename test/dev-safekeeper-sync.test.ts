@@ -14,7 +14,7 @@ import { syncSafekeepers } from '../drivers/storage-backend/stock/sync-safekeepe
 import type { TermHistory } from '../drivers/storage-backend/stock/safekeeper-protocol';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
-import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
+import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 
 interface Sk {
   proc: WorkerProcess | undefined;

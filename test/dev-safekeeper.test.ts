@@ -15,7 +15,7 @@ import { elect, fetchStatus, PushSession, readWal, type SafekeeperTarget } from 
 import { encodeWalFrame, startWalPushCommand } from '../drivers/storage-backend/stock/safekeeper-protocol';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
-import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
+import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 
 const SK_MAIN = 'dev/storage/safekeeper/main.ts';
 

@@ -3,7 +3,7 @@ import { loadConfig } from '../common/config';
 import { runCli } from './helpers/cli';
 import { cleanupComputes, testPgdata } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 import { testEnv } from './helpers/stack';
 
 afterAll(async () => {

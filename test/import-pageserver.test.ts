@@ -16,7 +16,7 @@ import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { freePort } from '../dev/processes';
 import { resealPgControl } from '../dev/storage/pgdata-import';
 import { neonId, uniqueId } from './helpers/ids';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 import { testConfig } from './helpers/stack';
 
 /**

@@ -27,7 +27,7 @@ import { historyTexts } from './helpers/history';
 import { neonId, uniqueId } from './helpers/ids';
 import { importFingerprint, startImportSource, type ImportSource } from './helpers/import-source';
 import { runCli } from './helpers/cli';
-import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
+import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 import { testConfig, testEnv } from './helpers/stack';
 
 /**

@@ -19,7 +19,7 @@ import { createPageserverClient, PageserverHttpError } from '../drivers/pageserv
 import { freePort } from '../dev/processes';
 import { PgWireError, startPgWireServer, type PgWireServer, type PgWireSession, type QueryResult } from '../dev/storage/pgwire/server';
 import { neonId } from './helpers/ids';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './helpers/postgres';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 import { packEntries } from './fixtures/tar-crafting';
 
 const MiB = 1024 * 1024;

@@ -13,7 +13,7 @@ import { privilegedSpecFields, specTrustProblem } from '../model/spec-trust';
 import { runCli } from './helpers/cli';
 import { createTestTimeline, exampleSpecFor } from './helpers/compute';
 import { uniqueId, uniqueTaskQueue } from './helpers/ids';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 import { testConfig, testEnv } from './helpers/stack';
 
 const EventType = temporal.api.enums.v1.EventType;

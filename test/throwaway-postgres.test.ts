@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { startThrowawayPostgres } from './helpers/postgres';
+import { startThrowawayPostgres } from '../dev/throwaway-postgres';
 
 describe('throwaway PostgreSQL helper', () => {
   it('starts a private server on a free port and removes it on stop', async () => {

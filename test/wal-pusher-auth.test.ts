@@ -13,7 +13,7 @@ import { PgConnection } from '../drivers/storage-backend/stock/pg-client';
 import { livePusherPid, PUSHER_PASSWORD_FILE } from '../drivers/storage-backend/stock/pusher-files';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses } from './helpers/processes';
+import { killAllProcesses } from '../dev/child-processes';
 
 let computes: ComputeClient;
 let close: () => Promise<void>;

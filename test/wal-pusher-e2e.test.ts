@@ -20,7 +20,7 @@ import { pgSpawnIdentity } from '../common/pg-identity';
 import { formatLsn, isLsn, parseLsn } from '../model/lsn';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 import { basebackupCommand, fetchBasebackupInto, startBareCompute, type BareCompute } from './helpers/bare-compute';
 import { waitFor } from './helpers/wait';
 

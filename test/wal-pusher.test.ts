@@ -20,7 +20,7 @@ import { processStartTime } from '../common/process-start-time';
 import { livePusherPid } from '../drivers/storage-backend/stock/pusher-files';
 import { freePort } from '../dev/processes';
 import { neonId } from './helpers/ids';
-import { killAllProcesses, startProcess, type WorkerProcess } from './helpers/processes';
+import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 import { waitFor } from './helpers/wait';
 
 const run = promisify(execFile);

@@ -8,7 +8,7 @@ import type { ComputeClient } from '../client/compute-client';
 import { findChromium, launchLoopbackBrowser } from './helpers/browser';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses } from './helpers/processes';
+import { killAllProcesses } from '../dev/child-processes';
 import { testClient } from './helpers/stack';
 
 /** The README's screenshot is refreshed only on request, so a test run leaves the checkout unchanged. */

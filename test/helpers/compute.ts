@@ -9,7 +9,7 @@ import { openClient } from '../../client/context';
 import { createTimeline } from '../../client/timelines';
 import { freePort } from '../../dev/processes';
 import { neonId, uniqueId } from './ids';
-import { startProcess, type WorkerProcess } from './processes';
+import { startProcess, type WorkerProcess } from '../../dev/child-processes';
 import { testConfig, testEnv } from './stack';
 
 /** Short watch intervals so failures are noticed within seconds in tests. */

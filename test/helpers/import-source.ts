@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { chownForPostgres } from '../../common/pg-identity';
-import { startThrowawayPostgres, type ThrowawayPostgres } from './postgres';
+import { startThrowawayPostgres, type ThrowawayPostgres } from '../../dev/throwaway-postgres';
 
 export interface ImportSourceSize {
   customers: number;

@@ -14,7 +14,7 @@ import { runCli, type CliResult } from '../helpers/cli';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testPgdata } from '../helpers/compute';
 import { neonId, uniqueId } from '../helpers/ids';
 import { startImportSource, type ImportSource } from '../helpers/import-source';
-import { killAllProcesses, type WorkerProcess } from '../helpers/processes';
+import { killAllProcesses, type WorkerProcess } from '../../dev/child-processes';
 import { testConfig, testEnv } from '../helpers/stack';
 
 describe('a full run prints no secret anywhere', () => {

@@ -4,9 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { findPostgres, pgBin } from '../../common/pg-binaries';
-import { chownForPostgres, pgSpawnIdentity } from '../../common/pg-identity';
-import { freePort } from '../../dev/processes';
+import { findPostgres, pgBin } from '../common/pg-binaries';
+import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
+import { freePort } from './processes';
 
 const run = promisify(execFile);
 

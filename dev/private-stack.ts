@@ -1,9 +1,9 @@
 /** The benchmarks' private embedded stack on free ports, and the configuration that reaches it. */
 import { loadConfig, type AppConfig } from '../common/config';
-import { freePort, freePortRange } from '../dev/processes';
-import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackUp, type StackEndpoints } from '../dev/stack';
-import { resolveStackSettings } from '../dev/stack-settings';
-import { provisionTemporalCli } from '../dev/temporal-cli';
+import { freePort, freePortRange } from './processes';
+import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackUp, type StackEndpoints } from './stack';
+import { resolveStackSettings } from './stack-settings';
+import { provisionTemporalCli } from './temporal-cli';
 
 export function configFor(stack: StackEndpoints): AppConfig {
   return loadConfig(

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { projectRoot, tsNodeArgs } from '../../common/paths';
+import { projectRoot, tsNodeArgs } from '../common/paths';
 
 export interface WorkerProcess {
   child: ChildProcess;
