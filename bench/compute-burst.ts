@@ -19,7 +19,7 @@ import { createTimeline } from '../client/timelines';
 import { tsNodeArgs } from '../common/paths';
 import { freePort } from '../dev/processes';
 import { stackDown } from '../dev/stack';
-import { configFor, envFor, startStack } from '../dev/private-stack';
+import { stackConfig, stackEnv, startPrivateStack } from '../dev/private-stack';
 import { percentiles } from './stats';
 
 const repoRoot = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
@@ -52,8 +52,8 @@ function startHost(env: Record<string, string>, root: string, ids: string[]): Pr
 export async function runComputeBurstBench(): Promise<string> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'dc-bench-burst-'));
   chmodSync(root, 0o755);
-  const stack = await startStack(path.join(root, 'stack'));
-  const config = configFor(stack);
+  const stack = await startPrivateStack(path.join(root, 'stack'));
+  const config = stackConfig(stack);
   const { client, close } = await openClient(config);
   const computes = new ComputeClient(client, config.temporal.controlPlaneTaskQueue);
   const hosts: ChildProcess[] = [];
@@ -85,7 +85,7 @@ export async function runComputeBurstBench(): Promise<string> {
       }
       specs.set(id, spec);
     }
-    const env = envFor(stack);
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...stackEnv(stack) };
     const perHost = Math.ceil(total / HOSTS);
     for (let h = 0; h < HOSTS; h++) {
       const mine = ids.slice(h * perHost, (h + 1) * perHost);

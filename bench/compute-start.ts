@@ -26,7 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createStartupSteps } from '../activities/compute/startup-steps';
-import { createPostgresActivities } from '../drivers/postgres';
+import { createComputePostgres } from '../drivers/postgres';
 import { computeStorageBackend } from '../drivers/storage-backend';
 import { prepareSidecars } from '../drivers/storage-backend/stock/sidecars';
 import { ComputeClient } from '../client/compute-client';
@@ -37,7 +37,7 @@ import { findPostgres } from '../common/pg-binaries';
 import { parseComputeSpec, type ComputeSpec } from '../model/compute-spec';
 import { freePort } from '../dev/processes';
 import { stackDown, type StackEndpoints } from '../dev/stack';
-import { configFor, envFor, startStack } from '../dev/private-stack';
+import { stackConfig, stackEnv, startPrivateStack } from '../dev/private-stack';
 import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { percentiles, type Percentiles } from './stats';
@@ -65,7 +65,7 @@ function criticalPath(p: Record<Phase, number>): number {
 /** A compute worker process, as inside the compute's VM; resolves once it polls. */
 async function startComputeWorker(stack: StackEndpoints, computeId: string, pgdata: string, logFile: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1'], {
-    env: envFor(stack),
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...stackEnv(stack) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -106,8 +106,8 @@ function fmt(p: Percentiles): string[] {
 export async function runComputeStartBench(rounds = ROUNDS): Promise<string> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'dc-bench-start-'));
   chmodSync(root, 0o755);
-  const stack = await startStack(path.join(root, 'stack'));
-  const config = configFor(stack);
+  const stack = await startPrivateStack(path.join(root, 'stack'));
+  const config = stackConfig(stack);
   const { client, close } = await openClient(config);
   const computes = new ComputeClient(client, config.temporal.controlPlaneTaskQueue);
   const workers: ChildProcess[] = [];
@@ -134,7 +134,7 @@ export async function runComputeStartBench(rounds = ROUNDS): Promise<string> {
     // The floor: the same steps, in this process.
     const floorPgdata = path.join(root, 'floor', 'pgdata');
     const pg = findPostgres({ pgBinDir: config.pgBinDir });
-    const floorPostgres = createPostgresActivities({ pgBinDir: pg.binDir, pgdata: floorPgdata, admin: { user: 'cloud_admin' } });
+    const floorPostgres = createComputePostgres({ pgBinDir: pg.binDir, pgdata: floorPgdata, admin: { user: 'cloud_admin' } });
     const steps = createStartupSteps({
       pgBinDir: pg.binDir,
       pgdata: floorPgdata,

@@ -2,7 +2,7 @@ import { Client } from '@temporalio/client';
 import { loadConfig, type AppConfig, type DevStackDefaults } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { connectClient } from '../common/temporal-connection';
-import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, runningStack } from '../dev/stack';
+import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, runningStack } from './dev-stack';
 
 /**
  * The CLI's configuration: the environment first; whatever it leaves unset comes from the dev

@@ -15,3 +15,6 @@ export const defaultStackDir = path.join(projectRoot, '.durable-compute', 'stack
 export function tsNodeArgs(): string[] {
   return ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href];
 }
+
+/** Longest importer work directory root: an import's directory adds 28 bytes, its scratch server's socket 19 more, within 107. */
+export const MAX_WORKDIR_ROOT_BYTES = 107 - 28 - 19;

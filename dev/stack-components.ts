@@ -6,7 +6,7 @@ import proto from '@temporalio/proto';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
 import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
-import { MAX_WORKDIR_ROOT_BYTES } from '../activities/import-control/importer-host';
+import { MAX_WORKDIR_ROOT_BYTES } from '../common/paths';
 import { IMPORTER_SHARED_TASK_QUEUE } from '../model/import-status';
 import { canConnect, spawnDetached, type TrackedProcess } from './processes';
 import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, type StackSettings } from './stack-settings';

@@ -12,7 +12,7 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createCacheActivities, type PrewarmHeartbeat } from '../drivers/cache/offload-prewarm';
+import { createOffloadPrewarm, type PrewarmHeartbeat } from '../drivers/cache/offload-prewarm';
 import type { ConnectFn } from '../drivers/cache/pg-session';
 import { crc32, decodeCacheState, encodeCacheState } from '../drivers/cache/state-codec';
 import { createCacheStateStore, type CacheStateStore } from '../drivers/cache/store';
@@ -114,7 +114,7 @@ describe('cache state store (s3rver)', () => {
 
 describe('offloadCacheState and prewarmCache activities (stock backend)', () => {
   it('offloads, then prewarms a restarted (cold) server, with compute_ctl result shapes and heartbeats', async () => {
-    const acts = createCacheActivities({ connect, store, backend: 'stock' });
+    const acts = createOffloadPrewarm({ connect, store, backend: 'stock' });
     const id = ids();
     await restart();
     await server.query(`select sum(balance) from accounts where id <= 30000`);
@@ -149,7 +149,7 @@ describe('offloadCacheState and prewarmCache activities (stock backend)', () => 
   });
 
   it('skips an offload of an empty capture and keeps the stored state; skips a prewarm with nothing stored', async () => {
-    const acts = createCacheActivities({ connect, store, backend: 'stock' });
+    const acts = createOffloadPrewarm({ connect, store, backend: 'stock' });
     const id = ids();
     expect(await new MockActivityEnvironment().run(acts.offloadCacheState, { ...id, maxChunks: 0 })).toEqual({ status: 'skipped' });
     expect(await store.get(id.tenantId, id.timelineId, id.endpointId)).toBeNull();
@@ -163,7 +163,7 @@ describe('offloadCacheState and prewarmCache activities (stock backend)', () => 
   });
 
   it('prewarms from another endpoint of the timeline (fromEndpointId)', async () => {
-    const acts = createCacheActivities({ connect, store, backend: 'stock' });
+    const acts = createOffloadPrewarm({ connect, store, backend: 'stock' });
     const primary = ids();
     const replica = { ...primary, endpointId: uniqueId('ep-replica') };
     await store.put(primary.tenantId, primary.timelineId, primary.endpointId, encodeCacheState(await accountsState([[0, 40]])));
@@ -174,7 +174,7 @@ describe('offloadCacheState and prewarmCache activities (stock backend)', () => 
   });
 
   it('fails a corrupt stored state as non-retryable CorruptCacheState before touching Postgres', async () => {
-    const acts = createCacheActivities({ connect, store, backend: 'stock' });
+    const acts = createOffloadPrewarm({ connect, store, backend: 'stock' });
     const id = ids();
     const blob = encodeCacheState(await accountsState([[0, 10]]));
     blob[blob.length - 5]! ^= 0xff;
@@ -187,7 +187,7 @@ describe('offloadCacheState and prewarmCache activities (stock backend)', () => 
   });
 
   it('resumes from the heartbeat details of a previous attempt, only for the same state', async () => {
-    const acts = createCacheActivities({ connect, store, backend: 'stock' });
+    const acts = createOffloadPrewarm({ connect, store, backend: 'stock' });
     const id = ids();
     const blob = encodeCacheState(await accountsState([[0, 20], [100, 20], [200, 20], [300, 20]]));
     await store.put(id.tenantId, id.timelineId, id.endpointId, blob);
@@ -207,7 +207,7 @@ describe('offloadCacheState and prewarmCache activities (stock backend)', () => 
   });
 
   it('honours activity cancellation mid-prewarm (the SQL is cancelled); a later prewarm completes', async () => {
-    const acts = createCacheActivities({ connect, store, backend: 'stock', heartbeatIntervalMs: 100 });
+    const acts = createOffloadPrewarm({ connect, store, backend: 'stock', heartbeatIntervalMs: 100 });
     const id = ids();
     await store.put(id.tenantId, id.timelineId, id.endpointId, encodeCacheState(await accountsState([[0, 100]])));
     await restart();

@@ -2,10 +2,9 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { freePort, freePortRange } from '../dev/processes';
-import { runningStack, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
-import { resolveStackSettings, type TemporalServerKind } from '../dev/stack-settings';
-import { provisionTemporalCli } from '../dev/temporal-cli';
+import { startPrivateStack } from '../dev/private-stack';
+import { runningStack, stackDown, type StackEndpoints } from '../dev/stack';
+import type { TemporalServerKind } from '../dev/stack-settings';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -28,41 +27,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-test-stack-'));
   // The dev storage runs PostgreSQL as an unprivileged user when we are root; it must reach in.
   chmodSync(dir, 0o755);
-  // Free ports are only free until someone takes them (the Temporal server itself binds random
-  // ports for its HTTP API and metrics), so a clash is retried with fresh ports.
-  for (let attempt = 1; ; attempt++) {
-    const settings = resolveStackSettings(
-      {
-        dir,
-        ports: {
-          temporal: await freePort(),
-          temporalUi: await freePort(),
-          s3: await freePort(),
-          pageserverPg: await freePort(),
-          pageserverHttp: await freePort(),
-          safekeeperPg: await freePortRange(3),
-          safekeeperHttp: await freePortRange(3),
-          codecServer: await freePort(),
-        },
-        // `sql`: the Temporal server production runs, on PostgreSQL (npm run test:temporal-server).
-        temporalServer: (process.env.DURABLE_COMPUTE_TEMPORAL_SERVER || undefined) as TemporalServerKind | undefined,
-      },
-      {},
-    );
-    try {
-      const endpoints = await stackUp(settings, {
-        resolveTemporalCli: async () => (await provisionTemporalCli({ onProgress: (l) => console.log(l) })).path,
-        // Its first start builds the server and sets up PostgreSQL: worth seeing.
-        onProgress: settings.temporalServer === 'sql' ? (l) => console.log(`test stack: ${l}`) : undefined,
-      });
-      project.provide('stack', endpoints);
-      break;
-    } catch (err) {
-      await stackDown(dir);
-      if (attempt >= 3 || !/already in use/.test((err as Error).message)) throw err;
-      console.log(`test stack: ${(err as Error).message}; retrying with other ports`);
-    }
-  }
+  const temporalServer = (process.env.DURABLE_COMPUTE_TEMPORAL_SERVER || undefined) as TemporalServerKind | undefined;
+  const endpoints = await startPrivateStack(dir, {
+    // `sql`: the Temporal server production runs, on PostgreSQL (npm run test:temporal-server).
+    temporalServer,
+    // Its first start builds the server and sets up PostgreSQL: worth seeing.
+    onProgress: temporalServer === 'sql' ? (l) => console.log(`test stack: ${l}`) : undefined,
+  });
+  project.provide('stack', endpoints);
   return async () => {
     await stackDown(dir);
     rmSync(dir, { recursive: true, force: true });

@@ -21,7 +21,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { createPostgresActivities, PostgresFailure } from '../drivers/postgres';
+import { createComputePostgres, PostgresFailure } from '../drivers/postgres';
 import { writePostgresqlConf } from '../drivers/postgres/config';
 import { runInitdb } from '../drivers/postgres/initdb';
 import {
@@ -92,7 +92,7 @@ async function scratchCompute(extraSettings: { name: string; value: string; vart
   const spec = specFor(port, root, extraSettings);
   await writePostgresqlConf(pgdata, spec, { owner });
   await markBasebackupComplete(pgdata, { lsn: '0/0' }, { owner });
-  const activities = createPostgresActivities({ pgBinDir, pgdata, admin: { user: ADMIN }, stopTimeoutMs: 30_000 });
+  const activities = createComputePostgres({ pgBinDir, pgdata, admin: { user: ADMIN }, stopTimeoutMs: 30_000 });
   return { root, pgdata, port, spec, activities, logPath: `${pgdata}.log` };
 }
 

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresActivities, PostgresFailure, type PostgresActivities } from '../drivers/postgres';
+import { createComputePostgres, PostgresFailure, type ComputePostgres } from '../drivers/postgres';
 import { ensurePgHba, writePostgresqlConf } from '../drivers/postgres/config';
 import { runInitdb } from '../drivers/postgres/initdb';
 import { computeLastActive } from '../drivers/postgres/monitor';
@@ -27,7 +27,7 @@ interface Compute {
   root: string;
   pgdata: string;
   port: number;
-  activities: PostgresActivities;
+  activities: ComputePostgres;
   /** Fills the example's run-time placeholders; `edit` changes the spec JSON further. */
   spec(edit?: (spec: Record<string, any>) => void): ComputeSpec; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
@@ -70,7 +70,7 @@ async function startCompute(): Promise<Compute> {
   await writePostgresqlConf(pgdata, spec(), { owner });
   writeFileSync(path.join(pgdata, 'pg_hba.conf'), 'local all all trust\n');
   await ensurePgHba(pgdata, { owner });
-  const activities = createPostgresActivities({ pgBinDir, pgdata, admin: { user: ADMIN }, monitorIntervalMs: 100 });
+  const activities = createComputePostgres({ pgBinDir, pgdata, admin: { user: ADMIN }, monitorIntervalMs: 100 });
   await activities.startPostgres();
   const compute = { root, pgdata, port, activities, spec };
   computes.push(compute);

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { CacheActivities } from '../../drivers/cache';
+import type { OffloadPrewarm } from '../../drivers/cache';
 import type { S3Config } from '../../common/config';
 import type { OffloadResult, PrewarmResult } from '../../model/cache-state';
 import type { Failpoint } from '../failpoints';
@@ -31,10 +31,10 @@ export function createComputeCacheActivities(deps: ComputeCacheDeps): ComputeCac
   };
   // The cache code and the AWS SDK load on the first offload or prewarm, not when the VM agent
   // starts: they are the heaviest modules it has, and a start without a cache never needs them.
-  let cache: Promise<CacheActivities> | undefined;
+  let cache: Promise<OffloadPrewarm> | undefined;
   const loadCache = () =>
-    (cache ??= import('./cache-runtime').then(({ createCacheActivities, createCacheStateStore, createS3Client }) =>
-      createCacheActivities({
+    (cache ??= import('./cache-runtime').then(({ createOffloadPrewarm, createCacheStateStore, createS3Client }) =>
+      createOffloadPrewarm({
         connect,
         store: createCacheStateStore({ s3: createS3Client(deps.s3), bucket: deps.s3.bucket, prefix: deps.prefix }),
         backend: deps.backend,

@@ -2,7 +2,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { TerminateMode } from '../../model/compute-status';
 import type { S3Config } from '../../common/config';
 import { type Failpoint } from '../failpoints';
-import { createPostgresActivities, PostgresFailure } from '../../drivers/postgres';
+import { createComputePostgres, PostgresFailure } from '../../drivers/postgres';
 import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 import { createComputeCacheActivities } from './cache-node-activities';
 import { createStartCompute } from './startup';
@@ -28,7 +28,7 @@ export interface ComputeNodeDeps {
  * prepared it, and each is safe to run again after a crash part-way.
  */
 export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeActivities {
-  const postgres = createPostgresActivities({
+  const postgres = createComputePostgres({
     pgBinDir: deps.pgBinDir,
     pgdata: deps.pgdata,
     admin: { user: deps.adminUser ?? 'cloud_admin' },

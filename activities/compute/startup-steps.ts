@@ -6,7 +6,7 @@ import { shard0PageserverConnstring, type ComputeSpec } from '../../model/comput
 import { PGDATA_LOST } from '../../model/compute-status';
 import { stockCacheConf } from '../../drivers/cache/stock-backend';
 import { fetchBasebackup, StorageError } from '../../drivers/pageserver';
-import { type PostgresActivities } from '../../drivers/postgres';
+import { type ComputePostgres } from '../../drivers/postgres';
 import { cancellationSignal, heartbeat } from '../../drivers/postgres/activity-context';
 import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
 import { readPostmasterPid } from '../../drivers/postgres/process';
@@ -28,7 +28,7 @@ export interface StartupStepDeps {
   pgdata: string;
   backend: ComputeStorageBackend;
   cacheBackend: 'stock' | 'neon';
-  postgres: PostgresActivities;
+  postgres: ComputePostgres;
   syncSafekeepersCommand?: string[];
   adminUser?: string;
 }

@@ -8,6 +8,7 @@ import type { ImporterActivities } from '../importer/activities';
 import { dumpPaths } from '../importer/dump-restore';
 import { killRecordedGroup } from '../importer/run-tool';
 import { importerHostTaskQueue, isValidImportId, isValidImporterHostId } from '../../model/import-status';
+import { MAX_WORKDIR_ROOT_BYTES } from '../../common/paths';
 import { holdStepLease } from './step-leases';
 
 /**
@@ -30,8 +31,7 @@ export interface ImporterHost {
  * worker restarted on the same disk is the same host (its half-done dumps are still there); a
  * new disk is a new host.
  */
-/** Longest work directory root: an import's directory adds 28 bytes, its scratch server's socket 19 more, within 107. */
-export const MAX_WORKDIR_ROOT_BYTES = 107 - 28 - 19;
+export { MAX_WORKDIR_ROOT_BYTES };
 
 export function resolveImporterHost(workdirRoot: string, sharedTaskQueue: string, configuredHostId?: string): ImporterHost {
   if (!path.isAbsolute(workdirRoot)) throw new Error(`The importer work directory must be absolute, got ${workdirRoot}`);

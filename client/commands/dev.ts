@@ -1,8 +1,6 @@
 import type { Command } from 'commander';
 import { findPostgres } from '../../common/pg-binaries';
-import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints } from '../../dev/stack';
-import { resolveStackSettings } from '../../dev/stack-settings';
-import { provisionTemporalCli } from '../../dev/temporal-cli';
+import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints, resolveStackSettings, provisionTemporalCli } from '../dev-stack';
 import { printJson, printText } from '../output';
 import { registerTemporalServerCommands } from './temporal-server';
 

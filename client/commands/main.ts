@@ -3,9 +3,7 @@ import { printText } from '../output';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { UserFacingError } from '../../common/errors';
-import { assertPortFree } from '../../dev/processes';
-import { previousStackSettings, stackDown, stackUp, type StackEndpoints } from '../../dev/stack';
-import { resolveStackSettings } from '../../dev/stack-settings';
+import { assertPortFree, freePort, previousStackSettings, stackDown, stackUp, type StackEndpoints, resolveStackSettings } from '../dev-stack';
 import { installRuntime } from '../../workers/run-worker';
 import { createComputeWorker } from '../../workers/compute';
 import { ComputeClient } from '../compute-client';
@@ -28,7 +26,6 @@ async function choosePort(preferred: number): Promise<number> {
     await assertPortFree('127.0.0.1', preferred, 'compute', '');
     return preferred;
   } catch {
-    const { freePort } = await import('../../dev/processes');
     return freePort();
   }
 }

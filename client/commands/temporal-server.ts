@@ -3,8 +3,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { UserFacingError } from '../../common/errors';
 import { projectRoot } from '../../common/paths';
-import { provisionTemporalServer, TEMPORAL_SERVER_VERSION } from '../../dev/temporal-server/binaries';
-import { sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from '../../dev/temporal-server/server';
+import { provisionTemporalServer, TEMPORAL_SERVER_VERSION, sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from '../dev-stack';
 import { printJson } from '../output';
 
 const defaultDir = path.join(projectRoot, '.durable-compute', 'temporal-server');

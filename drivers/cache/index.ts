@@ -1,5 +1,5 @@
 /** Cache-state offload and prewarm (Neon LFC and stock PostgreSQL 15 shared_buffers). */
-export { createCacheActivities, type CacheActivities, type CacheActivitiesDeps, type OffloadCacheStateInput, type PrewarmCacheInput, type PrewarmHeartbeat } from './offload-prewarm';
+export { createOffloadPrewarm, type OffloadPrewarm, type OffloadPrewarmDeps, type OffloadCacheStateInput, type PrewarmCacheInput, type PrewarmHeartbeat } from './offload-prewarm';
 export { INCOMPATIBLE_CACHE_STATE, type CacheBackend, type PrewarmCounts, type PrewarmOptions } from './backend';
 export { createNeonCacheBackend, type NeonCacheBackendOptions } from './neon-backend';
 export { type ConnectFn } from './pg-session';

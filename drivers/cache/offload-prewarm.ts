@@ -1,5 +1,6 @@
 /**
- * Offload and prewarm activities for the compute worker. They return compute_ctl's JSON result
+ * Offload and prewarm of a compute's cache state: the building block that the compute worker's
+ * activities (activities/compute/cache-node-activities.ts) wrap. They return compute_ctl's JSON result
  * shapes ("completed" with timings, or "skipped"); failures are thrown (non-retryable ones with a
  * type), and cancellation rethrows the SDK's CancelledFailure. The workflow maps those to the
  * "failed"/"cancelled" states and enforces one prewarm and one offload at a time.
@@ -16,7 +17,7 @@ import { crc32, decodeCacheState, encodeCacheState, type Compression } from './s
 import { createStockCacheBackend } from './stock-backend';
 import type { CacheStateStore } from './store';
 
-export interface CacheActivitiesDeps {
+export interface OffloadPrewarmDeps {
   /** Opens a connected client to a database of this compute's Postgres. */
   connect: ConnectFn;
   store: CacheStateStore;
@@ -73,7 +74,7 @@ function heartbeatDetails(details: unknown): PrewarmHeartbeat | undefined {
   return { stateCrc: d.stateCrc, progress: d.progress };
 }
 
-export function createCacheActivities(deps: CacheActivitiesDeps) {
+export function createOffloadPrewarm(deps: OffloadPrewarmDeps) {
   const backend: CacheBackend =
     deps.backend === 'stock'
       ? createStockCacheBackend({ connect: deps.connect, maintenanceDatabase: deps.maintenanceDatabase })
@@ -164,4 +165,4 @@ export function createCacheActivities(deps: CacheActivitiesDeps) {
   };
 }
 
-export type CacheActivities = ReturnType<typeof createCacheActivities>;
+export type OffloadPrewarm = ReturnType<typeof createOffloadPrewarm>;

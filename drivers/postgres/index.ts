@@ -28,7 +28,7 @@ export { PostgresFailure } from './errors';
 export type { PostmasterExit, StopMode } from './process';
 export type { PgdataCheck } from './pgdata';
 
-export interface PostgresActivitiesDeps {
+export interface ComputePostgresDeps {
   pgBinDir: string;
   /** The compute's data directory (a compute worker serves one compute). */
   pgdata: string;
@@ -75,7 +75,12 @@ function checkedSpec(spec: ComputeSpec): ComputeSpec {
 /** postgresql.conf as it was before a reconfigure, until Postgres has accepted the new one. */
 const PREVIOUS_CONF = 'postgresql.conf.before-reconfigure';
 
-export function createPostgresActivities(deps: PostgresActivitiesDeps) {
+/**
+ * The compute's Postgres: prepare PGDATA, write its configuration, start, apply the spec, watch,
+ * stop. Plain functions the compute worker's activities (activities/compute/) call; they
+ * heartbeat and honour cancellation when they run inside an activity, and work outside one too.
+ */
+export function createComputePostgres(deps: ComputePostgresDeps) {
   const pgdata = path.resolve(deps.pgdata);
   const logPath = deps.logPath;
   const privilegedRoleName = deps.privilegedRoleName ?? 'neon_superuser';
@@ -342,4 +347,4 @@ export function createPostgresActivities(deps: PostgresActivitiesDeps) {
   return activities;
 }
 
-export type PostgresActivities = ReturnType<typeof createPostgresActivities>;
+export type ComputePostgres = ReturnType<typeof createComputePostgres>;

@@ -9,7 +9,7 @@
  * Prints `pageserver ready` once both listeners accept; SIGTERM/SIGINT stop it gracefully.
  */
 import { parseArgs } from 'node:util';
-import { createS3Client } from '../../../drivers/s3/client';
+import { createS3Client } from '../../../drivers';
 import { authTokenOption } from '../../../common/secret-file';
 import { createImportPgdataHandler } from '../pgdata-import/handler';
 import { startPageserver } from './pageserver';

@@ -2,7 +2,7 @@ import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { unquoteEtag } from '../../../drivers/s3/objects';
+import { unquoteEtag } from '../../../drivers';
 
 /**
  * Downloads validated objects into local files, as fast as one S3 endpoint allows: large objects

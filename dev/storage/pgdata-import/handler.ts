@@ -1,6 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { z } from 'zod';
-import { assertSafePrefix, getObjectBytes } from '../../../drivers/s3/objects';
+import { assertSafePrefix, getObjectBytes } from '../../../drivers';
 import { importPgdataFromS3, PgdataImportError, type ImportPgdataResult } from './import';
 
 /**

@@ -3,7 +3,7 @@ import { chmod, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:
 import path from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { chownForPostgres } from '../../../common/pg-identity';
-import { getObjectBytes, listObjects } from '../../../drivers/s3/objects';
+import { getObjectBytes, listObjects } from '../../../drivers';
 import { DownloadError, downloadObjects } from './download';
 import { checkNoFileDirectoryClash, classifyEntry, PgdataLayoutError, SKELETON_DIRS, type PgdataEntry } from './layout';
 import { parsePgControl, PgControlError, walSegmentName } from '../pg-control';

@@ -4,7 +4,7 @@
  */
 import { isNeonId } from '../../../model/ids';
 import { formatLsn, isLsn, parseLsn, type Lsn } from '../../../model/lsn';
-import { MAX_U64, parseTermHistory, STATUS_COLUMNS } from '../../../drivers/storage-backend/stock/safekeeper-protocol';
+import { MAX_U64, parseTermHistory, STATUS_COLUMNS } from '../../../drivers';
 import { PgWireError, type PgWireSession, type QueryResult } from '../pgwire/server';
 import { runPushSession } from './push-session';
 import type { TimelineRegistry } from './registry';

@@ -6,7 +6,7 @@
  * everything that arrived meanwhile into the next one. A malformed frame ends this session with an
  * error and touches nothing else.
  */
-import { decodePusherFrame, encodeFeedbackFrame, ProtocolFrameError } from '../../../drivers/storage-backend/stock/safekeeper-protocol';
+import { decodePusherFrame, encodeFeedbackFrame, ProtocolFrameError } from '../../../drivers';
 import { PgWireError } from '../pgwire/server';
 import type { PushToken, Timeline, TimelineState } from './timeline';
 

@@ -18,7 +18,7 @@ import {
   validateTermHistory,
   WAL_SEGMENT_SIZE,
   type TermHistory,
-} from '../../../drivers/storage-backend/stock/safekeeper-protocol';
+} from '../../../drivers';
 import { PgWireError } from '../pgwire/server';
 import { ControlFile } from './control-file';
 
