@@ -30,7 +30,7 @@ import {
 } from '../../model/compute-status';
 import { computeCacheActivities, computeNodeActivities, computeWatchActivity, controlPlaneActivities } from './activity-proxies';
 import { apiKeysQuery, awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate, vmLostSignal } from './messages';
-import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
+import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../../model/search-attributes';
 
 export interface ComputeWorkflowOptions {
   /** How long the startup waits for the compute worker to take it before the compute fails (default 120 s). */

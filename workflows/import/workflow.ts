@@ -22,7 +22,7 @@ import {
 } from '../../model/import-status';
 import { claimActivities, controlPlane, hostActivities, sharedImporterActivities, type ImportTimeouts } from './activity-proxies';
 import { importCompleteSignal, importStatusQuery, type ImportCompleteNotice } from './messages';
-import { IMPORT_ID, TENANT_ID, TIMELINE_ID } from './search-attributes';
+import { IMPORT_ID, TENANT_ID, TIMELINE_ID } from '../../model/search-attributes';
 
 export interface ImportWorkflowOptions extends Partial<ImportTimeouts> {
   /** Local runs after the first one, each on another host, before the import gives up. */
