@@ -41,7 +41,7 @@ import { exampleComputeConfig } from '../client/example-spec';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { loadConfig } from '../common/config';
 import { projectRoot, tsNodeArgs } from '../common/paths';
-import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
+import { SEARCH_ATTRIBUTES } from '../model/search-attributes';
 import { freePort } from '../dev/processes';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 import { computeWorkflowId } from '../model/compute-status';

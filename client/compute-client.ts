@@ -29,7 +29,7 @@ import {
   vmLostSignal,
   type LfcStatus,
 } from '../workflows/compute/messages';
-import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../workflows/compute/search-attributes';
+import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../model/search-attributes';
 import type { computeWorkflow, ComputeWorkflowOptions } from '../workflows/compute/workflow';
 
 export interface ComputeListEntry {

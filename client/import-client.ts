@@ -28,7 +28,7 @@ import {
   type ImportStatus,
 } from '../model/import-status';
 import { importCompleteSignal, importStatusQuery } from '../workflows/import/messages';
-import { IMPORT_ID, TENANT_ID, TIMELINE_ID } from '../workflows/import/search-attributes';
+import { IMPORT_ID, TENANT_ID, TIMELINE_ID } from '../model/search-attributes';
 import type { importWorkflow, ImportWorkflowOptions } from '../workflows/import/workflow';
 
 /** `import status`: the workflow's own status plus what the running step's heartbeats say. */

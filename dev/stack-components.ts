@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import proto from '@temporalio/proto';
 import { projectRoot, tsNodeArgs } from '../common/paths';
-import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
+import { SEARCH_ATTRIBUTES } from '../model/search-attributes';
 import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
 import { MAX_WORKDIR_ROOT_BYTES } from '../common/paths';
 import { IMPORTER_SHARED_TASK_QUEUE } from '../model/import-status';

@@ -1,21 +1,18 @@
-import { createHash } from 'node:crypto';
 import { getMaxListeners, setMaxListeners } from 'node:events';
-import { createReadStream } from 'node:fs';
-import { lstat, open, readdir, readFile, stat } from 'node:fs/promises';
-import path from 'node:path';
-import { Transform } from 'node:stream';
-import {
-  CompleteMultipartUploadCommand,
-  CreateMultipartUploadCommand,
-  DeleteObjectsCommand,
-  HeadObjectCommand,
-  PutObjectCommand,
-  UploadPartCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
-import { listObjects, unquoteEtag } from '../../drivers/s3/objects';
-import { every, type StepContext } from './activity-context';
+import { readFile, stat } from 'node:fs/promises';
+import { DeleteObjectsCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { StepContext } from './activity-context';
+import { AlreadyThere } from './upload-already-there';
+import { FileChangedError, walkDataDirectory, type LocalFile } from './upload-files';
 import { UploadJournal } from './upload-journal';
+import { MultipartUploads } from './upload-multipart';
+import { initialProgress, previousProgress, summary, UploadHeartbeat, type UploadProgress } from './upload-progress';
+import { listWithEtags, putFromMemory, putStreamed, RequestSlots, type UploadContext } from './upload-s3';
+
+export { walkDataDirectory } from './upload-files';
+export { DEFAULT_PART_SIZE, multipartEtag } from './upload-multipart';
+export { initialProgress, type MultipartState, type UploadProgress } from './upload-progress';
+export { SHA256_METADATA_KEY } from './upload-s3';
 
 /**
  * Uploads a stopped Postgres data directory, one object per file, to `<keyPrefix>/<relative path>`.
@@ -47,10 +44,7 @@ import { UploadJournal } from './upload-journal';
  * a stream's buffer, and each of the `concurrency` file workers at most one small file.
  */
 
-export const SHA256_METADATA_KEY = 'sha256';
 const MiB = 1024 * 1024;
-const MIN_PART_SIZE = 5 * MiB;
-const MAX_PARTS = 10_000;
 /**
  * Files above this go up in parts, as `aws s3 sync` does: the parts of a large relation segment
  * (up to 1 GiB) travel in parallel, and an upload interrupted half way keeps the parts already
@@ -58,60 +52,8 @@ const MAX_PARTS = 10_000;
  * multipart upload, when it concatenates the parts; real S3 does not.)
  */
 export const DEFAULT_MULTIPART_THRESHOLD = 64 * MiB;
-/** Fewer, larger parts: fewer requests per segment; memory stays concurrency x partSize. */
-export const DEFAULT_PART_SIZE = 32 * MiB;
 /** Files below this are sent from memory (and get their sha256 as metadata). */
 const IN_MEMORY_LIMIT = 8 * MiB;
-/** A streamed PUT cannot be replayed by the SDK's retries; it is retried here, from the start of the file. */
-const STREAM_ATTEMPTS = 3;
-
-/** An unfinished multipart upload, as recorded in the heartbeat details. */
-export interface MultipartState {
-  key: string;
-  uploadId: string;
-  size: number;
-  /** The local file's mtime: parts are only reused for the same file. */
-  mtimeMs: number;
-  partSize: number;
-  /** Finished parts: [part number, ETag]. */
-  parts: [number, string][];
-}
-
-export interface UploadProgress {
-  phase: 'upload';
-  filesTotal: number;
-  bytesTotal: number;
-  filesDone: number;
-  /** Bytes of finished files plus what is already sent of files still in flight. */
-  bytesDone: number;
-  uploadedFiles: number;
-  uploadedBytes: number;
-  skippedFiles: number;
-  skippedBytes: number;
-  /** Parts reused from the previous attempt's unfinished multipart uploads. */
-  resumedParts: number;
-  /** Half-sent files whose earlier multipart upload S3 no longer had, sent again whole from a new one. */
-  restartedFiles: number;
-  inFlight: MultipartState[];
-}
-
-/** An upload's progress before anything was sent. */
-export function initialProgress(filesTotal: number, bytesTotal: number): UploadProgress {
-  return {
-    phase: 'upload',
-    filesTotal,
-    bytesTotal,
-    filesDone: 0,
-    bytesDone: 0,
-    uploadedFiles: 0,
-    uploadedBytes: 0,
-    skippedFiles: 0,
-    skippedBytes: 0,
-    resumedParts: 0,
-    restartedFiles: 0,
-    inFlight: [],
-  };
-}
 
 export interface UploadResult extends Omit<UploadProgress, 'inFlight'> {
   skippedSymlinks: string[];
@@ -144,131 +86,8 @@ export interface UploadOptions {
   heartbeatIntervalMs?: number;
 }
 
-interface LocalFile {
-  rel: string;
-  abs: string;
-  size: number;
-  mtimeMs: number;
-}
-
-interface RemoteObject {
-  size: number;
-  etag: string;
-}
-
-/** Regular files below `root`, sorted by relative path; symlinks are reported, not followed. */
-export async function walkDataDirectory(root: string): Promise<{ files: LocalFile[]; symlinks: string[] }> {
-  const files: LocalFile[] = [];
-  const symlinks: string[] = [];
-  const visit = async (dir: string, relDir: string) => {
-    for (const entry of await readdir(dir, { withFileTypes: true })) {
-      const abs = path.join(dir, entry.name);
-      const rel = relDir ? `${relDir}/${entry.name}` : entry.name;
-      if (entry.isSymbolicLink()) symlinks.push(rel);
-      else if (entry.isDirectory()) await visit(abs, rel);
-      else if (entry.isFile()) {
-        const st = await lstat(abs);
-        files.push({ rel, abs, size: st.size, mtimeMs: st.mtimeMs });
-      }
-    }
-  };
-  await visit(root, '');
-  files.sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0));
-  return { files, symlinks: symlinks.sort() };
-}
-
-/** Every object under `prefix` with its size and ETag. */
-async function listWithEtags(s3: S3Client, bucket: string, prefix: string, signal: AbortSignal): Promise<Map<string, RemoteObject>> {
-  const objects = new Map<string, RemoteObject>();
-  for await (const o of listObjects(s3, bucket, prefix, signal)) objects.set(o.key, { size: o.size, etag: o.etag });
-  return objects;
-}
-
-async function hashOfFile(file: string, algorithm: 'sha256' | 'md5'): Promise<string> {
-  const hash = createHash(algorithm);
-  for await (const chunk of createReadStream(file, { highWaterMark: MiB })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
-function sha256OfFile(file: string): Promise<string> {
-  return hashOfFile(file, 'sha256');
-}
-
-/**
- * The ETag S3 gives an object completed from these parts: the MD5 of the parts' binary MD5s,
- * then "-" and the part count. Undefined when a part's ETag is no MD5 (SSE-KMS, for one).
- */
-export function multipartEtag(parts: [number, string][]): string | undefined {
-  const sorted = [...parts].sort((a, b) => a[0] - b[0]);
-  const hash = createHash('md5');
-  for (const [, etag] of sorted) {
-    const hex = unquoteEtag(etag);
-    if (!/^[0-9a-f]{32}$/.test(hex)) return undefined;
-    hash.update(Buffer.from(hex, 'hex'));
-  }
-  return `${hash.digest('hex')}-${sorted.length}`;
-}
-
-/**
- * Sends `command` with its payload hash already known: the signature uses it as is (the SDK
- * would otherwise hash the body again) and S3 refuses a body that does not match it.
- */
-function withPayloadHash<C extends { middlewareStack: { add: (...args: never[]) => unknown } }>(command: C, sha256Hex: string): C {
-  (command.middlewareStack as unknown as { add: (mw: unknown, opts: unknown) => void }).add(
-    (next: (args: { request: { headers?: Record<string, string> } }) => Promise<unknown>) => (args: { request: { headers?: Record<string, string> } }) => {
-      if (args.request.headers) args.request.headers['x-amz-content-sha256'] = sha256Hex;
-      return next(args);
-    },
-    { step: 'build', name: 'precomputedPayloadHash' },
-  );
-  return command;
-}
-
-function previousProgress(v: unknown): UploadProgress | undefined {
-  if (typeof v !== 'object' || v === null || (v as UploadProgress).phase !== 'upload') return undefined;
-  const p = v as UploadProgress;
-  return { ...p, inFlight: Array.isArray(p.inFlight) ? p.inFlight : [] };
-}
-
-/** An error S3 answered with (as the SDK raises it), as opposed to one from this side. */
-function isS3Response(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && typeof (err as { $metadata?: unknown }).$metadata === 'object';
-}
-
-/** A counting semaphore: the bound on requests in flight. */
-function semaphore(slots: number) {
-  let free = slots;
-  const waiting: (() => void)[] = [];
-  return {
-    async acquire(): Promise<void> {
-      if (free > 0) {
-        free--;
-        return;
-      }
-      await new Promise<void>((resolve) => waiting.push(resolve));
-    },
-    release(): void {
-      const next = waiting.shift();
-      if (next) next();
-      else free++;
-    },
-  };
-}
-
-function summary(p: UploadProgress): Omit<UploadProgress, 'inFlight'> {
-  const { inFlight: _inFlight, ...rest } = p;
-  return rest;
-}
-
-class FileChangedError extends Error {
-  constructor(file: string) {
-    super(`${file} changed while being uploaded; is the scratch Postgres still running?`);
-  }
-}
-
 export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadResult> {
   const concurrency = Math.max(1, opts.concurrency ?? 10);
-  const partSize = Math.max(MIN_PART_SIZE, opts.partSize ?? DEFAULT_PART_SIZE);
   const multipartThreshold = Math.max(1, opts.multipartThreshold ?? DEFAULT_MULTIPART_THRESHOLD);
   const inMemoryLimit = Math.min(multipartThreshold, IN_MEMORY_LIMIT);
   const ctx = opts.ctx;
@@ -283,265 +102,14 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
   const journal = UploadJournal.open(opts.journalFile);
 
   const progress = initialProgress(files.length, files.reduce((n, f) => n + f.size, 0));
-  let verifiedByContent = 0;
-  const inFlight = new Map<string, MultipartState>();
-  const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1_000;
-  let lastHeartbeat = 0;
-  const heartbeat = (force = false) => {
-    const now = Date.now();
-    if (!force && now - lastHeartbeat < heartbeatIntervalMs) return;
-    lastHeartbeat = now;
-    ctx.heartbeat({ ...progress, inFlight: [...inFlight.values()].map((m) => ({ ...m, parts: [...m.parts] })) });
-  };
-  const stopHeartbeat = every(5_000, () => heartbeat(true));
-  const requests = semaphore(concurrency);
-  const send = async <T>(fn: () => Promise<T>): Promise<T> => {
-    await requests.acquire();
-    try {
-      if (signal.aborted) throw signal.reason;
-      return await fn();
-    } finally {
-      requests.release();
-    }
-  };
-
-  /** True if the object already under `key` is this file, intact. Reads the local file only when nothing cheaper can tell. */
-  const alreadyThere = async (key: string, f: LocalFile): Promise<boolean> => {
-    const object = remote.get(key);
-    if (object?.size !== f.size) return false;
-    const record = journal.file(key);
-    const sameLocal = record !== undefined && record.size === f.size && record.mtimeMs === f.mtimeMs;
-    if (sameLocal && record.etag !== '' && record.etag === object.etag) return true;
-    if (await isCompletionOf(earlierUpload(f, key), f, object.etag)) {
-      journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, etag: object.etag });
-      return true;
-    }
-    let expected: string | undefined;
-    try {
-      const head = await send(() => opts.s3.send(new HeadObjectCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal }));
-      if (head.ContentLength !== f.size) return false;
-      expected = head.Metadata?.[SHA256_METADATA_KEY];
-    } catch (err) {
-      if (signal.aborted) throw err;
-      return false;
-    }
-    // Multipart objects carry no sha256 (it is known only once every part is read): sent again.
-    if (!expected) return false;
-    const local = sameLocal && record.sha256 ? record.sha256 : await sha256OfFile(f.abs);
-    if (local !== expected) return false;
-    verifiedByContent++;
-    journal.recordFile({ key, size: f.size, mtimeMs: f.mtimeMs, etag: object.etag, sha256: local });
-    return true;
-  };
-
-  const putFromMemory = async (f: LocalFile, key: string, content: Buffer): Promise<{ etag: string; sha256: string }> => {
-    const sha256 = createHash('sha256').update(content).digest('hex');
-    const out = await send(() =>
-      opts.s3.send(
-        withPayloadHash(new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: content, ContentLength: f.size, Metadata: { [SHA256_METADATA_KEY]: sha256 } }), sha256),
-        { abortSignal: signal },
-      ),
-    );
-    return { etag: unquoteEtag(out.ETag), sha256 };
-  };
-
-  /**
-   * One PUT streaming the file, with its sha256 (taken first) as the payload hash: S3 refuses a
-   * body that differs from what was hashed. The stream cannot be replayed, so retries start the
-   * file over here.
-   */
-  const putStreamed = async (f: LocalFile, key: string): Promise<{ etag: string; sha256: string }> => {
-    const sha256 = await sha256OfFile(f.abs);
-    for (let attempt = 1; ; attempt++) {
-      let sent = 0;
-      const counter = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          sent += chunk.length;
-          progress.bytesDone += chunk.length;
-          if (sent > f.size) cb(new FileChangedError(f.abs));
-          else cb(null, chunk);
-        },
-      });
-      const source = createReadStream(f.abs, { highWaterMark: MiB });
-      source.on('error', (err) => counter.destroy(err));
-      source.pipe(counter);
-      try {
-        const out = await send(() =>
-          opts.s3.send(
-            withPayloadHash(
-              new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: counter, ContentLength: f.size, Metadata: { [SHA256_METADATA_KEY]: sha256 } }),
-              sha256,
-            ),
-            { abortSignal: signal },
-          ),
-        );
-        if (sent !== f.size) throw new FileChangedError(f.abs);
-        progress.bytesDone -= sent;
-        return { etag: unquoteEtag(out.ETag), sha256 };
-      } catch (err) {
-        progress.bytesDone -= sent;
-        source.destroy();
-        if (signal.aborted || attempt >= STREAM_ATTEMPTS || err instanceof FileChangedError) throw err;
-      }
-    }
-  };
-
-  const partSizeFor = (f: LocalFile) => Math.max(partSize, Math.ceil(f.size / MAX_PARTS));
-
-  /** The earlier attempt's multipart upload of this file (journal and last heartbeat together), if its parts can be reused. */
-  const earlierUpload = (f: LocalFile, key: string): MultipartState | undefined => {
-    const filePartSize = partSizeFor(f);
-    const fits = (m: { size: number; mtimeMs: number; partSize: number } | undefined) =>
-      m !== undefined && m.size === f.size && m.mtimeMs === f.mtimeMs && m.partSize === filePartSize;
-    const journaled = journal.multipart(key);
-    const beat = fromHeartbeat.get(key);
-    const candidates: MultipartState[] = [];
-    if (fits(journaled)) candidates.push({ key, uploadId: journaled!.uploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize, parts: [...journaled!.parts] });
-    if (beat && fits(beat) && Array.isArray(beat.parts)) {
-      const same = candidates.find((c) => c.uploadId === beat.uploadId);
-      if (same) {
-        const known = new Map(same.parts);
-        for (const [n, etag] of beat.parts) if (!known.has(n)) known.set(n, etag);
-        same.parts = [...known];
-      } else {
-        candidates.push({ ...beat, parts: [...beat.parts] });
-      }
-    }
-    return candidates.sort((a, b) => b.parts.length - a.parts.length)[0];
-  };
-
-  /**
-   * Whether `etag`, of an object with this file's size, is what completing `upload` gives: an
-   * attempt can die after S3 completed its upload and before the journal heard of it. Only an
-   * upload with every part sent qualifies. S3's multipart ETag follows from the parts' ETags;
-   * a server that gives whole-object MD5s as ETags (s3rver) is answered by the file's MD5.
-   */
-  const isCompletionOf = async (upload: MultipartState | undefined, f: LocalFile, etag: string): Promise<boolean> => {
-    if (!upload || upload.parts.length !== Math.ceil(f.size / upload.partSize)) return false;
-    if (etag === multipartEtag(upload.parts)) return true;
-    return /^[0-9a-f]{32}$/.test(etag) && etag === (await hashOfFile(f.abs, 'md5'));
-  };
-
-  const uploadMultipart = async (f: LocalFile, key: string, reuse = true): Promise<{ etag: string; completedEarlier?: boolean }> => {
-    const filePartSize = partSizeFor(f);
-    const earlier = reuse ? earlierUpload(f, key) : undefined;
-    fromHeartbeat.delete(key);
-    let state: MultipartState;
-    if (earlier) {
-      state = { ...earlier, parts: [...earlier.parts] };
-      progress.resumedParts += state.parts.length;
-    } else {
-      const created = await send(() => opts.s3.send(new CreateMultipartUploadCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal }));
-      if (!created.UploadId) throw new Error(`CreateMultipartUpload for ${key} returned no UploadId`);
-      state = { key, uploadId: created.UploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize, parts: [] };
-      journal.recordMultipartStart({ key, uploadId: state.uploadId, size: f.size, mtimeMs: f.mtimeMs, partSize: filePartSize });
-    }
-    inFlight.set(key, state);
-    const partCount = Math.ceil(f.size / filePartSize);
-    const done = new Set(state.parts.map(([n]) => n));
-    const partBytes = (n: number) => Math.min(filePartSize, f.size - (n - 1) * filePartSize);
-    for (const n of done) progress.bytesDone += partBytes(n);
-    const forget = () => {
-      inFlight.delete(key);
-      for (const [n] of state.parts) progress.bytesDone -= partBytes(n);
-    };
-    // An earlier attempt's upload that fails to continue (S3 dropped it: expired by a lifecycle
-    // rule, aborted, or its parts are not what was recorded) is started over once, from a fresh
-    // multipart upload; the SDK has already retried anything transient.
-    const startOver = async (err: unknown): Promise<{ etag: string; completedEarlier?: boolean }> => {
-      const head = await send(() => opts.s3.send(new HeadObjectCommand({ Bucket: opts.bucket, Key: key }), { abortSignal: signal })).catch(() => undefined);
-      const etag = unquoteEtag(head?.ETag);
-      if (head?.ContentLength === f.size && (await isCompletionOf(state, f, etag))) {
-        forget();
-        return { etag, completedEarlier: true };
-      }
-      ctx.warn(`The earlier attempt's multipart upload of ${key} could not be continued; sending the whole file again`, {
-        key,
-        uploadId: state.uploadId,
-        partsKept: earlier!.parts.length,
-        error: (err as Error).message,
-      });
-      forget();
-      progress.resumedParts -= earlier!.parts.length;
-      progress.restartedFiles++;
-      return uploadMultipart(f, key, false);
-    };
-    const continuingEarlier = () => earlier !== undefined && state.uploadId === earlier.uploadId && !signal.aborted;
-
-    let partsFailure: unknown;
-    const handle = await open(f.abs, 'r');
-    try {
-      const pending: Promise<void>[] = [];
-      let failure: unknown;
-      for (let n = 1; n <= partCount && failure === undefined; n++) {
-        if (done.has(n)) continue;
-        await requests.acquire();
-        if (signal.aborted || failure !== undefined) {
-          requests.release();
-          break;
-        }
-        const partNumber = n;
-        pending.push(
-          (async () => {
-            try {
-              const length = partBytes(partNumber);
-              const buffer = Buffer.allocUnsafe(length);
-              const { bytesRead } = await handle.read(buffer, 0, length, (partNumber - 1) * filePartSize);
-              if (bytesRead !== length) throw new Error(`${f.abs} is shorter than it was; is the scratch Postgres still running?`);
-              const partHash = createHash('sha256').update(buffer).digest('hex');
-              const out = await opts.s3.send(
-                withPayloadHash(
-                  new UploadPartCommand({ Bucket: opts.bucket, Key: key, UploadId: state.uploadId, PartNumber: partNumber, Body: buffer, ContentLength: length }),
-                  partHash,
-                ),
-                { abortSignal: signal },
-              );
-              if (!out.ETag) throw new Error(`UploadPart ${partNumber} of ${key} returned no ETag`);
-              state.parts.push([partNumber, out.ETag]);
-              journal.recordPart({ key, uploadId: state.uploadId, part: partNumber, etag: out.ETag });
-              progress.bytesDone += length;
-              heartbeat();
-            } catch (err) {
-              failure ??= err;
-            } finally {
-              requests.release();
-            }
-          })(),
-        );
-      }
-      await Promise.all(pending);
-      if (signal.aborted) throw signal.reason;
-      if (failure !== undefined) throw failure;
-    } catch (err) {
-      partsFailure = err;
-    } finally {
-      await handle.close();
-    }
-    if (partsFailure !== undefined) {
-      // Only S3's answer can say the upload is gone; a local read error would fail the same way again.
-      if (continuingEarlier() && isS3Response(partsFailure)) return startOver(partsFailure);
-      throw partsFailure;
-    }
-    const parts = [...state.parts].sort((a, b) => a[0] - b[0]).map(([PartNumber, ETag]) => ({ PartNumber, ETag }));
-    let etag: string;
-    try {
-      const out = await send(() =>
-        opts.s3.send(new CompleteMultipartUploadCommand({ Bucket: opts.bucket, Key: key, UploadId: state.uploadId, MultipartUpload: { Parts: parts } }), {
-          abortSignal: signal,
-        }),
-      );
-      etag = unquoteEtag(out.ETag);
-    } catch (err) {
-      if (continuingEarlier()) return startOver(err);
-      throw err;
-    }
-    forget();
-    return { etag };
-  };
+  const heartbeat = new UploadHeartbeat(ctx, progress, opts.heartbeatIntervalMs ?? 1_000);
+  const u: UploadContext = { s3: opts.s3, bucket: opts.bucket, signal, ctx, requests: new RequestSlots(concurrency, signal), journal, heartbeat };
+  const multipart = new MultipartUploads(u, opts.partSize, fromHeartbeat);
+  const alreadyThere = new AlreadyThere(u, remote, multipart);
 
   const uploadOne = async (f: LocalFile) => {
     const key = `${opts.keyPrefix}/${f.rel}`;
-    if (await alreadyThere(key, f)) {
+    if (await alreadyThere.check(key, f)) {
       progress.skippedFiles++;
       progress.skippedBytes += f.size;
     } else {
@@ -549,11 +117,11 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       if (f.size < inMemoryLimit) {
         const content = await readFile(f.abs);
         if (content.length !== f.size) throw new FileChangedError(f.abs);
-        sent = await putFromMemory(f, key, content);
+        sent = await putFromMemory(u, f, key, content);
       } else if (f.size < multipartThreshold) {
-        sent = await putStreamed(f, key);
+        sent = await putStreamed(u, f, key);
       } else {
-        sent = await uploadMultipart(f, key);
+        sent = await multipart.upload(f, key);
       }
       const after = await stat(f.abs);
       if (after.size !== f.size || after.mtimeMs !== f.mtimeMs) throw new FileChangedError(f.abs);
@@ -569,7 +137,7 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
     }
     progress.filesDone++;
     progress.bytesDone += f.size;
-    heartbeat();
+    heartbeat.beat();
   };
 
   try {
@@ -596,16 +164,16 @@ export async function uploadDataDirectory(opts: UploadOptions): Promise<UploadRe
       const batch = stale.slice(i, i + 1000);
       await opts.s3.send(new DeleteObjectsCommand({ Bucket: opts.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }), { abortSignal: signal });
     }
-    heartbeat(true);
+    heartbeat.beat(true);
     return {
       ...summary(progress),
       skippedSymlinks: symlinks,
       removedStaleObjects: stale.length,
-      verifiedByContent,
+      verifiedByContent: alreadyThere.verifiedByContent,
       resumedFrom: previous ? summary(previous) : undefined,
     };
   } finally {
-    stopHeartbeat();
+    heartbeat.stop();
     journal.close();
   }
 }

@@ -5,7 +5,7 @@ import { Connection } from '@temporalio/client';
 import { msToTs } from '@temporalio/common/lib/time';
 import proto from '@temporalio/proto';
 import { UserFacingError } from '../../common/errors';
-import { SEARCH_ATTRIBUTES } from '../../common/search-attributes';
+import { SEARCH_ATTRIBUTES } from '../../model/search-attributes';
 import { assertPortFree, freePort, isTrackedAlive, spawnDetached, stopTracked, waitUntilReady, type TrackedProcess } from '../processes';
 import { withDirLock } from '../dir-lock';
 import { provisionTemporalServer } from './binaries';

@@ -9,11 +9,9 @@
  */
 import { constants, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { formatLsn, parseLsn, type Lsn } from '../../../model/lsn';
+import { formatLsn, type Lsn } from '../../../model/lsn';
 import {
-  formatTermHistory,
   lastLogTerm,
-  parseTermHistory,
   ProtocolFrameError,
   validateTermHistory,
   WAL_SEGMENT_SIZE,
@@ -21,97 +19,17 @@ import {
 } from '../../../drivers';
 import { PgWireError } from '../pgwire/server';
 import { ControlFile } from './control-file';
+import { Mutex } from './mutex';
+import { fromDocument, toDocument, type StateDocument, type TimelineState } from './timeline-state';
+import { fsyncDir, segmentFileName } from './wal-files';
+
+export type { TimelineState } from './timeline-state';
 
 const SEG = BigInt(WAL_SEGMENT_SIZE);
 const READ_CHUNK = 256 * 1024;
 
 /** SQLSTATE for "a proposer with a higher term took over": the pusher stops on it. */
 export const TERM_SUPERSEDED = 'SK001';
-
-export interface TimelineState {
-  tenantId: string;
-  timelineId: string;
-  /** The highest term promised (ELECT) or written by. */
-  term: bigint;
-  termHistory: TermHistory;
-  timelineStartLsn: Lsn;
-  flushLsn: Lsn;
-  commitLsn: Lsn;
-  backupLsn: Lsn;
-  remoteConsistentLsn: Lsn;
-  peerHorizonLsn: Lsn;
-  pgVersion: number;
-}
-
-interface StateDocument {
-  version: 1;
-  tenant_id: string;
-  timeline_id: string;
-  term: string;
-  term_history: string;
-  timeline_start_lsn: string;
-  flush_lsn: string;
-  commit_lsn: string;
-  backup_lsn: string;
-  remote_consistent_lsn: string;
-  peer_horizon_lsn: string;
-  pg_version: number;
-}
-
-function toDocument(s: TimelineState): StateDocument {
-  return {
-    version: 1,
-    tenant_id: s.tenantId,
-    timeline_id: s.timelineId,
-    term: s.term.toString(),
-    term_history: formatTermHistory(s.termHistory),
-    timeline_start_lsn: formatLsn(s.timelineStartLsn),
-    flush_lsn: formatLsn(s.flushLsn),
-    commit_lsn: formatLsn(s.commitLsn),
-    backup_lsn: formatLsn(s.backupLsn),
-    remote_consistent_lsn: formatLsn(s.remoteConsistentLsn),
-    peer_horizon_lsn: formatLsn(s.peerHorizonLsn),
-    pg_version: s.pgVersion,
-  };
-}
-
-function fromDocument(d: StateDocument): TimelineState {
-  if (d.version !== 1) throw new Error(`unsupported safekeeper state version ${String(d.version)}`);
-  return {
-    tenantId: d.tenant_id,
-    timelineId: d.timeline_id,
-    term: BigInt(d.term),
-    termHistory: parseTermHistory(d.term_history),
-    timelineStartLsn: parseLsn(d.timeline_start_lsn),
-    flushLsn: parseLsn(d.flush_lsn),
-    commitLsn: parseLsn(d.commit_lsn),
-    backupLsn: parseLsn(d.backup_lsn),
-    remoteConsistentLsn: parseLsn(d.remote_consistent_lsn),
-    peerHorizonLsn: parseLsn(d.peer_horizon_lsn),
-    pgVersion: d.pg_version,
-  };
-}
-
-export function segmentFileName(segno: bigint): string {
-  const hex = (n: bigint) => n.toString(16).toUpperCase().padStart(8, '0');
-  return `00000001${hex(segno / 0x100n)}${hex(segno % 0x100n)}`;
-}
-
-/** Serializes the async critical sections of one timeline. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise<void>((r) => (release = r));
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
 
 /** Identifies the one push session allowed to write; a newer session or a higher term revokes it. */
 export interface PushToken {
@@ -409,14 +327,5 @@ export class Timeline {
       this.segments.clear();
       await this.control.close();
     });
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

@@ -1,0 +1,41 @@
+/**
+ * The running compute's watch: rounds of one long activity on the VM that returns when the
+ * postmaster exits or after reporting last_active, and the rule for when the run's history is long
+ * enough to continue as new.
+ */
+import { patched, workflowInfo } from '@temporalio/workflow';
+import { computeWatchActivity } from './activity-proxies';
+import type { ComputeState } from './state';
+import type { VmLink } from './vm';
+import type { ComputeWorkflowOptions } from './workflow';
+
+/**
+ * The long, quiet watch (30-minute rounds, 10-minute heartbeat timeout, a dead VM reported by the
+ * platform's `vmLost` signal) replaced one-minute rounds with a 15 s heartbeat timeout: about 10
+ * instead of 360 actions per idle compute-hour. Computes already watching keep the old defaults
+ * until their next continue-as-new, so their recorded histories replay.
+ */
+const QUIET_WATCH_PATCH = 'quiet-watch-and-vm-lost';
+const WATCH_DEFAULTS = { reportSeconds: 1800, heartbeatTimeoutSeconds: 600, maxRoundsPerRun: 48 };
+const LEGACY_WATCH_DEFAULTS = { reportSeconds: 60, heartbeatTimeoutSeconds: 15, maxRoundsPerRun: 1000 };
+
+export interface Watch {
+  /** One round: resolves when the postmaster exits or when it is time to report last_active. */
+  round(): ReturnType<ReturnType<typeof computeWatchActivity>>;
+  /** Whether the run should continue as new before its next round. */
+  historyLong(round: number): boolean;
+}
+
+export function startWatch(compute: ComputeState, vm: VmLink, nodeTaskQueue: string, options: ComputeWorkflowOptions | undefined): Watch {
+  const defaults = patched(QUIET_WATCH_PATCH) ? WATCH_DEFAULTS : LEGACY_WATCH_DEFAULTS;
+  const reportSeconds = options?.watchReportSeconds ?? defaults.reportSeconds;
+  const maxRounds = options?.maxWatchRoundsPerRun ?? defaults.maxRoundsPerRun;
+  const watchPostgres = computeWatchActivity(nodeTaskQueue, {
+    reportSeconds,
+    heartbeatTimeoutSeconds: options?.watchHeartbeatTimeoutSeconds ?? defaults.heartbeatTimeoutSeconds,
+  });
+  return {
+    round: () => vm.run(() => watchPostgres({ reportAfterSeconds: reportSeconds, lastActive: compute.lastActive })),
+    historyLong: (round) => round >= maxRounds || workflowInfo().continueAsNewSuggested,
+  };
+}
