@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { encryptedDataConverter } from '../../common/codec/data-converter';
 import { loadCodecServerConfig } from '../../common/config';
 import { UserFacingError } from '../../common/errors';
+import { log } from '../../common/logger';
 import { anyOf, fixedTokenAuth, jwtAuth, tokenFileAuth, type CodecAuth } from '../codec-auth';
 import { CODEC_SERVER_MAX_BODY_BYTES_DEFAULT, startCodecServer } from '../codec-server';
 import { cliConfig } from '../context';
@@ -43,8 +44,8 @@ export function registerCodecServerCommand(program: Command): void {
       if (!m || Number(m[2]) > 65535) throw new UserFacingError(`--listen must be host:port, got ${opts.listen}`);
       const host = m[1]!.replace(/^\[|\]$/g, '');
       const settings = loadCodecServerConfig();
-      const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
-      const auth = codecAuth(opts, settings, log);
+      const say = (line: string) => log().info(line);
+      const auth = codecAuth(opts, settings, say);
       if (opts.devNoAuth) {
         if (auth !== undefined) throw new UserFacingError('--dev-no-auth and bearer credentials contradict each other; drop one');
         if (!isLoopback(host)) throw new UserFacingError(`--dev-no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), not ${host}`);
@@ -75,10 +76,10 @@ export function registerCodecServerCommand(program: Command): void {
         auth,
         allowedOrigins,
         maxBodyBytes,
-        log,
+        log: say,
       });
-      if (allowedOrigins.length === 0) console.log('no --allow-origin: browsers (the Web UI) are refused; only non-browser clients such as `temporal --codec-endpoint` can call');
-      console.log(`codec server ready on ${server.url} (${auth === undefined ? 'no authentication: development only' : `accepting ${auth.description}`}; origins: ${allowedOrigins.join(', ') || 'none'})`);
+      if (allowedOrigins.length === 0) say('no --allow-origin: browsers (the Web UI) are refused; only non-browser clients such as `temporal --codec-endpoint` can call');
+      say(`codec server ready on ${server.url} (${auth === undefined ? 'no authentication: development only' : `accepting ${auth.description}`}; origins: ${allowedOrigins.join(', ') || 'none'})`);
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
