@@ -9,6 +9,7 @@ import { registerTimelineCommands } from './commands/timeline';
 import { registerWorkerCommands } from './commands/worker';
 import { exitWithError } from './output';
 import { maskConsole } from '../workers/masked-logging';
+import { prettyLogsOnTerminal } from '../common/logger';
 
 // Whatever any command logs (workers, the import callback server) is masked too.
 maskConsole();
@@ -26,4 +27,7 @@ registerMainCommand(program);
 registerLfcCommands(program);
 registerCodecServerCommand(program);
 
-program.parseAsync(process.argv).catch(exitWithError);
+// Log lines (workers, servers) are JSON unless a person watches the terminal.
+prettyLogsOnTerminal()
+  .then(() => program.parseAsync(process.argv))
+  .catch(exitWithError);

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { METADATA_ENCODING_KEY, type Payload, type PayloadCodec } from '@temporalio/common';
-import { bearerTokenMatches } from '../common/bearer-token';
+import type { CodecAuth } from './codec-auth';
 import { ENCRYPTED_ENCODING } from '../common/codec/encryption-codec';
 
 /**
@@ -10,15 +10,15 @@ import { ENCRYPTED_ENCODING } from '../common/codec/encryption-codec';
  * `{"payloads": [{"metadata": {"encoding": "<base64>"}, "data": "<base64>"}]}`, answered in the
  * same form. Only the last path segment picks the operation, so the server can sit under any
  * prefix of a proxy. The payload keys are the workers' own (the codec passed in), so whoever may
- * call it reads every spec and password hash in history: hence the bearer token.
+ * call it reads every spec and password hash in history: hence the bearer credentials (codec-auth.ts).
  */
 
 export const CODEC_SERVER_MAX_BODY_BYTES_DEFAULT = 4 * 1024 * 1024;
 
 export interface CodecServerOptions {
   codec: PayloadCodec;
-  /** The bearer token every encode/decode must carry; undefined only for the dev stack on loopback. */
-  token: string | undefined;
+  /** Who may encode/decode (a bearer token or JWT); undefined only for the dev stack on loopback. */
+  auth: CodecAuth | undefined;
   /** Origins (scheme://host[:port]) whose pages may call the server: the Web UI's. */
   allowedOrigins: string[];
   maxBodyBytes?: number;
@@ -162,8 +162,8 @@ export function codecServerHandler(opts: CodecServerOptions): http.RequestListen
     if (req.method !== 'POST') return send(res, 405, { message: `method ${req.method} not allowed; use POST` }, { ...cors, allow: 'POST, OPTIONS' });
     // A page from any other origin is refused outright, not merely kept from reading the answer.
     if (origin !== undefined && !originAllowed(origin)) return send(res, 403, { message: `origin ${origin} is not allowed; add it with --allow-origin` }, cors);
-    if (opts.token !== undefined && !bearerTokenMatches(req.headers.authorization, opts.token)) {
-      return send(res, 401, { message: 'missing or wrong bearer token' }, { ...cors, 'www-authenticate': 'Bearer' });
+    if (opts.auth !== undefined && !(await opts.auth.accepts(req.headers.authorization))) {
+      return send(res, 401, { message: 'missing or unknown bearer token' }, { ...cors, 'www-authenticate': 'Bearer' });
     }
 
     const raw = await readBody(req);

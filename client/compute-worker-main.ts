@@ -5,9 +5,10 @@
  */
 import { Command } from 'commander';
 import { loadConfig } from '../common/config';
+import { prettyLogsOnTerminal } from '../common/logger';
 import { configureComputeWorkerCommand } from './commands/compute-worker';
 import { exitWithError } from './output';
 
-configureComputeWorkerCommand(new Command('compute-worker').showHelpAfterError(), () => loadConfig(process.env))
-  .parseAsync(process.argv)
+prettyLogsOnTerminal()
+  .then(() => configureComputeWorkerCommand(new Command('compute-worker').showHelpAfterError(), () => loadConfig(process.env)).parseAsync(process.argv))
   .catch(exitWithError);

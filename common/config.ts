@@ -310,8 +310,10 @@ function loadWorkerMetricsConfig(env: Env): WorkerMetricsConfig | undefined {
 
 /** The codec server's settings (`durable-compute codec-server`); see client/codec-server.ts. */
 export interface CodecServerConfig {
-  /** The bearer token callers must present; absent only where the dev-only loopback switch is used. */
+  /** A single bearer token callers may present. */
   token?: string;
+  /** A file listing the accepted bearer tokens, one per line, read again when it changes (client/codec-auth.ts). */
+  tokenFile?: string;
   /** Origins (scheme://host[:port]) of the Web UIs allowed to call it. */
   allowedOrigins: string[];
 }
@@ -325,23 +327,15 @@ const origin = z.string().refine((v) => {
   }
 }, 'expected origins like https://temporal-ui.example.com or http://127.0.0.1:8233 (scheme, host and port only)');
 
-/** DURABLE_COMPUTE_CODEC_TOKEN or the file DURABLE_COMPUTE_CODEC_TOKEN_FILE names; DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS. */
+/** DURABLE_COMPUTE_CODEC_TOKEN or the token file DURABLE_COMPUTE_CODEC_TOKEN_FILE; DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS. */
 export function loadCodecServerConfig(env: Env = process.env): CodecServerConfig {
   const token = read(env, 'DURABLE_COMPUTE_CODEC_TOKEN', z.string().regex(/^\S{16,}$/, 'expected one token of at least 16 characters without spaces'));
   const file = read(env, 'DURABLE_COMPUTE_CODEC_TOKEN_FILE', readableFile);
   if (token && file) throw new UserFacingError('Set DURABLE_COMPUTE_CODEC_TOKEN or DURABLE_COMPUTE_CODEC_TOKEN_FILE, not both');
-  let fromFile: string | undefined;
-  if (file) {
-    try {
-      fromFile = readSecretFile(file, 'codec server token');
-      if (fromFile.length < 16) throw new Error(`the codec server token in ${file} is shorter than 16 characters`);
-    } catch (err) {
-      throw new UserFacingError(`Invalid DURABLE_COMPUTE_CODEC_TOKEN_FILE: ${(err as Error).message}`);
-    }
-  }
   const origins = read(env, 'DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS', z.string());
   return {
-    token: token ?? fromFile,
+    token,
+    tokenFile: file,
     allowedOrigins: (origins ?? '')
       .split(',')
       .map((o) => o.trim())

@@ -5,6 +5,10 @@
 import { mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import S3rver from 's3rver';
+import { consoleToLog } from '../common/logger';
+
+// JSON log lines, as every process of the project writes (common/logger.ts).
+consoleToLog();
 
 const { values } = parseArgs({
   options: {

@@ -1,9 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { anyOf, fixedTokenAuth, jwtAuth, tokenFileAuth } from '../client/codec-auth';
 import { payloadsToJson, startCodecServer } from '../client/codec-server';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { EncryptionCodec, payloadKeyId } from '../common/codec/encryption-codec';
@@ -33,7 +37,7 @@ describe('codec server (in process, real HTTP)', () => {
       host: '127.0.0.1',
       port: 0,
       codec: workerCodec,
-      token,
+      auth: fixedTokenAuth(token),
       allowedOrigins: [UI],
       maxBodyBytes: 64 * 1024,
     }));
@@ -184,12 +188,107 @@ describe('durable-compute codec-server (the CLI command)', () => {
   it('refuses to start without a token, and without one anywhere but on loopback', async () => {
     const noToken = await runCli(['codec-server', '--listen', '127.0.0.1:0'], { env });
     expect(noToken.code).not.toBe(0);
-    expect(noToken.stderr).toContain('demands an access token: set DURABLE_COMPUTE_CODEC_TOKEN_FILE');
+    expect(noToken.stderr).toContain('demands access tokens: set DURABLE_COMPUTE_CODEC_TOKEN_FILE');
     const open = await runCli(['codec-server', '--listen', '0.0.0.0:0', '--dev-no-auth'], { env });
     expect(open.code).not.toBe(0);
     expect(open.stderr).toContain('--dev-no-auth is only allowed on a loopback address');
     const badOrigin = await runCli(['codec-server', '--listen', '127.0.0.1:0', '--dev-no-auth', '--allow-origin', 'http://ui.example.com/path'], { env });
     expect(badOrigin.code).not.toBe(0);
     expect(badOrigin.stderr).toContain('Invalid --allow-origin "http://ui.example.com/path"');
+  });
+});
+
+describe('codec server auth: a token file reloaded on change, and JWTs against a JWKS', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-codec-auth-'));
+  const tokenFile = path.join(dir, 'codec.tokens');
+  const script = randomBytes(24).toString('hex');
+  const operator = randomBytes(24).toString('hex');
+  const ISSUER = 'https://idp.example.com/';
+  const AUDIENCE = 'temporal-ui';
+  let url: string;
+  let close: () => Promise<void>;
+  let jwks: http.Server;
+  type SigningKey = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
+  let signer: SigningKey;
+  const logged: string[] = [];
+  const decode = (authorization?: string) =>
+    fetch(`${url}/decode`, { method: 'POST', headers: authorization ? { authorization } : {}, body: JSON.stringify(payloadsToJson([])) }).then((r) => r.status);
+  const jwt = (claims: { iss?: string; aud?: string; exp?: string | number } = {}, key: SigningKey = signer) =>
+    new SignJWT({ sub: 'operator@example.com' })
+      .setProtectedHeader({ alg: 'EdDSA', kid: 'idp-1' })
+      .setIssuer(claims.iss ?? ISSUER)
+      .setAudience(claims.aud ?? AUDIENCE)
+      .setIssuedAt()
+      .setExpirationTime(claims.exp ?? '5m')
+      .sign(key);
+
+  beforeAll(async () => {
+    // The identity provider's JWKS, served over real HTTP as an IdP's jwks_uri is.
+    const { publicKey, privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+    signer = privateKey;
+    const body = JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'idp-1', alg: 'EdDSA', use: 'sig' }] });
+    jwks = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(body));
+    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+    writeFileSync(tokenFile, `# scripts allowed to decode\n${script}\n\n${operator}  \n`, { mode: 0o600 });
+    ({ url, close } = await startCodecServer({
+      host: '127.0.0.1',
+      port: 0,
+      codec: workerCodec,
+      auth: anyOf([
+        tokenFileAuth(tokenFile, (l) => logged.push(l)),
+        jwtAuth({ jwks: new URL(`http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`), issuer: ISSUER, audience: AUDIENCE }),
+      ]),
+      allowedOrigins: [UI],
+    }));
+  });
+  afterAll(async () => {
+    await close();
+    await new Promise((resolve) => jwks.close(resolve));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('accepts each listed token, refuses a missing or unknown one (401)', async () => {
+    expect(await decode(`Bearer ${script}`)).toBe(200);
+    expect(await decode(`Bearer ${operator}`)).toBe(200);
+    expect(await decode()).toBe(401);
+    expect(await decode(`Bearer ${randomBytes(24).toString('hex')}`)).toBe(401);
+    expect(await decode('Bearer # scripts allowed to decode')).toBe(401);
+    expect(logged.join('\n')).toContain('2 token(s)');
+    expect(logged.join('\n')).not.toContain(script);
+  });
+
+  it('stops accepting a revoked token on the next request, without a restart', async () => {
+    writeFileSync(tokenFile, `${operator}\n`);
+    expect(await decode(`Bearer ${script}`)).toBe(401);
+    expect(await decode(`Bearer ${operator}`)).toBe(200);
+    // An atomic replace (a new file renamed over it), as config management writes.
+    writeFileSync(`${tokenFile}.new`, `${script}\n`);
+    renameSync(`${tokenFile}.new`, tokenFile);
+    expect(await decode(`Bearer ${operator}`)).toBe(401);
+    expect(await decode(`Bearer ${script}`)).toBe(200);
+    // A file that cannot be read any more refuses everyone (fails closed), and says so.
+    rmSync(tokenFile);
+    expect(await decode(`Bearer ${script}`)).toBe(401);
+    expect(logged.join('\n')).toContain('cannot be read (ENOENT): refusing every token');
+    writeFileSync(tokenFile, `${script}\n`);
+    expect(await decode(`Bearer ${script}`)).toBe(200);
+  });
+
+  it("accepts the identity provider's JWT for the right issuer and audience; refuses others", async () => {
+    expect(await decode(`Bearer ${await jwt()}`)).toBe(200);
+    expect(await decode(`Bearer ${await jwt({ aud: 'another-app' })}`)).toBe(401);
+    expect(await decode(`Bearer ${await jwt({ iss: 'https://evil.example.com/' })}`)).toBe(401);
+    expect(await decode(`Bearer ${await jwt({ exp: Math.floor(Date.now() / 1000) - 60 })}`)).toBe(401);
+    const stranger = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+    expect(await decode(`Bearer ${await jwt({}, stranger.privateKey)}`)).toBe(401);
+  });
+
+  it('refuses a token file without any token at startup, naming the line', () => {
+    const bad = path.join(dir, 'bad.tokens');
+    writeFileSync(bad, '# nothing yet\n');
+    expect(() => tokenFileAuth(bad)).toThrow(`the codec token file ${bad} lists no token`);
+    writeFileSync(bad, `${script}\nshort-secret\n`);
+    expect(() => tokenFileAuth(bad)).toThrow(`line 2 of the codec token file ${bad} is not one token`);
+    expect(() => tokenFileAuth(path.join(dir, 'absent'))).toThrow('cannot be read (ENOENT)');
   });
 });

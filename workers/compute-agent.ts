@@ -9,6 +9,7 @@ import { computeTaskQueue, isValidComputeId } from '../model/compute-status';
 import { prepareComputeNodeActivities, createComputeWorkerOn, type ComputeNodeOptions } from './compute';
 import { waitForActivityPoller } from './poller-ready';
 import { connectWorkerConnection } from './run-worker';
+import { log as logger } from '../common/logger';
 
 /** What `GET /assignment` reports. */
 export type AgentState =
@@ -61,7 +62,7 @@ export class ComputeAgent {
     this.assigned = new Promise((resolve) => (this.markAssigned = resolve));
   }
 
-  static async prepare(config: AppConfig, opts: ComputeNodeOptions, log: (line: string) => void = console.log): Promise<ComputeAgent> {
+  static async prepare(config: AppConfig, opts: ComputeNodeOptions, log: (line: string) => void = (line) => logger().info(line)): Promise<ComputeAgent> {
     const activities = await prepareComputeNodeActivities(config, opts);
     // Loaded now, as the worker will (the failure converter is a file the SDK require()s), so a
     // missing key fails at boot and the assignment does not pay for it.

@@ -10,6 +10,7 @@ import { connectClient } from '../common/temporal-connection';
 import { startFleetMetrics } from './fleet-metrics';
 import { isBundled } from '../common/node-entry';
 import { createWorker } from './run-worker';
+import { log } from '../common/logger';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 /** Loaded into the workflow sandbox with DURABLE_COMPUTE_SPEC_TRUST=restricted. */
@@ -48,7 +49,7 @@ export async function createControlPlaneWorker(config: AppConfig) {
 export async function startControlPlaneFleetMetrics(config: AppConfig, metrics: WorkerMetricsConfig): Promise<{ close(): Promise<void> }> {
   const connection = await connectClient(config.temporal);
   const client = new Client({ connection, namespace: config.temporal.namespace, dataConverter: encryptedDataConverter(config.payloadKeys) });
-  const fleet = startFleetMetrics(client, Runtime.instance().metricMeter, metrics.fleetRefreshSeconds, (line) => console.log(`${new Date().toISOString()} ${line}`));
+  const fleet = startFleetMetrics(client, Runtime.instance().metricMeter, metrics.fleetRefreshSeconds, (line) => log().info(line));
   return {
     close: async () => {
       fleet.stop();

@@ -12,6 +12,7 @@ import { encryptedDataConverter } from '../common/codec/data-converter';
 import { findPostgres } from '../common/pg-binaries';
 import { connectClient } from '../common/temporal-connection';
 import { createWorker } from './run-worker';
+import { log } from '../common/logger';
 
 const MiB = 1024 * 1024;
 
@@ -72,7 +73,7 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
     try {
       // Before polling: the steps a killed predecessor on this disk left running are retried now,
       // not after their heartbeat timeout.
-      await handBackAbandonedSteps(config, host, dataConverter, opts.log ?? ((line) => console.log(`${new Date().toISOString()} ${line}`)));
+      await handBackAbandonedSteps(config, host, dataConverter, opts.log ?? ((line) => log().info(line)));
     } catch (err) {
       await shared.connection.close();
       throw err;

@@ -1,24 +1,34 @@
 import { formatWithOptions } from 'node:util';
-import { DefaultLogger, type LogEntry } from '@temporalio/worker';
+import { LogTimestamp, type Logger as SdkLogger, type LogLevel, type LogMetadata } from '@temporalio/worker';
 import { maskSecrets } from '../common/errors';
+import { log } from '../common/logger';
+
+const PINO_LEVEL = { TRACE: 'trace', DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error' } as const;
 
 /**
- * A worker's log is read by more people than may see its secrets: every line it writes, the SDK's
- * (activity and workflow failures, which quote what failed) and our own, goes through maskSecrets.
+ * The Temporal Runtime's logger over this process's pino logger (common/logger.ts): the SDK's own
+ * lines (worker state, activity and workflow failures, which quote what failed) and the Rust
+ * core's forwarded ones come out in the same JSON as ours, masked the same way.
  */
-function writeMasked({ level, timestampNanos, message, meta }: LogEntry): void {
-  const date = new Date(Number(timestampNanos / 1000000n)).toISOString();
-  const details = meta === undefined ? '' : ` ${formatWithOptions({ colors: false }, meta)}`;
-  process.stderr.write(`${maskSecrets(`${date} [${level}] ${message}${details}`)}\n`);
-}
-
-export function maskedLogger(): DefaultLogger {
-  return new DefaultLogger('INFO', writeMasked);
+export function maskedLogger(): SdkLogger {
+  const write = (level: LogLevel, message: string, meta?: LogMetadata) => {
+    // The core's own timestamp (nanoseconds) duplicates `time`; the rest are fields (sdkComponent, workflowId...).
+    const { [LogTimestamp]: _timestamp, ...fields } = (meta ?? {}) as LogMetadata & { [LogTimestamp]?: bigint };
+    log()[PINO_LEVEL[level]](fields, message);
+  };
+  return {
+    log: write,
+    trace: (message, meta) => write('TRACE', message, meta),
+    debug: (message, meta) => write('DEBUG', message, meta),
+    info: (message, meta) => write('INFO', message, meta),
+    warn: (message, meta) => write('WARN', message, meta),
+    error: (message, meta) => write('ERROR', message, meta),
+  };
 }
 
 let consoleMasked = false;
 
-/** console.log/info/warn/error/debug of this process, masked. */
+/** console.log/info/warn/error/debug of this process, masked (a CLI command's output to its user). */
 export function maskConsole(): void {
   if (consoleMasked) return;
   consoleMasked = true;

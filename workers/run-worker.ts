@@ -1,7 +1,8 @@
-import { NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type WorkerOptions } from '@temporalio/worker';
+import { makeTelemetryFilterString, NativeConnection, Runtime, Worker, type ActivityInterceptorsFactory, type WorkerOptions } from '@temporalio/worker';
 import type { AppConfig, WorkerMetricsConfig } from '../common/config';
 import { temporalConnectionOptions } from '../common/temporal-connection';
-import { maskConsole, maskedLogger } from './masked-logging';
+import { consoleToLog } from '../common/logger';
+import { maskedLogger } from './masked-logging';
 
 let runtimeInstalled = false;
 
@@ -12,12 +13,17 @@ let runtimeInstalled = false;
  */
 export function installRuntime(shutdownSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'], metrics?: WorkerMetricsConfig): void {
   if (runtimeInstalled) return;
-  maskConsole();
+  // Everything the process says (console included) is a log line, in one format: common/logger.ts.
+  consoleToLog();
   Runtime.install({
     shutdownSignals,
     logger: maskedLogger(),
-    // The SDK's own metrics (task latency, schedule-to-start, pollers) on GET /metrics at this address.
-    ...(metrics && { telemetryOptions: { metrics: { prometheus: { bindAddress: metrics.bindAddress, countersTotalSuffix: true } } } }),
+    telemetryOptions: {
+      // The Rust core's warnings and errors come through the same logger, not straight to stderr.
+      logging: { filter: makeTelemetryFilterString({ core: 'WARN', other: 'ERROR' }), forward: {} },
+      // The SDK's own metrics (task latency, schedule-to-start, pollers) on GET /metrics at this address.
+      ...(metrics && { metrics: { prometheus: { bindAddress: metrics.bindAddress, countersTotalSuffix: true } } }),
+    },
   });
   runtimeInstalled = true;
 }

@@ -4,6 +4,7 @@ import { UserFacingError } from '../../common/errors';
 import { startAssignmentServer } from '../../workers/assignment-http';
 import { assignmentModeError, ComputeAgent } from '../../workers/compute-agent';
 import { DEFAULT_COMPUTE_HTTP_PORT, startComputeApi } from '../../workers/compute-http';
+import { log } from '../../common/logger';
 
 export interface ComputeWorkerCommandOptions {
   computeId?: string;
@@ -68,11 +69,11 @@ export function configureComputeWorkerCommand(command: Command, loadConfig: () =
       const startApi = async (computeId: string) => {
         const started = await startComputeApi(config, { computeId, pgdata: opts.pgdata, pgBinDir: opts.pgBin, port: opts.httpPort, host: opts.httpHost, jwksFile: opts.jwksFile });
         api = started;
-        console.log(`compute HTTP API listening on ${opts.httpHost}:${started.port}`);
+        log().info(`compute HTTP API listening on ${opts.httpHost}:${started.port}`);
       };
       try {
         if (opts.computeId) await startApi(opts.computeId);
-        else void agent.assigned.then(startApi).catch((err: unknown) => console.error(`compute HTTP API did not start: ${(err as Error).message}`));
+        else void agent.assigned.then(startApi).catch((err: unknown) => log().error(`compute HTTP API did not start: ${(err as Error).message}`));
         if (opts.computeId) {
           const result = await agent.assign(opts.computeId);
           if (result.outcome !== 'assigned') {
@@ -81,7 +82,7 @@ export function configureComputeWorkerCommand(command: Command, loadConfig: () =
             throw new UserFacingError(`the compute worker did not start: ${'error' in result ? result.error : result.outcome}`);
           }
         } else {
-          console.log(`compute worker waiting for an assignment: POST http://127.0.0.1:${server!.port}/assign`);
+          log().info(`compute worker waiting for an assignment: POST http://127.0.0.1:${server!.port}/assign`);
         }
         await agent.closed();
       } finally {
@@ -89,6 +90,6 @@ export function configureComputeWorkerCommand(command: Command, loadConfig: () =
         await server?.close();
         await api?.close();
       }
-      console.log('compute worker stopped');
+      log().info('compute worker stopped');
     });
 }

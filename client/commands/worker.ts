@@ -4,6 +4,7 @@ import { createControlPlaneWorker, startControlPlaneFleetMetrics } from '../../w
 import { createImporterWorker, runImporterUntilShutdown } from '../../workers/importer';
 import { cliConfig } from '../context';
 import { configureComputeWorkerCommand } from './compute-worker';
+import { log } from '../../common/logger';
 
 export function registerWorkerCommands(program: Command): void {
   const worker = program.command('worker').description('run a Temporal worker in the foreground (SIGINT/SIGTERM drain it gracefully)');
@@ -16,11 +17,11 @@ export function registerWorkerCommands(program: Command): void {
       const handle = await createControlPlaneWorker(config);
       const fleet = config.workerMetrics ? await startControlPlaneFleetMetrics(config, config.workerMetrics) : undefined;
       try {
-        await runUntilShutdown(handle, () => console.log(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue} (spec trust ${config.specTrust})`));
+        await runUntilShutdown(handle, () => log().info(`control-plane worker ready on ${config.temporal.controlPlaneTaskQueue} (spec trust ${config.specTrust})`));
       } finally {
         await fleet?.close();
       }
-      console.log('control-plane worker stopped');
+      log().info('control-plane worker stopped');
     });
 
   worker
@@ -31,9 +32,9 @@ export function registerWorkerCommands(program: Command): void {
       const config = cliConfig();
       const handle = await createImporterWorker(config, { pgBinDir: opts.pgBin });
       await runImporterUntilShutdown(handle, () =>
-        console.log(`importer worker ready: host ${handle.host.hostId} on ${handle.host.taskQueue}, work directory ${handle.host.workdirRoot}`),
+        log().info(`importer worker ready: host ${handle.host.hostId} on ${handle.host.taskQueue}, work directory ${handle.host.workdirRoot}`),
       );
-      console.log('importer worker stopped');
+      log().info('importer worker stopped');
     });
 
   configureComputeWorkerCommand(worker.command('compute'), cliConfig);

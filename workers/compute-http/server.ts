@@ -27,6 +27,7 @@ import { bearerToken, checkClaims } from './auth';
 import { createComputeMetrics, statusLabel } from './compute-metrics';
 import { HttpError, parseJsonBody, readBody, sendEmpty, sendError, sendJson } from './http-kit';
 import { checkWritability, dbsAndRoles, dumpSchema, insights, type LocalPostgres } from './local-postgres';
+import { log as logger } from '../../common/logger';
 
 export interface ComputeHttpOptions {
   computeId: string;
@@ -73,7 +74,7 @@ function wrongState(status: ComputeStatus): HttpError {
 }
 
 export async function startComputeHttpServer(opts: ComputeHttpOptions): Promise<ComputeHttpServer> {
-  const log = opts.log ?? ((line: string) => console.log(`${new Date().toISOString()} ${line}`));
+  const log = opts.log ?? ((line: string) => logger().info(line));
   const handle: WorkflowHandle<typeof computeWorkflow> = opts.client.workflow.getHandle(computeWorkflowId(opts.computeId));
 
   /** Runs a workflow call; a compute with no workflow is a clear 500, not a stack trace. */

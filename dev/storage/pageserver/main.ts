@@ -8,11 +8,15 @@
  * and AWS_SECRET_ACCESS_KEY, never from the command line); without it, import_pgdata answers 501.
  * Prints `pageserver ready` once both listeners accept; SIGTERM/SIGINT stop it gracefully.
  */
+import { consoleToLog, log as processLog } from '../../../common/logger';
 import { parseArgs } from 'node:util';
 import { createS3Client } from '../../../drivers';
 import { authTokenOption } from '../../../common/secret-file';
 import { createImportPgdataHandler } from '../pgdata-import/handler';
 import { startPageserver } from './pageserver';
+
+// JSON log lines, as every process of the project writes (common/logger.ts).
+consoleToLog();
 
 function port(value: string | undefined, flag: string): number {
   const n = Number(value);
@@ -50,7 +54,7 @@ async function main(): Promise<void> {
   for (const url of safekeepers) {
     if (!/^https?:\/\/[^/\s]+\/?$/.test(url)) throw new Error(`--safekeepers: ${JSON.stringify(url)} is not an http://host:port URL`);
   }
-  const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
+  const log = (line: string) => processLog().info(line);
   let importPgdata;
   if (values['s3-endpoint']) {
     if (!/^https?:\/\/[^/\s]+\/?$/.test(values['s3-endpoint'])) throw new Error(`--s3-endpoint: ${JSON.stringify(values['s3-endpoint'])} is not an http://host:port URL`);

@@ -5,6 +5,7 @@
  * Prints `safekeeper ready` once both listeners accept connections; SIGTERM/SIGINT stop it cleanly.
  */
 import { Command, InvalidArgumentError } from 'commander';
+import { consoleToLog, log as processLog } from '../../../common/logger';
 import { authTokenOption } from '../../../common/secret-file';
 import { startSafekeeper } from './safekeeper';
 
@@ -32,7 +33,10 @@ const program = new Command()
   .parse();
 
 const { authTokenFile, ...opts } = program.opts<{ id: number; dir: string; pgPort: number; httpPort: number; host: string; authToken?: string; authTokenFile?: string }>();
-const log = (line: string) => console.log(`${new Date().toISOString()} sk${opts.id} ${line}`);
+// JSON log lines, as every process of the project writes (common/logger.ts).
+consoleToLog();
+const logger = processLog().child({ safekeeper: opts.id });
+const log = (line: string) => logger.info(line);
 
 try {
   opts.authToken = authTokenOption(opts.authToken, authTokenFile);
