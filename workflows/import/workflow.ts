@@ -43,6 +43,8 @@ export interface ImportWorkflowInput {
   jobs?: number;
   /** spec.json: the source connection string only as ciphertext (never in clear text in history). */
   spec: unknown;
+  /** Where spec.json, pgdata/ and status/ live (fast_import's --s3-prefix); imports/<id> by default. */
+  s3Prefix?: string;
   options?: ImportWorkflowOptions;
 }
 
@@ -114,7 +116,7 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
     claimTimeoutSeconds: o.claimTimeoutSeconds,
     importerTaskQueue: o.importerTaskQueue,
   };
-  const prefix = importPrefix(input.importId);
+  const prefix = input.s3Prefix ?? importPrefix(input.importId);
   const idempotencyKey = importIdempotencyKey(input.importId);
   const timeline = { tenantId: input.tenantId, timelineId: input.timelineId };
   const runKey = workflowInfo().firstExecutionRunId.slice(0, 8);
@@ -136,6 +138,8 @@ export async function importWorkflow(input: ImportWorkflowInput): Promise<Import
     dump: null,
     upload: null,
     start_lsn: null,
+    mode: 'pgdata',
+    s3_prefix: prefix,
   };
   let completion: ImportCompleteNotice | undefined;
   setHandler(importStatusQuery, () => status);
