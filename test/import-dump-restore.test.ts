@@ -355,7 +355,7 @@ describe.concurrent('dump-restore import on the real stack', () => {
     // --s3-prefix is checked before anything starts, in both modes, naming the flag.
     const dir = mkdtempSync(path.join(scratchRoot, 'files-'));
     writeFileSync(path.join(dir, 'source'), source.url());
-    for (const [prefix, problem] of [['../elsewhere', 'must not contain ..'], ['imports/../x', 'must not contain ..'], ['/abs/path', 'no leading /']] as const) {
+    for (const [prefix, problem] of [['../elsewhere', 'must not contain ..'], ['imports/../x', 'must not contain ..'], ['/abs/path', 'must be relative to the bucket: no leading /']] as const) {
       const dr = await runCli(['import', 'start', '--mode', 'dump-restore', '--import-id', 'x', '--source-file', path.join(dir, 'source'), '--destination-file', path.join(dir, 'source'), '--s3-prefix', prefix], { env: pool.cliEnv() });
       expect(dr.code).not.toBe(0);
       expect(dr.stderr).toContain(`invalid --s3-prefix ${JSON.stringify(prefix)}: ${problem}`);
