@@ -23,6 +23,7 @@ import {
   importWorkflowId,
   isFinalImportPhase,
   isValidImportId,
+  s3PrefixProblem,
   targetDatabaseProblem,
   type ImportProgress,
   type ImportStatus,
@@ -30,6 +31,7 @@ import {
 import { importCompleteSignal, importStatusQuery } from '../workflows/import/messages';
 import { IMPORT_ID, TENANT_ID, TIMELINE_ID } from '../model/search-attributes';
 import type { importWorkflow, ImportWorkflowOptions } from '../workflows/import/workflow';
+import type { dumpRestoreImportWorkflow, DumpRestoreImportInput } from '../workflows/import/dump-restore-workflow';
 
 /** `import status`: the workflow's own status plus what the running step's heartbeats say. */
 export interface ImportStatusView extends ImportStatus {
@@ -47,7 +49,28 @@ export interface StartImportRequest {
   /** Target database; default: the source's (or neondb for postgres/template*). */
   database?: string;
   jobs?: number;
+  /** fast_import's --s3-prefix: where spec.json, pgdata/ and status/ live; imports/<id> by default. */
+  s3Prefix?: string;
   options?: ImportWorkflowOptions;
+}
+
+/** `import start --mode dump-restore`: from a source database straight into a destination database. */
+export interface StartDumpRestoreRequest {
+  importId: string;
+  /** Both encrypted here, never sent or stored in clear text. */
+  sourceConnstring: string;
+  destinationConnstring: string;
+  jobs?: number;
+  /** Replace the destination's relations of the same names (refused otherwise). */
+  clean?: boolean;
+  s3Prefix?: string;
+  options?: DumpRestoreImportInput['options'];
+}
+
+function requireS3Prefix(prefix: string | undefined): void {
+  if (prefix === undefined) return;
+  const problem = s3PrefixProblem(prefix);
+  if (problem) throw new UserFacingError(`invalid --s3-prefix ${JSON.stringify(prefix)}: ${problem}`);
 }
 
 function requireImportId(importId: string): void {
@@ -56,6 +79,10 @@ function requireImportId(importId: string): void {
 
 /** The database a connection string names, if any (not a secret). Throws a masked error if it cannot be parsed. */
 export function sourceDatabaseOf(connstring: string): string | undefined {
+  return connstringDatabaseOf(connstring, 'source');
+}
+
+function connstringDatabaseOf(connstring: string, side: 'source' | 'destination'): string | undefined {
   const text = connstring.trim();
   try {
     splitPassword(text);
@@ -67,7 +94,7 @@ export function sourceDatabaseOf(connstring: string): string | undefined {
     }
     return parseKeyValueConninfo(text).filter(([k]) => k === 'dbname').at(-1)?.[1] || undefined;
   } catch (err) {
-    throw new UserFacingError(`The source connection string cannot be parsed (${maskSecrets((err as Error).message)}): ${maskSecrets(text)}`);
+    throw new UserFacingError(`The ${side} connection string cannot be parsed (${maskSecrets((err as Error).message)}): ${maskSecrets(text)}`);
   }
 }
 
@@ -78,6 +105,17 @@ export function progressFromHeartbeat(details: unknown): ImportProgress | null {
   const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
   if (d.phase === 'upload') {
     return { bytesDone: num(d.bytesDone) ?? 0, bytesTotal: num(d.bytesTotal), filesDone: num(d.filesDone), filesTotal: num(d.filesTotal) };
+  }
+  if (d.phase === 'restore-destination') {
+    return {
+      bytesDone: num(d.bytesDone) ?? 0,
+      bytesTotal: num(d.bytesTotal),
+      filesDone: null,
+      filesTotal: null,
+      tablesDone: num(d.tablesDone) ?? 0,
+      tablesTotal: num(d.tablesTotal) ?? 0,
+      ...(typeof d.section === 'string' ? { section: d.section } : {}),
+    };
   }
   if (d.phase === 'dump') return { bytesDone: num(d.bytes) ?? 0, bytesTotal: null, filesDone: num(d.files), filesTotal: null };
   return null;
@@ -108,6 +146,7 @@ export class ImportClient {
     if (!isNeonId(req.tenantId)) throw new UserFacingError(`invalid tenant ID ${JSON.stringify(req.tenantId)}: expected 32 lower-case hex characters`);
     if (!isNeonId(req.timelineId)) throw new UserFacingError(`invalid timeline ID ${JSON.stringify(req.timelineId)}: expected 32 lower-case hex characters`);
     if (req.jobs !== undefined && (!Number.isInteger(req.jobs) || req.jobs < 1 || req.jobs > 256)) throw new UserFacingError(`--jobs must be 1-256, got ${req.jobs}`);
+    requireS3Prefix(req.s3Prefix);
     const database = req.database ?? defaultTargetDatabase(sourceDatabaseOf(req.sourceConnstring));
     const problem = targetDatabaseProblem(database);
     if (problem) throw new UserFacingError(`invalid target database ${JSON.stringify(database)}: ${problem}`);
@@ -132,6 +171,7 @@ export class ImportClient {
             database,
             jobs: req.jobs,
             spec,
+            ...(req.s3Prefix !== undefined ? { s3Prefix: req.s3Prefix } : {}),
             options: { importerTaskQueue: this.imports.importer.sharedTaskQueue, ...req.options },
           },
         ],
@@ -154,6 +194,59 @@ export class ImportClient {
     return { database };
   }
 
+  /**
+   * Encrypts both connection strings into spec.json content (never sent in clear text) and starts
+   * the import's dump-restore workflow, under the same workflow ID a pgdata import would have.
+   */
+  async startDumpRestore(req: StartDumpRestoreRequest): Promise<{ database: string }> {
+    requireImportId(req.importId);
+    requireS3Prefix(req.s3Prefix);
+    if (req.jobs !== undefined && (!Number.isInteger(req.jobs) || req.jobs < 1 || req.jobs > 256)) throw new UserFacingError(`--jobs must be 1-256, got ${req.jobs}`);
+    const database = connstringDatabaseOf(req.destinationConnstring, 'destination') ?? '(the default database)';
+    connstringDatabaseOf(req.sourceConnstring, 'source');
+    let destination: string;
+    try {
+      destination = maskSecrets(splitPassword(req.destinationConnstring.trim()).withoutPassword);
+    } catch (err) {
+      throw new UserFacingError(`The destination connection string cannot be parsed (${maskSecrets((err as Error).message)})`);
+    }
+    this.providers ??= importKeyProviders(this.imports);
+    const { kind, keyId } = specKeyOf(this.imports);
+    let spec;
+    try {
+      spec = await buildImportSpec({ providers: this.providers, kind, keyId, sourceConnstring: req.sourceConnstring.trim(), destinationConnstring: req.destinationConnstring.trim() });
+    } catch (err) {
+      throw new UserFacingError(`cannot encrypt the connection strings with the ${kind} key ${keyId}: ${maskSecrets((err as Error).message)}`);
+    }
+    const input: DumpRestoreImportInput = {
+      importId: req.importId,
+      spec,
+      destination,
+      database,
+      jobs: req.jobs,
+      clean: req.clean ?? false,
+      ...(req.s3Prefix !== undefined ? { s3Prefix: req.s3Prefix } : {}),
+      options: { importerTaskQueue: this.imports.importer.sharedTaskQueue, ...req.options },
+    };
+    try {
+      await this.client.workflow.start<typeof dumpRestoreImportWorkflow>('dumpRestoreImportWorkflow', {
+        taskQueue: this.controlPlaneTaskQueue,
+        workflowId: importWorkflowId(req.importId),
+        workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        args: [input],
+        typedSearchAttributes: [{ key: IMPORT_ID, value: req.importId }],
+        staticSummary: `dump-restore import ${req.importId} into ${destination}`,
+      });
+    } catch (err) {
+      if (err instanceof WorkflowExecutionAlreadyStartedError) {
+        const current = await this.status(req.importId).catch(() => undefined);
+        throw new UserFacingError(`import ${req.importId} ${current ? `is ${current.phase}` : 'already exists'}; only a failed or cancelled import can be started again`);
+      }
+      throw err;
+    }
+    return { database };
+  }
+
   async status(importId: string): Promise<ImportStatusView> {
     const handle = this.handle(importId);
     let status: ImportStatus;
@@ -168,7 +261,7 @@ export class ImportClient {
     let progress = status.progress;
     const pending = description.raw.pendingActivities ?? [];
     // The step that moves data is the interesting one; claims and status writes are instants.
-    const step = pending.find((a) => ['dumpSource', 'restoreDump', 'uploadPgdata'].includes(a.activityType?.name ?? '')) ?? pending[0];
+    const step = pending.find((a) => ['dumpSource', 'restoreDump', 'uploadPgdata', 'restoreIntoDestination'].includes(a.activityType?.name ?? '')) ?? pending[0];
     if (step) {
       const time = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) =>
         Number(t?.seconds ?? 0) ? new Date(Number(t!.seconds) * 1000 + Math.floor((t!.nanos ?? 0) / 1e6)).toISOString() : null;

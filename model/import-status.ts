@@ -35,6 +35,24 @@ export function importPrefix(importId: string): string {
   return `imports/${importId}`;
 }
 
+/** The two modes of Neon's fast_import: a data directory for the pageserver, or straight into a running database. */
+export type ImportMode = 'pgdata' | 'dump-restore';
+
+/**
+ * Why `--s3-prefix` (fast_import's flag: where spec.json and status/ live) is refused, or
+ * undefined when it is usable. The import owns everything below it: it is emptied at the start.
+ */
+export function s3PrefixProblem(prefix: string): string | undefined {
+  if (prefix.length === 0) return 'must not be empty';
+  if (prefix.startsWith('/')) return 'must be relative to the bucket: no leading /';
+  if (prefix.split('/').includes('..')) return 'must not contain ..';
+  if (prefix.endsWith('/')) return 'must not end with /';
+  if (prefix.length > 512) return 'must be at most 512 characters';
+  if (prefix.split('/').some((seg) => seg === '' || seg === '.')) return 'must not contain empty or . segments (//, /./)';
+  if (!/^[A-Za-z0-9!_.*'()/-]+$/.test(prefix)) return "may hold only letters, digits, / and !_.*'()-";
+  return undefined;
+}
+
 /** The default queue every importer polls: only the first step of each local run goes there. */
 export const IMPORTER_SHARED_TASK_QUEUE = 'durable-compute-importer';
 
@@ -87,6 +105,30 @@ export interface ImportProgress {
   bytesTotal: number | null;
   filesDone: number | null;
   filesTotal: number | null;
+  /** dump-restore: tables whose data is in the destination, of all. */
+  tablesDone?: number;
+  tablesTotal?: number;
+  /** dump-restore: the restore's section (pre-data, data, post-data). */
+  section?: string;
+}
+
+/** What a dump-restore import's restore did (this attempt and the ones before it). */
+export interface DumpRestoreSummary {
+  tables_total: number;
+  tables_done: number;
+  /** Dump bytes (compressed table data files) of all tables, and of the tables done. */
+  bytes_total: number;
+  bytes_done: number;
+  /** TOC entries restored, of all selected. */
+  entries_total: number;
+  entries_done: number;
+  /** Tables whose data an interrupted attempt had finished: not restored again. */
+  tables_kept: number;
+  /** Tables an interrupted attempt was copying: truncated and copied again, and their dump bytes. */
+  tables_redone: number;
+  bytes_redone: number;
+  /** Attempts of the restore step (1 when never interrupted). */
+  attempts: number;
 }
 
 /** What `import status` shows. Keys are only ever added. */
@@ -124,4 +166,11 @@ export interface ImportStatus {
   } | null;
   /** The timeline's start LSN once the pageserver finished. */
   start_lsn: string | null;
+  /** Absent (pgdata) in imports started before dump-restore existed. */
+  mode?: ImportMode;
+  /** Where spec.json and status/ live. */
+  s3_prefix?: string;
+  /** dump-restore: the destination (without password) and what the restore did. */
+  destination?: string | null;
+  restore?: DumpRestoreSummary | null;
 }

@@ -7,7 +7,7 @@ import { createLogger } from '../common/logger';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { testPgdata } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { killAllProcesses, startProcess } from './helpers/processes';
+import { killAllProcesses, startProcess } from '../dev/child-processes';
 import { testEnv } from './helpers/stack';
 
 interface LogLine {

@@ -2,6 +2,7 @@ import { Client } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { NativeConnection, Worker } from '@temporalio/worker';
 import { createImporterActivities } from '../activities/importer/activities';
+import { createDumpRestoreActivities, createDumpRestoreHostActivities } from '../activities/importer/restore-activities';
 import { detectHostResources } from '../activities/importer/bulk-load-settings';
 import { createImporterClaimActivities, createImporterHostActivities, resolveImporterHost, type ImporterHost } from '../activities/import-control/importer-host';
 import { importKeyProviders } from '../drivers/secrets/import-keys';
@@ -34,7 +35,7 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
   const settings = config.imports.importer;
   const host = resolveImporterHost(settings.workdirRoot, settings.sharedTaskQueue, settings.hostId);
   const detected = detectHostResources();
-  const importer = createImporterActivities({
+  const base = {
     s3: createS3Client(config.s3),
     bucket: config.s3.bucket,
     install,
@@ -43,6 +44,10 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
       totalMemoryBytes: settings.memoryMb ? settings.memoryMb * MiB : detected.totalMemoryBytes,
       cpus: settings.cpus ?? detected.cpus,
     },
+  };
+  const dumpRestore = createDumpRestoreActivities(base);
+  const importer = createImporterActivities({
+    ...base,
     upload: {
       ...(settings.uploadConcurrency ? { concurrency: settings.uploadConcurrency } : {}),
       ...(settings.multipartThresholdMb ? { multipartThreshold: settings.multipartThresholdMb * MiB } : {}),
@@ -53,7 +58,7 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
   const identity = `importer-${host.hostId}@${process.pid}`;
   const local = await createWorker(config, {
     taskQueue: host.taskQueue,
-    activities: createImporterHostActivities(host, importer),
+    activities: { ...createImporterHostActivities(host, importer), ...createDumpRestoreHostActivities(host, dumpRestore, install) },
     dataConverter,
     identity,
     // Progress reaches `import status` (and a resumed attempt) within seconds, not every 0.8 x the heartbeat timeout.
@@ -66,6 +71,7 @@ export async function createImporterWorker(config: AppConfig, opts: { pgBinDir?:
         ...createImporterClaimActivities(host),
         writePgdataStatus: importer.writePgdataStatus,
         writeFastImportStatus: importer.writeFastImportStatus,
+        writeDumpRestoreStatus: dumpRestore.writeDumpRestoreStatus,
       },
       dataConverter,
       identity,

@@ -107,7 +107,7 @@ export async function withHeartbeatPump<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-function insideRoot(host: ImporterHost, workdir: unknown): string {
+export function insideRoot(host: ImporterHost, workdir: unknown): string {
   if (typeof workdir !== 'string' || path.normalize(workdir) !== workdir || path.dirname(workdir) !== host.workdirRoot) {
     // A workflow input must never make a host remove or write outside its own import directories.
     throw ApplicationFailure.nonRetryable(`Work directory ${JSON.stringify(workdir)} is not an import directory of host ${host.hostId}`, 'InvalidInput');

@@ -69,7 +69,7 @@ export interface PrefixInput {
   prefix: string;
 }
 
-function checkWorkdir(workdir: string): string {
+export function checkWorkdir(workdir: string): string {
   if (!path.isAbsolute(workdir) || path.normalize(workdir) !== workdir || workdir === '/') {
     throw permanentFailure('InvalidInput', `The work directory must be a normalized absolute path other than /, got ${JSON.stringify(workdir)}`);
   }
@@ -79,7 +79,7 @@ function checkWorkdir(workdir: string): string {
   return workdir;
 }
 
-function checkPrefix(prefix: string): string {
+export function checkPrefix(prefix: string): string {
   try {
     return assertSafePrefix(prefix, 'import prefix');
   } catch (err) {
@@ -98,7 +98,7 @@ function checkDatabase(database: string): string {
  * Runs a step so that whatever escapes it is safe to record: Temporal failures pass through,
  * anything else becomes a retryable failure with its message masked.
  */
-async function guarded<T>(step: string, fn: () => Promise<T>): Promise<T> {
+export async function guarded<T>(step: string, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {

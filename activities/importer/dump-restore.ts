@@ -108,7 +108,7 @@ export async function completedDump(workdir: string): Promise<DumpMarker | undef
 }
 
 /** Environment for a client tool: nothing inherited that could redirect it (PGHOST, PGSERVICE...). */
-function toolEnv(workdir: string, password?: string): Record<string, string> {
+export function toolEnv(workdir: string, password?: string): Record<string, string> {
   const extra: Record<string, string> = {
     LC_ALL: 'C',
     LC_MESSAGES: 'C',

@@ -41,7 +41,7 @@ export class ImportRun {
       claimTimeoutSeconds: o.claimTimeoutSeconds,
       importerTaskQueue: o.importerTaskQueue,
     };
-    this.prefix = importPrefix(input.importId);
+    this.prefix = input.s3Prefix ?? importPrefix(input.importId);
     this.idempotencyKey = importIdempotencyKey(input.importId);
     this.timeline = { tenantId: input.tenantId, timelineId: input.timelineId };
     this.runKey = workflowInfo().firstExecutionRunId.slice(0, 8);
@@ -62,6 +62,8 @@ export class ImportRun {
       dump: null,
       upload: null,
       start_lsn: null,
+      mode: 'pgdata',
+      s3_prefix: this.prefix,
     };
   }
 

@@ -27,6 +27,8 @@ export interface ImportWorkflowInput {
   jobs?: number;
   /** spec.json: the source connection string only as ciphertext (never in clear text in history). */
   spec: unknown;
+  /** Where spec.json, pgdata/ and status/ live (fast_import's --s3-prefix); imports/<id> by default. */
+  s3Prefix?: string;
   options?: ImportWorkflowOptions;
 }
 

@@ -1,0 +1,246 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { maskSecrets } from '../../common/errors';
+import { pgBin, type PgInstallation } from '../../common/pg-binaries';
+import type { DumpRestoreSummary } from '../../model/import-status';
+import { every, type StepContext } from './activity-context';
+import { splitPassword } from '../../drivers/conninfo';
+import { COMMON_DUMP_RESTORE_OPTIONS, completedDump, dumpPaths, toolEnv } from './dump-restore';
+import { permanentFailure, transientFailure } from './failures';
+import { describeEndpoint, quoteIdent, querySide, userRelations, type Endpoint } from './restore-endpoints';
+import { RestoreJournal } from './restore-journal';
+import { dataFileSizes, isIndependentPostData, isTableData, listFileText, parseTocList, RESTORE_SECTIONS, type RestoreSection, type TocEntry } from './restore-toc';
+import { killRecordedGroup, runTool, ToolMissingError } from './run-tool';
+
+/**
+ * The resumable restore of a dump-restore import: the dump in `<workdir>/dumpdir` goes into the
+ * destination database section by section, through pg_restore and `-L` lists, each list in one
+ * transaction (`--single-transaction`), so every entry is either wholly in the destination or not
+ * at all:
+ *
+ * - pre-data (tables, types, functions...): one list, one transaction;
+ * - data: one list per table (`jobs` at a time, largest first), then the other data entries
+ *   (sequence values) one by one;
+ * - post-data: indexes and table constraints `jobs` at a time, then the rest (foreign keys,
+ *   triggers...) one by one in the dump's order.
+ *
+ * The journal (restore-journal.ts) and the heartbeat details record what started and what is
+ * done. A later attempt skips what is done; a table whose copy was in flight is truncated and
+ * copied again (its transaction may have committed just before the kill); any other entry in
+ * flight is run again, and "already exists" then means the earlier attempt committed it.
+ */
+
+export interface RestoreHeartbeat {
+  phase: 'restore-destination';
+  tocSha256: string;
+  section: RestoreSection;
+  done: number[];
+  started: number[];
+  tablesDone: number;
+  tablesTotal: number;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+const ITEM_PID_FILE = /^pg_restore-item-\d+\.pid$/;
+
+export function restorePaths(workdir: string) {
+  return {
+    journal: path.join(workdir, 'restore-journal.jsonl'),
+    lists: path.join(workdir, 'restore-lists'),
+    log: path.join(workdir, 'pg_restore.log'),
+    itemPidFile: (slot: number) => path.join(workdir, `pg_restore-item-${slot}.pid`),
+  };
+}
+
+/** Stops every pg_restore an earlier attempt (whose worker died) may have left running or frozen. */
+export async function killLeftoverRestores(workdir: string): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = readdirSync(workdir);
+  } catch {
+    return;
+  }
+  for (const name of names) if (ITEM_PID_FILE.test(name)) await killRecordedGroup(path.join(workdir, name));
+}
+
+async function listSection(install: PgInstallation, dumpDir: string, section: RestoreSection, workdir: string): Promise<TocEntry[]> {
+  const text = await new Promise<string>((resolve, reject) => {
+    execFile(pgBin(install, 'pg_restore'), ['--list', `--section=${section}`, dumpDir], { env: toolEnv(workdir), maxBuffer: 512 * 1024 * 1024, encoding: 'utf8' }, (err, out, errText) =>
+      err ? reject(permanentFailure('RestoreFailed', `pg_restore --list of ${dumpDir} failed: ${errText || err.message}`)) : resolve(out),
+    );
+  });
+  return parseTocList(text, section);
+}
+
+/** Runs `fn` on every item, at most `n` at a time; the first failure stops taking new items and is thrown once the running ones end. */
+async function inParallel<T>(items: T[], n: number, fn: (item: T, slot: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const lane = async (slot: number) => {
+    while (failure === undefined && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item, slot);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(n, items.length)) }, (_, slot) => lane(slot)));
+  if (failure !== undefined) throw failure;
+}
+
+export interface RestoreIntoDestinationOptions {
+  install: PgInstallation;
+  workdir: string;
+  /** The destination's connection string in clear text (memory only). */
+  destination: string;
+  jobs: number;
+  /** Drop the dump's objects in the destination before creating them (pg_restore --clean --if-exists). */
+  clean: boolean;
+  ctx: StepContext;
+}
+
+export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions): Promise<DumpRestoreSummary> {
+  const { install, workdir, ctx } = opts;
+  const dump = await completedDump(workdir);
+  const dumpDir = dumpPaths(workdir).dumpDir;
+  if (!dump) throw permanentFailure('InvalidInput', `No completed dump in ${dumpDir}: run the dump step before the restore`);
+  const p = restorePaths(workdir);
+  mkdirSync(p.lists, { recursive: true, mode: 0o700 });
+  const dest: Endpoint = { side: 'destination', connstring: opts.destination, workdir };
+  let split;
+  try {
+    split = splitPassword(opts.destination);
+  } catch (err) {
+    throw permanentFailure('InvalidConnectionString', `The destination connection string cannot be parsed: ${(err as Error).message}`);
+  }
+
+  await killLeftoverRestores(workdir);
+  const sections = new Map<RestoreSection, TocEntry[]>();
+  for (const s of RESTORE_SECTIONS) sections.set(s, await listSection(install, dumpDir, s, workdir));
+  const all = [...sections.values()].flat();
+  const sizes = dataFileSizes(dumpDir);
+  const tables = sections.get('data')!.filter(isTableData);
+  const sizeOf = (e: TocEntry) => sizes.get(e.id) ?? 0;
+
+  const journal = RestoreJournal.open(p.journal, dump.tocSha256);
+  journal.merge(ctx.previousDetails as Record<string, unknown> | undefined);
+  const doneBefore = new Set(journal.done);
+  const inFlightBefore = new Set([...journal.started].filter((id) => !journal.done.has(id)));
+  const attempt = ctx.attempt;
+  let section: RestoreSection = 'pre-data';
+  let tablesRedone = 0;
+  let bytesRedone = 0;
+
+  const tablesDone = () => tables.filter((t) => journal.done.has(t.id));
+  const progress = (): RestoreHeartbeat => {
+    const done = tablesDone();
+    return {
+      phase: 'restore-destination',
+      tocSha256: dump.tocSha256,
+      section,
+      done: [...journal.done],
+      started: [...journal.started],
+      tablesDone: done.length,
+      tablesTotal: tables.length,
+      bytesDone: done.reduce((n, t) => n + sizeOf(t), 0),
+      bytesTotal: tables.reduce((n, t) => n + sizeOf(t), 0),
+    };
+  };
+  const heartbeat = () => ctx.heartbeat(progress());
+  const stopHeartbeat = every(5_000, heartbeat);
+  heartbeat();
+
+  /** One pg_restore of `entries` in one transaction; 'already-there' when an earlier attempt had committed them. */
+  const restoreList = async (name: string, entries: TocEntry[], slot: number, extra: string[] = []): Promise<'restored' | 'already-there'> => {
+    const listFile = path.join(p.lists, `${name}.list`);
+    writeFileSync(listFile, listFileText(entries), { mode: 0o600 });
+    let result;
+    try {
+      result = await runTool({
+        command: pgBin(install, 'pg_restore'),
+        args: ['--single-transaction', ...extra, ...COMMON_DUMP_RESTORE_OPTIONS, '--use-list', listFile, '--dbname', split.withoutPassword, dumpDir],
+        env: toolEnv(workdir, split.password),
+        pidFile: p.itemPidFile(slot),
+        logFile: p.log,
+        signal: ctx.signal,
+      });
+    } catch (err) {
+      if (err instanceof ToolMissingError) throw permanentFailure('MissingBinary', `pg_restore is missing: ${err.message}`);
+      throw err;
+    }
+    if (result.code === 0) return 'restored';
+    const lines = [...result.errorLines, ...result.stderrTail];
+    const text = `pg_restore of ${name} into the destination ${describeEndpoint(dest)} failed (${result.code !== null ? `exit code ${result.code}` : `signal ${result.signal}`}):\n${[...new Set(lines)].slice(-8).join('\n')}`;
+    // Only an entry an earlier attempt was running may already be there: that attempt committed it.
+    if (entries.every((e) => inFlightBefore.has(e.id)) && lines.some((l) => /already exists/.test(l))) return 'already-there';
+    if (lines.some((l) => /connection to server .* failed|could not connect|server closed the connection/i.test(l))) throw transientFailure('DestinationUnreachable', text);
+    if (lines.some((l) => /could not execute query|errors ignored on restore/i.test(l))) throw permanentFailure('RestoreFailed', text);
+    throw transientFailure('RestoreInterrupted', text);
+  };
+  const restoreEntries = async (name: string, entries: TocEntry[], slot: number, extra: string[] = []) => {
+    const todo = entries.filter((e) => !journal.done.has(e.id));
+    if (todo.length === 0) return;
+    journal.recordStart(todo.map((e) => e.id), attempt);
+    await restoreList(name, todo, slot, extra);
+    journal.recordDone(todo.map((e) => e.id), attempt);
+    heartbeat();
+  };
+
+  // The destination's tables by name, to truncate a table whose copy was cut short.
+  let targets: { schema: string; name: string }[] | undefined;
+  const targetOf = async (e: TocEntry): Promise<string> => {
+    targets ??= await userRelations(install, dest, { signal: ctx.signal });
+    const match = targets
+      .filter((t) => e.rest.startsWith(`${t.schema} ${t.name} `))
+      .sort((a, b) => b.schema.length + b.name.length - (a.schema.length + a.name.length))[0];
+    if (!match) throw permanentFailure('RestoreFailed', `The table of dump entry ${e.id} (TABLE DATA ${maskSecrets(e.rest)}) is not in the destination`);
+    return `${quoteIdent(match.schema)}.${quoteIdent(match.name)}`;
+  };
+
+  try {
+    section = 'pre-data';
+    await restoreEntries('pre-data', sections.get('pre-data')!, 0, opts.clean ? ['--clean', '--if-exists'] : []);
+
+    section = 'data';
+    heartbeat();
+    const pendingTables = tables.filter((t) => !journal.done.has(t.id)).sort((a, b) => sizeOf(b) - sizeOf(a));
+    await inParallel(pendingTables, opts.jobs, async (table, slot) => {
+      if (inFlightBefore.has(table.id)) {
+        // Its copy may have committed in part of a moment before the kill, or not at all: start it empty.
+        await querySide(install, dest, `TRUNCATE ONLY ${await targetOf(table)}`, { signal: ctx.signal });
+        tablesRedone++;
+        bytesRedone += sizeOf(table);
+        ctx.warn('restoring a table again: an earlier attempt was copying it', { entry: table.id, bytes: sizeOf(table) });
+      }
+      await restoreEntries(`data-${table.id}`, [table], slot);
+    });
+    for (const other of sections.get('data')!.filter((e) => !isTableData(e))) await restoreEntries(`data-${other.id}`, [other], 0);
+
+    section = 'post-data';
+    heartbeat();
+    const post = sections.get('post-data')!;
+    await inParallel(post.filter(isIndependentPostData), opts.jobs, (e, slot) => restoreEntries(`post-${e.id}`, [e], slot));
+    for (const e of post.filter((x) => !isIndependentPostData(x))) await restoreEntries(`post-${e.id}`, [e], 0);
+  } finally {
+    stopHeartbeat();
+    journal.close();
+  }
+
+  const done = tablesDone();
+  return {
+    tables_total: tables.length,
+    tables_done: done.length,
+    bytes_total: tables.reduce((n, t) => n + sizeOf(t), 0),
+    bytes_done: done.reduce((n, t) => n + sizeOf(t), 0),
+    entries_total: all.length,
+    entries_done: all.filter((e) => journal.done.has(e.id)).length,
+    tables_kept: tables.filter((t) => doneBefore.has(t.id)).length,
+    tables_redone: tablesRedone,
+    bytes_redone: bytesRedone,
+    attempts: attempt,
+  };
+}
