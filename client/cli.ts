@@ -9,7 +9,7 @@ import { registerTimelineCommands } from './commands/timeline';
 import { registerWorkerCommands } from './commands/worker';
 import { exitWithError } from './output';
 import { maskConsole } from '../workers/masked-logging';
-import { prettyLogsOnTerminal } from '../common/logger';
+import { prettyLogsOnTerminal, quietThirdPartyBanners } from '../common/logger';
 
 // Whatever any command logs (workers, the import callback server) is masked too.
 maskConsole();
@@ -28,6 +28,7 @@ registerLfcCommands(program);
 registerCodecServerCommand(program);
 
 // Log lines (workers, servers) are JSON unless a person watches the terminal.
+quietThirdPartyBanners();
 prettyLogsOnTerminal()
   .then(() => program.parseAsync(process.argv))
   .catch(exitWithError);

@@ -5,10 +5,11 @@
  */
 import { Command } from 'commander';
 import { loadConfig } from '../common/config';
-import { prettyLogsOnTerminal } from '../common/logger';
+import { prettyLogsOnTerminal, quietThirdPartyBanners } from '../common/logger';
 import { configureComputeWorkerCommand } from './commands/compute-worker';
 import { exitWithError } from './output';
 
+quietThirdPartyBanners();
 prettyLogsOnTerminal()
   .then(() => configureComputeWorkerCommand(new Command('compute-worker').showHelpAfterError(), () => loadConfig(process.env)).parseAsync(process.argv))
   .catch(exitWithError);

@@ -97,13 +97,15 @@ export function log(): Logger {
  */
 export async function prettyLogsOnTerminal(): Promise<void> {
   if (!process.stderr.isTTY) return;
-  const { default: pretty } = await import('pino-pretty');
+  // The compute worker's bundle leaves pino-pretty out (a VM has no terminal): JSON there.
+  const pretty = await import('pino-pretty').then((m) => m.default).catch(() => undefined);
+  if (pretty === undefined) return;
   target = pretty({ destination: 2, sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' });
 }
 
-/** Sends this process's log to `destination` from now on (the main job: a log file, so the terminal keeps a few human lines). */
-export function setLogDestination(destination: DestinationStream): void {
-  target = destination;
+/** Appends this process's log to `file` from now on, as JSON lines (the main job: the terminal keeps a few human lines). */
+export function logToFile(file: string): void {
+  target = pino.destination({ dest: file, append: true, mkdir: true, sync: true });
 }
 
 let consoleLogged = false;
@@ -116,4 +118,19 @@ export function consoleToLog(): void {
   for (const name of ['log', 'info', 'warn', 'error', 'debug'] as const) {
     console[name] = (...args: unknown[]) => log()[level[name]](formatWithOptions({ colors: false }, ...args));
   }
+  // Process warnings (a deprecation, a library's notice) too, instead of Node's own lines on stderr.
+  process.removeAllListeners('warning');
+  process.on('warning', (warning: Error & { code?: string }) => log().warn({ warning: warning.name, ...(warning.code ? { code: warning.code } : {}) }, warning.message));
+}
+
+/**
+ * Third-party banners that tell a person nothing they can act on while running this program. Only
+ * each library's own documented switch, and only if the environment does not set it already:
+ *
+ * - the AWS SDK's NodeVersionSupportWarning (future SDK releases will want Node 22; this program
+ *   supports Node >= 20.3 and pins its SDK), switched off by AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED
+ *   (https://github.com/aws/aws-sdk-js-v3/issues/7983). Every other process warning still shows.
+ */
+export function quietThirdPartyBanners(env: NodeJS.ProcessEnv = process.env): void {
+  env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 }

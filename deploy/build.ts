@@ -177,6 +177,8 @@ export async function buildComputeWorker(distDir = path.join(root, 'dist')): Pro
       'failure-converter': path.join(root, 'common/codec/failure-converter.cjs'),
     },
     outdir: outDir,
+    // A VM's worker never writes to a terminal: its logs stay JSON (common/logger.ts falls back).
+    external: [...shared.external!, 'pino-pretty'],
     plugins: [activitiesOnlySdk, nativeConnectionOnly, cacheRuntimeApart],
   });
   writeFileSync(path.join(outDir, 'meta.json'), JSON.stringify(result.metafile));

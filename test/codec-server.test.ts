@@ -195,6 +195,12 @@ describe('durable-compute codec-server (the CLI command)', () => {
     const badOrigin = await runCli(['codec-server', '--listen', '127.0.0.1:0', '--dev-no-auth', '--allow-origin', 'http://ui.example.com/path'], { env });
     expect(badOrigin.code).not.toBe(0);
     expect(badOrigin.stderr).toContain('Invalid --allow-origin "http://ui.example.com/path"');
+    const halfJwt = await runCli(['codec-server', '--listen', '127.0.0.1:0', '--jwks-url', 'https://idp.example.com/jwks.json'], { env });
+    expect(halfJwt.code).not.toBe(0);
+    expect(halfJwt.stderr).toContain('--jwks-url, --jwt-issuer and --jwt-audience go together');
+    const clearJwks = await runCli(['codec-server', '--listen', '127.0.0.1:0', '--jwks-url', 'http://idp.example.com/jwks.json', '--jwt-issuer', 'x', '--jwt-audience', 'y'], { env });
+    expect(clearJwks.code).not.toBe(0);
+    expect(clearJwks.stderr).toContain('--jwks-url must be https:// (plain http only on loopback)');
   });
 });
 

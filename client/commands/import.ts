@@ -7,6 +7,7 @@ import { ImportClient, startImportCallbackServer, type ImportStatusView } from '
 import { s3PrefixProblem } from '../../model/import-status';
 import { cliConfig, openClient } from '../context';
 import { printJson, printText } from '../output';
+import { log } from '../../common/logger';
 
 /**
  * A connection string (`side`: source or destination) from a file or stdin (`-`), so it stays
@@ -252,9 +253,9 @@ export function registerImportCommands(program: Command): void {
         port: Number(m[2]),
         // The pageserver calls with the storage token; nobody else may.
         token: config.storage.authToken,
-        log: (line) => console.log(`${new Date().toISOString()} ${line}`),
+        log: (line) => log().info(line),
       });
-      console.log(`import callback server ready on ${server.url}/import_complete`);
+      log().info(`import callback server ready on ${server.url}/import_complete`);
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
