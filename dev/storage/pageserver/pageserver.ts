@@ -41,6 +41,8 @@ export interface PageserverOptions {
   precomputeLimitBytes?: number;
   /** Which images survive once newer ones exist (default DEFAULT_IMAGE_RETENTION). */
   imageRetention?: ImageRetention;
+  /** How long a page service client may leave a base backup unread before it is disconnected (default 2 minutes). */
+  writeStallTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -80,6 +82,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     ...(opts.authToken !== undefined ? { password: opts.authToken } : {}),
     onQuery: createPageServiceHandler(service, log),
     log,
+    ...(opts.writeStallTimeoutMs !== undefined ? { writeStallTimeoutMs: opts.writeStallTimeoutMs } : {}),
   });
 
   const httpServer = http.createServer(createHttpHandler({ service, log, ...(opts.authToken !== undefined ? { authToken: opts.authToken } : {}) }));
