@@ -6,6 +6,7 @@ import { freePort, freePortRange } from '../dev/processes';
 import { runningStack, stackDown, stackUp, type StackEndpoints } from '../dev/stack';
 import { resolveStackSettings, type TemporalServerKind } from '../dev/stack-settings';
 import { provisionTemporalCli } from '../dev/temporal-cli';
+import { startMotoForRun } from './helpers/moto';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -18,12 +19,14 @@ declare module 'vitest' {
  * DURABLE_COMPUTE_TEST_STACK_DIR names (left running afterwards).
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // The second S3 (and KMS) the S3 tests also run against; its own failure fails only those tests.
+  const stopMoto = await startMotoForRun(project);
   const existingDir = process.env.DURABLE_COMPUTE_TEST_STACK_DIR;
   if (existingDir) {
     const running = runningStack(existingDir);
     if (!running) throw new Error(`DURABLE_COMPUTE_TEST_STACK_DIR=${existingDir} names no running stack; start it with 'durable-compute dev up --dir ${existingDir}'`);
     project.provide('stack', running.endpoints);
-    return async () => {};
+    return stopMoto;
   }
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-test-stack-'));
   // The dev storage runs PostgreSQL as an unprivileged user when we are root; it must reach in.
@@ -59,11 +62,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
       break;
     } catch (err) {
       await stackDown(dir);
-      if (attempt >= 3 || !/already in use/.test((err as Error).message)) throw err;
+      if (attempt >= 3 || !/already in use/.test((err as Error).message)) {
+        await stopMoto();
+        throw err;
+      }
       console.log(`test stack: ${(err as Error).message}; retrying with other ports`);
     }
   }
   return async () => {
+    await stopMoto();
     await stackDown(dir);
     rmSync(dir, { recursive: true, force: true });
   };
