@@ -35,6 +35,8 @@ export interface PageserverOptions {
   importCompleteUrl?: string;
   /** Upper bound for one WAL replay (default 10 minutes). */
   materializeTimeoutMs?: number;
+  /** Longest wait of a base backup for its timeline's lock (default 3 × materializeTimeoutMs); then a 503 naming the holder. */
+  lockWaitMs?: number;
   /** Background WAL ingest poll interval (default 500 ms; 0 = replay only on request). */
   ingestPollMs?: number;
   /** Images up to this size keep a precomputed base backup; bigger ones are packed per request (default 256 MiB). */
@@ -65,6 +67,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     safekeepers: new SafekeeperClient(opts.safekeepers.map((u) => u.replace(/\/+$/, '')), opts.authToken, log),
     install,
     materializeTimeoutMs: opts.materializeTimeoutMs ?? 10 * 60 * 1000,
+    ...(opts.lockWaitMs !== undefined ? { lockWaitMs: opts.lockWaitMs } : {}),
     ...(opts.ingestPollMs !== undefined ? { ingestPollMs: opts.ingestPollMs } : {}),
     ...(opts.imageRetention ? { imageRetention: opts.imageRetention } : {}),
     log,
