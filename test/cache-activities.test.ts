@@ -22,6 +22,8 @@ import { pgSpawnIdentity } from '../common/pg-identity';
 import { devS3Credentials } from '../dev/stack';
 import type { BlockRange, CacheState, PrewarmCompleted } from '../model/cache-state';
 import { neonId, uniqueId } from './helpers/ids';
+import { MOTO_CREDENTIALS } from './helpers/moto';
+import { motoEndpoint } from './helpers/moto-endpoint';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 
 const run = promisify(execFile);
@@ -81,7 +83,19 @@ afterAll(async () => {
   await server?.stop();
 });
 
-describe('cache state store (s3rver)', () => {
+/** The store against both S3 implementations: the stack's s3rver and moto (test/helpers/moto.ts). */
+describe.each(['s3rver', 'moto'])('cache state store (%s)', (backend) => {
+  let s3: S3Client;
+  let bucket: string;
+  let store: CacheStateStore;
+  beforeAll(() => {
+    const server = backend === 'moto' ? { ...motoEndpoint(), credentials: MOTO_CREDENTIALS } : { ...inject('stack').s3, credentials: devS3Credentials() };
+    s3 = createS3Client({ ...server, forcePathStyle: true });
+    bucket = server.bucket;
+    store = createCacheStateStore({ s3, bucket, prefix: `${prefix}/` });
+  });
+  afterAll(() => s3?.destroy());
+
   it('puts and gets under <prefix>/<tenant>/<timeline>/<endpoint>/lfc_state; absent is null', async () => {
     const { tenantId, timelineId, endpointId } = ids();
     expect(await store.get(tenantId, timelineId, endpointId)).toBeNull();

@@ -6,6 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, promises as fsp, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
@@ -34,17 +35,26 @@ export async function unpackTar(source: NodeJS.ReadableStream[], dir: string): P
     };
     if (!target.startsWith(dir + path.sep) && target !== dir) return refuse('escapes the data directory');
     if (header.type === 'directory') {
-      mkdirSync(target, { recursive: true, mode: 0o700 });
+      // Failures go to next(): a throw here would escape the pipeline as an uncaught exception
+      // and leave the copy unread, so the fetch would hang instead of failing.
+      let failed: Error | undefined;
+      try {
+        mkdirSync(target, { recursive: true, mode: 0o700 });
+      } catch (err) {
+        failed = err as Error;
+      }
       stream.resume();
-      stream.on('end', () => next());
+      stream.on('end', () => next(failed));
       return;
     }
     if (header.type !== 'file') return refuse(`unexpected entry type ${header.type}`);
     const parts: Buffer[] = [];
     stream.on('data', (d: unknown) => parts.push(d as Buffer));
     stream.on('end', () => {
-      mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });
-      fsp.writeFile(target, Buffer.concat(parts), { mode: header.mode ?? 0o600 }).then(() => next(), next);
+      fsp
+        .mkdir(path.dirname(target), { recursive: true, mode: 0o700 })
+        .then(() => fsp.writeFile(target, Buffer.concat(parts), { mode: header.mode ?? 0o600 }))
+        .then(() => next(), next);
     });
   });
   await pipeline([...source, extract]);
@@ -70,6 +80,7 @@ export async function fetchBasebackupInto(
   pgdata: string,
 ): Promise<FetchedBasebackup> {
   const started = performance.now();
+  const socket = new net.Socket();
   const client = new pg.Client({
     host: '127.0.0.1',
     port: pageserver.port,
@@ -77,7 +88,9 @@ export async function fetchBasebackupInto(
     database: 'postgres',
     application_name: 'compute_ctl',
     ...(pageserver.password !== undefined ? { password: pageserver.password } : {}),
+    stream: () => socket,
   });
+  client.on('error', () => undefined);
   await client.connect();
   const connectMs = performance.now() - started;
   try {
@@ -85,9 +98,13 @@ export async function fetchBasebackupInto(
     const copy = client.query(to(command));
     copy.on('data', (d: unknown) => (bytes += (d as Buffer).length));
     const names = await unpackTar([copy, createGunzip()], pgdata);
-    return { names, connectMs, totalMs: performance.now() - started, bytes };
-  } finally {
     await client.end();
+    return { names, connectMs, totalMs: performance.now() - started, bytes };
+  } catch (err) {
+    // A failed copy leaves the socket paused mid-stream: a graceful end() would wait forever
+    // (and the server with it), hiding this error behind a hang. Cut the connection instead.
+    socket.destroy();
+    throw err;
   }
 }
 

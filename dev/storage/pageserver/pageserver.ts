@@ -35,12 +35,16 @@ export interface PageserverOptions {
   importCompleteUrl?: string;
   /** Upper bound for one WAL replay (default 10 minutes). */
   materializeTimeoutMs?: number;
+  /** Longest wait of a base backup for its timeline's lock (default 3 × materializeTimeoutMs); then a 503 naming the holder. */
+  lockWaitMs?: number;
   /** Background WAL ingest poll interval (default 500 ms; 0 = replay only on request). */
   ingestPollMs?: number;
   /** Images up to this size keep a precomputed base backup; bigger ones are packed per request (default 256 MiB). */
   precomputeLimitBytes?: number;
   /** Which images survive once newer ones exist (default DEFAULT_IMAGE_RETENTION). */
   imageRetention?: ImageRetention;
+  /** How long a page service client may leave a base backup unread before it is disconnected (default 2 minutes). */
+  writeStallTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -63,6 +67,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     safekeepers: new SafekeeperClient(opts.safekeepers.map((u) => u.replace(/\/+$/, '')), opts.authToken, log),
     install,
     materializeTimeoutMs: opts.materializeTimeoutMs ?? 10 * 60 * 1000,
+    ...(opts.lockWaitMs !== undefined ? { lockWaitMs: opts.lockWaitMs } : {}),
     ...(opts.ingestPollMs !== undefined ? { ingestPollMs: opts.ingestPollMs } : {}),
     ...(opts.imageRetention ? { imageRetention: opts.imageRetention } : {}),
     log,
@@ -80,6 +85,7 @@ export async function startPageserver(opts: PageserverOptions): Promise<Pageserv
     ...(opts.authToken !== undefined ? { password: opts.authToken } : {}),
     onQuery: createPageServiceHandler(service, log),
     log,
+    ...(opts.writeStallTimeoutMs !== undefined ? { writeStallTimeoutMs: opts.writeStallTimeoutMs } : {}),
   });
 
   const httpServer = http.createServer(createHttpHandler({ service, log, ...(opts.authToken !== undefined ? { authToken: opts.authToken } : {}) }));

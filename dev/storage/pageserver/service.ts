@@ -11,7 +11,7 @@ import type { PgInstallation } from '../../../common/pg-binaries';
 import { chownForPostgres } from '../../../common/pg-identity';
 import { exists, fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
 import { hasPrecomputedBasebackup, IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta, type ImageRetention } from './images';
-import { KeyedMutex } from './keyed-mutex';
+import { KeyedMutex, LockWaitTimeout } from './keyed-mutex';
 import { materializeAt } from './materialize';
 import { PgdataImports, type PgdataImportRecord } from './pgdata-imports';
 import { runInitdb } from './postgres-run';
@@ -66,6 +66,11 @@ export interface ServiceDeps {
   safekeepers: SafekeeperClient;
   install: PgInstallation;
   materializeTimeoutMs: number;
+  /**
+   * Longest wait for a timeline's lock before a base backup or branch gives up with an error
+   * naming the holder (default: three materializations' worth, so a short queue of replays passes).
+   */
+  lockWaitMs?: number;
   /** Which images survive once newer ones exist; default: the first, the newest two, and any under 10 minutes old. */
   imageRetention?: ImageRetention;
   importPgdata?: ImportPgdataHandler;
@@ -88,8 +93,8 @@ interface TimelineState {
 }
 
 export class PageserverService {
-  private readonly tenantLocks = new KeyedMutex();
-  private readonly timelineLocks = new KeyedMutex();
+  private readonly tenantLocks = new KeyedMutex('tenant lock');
+  private readonly timelineLocks = new KeyedMutex('timeline lock');
   /** Images a base backup is being packed from, by `<tenant>/<timeline>@<lsn>`: never collected. */
   private readonly pins = new Map<string, number>();
   /** Image garbage collection running after base backups, one at a time; close() waits for it. */
@@ -458,11 +463,15 @@ export class PageserverService {
     for (let attempt = 1; ; attempt++) {
       const image = await this.imageAt(meta, lsn, 'LSN');
       // Garbage collection holds the timeline's lock: under it, the image is there or gone for good.
-      const source = await this.timelineLocks.run(id, async (): Promise<BasebackupSource | undefined> => {
-        if (!(await exists(images.imageDir(parseLsn(image.lsn))))) return undefined;
-        if (hasPrecomputedBasebackup(image)) return { kind: 'tarball', file: await fsp.open(images.tarball(image)) };
-        return { kind: 'pgdata', pgdata: images.pgdata(image), release: this.pin(id, image.lsn) };
-      });
+      const source = await this.timelineLocks.run(
+        id,
+        async (): Promise<BasebackupSource | undefined> => {
+          if (!(await exists(images.imageDir(parseLsn(image.lsn))))) return undefined;
+          if (hasPrecomputedBasebackup(image)) return { kind: 'tarball', file: await fsp.open(images.tarball(image)) };
+          return { kind: 'pgdata', pgdata: images.pgdata(image), release: this.pin(id, image.lsn) };
+        },
+        this.bounded(`open image ${image.lsn} for a base backup`),
+      ).catch(busy);
       if (source) {
         this.collectImagesLater(tenantId, timelineId);
         return { image, source };
@@ -537,20 +546,34 @@ export class PageserverService {
     const cached = s.images.find((i) => parseLsn(i.lsn) === target);
     if (cached) return cached;
     const images = this.deps.store.images(meta.tenant_id, meta.timeline_id);
-    return this.timelineLocks.run(id, () =>
-      materializeAt(
-        {
-          install: this.deps.install,
-          safekeepers: this.deps.safekeepers,
-          tenantId: meta.tenant_id,
-          timelineId: meta.timeline_id,
-          images,
-          flushes: s.flushes,
-          timeoutMs: this.deps.materializeTimeoutMs,
-          log: this.deps.log,
-        },
-        target,
-      ),
-    );
+    return this.timelineLocks.run(
+      id,
+      () =>
+        materializeAt(
+          {
+            install: this.deps.install,
+            safekeepers: this.deps.safekeepers,
+            tenantId: meta.tenant_id,
+            timelineId: meta.timeline_id,
+            images,
+            flushes: s.flushes,
+            timeoutMs: this.deps.materializeTimeoutMs,
+            log: this.deps.log,
+          },
+          target,
+        ),
+      this.bounded(`replay WAL up to ${formatLsn(target)}`),
+    ).catch(busy);
   }
+
+  /** Lock options of a request: what it does (named to whoever gives up behind it) and how long it waits. */
+  private bounded(what: string): { what: string; waitMs: number } {
+    return { what, waitMs: this.deps.lockWaitMs ?? 3 * this.deps.materializeTimeoutMs };
+  }
+}
+
+/** A lock wait that gave up is a 503 (busy, try again), with the holder named. */
+function busy(err: unknown): never {
+  if (err instanceof LockWaitTimeout) throw new PageserverError(503, err.message);
+  throw err;
 }

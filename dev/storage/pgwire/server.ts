@@ -44,7 +44,15 @@ export interface PgWireServerOptions {
   password?: string;
   onQuery(session: PgWireSession, sql: string): Promise<QueryResult>;
   log?: (line: string) => void;
+  /**
+   * How long a client may leave what we send unread before the connection is closed (default
+   * DEFAULT_WRITE_STALL_MS). Without it, a client that stops reading mid-COPY (its consumer
+   * failed) holds the connection, and what the stream pins, forever.
+   */
+  writeStallTimeoutMs?: number;
 }
+
+export const DEFAULT_WRITE_STALL_MS = 120_000;
 
 export interface PgWireServer {
   port: number;
@@ -63,9 +71,15 @@ const CANCEL_REQUEST = 80877102;
 /** The peer closed the connection or the socket failed while we were writing. */
 class ConnectionGone extends Error {}
 
-/** Writes frames to the socket, waiting for 'drain' whenever the kernel buffer is full. */
+/** The peer read nothing of what we sent for too long: the connection was closed. */
+class WriteStalled extends ConnectionGone {}
+
+/** Writes frames to the socket, waiting for 'drain' whenever the kernel buffer is full, at most `stallMs`. */
 class FrameWriter {
-  constructor(private readonly socket: net.Socket) {}
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly stallMs: number,
+  ) {}
 
   async write(...frames: Buffer[]): Promise<void> {
     let flushed = true;
@@ -79,6 +93,7 @@ class FrameWriter {
   private drain(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const done = (err?: Error) => {
+        clearTimeout(stall);
         this.socket.off('drain', onDrain);
         this.socket.off('close', onClose);
         if (err) reject(err);
@@ -86,6 +101,10 @@ class FrameWriter {
       };
       const onDrain = () => done();
       const onClose = () => done(new ConnectionGone('connection closed'));
+      const stall = setTimeout(() => {
+        done(new WriteStalled(`the client read nothing of what was sent for ${this.stallMs} ms`));
+        this.socket.destroy();
+      }, this.stallMs);
       this.socket.on('drain', onDrain);
       this.socket.on('close', onClose);
     });
@@ -120,7 +139,7 @@ class Connection {
     private readonly log: (line: string) => void,
   ) {
     this.reader = new MessageReader(socket, MAX_MESSAGE_BYTES);
-    this.writer = new FrameWriter(socket);
+    this.writer = new FrameWriter(socket, opts.writeStallTimeoutMs ?? DEFAULT_WRITE_STALL_MS);
   }
 
   async serve(): Promise<void> {
@@ -128,7 +147,9 @@ class Connection {
       if (!(await this.startup())) return;
       await this.queryLoop();
     } catch (err) {
-      if (err instanceof ProtocolViolation) {
+      if (err instanceof WriteStalled) {
+        this.log(`pgwire: closed the connection of ${this.peer()}: ${err.message}`);
+      } else if (err instanceof ProtocolViolation) {
         this.log(`pgwire: protocol violation from ${this.peer()}: ${err.message}`);
         await this.fatal('08P01', err.message);
       } else if (!(err instanceof ConnectionGone)) {
