@@ -30,6 +30,7 @@ import {
 } from '../../model/compute-status';
 import { computeCacheActivities, computeNodeActivities, computeWatchActivity, controlPlaneActivities } from './activity-proxies';
 import { apiKeysQuery, awaitStartupUpdate, cancelPrewarmUpdate, configureUpdate, lfcStatusQuery, offloadUpdate, prewarmUpdate, statusQuery, terminateUpdate, vmLostSignal } from './messages';
+import { installPromote } from './promote';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from './search-attributes';
 
 export interface ComputeWorkflowOptions {
@@ -174,6 +175,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     start_lsn: startLsn,
     terminate_lsn: terminateLsn,
     metrics: { ...metrics },
+    ...(promote.replication() ? { replication: promote.replication() } : {}),
   });
 
   const adoptConfig = (next: ComputeConfig) => {
@@ -214,6 +216,17 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   });
 
   let reconfiguring = false;
+  const promote = installPromote({
+    computeId: input.computeId,
+    nodeTaskQueue,
+    config: () => config,
+    adoptConfig,
+    status: () => status,
+    postgresRunning: () => postgresRunning,
+    incarnation: () => currentIncarnation,
+    busy: () => (reconfiguring ? 'a reconfiguration is in progress' : terminationMode !== undefined ? 'the compute is terminating' : undefined),
+    onVm,
+  });
   setHandler(
     configureUpdate,
     async (raw) => {
@@ -292,6 +305,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
           throw new Error(`compute ${input.computeId} is ${status}; terminate needs empty or running`);
         }
         if (reconfiguring) throw new Error('a reconfiguration is in progress; retry when it finishes');
+        if (promote.promoting()) throw new Error('a promote is in progress; retry when it finishes');
       },
     },
   );
@@ -481,7 +495,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
       break;
     }
     const historyLong = round >= maxWatchRounds || workflowInfo().continueAsNewSuggested;
-    if (historyLong && !reconfiguring && terminationMode === undefined && !prewarmScope && !offloadRunning) {
+    if (historyLong && !reconfiguring && terminationMode === undefined && !prewarmScope && !offloadRunning && !promote.promoting()) {
       background.cancel();
       await Promise.all(backgroundTasks);
       await condition(allHandlersFinished);
@@ -504,9 +518,12 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
       });
     }
     try {
-      const report = await onVm(() => watchPostgres({ reportAfterSeconds: watchReportSeconds, lastActive }));
+      const report = await onVm(() => watchPostgres({ ...promote.watchArgs(watchReportSeconds), lastActive }));
       if (report.lastActive && (!lastActive || report.lastActive > lastActive)) lastActive = report.lastActive;
+      promote.recordLag(report.replication);
       if (report.exited) {
+        // A promote stops the standby's postmaster and starts the primary's: keep watching.
+        if (await promote.exitBelongsToPromote()) continue;
         exitReason = report.exitReason ?? 'postmaster exited';
         break;
       }

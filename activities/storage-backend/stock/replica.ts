@@ -117,8 +117,9 @@ export async function startReplicaStreaming(ctx: PostgresReadyContext): Promise<
   const conn = await connectLocal(ctx);
   try {
     for (;;) {
-      const r = await conn.query('SELECT status FROM pg_catalog.pg_stat_wal_receiver');
-      if (r.rows[0]?.[0] === 'streaming') return;
+      // The walreceiver says 'streaming' before it has even connected; a message received is proof.
+      const r = await conn.query('SELECT status, last_msg_receipt_time IS NOT NULL FROM pg_catalog.pg_stat_wal_receiver');
+      if (r.rows[0]?.[0] === 'streaming' && r.rows[0]?.[1] === 't') return;
       if (Date.now() > deadline) {
         throw new Error(`the replica's walreceiver did not start streaming from the safekeepers within ${STREAMING_TIMEOUT_MS / 1000} s; last log lines:\n${walReceiverLog(ctx.pgdata)}`);
       }

@@ -207,6 +207,8 @@ async function stream(t: Timeline, start: Lsn, feedback: StandbyFeedback, io: { 
       done = true;
     });
   let pos = start;
+  // At once, so the standby knows the stream is up even when there is nothing to send yet.
+  await io.send(encodeKeepalive(senderLsn(t), false));
   let lastSend = Date.now();
   try {
     while (!done) {
