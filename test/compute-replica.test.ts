@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseLsn } from '../model/lsn';
 import type { ComputeClient } from '../client/compute-client';
-import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS, type TestTimeline } from './helpers/compute';
+import { cleanupComputes, computeApiPort, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS, type TestTimeline } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses, type WorkerProcess } from './helpers/processes';
 import { testConfig } from './helpers/stack';
@@ -92,6 +92,15 @@ describe('streaming read replica and promote on the embedded stack', () => {
     await expect(computes.promote(replicaId)).rejects.toThrow(new RegExp(`another primary is running on timeline ${timeline.timelineId}: ${primaryId}`));
     await expect(computes.promote(primaryId)).rejects.toThrow(/compute mode is Primary, not Replica/);
     await expect(computes.promote(replicaId, { safekeepersLsn: 'nonsense' })).rejects.toThrow(/safekeepers LSN must look like/);
+    // compute_ctl's POST /promote on the compute worker: {spec, wal_flush_lsn}; a failure is 500 with a PromoteState.
+    const base = `http://127.0.0.1:${computeApiPort(replicaWorker)}`;
+    const post = (body: string) => fetch(`${base}/promote`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const malformed = await post('{"spec": {}}');
+    expect(malformed.status).toBe(422);
+    expect(await malformed.text()).toMatch(/wal_flush_lsn/);
+    const refused = await post(JSON.stringify({ spec: primary.spec.spec, wal_flush_lsn: '0/0' }));
+    expect(refused.status).toBe(500);
+    expect(await refused.json()).toMatchObject({ status: 'failed', error: expect.stringMatching(/another primary is running/) });
     // Still a replica, still streaming.
     await sql(primary.port, "insert into t values (3, 'after the refusal')");
     await waitOnReplica(replica.port, 'select count(*)::int as n from t', (rows) => rows[0]?.n === 3);
