@@ -8,7 +8,8 @@ import type { ComputeClient } from '../client/compute-client';
 import { cleanupComputes, computeApiPort, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS, type TestTimeline } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses, type WorkerProcess } from './helpers/processes';
-import { testConfig } from './helpers/stack';
+import { runCli } from './helpers/cli';
+import { testConfig, testEnv } from './helpers/stack';
 
 type Spec = { spec: Record<string, unknown> };
 
@@ -92,6 +93,13 @@ describe('streaming read replica and promote on the embedded stack', () => {
     await expect(computes.promote(replicaId)).rejects.toThrow(new RegExp(`another primary is running on timeline ${timeline.timelineId}: ${primaryId}`));
     await expect(computes.promote(primaryId)).rejects.toThrow(/compute mode is Primary, not Replica/);
     await expect(computes.promote(replicaId, { safekeepersLsn: 'nonsense' })).rejects.toThrow(/safekeepers LSN must look like/);
+    // The CLI says the same, with a non-zero exit.
+    const cliRefused = await runCli(['compute', 'promote', '--compute-id', replicaId], { env: testEnv() });
+    expect(cliRefused.code).not.toBe(0);
+    expect(cliRefused.stderr).toMatch(/promote refused: .*another primary is running/);
+    const cliBadLsn = await runCli(['compute', 'promote', '--compute-id', replicaId, '--safekeepers-lsn', 'nonsense'], { env: testEnv() });
+    expect(cliBadLsn.code).not.toBe(0);
+    expect(cliBadLsn.stderr).toMatch(/--safekeepers-lsn must look like 0\/16B5A50, got nonsense/);
     // compute_ctl's POST /promote on the compute worker: {spec, wal_flush_lsn}; a failure is 500 with a PromoteState.
     const base = `http://127.0.0.1:${computeApiPort(replicaWorker)}`;
     const post = (body: string) => fetch(`${base}/promote`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
@@ -110,7 +118,8 @@ describe('streaming read replica and promote on the embedded stack', () => {
     const terminated = await computes.terminate(primaryId, 'fast');
     expect(terminated.lsn).toMatch(/\//);
 
-    const promoting = computes.promote(replicaId, { safekeepersLsn: terminated.lsn! });
+    // Through the CLI, as an operator would; it returns once the promote completed.
+    const promoting = runCli(['compute', 'promote', '--compute-id', replicaId, '--safekeepers-lsn', terminated.lsn!, '--json'], { env: testEnv(), timeoutMs: 180_000 });
     const deadline = Date.now() + 60_000;
     while (!replicaWorker.output().includes('failpoint promoteStartPrimary reached')) {
       if (Date.now() > deadline) throw new Error(`the promote never reached its failpoint:\n${replicaWorker.output()}`);
@@ -123,8 +132,11 @@ describe('streaming read replica and promote on the embedded stack', () => {
     await replicaWorker.kill('SIGKILL');
     const second = await startComputeWorker(replicaId, replicaPgdata);
 
-    const state = await promoting;
+    const cliResult = await promoting;
+    expect(cliResult.code, cliResult.stderr).toBe(0);
+    const state = JSON.parse(cliResult.stdout) as Record<string, unknown>;
     expect(state).toMatchObject({ status: 'completed', lsn: terminated.lsn });
+    expect(state.pg_promote_time_ms).toEqual(expect.any(Number));
     const after = second.output();
     expect(after).toMatch(/promote step start_primary done/);
     expect(after).toMatch(/promote step apply_spec done/);
