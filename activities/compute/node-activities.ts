@@ -59,7 +59,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
 
   return {
     ...cache,
-    ...createPromoteActivities({ pgdata: deps.pgdata, steps, postgres, failpoint, adminUser: deps.adminUser }),
+    ...createPromoteActivities({ pgdata: deps.pgdata, steps, postgres, failpoint, adminUser: deps.adminUser, backend: backend.name }),
 
     startCompute: createStartCompute({ pgdata: deps.pgdata, steps, failpoint }),
 

@@ -72,6 +72,8 @@ export interface PromoteDeps {
   postgres: PostgresActivities;
   failpoint: Failpoint;
   adminUser?: string;
+  /** The storage backend: only the stock one is promoted this way. */
+  backend: 'stock' | 'neon';
   log?: (line: string) => void;
 }
 
@@ -103,6 +105,10 @@ export function createPromoteActivities(deps: PromoteDeps) {
   async function promoteReplica(input: PromoteInput): Promise<PromoteResult> {
     const ctx = Context.current();
     const { incarnation, spec } = input;
+    if (deps.backend !== 'stock') {
+      // Neon's Postgres promotes with pg_promote() and walproposer (compute_ctl's steps); not built here.
+      throw ApplicationFailure.nonRetryable('promote is implemented for the stock storage backend only', PROMOTE_FAILED);
+    }
     if (spec.mode.kind !== 'Primary') throw ApplicationFailure.nonRetryable(`a promote needs the primary's spec, got mode ${spec.mode.kind}`, PROMOTE_FAILED);
     if (input.safekeepersLsn !== undefined && !isLsn(input.safekeepersLsn)) {
       throw ApplicationFailure.nonRetryable(`safekeepers LSN must look like 0/16B5A50, got ${JSON.stringify(input.safekeepersLsn)}`, PROMOTE_FAILED);
