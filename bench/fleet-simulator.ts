@@ -64,6 +64,7 @@ const simulatedActivities: ComputeNodeActivities = {
   stopPostgres: () => step(undefined),
   prewarmCache: () => Promise.reject(new Error('the fleet simulation has no cache to prewarm')),
   offloadCacheState: () => Promise.reject(new Error('the fleet simulation has no cache to offload')),
+  promoteReplica: () => Promise.reject(new Error('the fleet simulation has no replica to promote')),
 
   /** The real watch's timing without Postgres: beats every half heartbeat timeout, reports at the end of the round. */
   async watchPostgres({ reportAfterSeconds, lastActive }) {

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { tsNodeArgs } from '../common/paths';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const ALL = ['basebackup', 'prewarm', 'import', 'import-dump-restore', 'compute-start', 'compute-burst', 'agent', 'fleet'] as const;
+const ALL = ['basebackup', 'prewarm', 'import', 'import-dump-restore', 'compute-start', 'compute-burst', 'agent', 'fleet', 'replica-lag'] as const;
 /** Benchmarks whose module (and results file) is not named after them. */
 const MODULE: Partial<Record<(typeof ALL)[number], string>> = { agent: 'compute-agent' };
 const moduleOf = (name: string) => MODULE[name as (typeof ALL)[number]] ?? name;

@@ -30,6 +30,7 @@ import {
   type LfcStatus,
 } from '../workflows/compute/messages';
 import { COMPUTE_ID, COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../model/search-attributes';
+import { promoteUpdate, type PromoteRequest, type PromoteState } from '../workflows/compute/promote-messages';
 import type { computeWorkflow, ComputeWorkflowOptions } from '../workflows/compute/workflow';
 
 export interface ComputeListEntry {
@@ -224,6 +225,19 @@ export class ComputeClient {
       if (err instanceof WorkflowUpdateFailedError) throw new UserFacingError(`${what} refused: ${rootMessage(err)}`);
       throw err;
     }
+  }
+
+  /**
+   * compute_ctl's /promote: the Replica becomes the primary of its timeline once it has replayed up
+   * to `safekeepersLsn` (the old primary's terminate LSN). Refused while another primary runs.
+   */
+  async promote(computeId: string, request: PromoteRequest = {}): Promise<PromoteState> {
+    if (request.spec !== undefined) {
+      const parsed = parseComputeConfig(request.spec);
+      if (!parsed.ok) throw new UserFacingError(`invalid compute spec:\n  ${parsed.errors.join('\n  ')}`);
+      this.checkTrust(parsed.config);
+    }
+    return this.update(computeId, 'promote', () => this.handle(computeId).executeUpdate(promoteUpdate, { args: [request] }));
   }
 
   async lfcStatus(computeId: string): Promise<LfcStatus> {

@@ -48,6 +48,11 @@ export interface ComputeStatusResponse {
    * that take effect only after a restart (Postgres keeps their old values until then).
    */
   pending_restart?: string[];
+  /**
+   * A streaming Replica's replay position against the safekeepers' commit LSN, as of the last watch
+   * round (activities/storage-backend/stock/replica.ts).
+   */
+  replication?: { replay_lsn: string | null; commit_lsn: string | null; lag_bytes: number | null; measured_at: string };
 }
 
 export function emptyStartupMetrics(): ComputeStartupMetrics {

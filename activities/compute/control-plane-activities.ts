@@ -1,4 +1,5 @@
 import { checkSafekeepersSynced } from '../../drivers/safekeepers';
+import { findRunningPrimaries } from './running-primaries';
 import type { ControlPlaneActivities } from './types';
 
 /** Control-plane side of the compute workflow: storage calls that need no access to the compute VM. */
@@ -11,5 +12,6 @@ export function createControlPlaneActivities(deps: { safekeeperTimeoutMs?: numbe
         ? { synced: true, lsn: result.lsn, ms: result.elapsedMs }
         : { synced: false, lsn: null, reason: result.reason, ms: result.elapsedMs };
     },
+    findRunningPrimaries,
   };
 }

@@ -5,7 +5,9 @@ import { type Failpoint } from '../failpoints';
 import { createComputePostgres, PostgresFailure } from '../../drivers/postgres';
 import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 import { createComputeCacheActivities } from './cache-node-activities';
+import { createPromoteActivities } from './promote';
 import { createStartCompute } from './startup';
+import { measureReplayLag } from '../../drivers/storage-backend/stock/replica';
 import { createStartupSteps } from './startup-steps';
 import { type ComputeNodeActivities } from './types';
 
@@ -57,6 +59,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
 
   return {
     ...cache,
+    ...createPromoteActivities({ pgdata: deps.pgdata, steps, postgres, failpoint, adminUser: deps.adminUser, backend: backend.name }),
 
     startCompute: createStartCompute({ pgdata: deps.pgdata, steps, failpoint }),
 
@@ -95,9 +98,15 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
       return steps.applySpec({ spec });
     },
 
-    async watchPostgres({ reportAfterSeconds, lastActive }) {
+    async watchPostgres({ reportAfterSeconds, lastActive, replica }) {
       const report = await postgres.watchPostgres({ reportAfterSeconds, lastActive });
-      if (!report.exited) return { exited: false, lastActive: report.lastActive };
+      if (!report.exited) {
+        // A lag that cannot be measured right now is reported as unknown, never as a reason to stop watching.
+        const replication = replica
+          ? await measureReplayLag({ pgdata: deps.pgdata, superuser: deps.adminUser, ...replica, ...(replica.token !== undefined ? { authToken: replica.token } : {}) }).catch(() => undefined)
+          : undefined;
+        return { exited: false, lastActive: report.lastActive, ...(replication ? { replication } : {}) };
+      }
       const exit = report.exit;
       const how = exit ? (exit.exitCode !== null ? `exit code ${exit.exitCode}` : exit.signal ? `signal ${exit.signal}` : exit.message) : 'unknown';
       const tail = exit?.logTail ? `; last log lines: ${exit.logTail.split('\n').slice(-3).join(' | ')}` : '';

@@ -1,6 +1,8 @@
 import type { ComputeSpec } from '../../model/compute-spec';
 import type { TerminateMode } from '../../model/compute-status';
+import type { ReplayLag } from '../../drivers/storage-backend/stock/replica';
 import type { ComputeCacheActivities } from './cache-node-activities';
+import type { PromoteInput, PromoteResult } from './promote';
 
 /**
  * The contract between the compute workflow and its activities. Compute-node activities run in the
@@ -41,8 +43,17 @@ export interface ComputeNodeActivities extends ComputeCacheActivities {
   prepareStartupFiles(input: { incarnation: string; spec: ComputeSpec }): Promise<void>;
   startPostgres(input: { incarnation: string; spec: ComputeSpec }): Promise<{ pid: number; ms: number }>;
   applySpec(input: { spec: ComputeSpec }): Promise<{ changes: string[]; ms: number }>;
-  /** Returns after `reportAfterSeconds` with last_active, or at once when the postmaster has exited. */
-  watchPostgres(input: { reportAfterSeconds: number; lastActive: string | null }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string }>;
+  /**
+   * Returns after `reportAfterSeconds` with last_active, or at once when the postmaster has exited.
+   * With `replica`, a streaming Replica also reports its replay lag behind the safekeepers.
+   */
+  watchPostgres(input: {
+    reportAfterSeconds: number;
+    lastActive: string | null;
+    replica?: { tenantId: string; timelineId: string; safekeepers: string[]; token?: string };
+  }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string; replication?: ReplayLag }>;
+  /** compute_ctl's /promote: the Replica becomes the primary of its timeline (promote.ts). */
+  promoteReplica(input: PromoteInput): Promise<PromoteResult>;
   /**
    * Rewrites postgresql.conf, reloads, re-applies roles and databases. A setting Postgres rejects
    * fails it (SETTING_REJECTED, the previous configuration back in force); `pendingRestart` names
@@ -59,6 +70,8 @@ export interface ControlPlaneActivities {
     safekeepers: string[];
     token?: string;
   }): Promise<{ synced: boolean; lsn: string | null; reason?: string; ms: number }>;
+  /** Other computes running as a primary on the timeline (a promote is refused while there is one). */
+  findRunningPrimaries(input: { tenantId: string; timelineId: string; exceptComputeId: string }): Promise<{ computeId: string; how: string }[]>;
 }
 
 export { PGDATA_LOST } from '../../model/compute-status';

@@ -43,6 +43,7 @@ function printStatus(s: ComputeStatusResponse): void {
   ];
   if (s.terminate_lsn) lines.push(`end LSN:     ${s.terminate_lsn}`);
   if (s.error) lines.push(`error:       ${s.error}`);
+  if (s.replication) lines.push(`replay:      ${s.replication.replay_lsn ?? '-'} (safekeepers' commit ${s.replication.commit_lsn ?? '-'}, lag ${s.replication.lag_bytes ?? '?'} bytes at ${s.replication.measured_at})`);
   if (s.metrics.total_startup_ms) lines.push(`startup:     ${s.metrics.total_startup_ms} ms (basebackup ${s.metrics.basebackup_ms} ms, ${s.metrics.basebackup_bytes} bytes)`);
   printText(`${lines.join('\n')}\n`);
 }
@@ -110,6 +111,28 @@ export function registerComputeCommands(program: Command): void {
         const result = await c.terminate(opts.computeId, opts.mode as TerminateMode);
         if (opts.json) printJson(result);
         else printText(`terminated; safekeepers synced at ${result.lsn ?? '(no sync: not a primary)'}\n`);
+      });
+    });
+
+  compute
+    .command('promote')
+    .description("compute_ctl's /promote: a Replica becomes the primary of its timeline")
+    .requiredOption('--compute-id <id>', 'the replica compute ID')
+    .option('--safekeepers-lsn <lsn>', "wait until the replica replayed this LSN (the old primary's terminate LSN); default: the safekeepers' commit LSN")
+    .option('--spec <file>', "the primary's spec (JSON, '-' for stdin); default: the replica's spec in mode Primary")
+    .option('--json', 'print JSON')
+    .action(async (opts: { computeId: string; safekeepersLsn?: string; spec?: string; json?: boolean }) => {
+      if (opts.safekeepersLsn !== undefined && !/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(opts.safekeepersLsn)) {
+        throw new UserFacingError(`--safekeepers-lsn must look like 0/16B5A50, got ${opts.safekeepersLsn}`);
+      }
+      await withComputeClient(async (c) => {
+        const state = await c.promote(opts.computeId, {
+          ...(opts.safekeepersLsn !== undefined ? { safekeepersLsn: opts.safekeepersLsn } : {}),
+          ...(opts.spec !== undefined ? { spec: readSpecFile(opts.spec) } : {}),
+        });
+        if (opts.json) printJson(state);
+        else if (state.status === 'completed') printText(`promoted at ${state.lsn}: waited ${state.lsn_wait_time_ms} ms for replay, ${state.pg_promote_time_ms} ms to restart as the primary\n`);
+        else printText(`promote ${state.status}\n`);
       });
     });
 

@@ -22,6 +22,8 @@ import {
   terminateUpdate,
 } from '../../workflows/compute/messages';
 import type { computeWorkflow } from '../../workflows/compute/workflow';
+import { promoteUpdate } from '../../workflows/compute/promote-messages';
+import { isLsn } from '../../model/lsn';
 import { workflowApiKeys, type ApiKeySource } from './api-keys';
 import { bearerToken, checkClaims } from './auth';
 import { createComputeMetrics, statusLabel } from './compute-metrics';
@@ -176,6 +178,35 @@ export async function startComputeHttpServer(opts: ComputeHttpOptions): Promise<
         } catch (err) {
           if (err instanceof WorkflowUpdateFailedError && /terminate needs empty or running/.test(rootMessage(err))) throw wrongState((await status()).status);
           updateError(err, [[/reconfiguration is in progress/, 412]]);
+        }
+      },
+    },
+    '/promote': {
+      // compute_ctl: {spec, wal_flush_lsn} -> 200 PromoteState; a failure is 500 with a PromoteState body.
+      // Its body goes through axum's plain Json extractor, so a bad body gets a plain-text 400/422.
+      POST: async ({ res, body }) => {
+        const plain = (code: number, text: string) => {
+          res.writeHead(code, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+          res.end(text);
+        };
+        let json: unknown;
+        try {
+          json = JSON.parse(body.toString('utf8'));
+        } catch (err) {
+          return plain(400, `Failed to parse the request body as JSON: ${(err as Error).message}`);
+        }
+        const fields = typeof json === 'object' && json !== null && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
+        if (!fields || !('spec' in fields) || typeof fields.wal_flush_lsn !== 'string' || !isLsn(fields.wal_flush_lsn)) {
+          return plain(422, 'Failed to deserialize the JSON body into the target type: expected {spec, wal_flush_lsn: "X/Y"}');
+        }
+        const parsed = parseComputeConfig(fields.spec);
+        if (!parsed.ok) throw new HttpError(400, `invalid spec: ${parsed.errors.join('; ')}`);
+        try {
+          const state = await call('promote', () => handle.executeUpdate(promoteUpdate, { args: [{ spec: fields.spec, safekeepersLsn: fields.wal_flush_lsn as string }] }));
+          sendJson(res, 200, state);
+        } catch (err) {
+          if (!(err instanceof WorkflowUpdateFailedError)) throw err;
+          sendJson(res, 500, { status: 'failed', error: rootMessage(err) });
         }
       },
     },

@@ -114,6 +114,7 @@ function registerTerminate(compute: ComputeState, vm: VmLink, node: NodeActiviti
           throw new Error(`compute ${compute.computeId} is ${status}; terminate needs empty or running`);
         }
         if (compute.reconfiguring) throw new Error('a reconfiguration is in progress; retry when it finishes');
+        if (compute.promotion.promoting()) throw new Error('a promote is in progress; retry when it finishes');
       },
     },
   );

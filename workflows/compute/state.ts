@@ -1,4 +1,5 @@
 import { log, setCurrentDetails, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import type { ReplayLag } from '../../drivers/storage-backend/stock/replica';
 import type { ComputeConfig } from '../../model/compute-spec';
 import { emptyStartupMetrics, type ComputeStartupMetrics, type ComputeStatus, type ComputeStatusResponse, type TerminateMode } from '../../model/compute-status';
 import { COMPUTE_STATUS, TENANT_ID, TIMELINE_ID } from '../../model/search-attributes';
@@ -24,6 +25,8 @@ export class ComputeState {
   startupMayHaveStartedPostgres = false;
   /** A reconfiguration is running: neither terminate nor continue-as-new may start meanwhile. */
   reconfiguring = false;
+  /** Filled in by the promote module (./promote.ts): whether a promote runs, and a replica's replay lag. */
+  promotion: { promoting(): boolean; replication(): ReplayLag | undefined } = { promoting: () => false, replication: () => undefined };
   readonly startTime: string;
   readonly metrics: ComputeStartupMetrics;
 
@@ -84,6 +87,7 @@ export class ComputeState {
       start_lsn: this.startLsn,
       terminate_lsn: this.terminateLsn,
       metrics: { ...this.metrics },
+      ...(this.promotion.replication() ? { replication: this.promotion.replication() } : {}),
     };
   }
 }

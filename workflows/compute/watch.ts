@@ -26,7 +26,16 @@ export interface Watch {
   historyLong(round: number): boolean;
 }
 
-export function startWatch(compute: ComputeState, vm: VmLink, nodeTaskQueue: string, options: ComputeWorkflowOptions | undefined): Watch {
+/** The watch input for a round of `reportSeconds` (a replica's rounds are shorter and measure its lag). */
+export type WatchArgs = (reportSeconds: number) => { reportAfterSeconds: number; replica?: { tenantId: string; timelineId: string; safekeepers: string[]; token?: string } };
+
+export function startWatch(
+  compute: ComputeState,
+  vm: VmLink,
+  nodeTaskQueue: string,
+  options: ComputeWorkflowOptions | undefined,
+  watchArgs: WatchArgs = (reportSeconds) => ({ reportAfterSeconds: reportSeconds }),
+): Watch {
   const defaults = patched(QUIET_WATCH_PATCH) ? WATCH_DEFAULTS : LEGACY_WATCH_DEFAULTS;
   const reportSeconds = options?.watchReportSeconds ?? defaults.reportSeconds;
   const maxRounds = options?.maxWatchRoundsPerRun ?? defaults.maxRoundsPerRun;
@@ -35,7 +44,7 @@ export function startWatch(compute: ComputeState, vm: VmLink, nodeTaskQueue: str
     heartbeatTimeoutSeconds: options?.watchHeartbeatTimeoutSeconds ?? defaults.heartbeatTimeoutSeconds,
   });
   return {
-    round: () => vm.run(() => watchPostgres({ reportAfterSeconds: reportSeconds, lastActive: compute.lastActive })),
+    round: () => vm.run(() => watchPostgres({ ...watchArgs(reportSeconds), lastActive: compute.lastActive })),
     historyLong: (round) => round >= maxRounds || workflowInfo().continueAsNewSuggested,
   };
 }

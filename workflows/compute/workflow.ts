@@ -8,6 +8,7 @@ import { describeFailure } from './failures';
 import { registerComputeHandlers } from './handlers';
 import { acceptInitialSpec, startCompute, waitForSpec } from './startup';
 import { ComputeState } from './state';
+import { installPromote } from './promote';
 import { failed, finishTermination, terminated } from './termination';
 import { VmLink } from './vm';
 import { startWatch } from './watch';
@@ -64,6 +65,18 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
 
   registerComputeHandlers(compute, vm, node);
   cache.registerHandlers();
+  const promote = installPromote({
+    computeId: input.computeId,
+    nodeTaskQueue,
+    config: () => compute.config,
+    adoptConfig: (next) => compute.adoptConfig(next),
+    status: () => compute.status,
+    postgresRunning: () => compute.postgresRunning,
+    incarnation: () => compute.incarnation,
+    busy: () => (compute.reconfiguring ? 'a reconfiguration is in progress' : compute.terminationMode !== undefined ? 'the compute is terminating' : undefined),
+    onVm: (work) => vm.run(work),
+  });
+  compute.promotion = promote;
   upsertSearchAttributes([{ key: COMPUTE_ID, value: input.computeId }]);
 
   if (!input.carried) {
@@ -79,14 +92,14 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   cache.startPeriodicOffload(compute.config!.spec.offload_lfc_interval_seconds);
 
   // running: watch until the postmaster exits or the VM is lost. Each round reports last_active.
-  const watch = startWatch(compute, vm, nodeTaskQueue, input.options);
+  const watch = startWatch(compute, vm, nodeTaskQueue, input.options, (reportSeconds) => promote.watchArgs(reportSeconds));
   let exitReason: string | undefined;
   for (let round = 0; ; round++) {
     if (vm.lost) {
       exitReason = vm.lostError();
       break;
     }
-    if (watch.historyLong(round) && !compute.reconfiguring && compute.terminationMode === undefined && cache.idle) {
+    if (watch.historyLong(round) && !compute.reconfiguring && compute.terminationMode === undefined && cache.idle && !promote.promoting()) {
       await cache.stop();
       await condition(allHandlersFinished);
       return continueAsNew<typeof computeWorkflow>({ ...input, config: undefined, carried: carryOver(compute, cache) });
@@ -94,7 +107,10 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
     try {
       const report = await watch.round();
       if (report.lastActive && (!compute.lastActive || report.lastActive > compute.lastActive)) compute.lastActive = report.lastActive;
+      promote.recordLag(report.replication);
       if (report.exited) {
+        // A promote stops the standby's postmaster and starts the primary's: keep watching.
+        if (await promote.exitBelongsToPromote()) continue;
         exitReason = report.exitReason ?? 'postmaster exited';
         break;
       }

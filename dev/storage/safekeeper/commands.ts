@@ -6,6 +6,7 @@ import { isNeonId } from '../../../model/ids';
 import { formatLsn, isLsn, parseLsn, type Lsn } from '../../../model/lsn';
 import { MAX_U64, parseTermHistory, STATUS_COLUMNS } from '../../../drivers';
 import { PgWireError, type PgWireSession, type QueryResult } from '../pgwire/server';
+import { handleReplicationCommand, recordSystemId } from './physical-replication';
 import { runPushSession } from './push-session';
 import type { TimelineRegistry } from './registry';
 import type { Timeline } from './timeline';
@@ -87,7 +88,7 @@ export function createCommandHandler(registry: TimelineRegistry, log: (line: str
       }
       case 'START_WAL_PUSH': {
         const { tenantId, timelineId, rest } = timelineIds(session, args, command);
-        if (rest.length !== 3) throw new PgWireError('usage: START_WAL_PUSH <tenant_id> <timeline_id> <term> <start_lsn> <term_history>', SYNTAX_ERROR);
+        if (rest.length !== 3 && rest.length !== 4) throw new PgWireError('usage: START_WAL_PUSH <tenant_id> <timeline_id> <term> <start_lsn> <term_history> [<system_id>]', SYNTAX_ERROR);
         const term = termArg(rest[0]);
         const startLsn = lsnArg(rest[1], 'start_lsn');
         let history;
@@ -97,6 +98,8 @@ export function createCommandHandler(registry: TimelineRegistry, log: (line: str
           throw new PgWireError(`invalid term_history: ${(err as Error).message}`, INVALID_PARAMETER);
         }
         const { timeline } = await registry.getOrCreate(tenantId, timelineId);
+        // The pusher's system identifier, for standbys' IDENTIFY_SYSTEM (physical-replication.ts).
+        if (rest[3] !== undefined) await recordSystemId(timeline, rest[3]);
         const token = await timeline.beginPush(term, startLsn, history);
         log(`START_WAL_PUSH ${tenantId}/${timelineId} term ${term} from ${formatLsn(startLsn)}`);
         return { kind: 'copyBoth', run: (io) => runPushSession(timeline, token, io) };
@@ -112,11 +115,14 @@ export function createCommandHandler(registry: TimelineRegistry, log: (line: str
         if (problem) throw new PgWireError(problem, '58P01');
         return { kind: 'copyOut', stream: t.readWal(start, end) };
       }
-      default:
+      default: {
+        const replication = await handleReplicationCommand(registry, session, command, args, log);
+        if (replication) return replication;
         throw new PgWireError(
-          `unsupported command ${JSON.stringify(command.slice(0, 64))}; this safekeeper understands TIMELINE_STATUS, ELECT, START_WAL_PUSH and READ_WAL`,
+          `unsupported command ${JSON.stringify(command.slice(0, 64))}; this safekeeper understands TIMELINE_STATUS, ELECT, START_WAL_PUSH, READ_WAL, IDENTIFY_SYSTEM, TIMELINE_HISTORY and START_REPLICATION`,
           SYNTAX_ERROR,
         );
+      }
     }
   };
 }

@@ -17,6 +17,7 @@ import { confLine } from './pg-conf';
 import { connectHost, readPostmasterPid } from './local-postgres';
 import { PgConnection } from './pg-client';
 import { livePusherPid, PUSHER_LOG_FILE, PUSHER_PASSWORD_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
+import { replicaConfLines, startReplicaStreaming } from './replica';
 import { sidecarCommand } from './sidecars';
 import { PUSHER_APPLICATION_NAME } from './wal-pusher';
 
@@ -193,7 +194,7 @@ export const stockStorageBackend: ComputeStorageBackend = {
         confLine('restart_after_crash', false),
       );
     } else {
-      lines.push(confLine('hot_standby', true));
+      lines.push(confLine('hot_standby', true), ...replicaConfLines(ctx));
     }
     return `${lines.join('\n')}\n`;
   },
@@ -210,6 +211,7 @@ export const stockStorageBackend: ComputeStorageBackend = {
   },
 
   async afterPostgresReady(ctx) {
+    if (ctx.mode === 'Replica') return startReplicaStreaming(ctx);
     if ((ctx.mode ?? 'Primary') !== 'Primary') return;
     validate(ctx);
     const running = livePusherPid(ctx.pgdata);

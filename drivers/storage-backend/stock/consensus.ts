@@ -21,6 +21,8 @@ export interface ConsensusConfig {
   authToken?: string;
   applicationName?: string;
   connectTimeoutMs?: number;
+  /** The proposing compute's system identifier, passed on with every push (see SafekeeperTarget). */
+  systemId?: string;
   log: (line: string) => void;
 }
 
@@ -35,6 +37,7 @@ export function target(cfg: ConsensusConfig, address: string): SafekeeperTarget 
     timelineId: cfg.timelineId,
     ...(cfg.authToken !== undefined ? { authToken: cfg.authToken } : {}),
     ...(cfg.applicationName !== undefined ? { applicationName: cfg.applicationName } : {}),
+    ...(cfg.systemId !== undefined ? { systemId: cfg.systemId } : {}),
     connectTimeoutMs: cfg.connectTimeoutMs ?? 5000,
   };
 }

@@ -27,6 +27,8 @@ export interface SafekeeperTarget {
   authToken?: string;
   connectTimeoutMs?: number;
   applicationName?: string;
+  /** The compute's system identifier, told to the safekeeper with a push (for its standbys). */
+  systemId?: string;
 }
 
 export function splitHostPort(address: string): { host: string; port: number } {
@@ -150,7 +152,7 @@ export class PushSession {
     const conn = await connect(t);
     let copy: CopyBothSession;
     try {
-      copy = await conn.copyBoth(startWalPushCommand(t.tenantId, t.timelineId, term, startLsn, history));
+      copy = await conn.copyBoth(startWalPushCommand(t.tenantId, t.timelineId, term, startLsn, history, t.systemId));
     } catch (err) {
       await conn.close();
       throw err;

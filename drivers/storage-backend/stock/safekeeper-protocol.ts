@@ -179,8 +179,10 @@ export function electCommand(tenantId: string, timelineId: string, term: bigint)
   return `ELECT ${tenantId} ${timelineId} ${term}`;
 }
 
-export function startWalPushCommand(tenantId: string, timelineId: string, term: bigint, startLsn: Lsn, history: TermHistory): string {
-  return `START_WAL_PUSH ${tenantId} ${timelineId} ${term} ${formatLsn(startLsn)} ${formatTermHistory(history) || '-'}`;
+/** `systemId`: the compute's system identifier, which safekeepers hand to standbys (IDENTIFY_SYSTEM). */
+export function startWalPushCommand(tenantId: string, timelineId: string, term: bigint, startLsn: Lsn, history: TermHistory, systemId?: string): string {
+  const base = `START_WAL_PUSH ${tenantId} ${timelineId} ${term} ${formatLsn(startLsn)} ${formatTermHistory(history) || '-'}`;
+  return systemId !== undefined && /^\d{1,20}$/.test(systemId) ? `${base} ${systemId}` : base;
 }
 
 export function readWalCommand(tenantId: string, timelineId: string, startLsn: Lsn, endLsn: Lsn): string {

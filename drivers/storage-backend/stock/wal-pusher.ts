@@ -217,6 +217,8 @@ export class WalPusher {
       try {
         const ident = await repl.query('IDENTIFY_SYSTEM');
         tli = Number(ident.rows[0]![1]);
+        // Passed on with every push, so the safekeepers can identify the system to standbys.
+        this.cfg.systemId = ident.rows[0]![0]!;
         xlogpos = parseLsn(ident.rows[0]![2]!);
         await repl.query(`CREATE_REPLICATION_SLOT ${PUSHER_SLOT_NAME} PHYSICAL RESERVE_WAL`).catch((err: unknown) => {
           if (!(err instanceof PgClientError && err.code === '42710')) throw err; // exists: a previous pusher of this compute
