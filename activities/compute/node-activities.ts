@@ -6,7 +6,7 @@ import { createComputePostgres, PostgresFailure } from '../../drivers/postgres';
 import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 import { createComputeCacheActivities } from './cache-node-activities';
 import { createStartCompute } from './startup';
-import { createStartupSteps } from './startup-steps';
+import { backendSettings, createStartupSteps } from './startup-steps';
 import { type ComputeNodeActivities } from './types';
 
 export interface ComputeNodeDeps {
@@ -106,7 +106,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
 
     async reconfigurePostgres({ spec }) {
       await failpoint('reconfigurePostgres');
-      const { changes, pendingRestart } = await postgres.reconfigurePostgres({ spec, extraConf: steps.backendConf(spec) });
+      const { changes, pendingRestart } = await postgres.reconfigurePostgres({ spec, backendSettings: backendSettings({ backend, cacheBackend }, spec) });
       return { changes, pendingRestart };
     },
 

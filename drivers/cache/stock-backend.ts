@@ -4,6 +4,7 @@
  * with pg_prewarm(rel, 'buffer', fork, first, last), one connection per database, never evicting:
  * it loads at most as many blocks as there are unused buffers and skips blocks already cached.
  */
+import type { ConfSetting } from '../postgres/config';
 import { assertMaxChunks, incompatibleCacheState, type CacheBackend } from './backend';
 import { hottest, isForkNumber, orderForPrewarm, type HeatedRange } from './block-ranges';
 import { MAX_CACHE_STATE_RANGES } from './state-codec';
@@ -11,18 +12,13 @@ import { cancellableQuery, ensureExtension, openSession, type ConnectFn } from '
 import { num, serverBlockSize, StockPrewarm, type NumericRow } from './stock-prewarm';
 
 /**
- * postgresql.conf lines the stock backend needs. pg_buffercache and pg_prewarm() are plain
+ * The postgresql.conf settings the stock backend needs. pg_buffercache and pg_prewarm() are plain
  * extensions (created on demand with CREATE EXTENSION IF NOT EXISTS) and need no preloading.
  * Contrib's autoprewarm worker, if someone preloads pg_prewarm, would dump and reload its own
  * block list in PGDATA next to ours; the setting is a harmless placeholder otherwise.
  */
-export function stockCacheConf(): string {
-  return [
-    '# durable-compute cache prewarm (stock backend): uses the pg_buffercache and pg_prewarm',
-    '# extensions, created on demand; nothing needs preloading.',
-    'pg_prewarm.autoprewarm = off',
-    '',
-  ].join('\n');
+export function stockCacheSettings(): ConfSetting[] {
+  return [{ name: 'pg_prewarm.autoprewarm', value: false }];
 }
 
 export interface StockCacheBackendOptions {
