@@ -7,7 +7,7 @@ import { PGDATA_LOST } from '../../model/compute-status';
 import { stockCacheSettings } from '../../drivers/cache/stock-backend';
 import { fetchBasebackup, StorageError } from '../../drivers/pageserver';
 import { type ComputePostgres } from '../../drivers/postgres';
-import { cancellationSignal, heartbeat } from '../../drivers/postgres/activity-context';
+import { cancellationSignal, every, heartbeat } from '../../common/activity-context';
 import type { ConfSetting } from '../../drivers/postgres/config';
 import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
 import { readPostmasterPid } from '../../drivers/postgres/process';
@@ -96,7 +96,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
 
     async syncSafekeepers({ incarnation, storageAuthToken }: { incarnation: string; storageAuthToken?: string }): Promise<{ lsn: string; ms: number }> {
       await requireOwnPgdata(incarnation, 'cannot sync safekeepers');
-      const beat = setInterval(() => heartbeat({ step: 'sync_safekeepers' }), 1000);
+      const stopBeating = every(1000, () => heartbeat({ step: 'sync_safekeepers' }));
       try {
         const result = await runSyncSafekeepers({
           command: deps.syncSafekeepersCommand ?? backend.syncSafekeepersCommand(deps.pgBinDir),
@@ -111,7 +111,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
         if (err instanceof SyncSafekeepersError) throw ApplicationFailure.retryable(err.message, 'SyncSafekeepersFailed');
         throw err;
       } finally {
-        clearInterval(beat);
+        stopBeating();
       }
     },
 

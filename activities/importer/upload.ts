@@ -14,7 +14,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { listObjects, unquoteEtag } from '../../drivers/s3/objects';
-import { every, type StepContext } from './activity-context';
+import { every, type StepContext } from '../../common/activity-context';
 import { UploadJournal } from './upload-journal';
 
 /**

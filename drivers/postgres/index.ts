@@ -3,7 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { parseComputeSpec, type ComputeSpec } from '../../model/compute-spec';
-import { cancellationSignal, currentActivity, heartbeat, heartbeatSpacingMs } from './activity-context';
+import { cancellationSignal, currentActivity, heartbeat, heartbeatSpacingMs } from '../../common/activity-context';
 import { connectAsAdmin, type AdminLogin } from './connect';
 import { ensurePgHba, ensureStandbySignal, renderPostgresqlConf, writePostgresqlConf, type ConfSetting } from './config';
 import { PostgresFailure, nonRetryable } from './errors';
