@@ -1,5 +1,6 @@
 import { Context } from '@temporalio/activity';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { every } from '../common/activity-context';
 
 export interface FailpointOptions {
   /**
@@ -51,10 +52,10 @@ export async function whileHeartbeating<T>(fn: () => Promise<T>, details?: () =>
   const ctx = Context.current();
   const beat = () => ctx.heartbeat(details?.());
   beat();
-  const timer = setInterval(beat, 1000);
+  const stopBeating = every(1000, beat);
   try {
     return await fn();
   } finally {
-    clearInterval(timer);
+    stopBeating();
   }
 }

@@ -21,7 +21,7 @@
 import { Context } from '@temporalio/activity';
 import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import type { ComputeNodeActivities } from '../activities/compute/types';
-import { heartbeatSpacingMs } from '../drivers/postgres/activity-context';
+import { heartbeatSpacingMs } from '../common/activity-context';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { loadConfig } from '../common/config';
 

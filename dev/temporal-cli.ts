@@ -27,7 +27,10 @@ export function temporalCacheDir(cacheDir = projectCacheDir): string {
 
 /** The SDK's own download, reached only when explicitly allowed: this machine class has no internet and must not try. */
 async function sdkDownload(downloadDir: string): Promise<string> {
-  const { TestWorkflowEnvironment } = await import('@temporalio/testing');
+  // A development dependency: present in a checkout, absent from a production install.
+  const { TestWorkflowEnvironment } = await import('@temporalio/testing').catch((err: unknown) => {
+    throw new Error(`DURABLE_COMPUTE_TEMPORAL_DOWNLOAD needs the development dependency @temporalio/testing (npm install in a checkout): ${(err as Error).message}`);
+  });
   mkdirSync(downloadDir, { recursive: true });
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'cached-download', version: `v${TEMPORAL_CLI_VERSION}`, downloadDir } },

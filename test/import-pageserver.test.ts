@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stepContext } from '../activities/importer/activity-context';
+import { stepContext } from '../common/activity-context';
 import { uploadDataDirectory } from '../activities/importer/upload';
 import { createS3Client } from '../drivers/s3/client';
 import { findPostgres, pgBin } from '../common/pg-binaries';

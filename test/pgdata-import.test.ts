@@ -14,7 +14,7 @@ import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { createS3Client } from '../drivers/s3/client';
 import { listObjects, type ListedObject } from '../drivers/s3/objects';
 import { downloadObjects } from '../dev/storage/pgdata-import/download';
-import { stepContext } from '../activities/importer/activity-context';
+import { stepContext } from '../common/activity-context';
 import { uploadDataDirectory } from '../activities/importer/upload';
 import { classifyEntry, crc32c, createImportPgdataHandler, importPgdataFromS3, parsePgControl, resealPgControl, walSegmentName } from '../dev/storage/pgdata-import';
 import { freePort } from '../dev/processes';

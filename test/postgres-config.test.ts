@@ -43,7 +43,7 @@ afterAll(() => tmpRoots.forEach((d) => rmSync(d, { recursive: true, force: true 
 
 describe('renderPostgresqlConf', () => {
   it("writes compute_ctl's lines in compute_ctl's order, with the temp-override include last", () => {
-    const text = renderPostgresqlConf(parse(), { extraConf: 'neon_stock.backend = 1\n' });
+    const text = renderPostgresqlConf(parse(), { backendSettings: [{ name: 'neon_stock.backend', value: 1 }] });
     const lines = text.trimEnd().split('\n');
     expect(lines.slice(0, 2)).toEqual(['# verbatim', 'max_worker_processes = 8']);
     const order = [

@@ -8,7 +8,7 @@ import { createComputeCacheActivities } from './cache-node-activities';
 import { createPromoteActivities } from './promote';
 import { createStartCompute } from './startup';
 import { measureReplayLag } from '../../drivers/storage-backend/stock/replica';
-import { createStartupSteps } from './startup-steps';
+import { backendSettings, createStartupSteps } from './startup-steps';
 import { type ComputeNodeActivities } from './types';
 
 export interface ComputeNodeDeps {
@@ -115,7 +115,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
 
     async reconfigurePostgres({ spec }) {
       await failpoint('reconfigurePostgres');
-      const { changes, pendingRestart } = await postgres.reconfigurePostgres({ spec, extraConf: steps.backendConf(spec) });
+      const { changes, pendingRestart } = await postgres.reconfigurePostgres({ spec, backendSettings: backendSettings({ backend, cacheBackend }, spec) });
       return { changes, pendingRestart };
     },
 

@@ -4,10 +4,11 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import { PGDATA_LOST } from '../../model/compute-status';
-import { stockCacheConf } from '../../drivers/cache/stock-backend';
+import { stockCacheSettings } from '../../drivers/cache/stock-backend';
 import { fetchBasebackup, StorageError } from '../../drivers/pageserver';
 import { type ComputePostgres } from '../../drivers/postgres';
-import { cancellationSignal, heartbeat } from '../../drivers/postgres/activity-context';
+import { cancellationSignal, every, heartbeat } from '../../common/activity-context';
+import type { ConfSetting } from '../../drivers/postgres/config';
 import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
 import { readPostmasterPid } from '../../drivers/postgres/process';
 import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../../drivers/safekeepers';
@@ -33,6 +34,14 @@ export interface StartupStepDeps {
   adminUser?: string;
 }
 
+/** What the storage backend needs in postgresql.conf, plus what the stock cache backend needs (Neon's LFC needs nothing). */
+export function backendSettings(deps: Pick<StartupStepDeps, 'backend' | 'cacheBackend'>, spec: ComputeSpec): ConfSetting[] {
+  return [
+    ...deps.backend.postgresqlSettings({ tenantId: spec.tenant_id, timelineId: spec.timeline_id, safekeepers: spec.safekeeper_connstrings, mode: spec.mode.kind }),
+    ...(deps.cacheBackend === 'stock' ? stockCacheSettings() : []),
+  ];
+}
+
 /** What a base backup step reports, under compute_ctl's metric names. */
 export interface BasebackupReport {
   bytes: number;
@@ -50,18 +59,6 @@ export interface BasebackupReport {
 export function createStartupSteps(deps: StartupStepDeps) {
   const { postgres, backend } = deps;
 
-  // What the storage backend needs, plus what the stock cache backend needs (Neon's LFC needs nothing).
-  const backendConf = (spec: ComputeSpec) =>
-    [
-      backend.postgresqlConf({
-        tenantId: spec.tenant_id,
-        timelineId: spec.timeline_id,
-        safekeepers: spec.safekeeper_connstrings,
-        mode: spec.mode.kind,
-      }),
-      deps.cacheBackend === 'stock' ? stockCacheConf() : '',
-    ].join('\n');
-
   /** Removes what a crashed unpack left, keeping the files written before it. */
   async function clearPartialUnpack(): Promise<void> {
     for (const entry of await readdir(deps.pgdata)) {
@@ -77,14 +74,12 @@ export function createStartupSteps(deps: StartupStepDeps) {
   }
 
   return {
-    backendConf,
-
     async preparePgdata({ incarnation }: { incarnation: string }): Promise<void> {
       await postgres.preparePgdata({ incarnation });
     },
 
     async writePostgresConfig({ incarnation, spec }: { incarnation: string; spec: ComputeSpec }): Promise<{ ms: number }> {
-      const { ms } = await postgres.writePostgresConfig({ incarnation, spec, extraConf: backendConf(spec) });
+      const { ms } = await postgres.writePostgresConfig({ incarnation, spec, backendSettings: backendSettings(deps, spec) });
       return { ms };
     },
 
@@ -101,7 +96,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
 
     async syncSafekeepers({ incarnation, storageAuthToken }: { incarnation: string; storageAuthToken?: string }): Promise<{ lsn: string; ms: number }> {
       await requireOwnPgdata(incarnation, 'cannot sync safekeepers');
-      const beat = setInterval(() => heartbeat({ step: 'sync_safekeepers' }), 1000);
+      const stopBeating = every(1000, () => heartbeat({ step: 'sync_safekeepers' }));
       try {
         const result = await runSyncSafekeepers({
           command: deps.syncSafekeepersCommand ?? backend.syncSafekeepersCommand(deps.pgBinDir),
@@ -116,7 +111,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
         if (err instanceof SyncSafekeepersError) throw ApplicationFailure.retryable(err.message, 'SyncSafekeepersFailed');
         throw err;
       } finally {
-        clearInterval(beat);
+        stopBeating();
       }
     },
 

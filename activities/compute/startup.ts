@@ -6,6 +6,7 @@ import { readTextIfExists, writeFileAtomic } from '../../drivers/postgres/files'
 import { findRunningPostmaster } from '../../drivers/postgres/process';
 import { STARTUP_JOURNAL_FILE, type StartupSteps } from './startup-steps';
 import type { StartComputeResult, StartupStep } from './types';
+import { every } from '../../common/activity-context';
 
 /**
  * What the one-activity startup has done for one fresh start. Written into PGDATA after every
@@ -67,11 +68,11 @@ export function createStartCompute(deps: StartComputeDeps) {
     const waitFor = previousAttempt;
     let release!: () => void;
     previousAttempt = new Promise<void>((resolve) => (release = resolve));
-    const beat = setInterval(() => ctx.heartbeat({ step: 'waiting for an earlier attempt on this PGDATA' }), 1000);
+    const stopBeating = every(1000, () => ctx.heartbeat({ step: 'waiting for an earlier attempt on this PGDATA' }));
     try {
       await waitFor;
     } finally {
-      clearInterval(beat);
+      stopBeating();
     }
     try {
       return await runStartup(ctx, input);

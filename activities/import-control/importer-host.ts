@@ -10,6 +10,7 @@ import { killRecordedGroup } from '../importer/run-tool';
 import { importerHostTaskQueue, isValidImportId, isValidImporterHostId } from '../../model/import-status';
 import { MAX_WORKDIR_ROOT_BYTES } from '../../common/paths';
 import { holdStepLease } from './step-leases';
+import { every } from '../../common/activity-context';
 
 /**
  * What makes an importer worker a *host*: an identity tied to its local disk, its own task queue,
@@ -99,11 +100,11 @@ export async function withHeartbeatPump<T>(fn: () => Promise<T>): Promise<T> {
     },
   }) as Context;
   ctx.heartbeat(last);
-  const timer = setInterval(() => ctx.heartbeat(last), HEARTBEAT_PUMP_MS);
+  const stopBeating = every(HEARTBEAT_PUMP_MS, () => ctx.heartbeat(last));
   try {
     return await asyncLocalStorage.run(proxy, fn);
   } finally {
-    clearInterval(timer);
+    stopBeating();
   }
 }
 

@@ -6,7 +6,7 @@ import type { PgInstallation } from '../../common/pg-binaries';
 import { assertSafePrefix, getObjectBytes, joinKey } from '../../drivers/s3/objects';
 import { decryptSourceConnstring, InvalidImportSpecError, parseImportSpec } from '../../drivers/secrets/import-spec';
 import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../drivers/secrets/key-provider';
-import { stepContext } from './activity-context';
+import { stepContext } from '../../common/activity-context';
 import { detectHostResources, type HostResources } from './bulk-load-settings';
 import { completedDump, dumpSource, restoreDump } from './dump-restore';
 import { permanentFailure } from './failures';

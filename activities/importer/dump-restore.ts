@@ -4,7 +4,7 @@ import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, ren
 import path from 'node:path';
 import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
-import { every, type StepContext } from './activity-context';
+import { every, type StepContext } from '../../common/activity-context';
 import { formatKeyValueConninfo, splitPassword } from '../../drivers/conninfo';
 import { classifyPgToolError, permanentFailure, transientFailure } from './failures';
 import { killRecordedGroup, runTool, ToolMissingError, type ToolResult } from './run-tool';

@@ -9,7 +9,7 @@ import { getObjectBytes, joinKey, putJsonObject } from '../../drivers/s3/objects
 import { InvalidImportSpecError, parseImportSpec, specKey, type ImportSpec } from '../../drivers/secrets/import-spec';
 import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../drivers/secrets/key-provider';
 import { checkPrefix, checkWorkdir, guarded } from './activities';
-import { stepContext } from './activity-context';
+import { stepContext } from '../../common/activity-context';
 import { detectHostResources, type HostResources } from './bulk-load-settings';
 import { dumpPaths } from './dump-restore';
 import { permanentFailure } from './failures';

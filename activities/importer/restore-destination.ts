@@ -4,7 +4,7 @@ import path from 'node:path';
 import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
 import type { DumpRestoreSummary } from '../../model/import-status';
-import { every, type StepContext } from './activity-context';
+import { every, type StepContext } from '../../common/activity-context';
 import { splitPassword } from '../../drivers/conninfo';
 import { COMMON_DUMP_RESTORE_OPTIONS, completedDump, dumpPaths, toolEnv } from './dump-restore';
 import { permanentFailure, transientFailure } from './failures';

@@ -2,7 +2,7 @@
  * An upload's progress and its heartbeats: the counts the import status shows, plus the
  * unfinished multipart uploads, so the next attempt can continue them.
  */
-import { every, type StepContext } from './activity-context';
+import { every, type StepContext } from '../../common/activity-context';
 
 /** An unfinished multipart upload, as recorded in the heartbeat details. */
 export interface MultipartState {

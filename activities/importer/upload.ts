@@ -1,7 +1,7 @@
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import { readFile, stat } from 'node:fs/promises';
 import { DeleteObjectsCommand, type S3Client } from '@aws-sdk/client-s3';
-import type { StepContext } from './activity-context';
+import type { StepContext } from '../../common/activity-context';
 import { AlreadyThere } from './upload-already-there';
 import { FileChangedError, walkDataDirectory, type LocalFile } from './upload-files';
 import { UploadJournal } from './upload-journal';

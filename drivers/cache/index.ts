@@ -4,5 +4,5 @@ export { INCOMPATIBLE_CACHE_STATE, type CacheBackend, type PrewarmCounts, type P
 export { createNeonCacheBackend, type NeonCacheBackendOptions } from './neon-backend';
 export { type ConnectFn } from './pg-session';
 export { CORRUPT_CACHE_STATE, decodeCacheState, encodeCacheState, type Compression } from './state-codec';
-export { createStockCacheBackend, stockCacheConf, type StockCacheBackendOptions } from './stock-backend';
+export { createStockCacheBackend, stockCacheSettings, type StockCacheBackendOptions } from './stock-backend';
 export { createCacheStateStore, type CacheStateStore, type CacheStateStoreOptions } from './store';

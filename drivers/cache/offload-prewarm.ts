@@ -16,6 +16,7 @@ import { throwIfAborted, type ConnectFn } from './pg-session';
 import { crc32, decodeCacheState, encodeCacheState, type Compression } from './state-codec';
 import { createStockCacheBackend } from './stock-backend';
 import type { CacheStateStore } from './store';
+import { every } from '../../common/activity-context';
 
 export interface OffloadPrewarmDeps {
   /** Opens a connected client to a database of this compute's Postgres. */
@@ -122,7 +123,7 @@ export function createOffloadPrewarm(deps: OffloadPrewarmDeps) {
       let latest: PrewarmHeartbeat | undefined;
       // Heartbeats also carry cancellation to the activity, so keep them flowing while one long
       // statement runs.
-      const ticker = setInterval(() => ctx.heartbeat(latest), heartbeatEvery);
+      const stopBeating = every(heartbeatEvery, () => ctx.heartbeat(latest));
       try {
         let t = performance.now();
         const blob = await deps.store.get(input.tenantId, input.timelineId, source, { signal });
@@ -159,7 +160,7 @@ export function createOffloadPrewarm(deps: OffloadPrewarmDeps) {
       } catch (err) {
         throw asActivityError(err, signal, 'CachePrewarmError');
       } finally {
-        clearInterval(ticker);
+        stopBeating();
       }
     },
   };

@@ -1,6 +1,7 @@
 import net from 'node:net';
 import pg from 'pg';
 import { maskSecrets } from '../../common/errors';
+import { ConnstringError, parseKeyValueConninfo } from '../conninfo';
 
 /**
  * libpq connection strings as the control plane writes them for storage (`postgresql://user@host:port`
@@ -80,50 +81,15 @@ function parseUrl(text: string, shown: string): Conninfo {
 
 /** libpq's keyword/value syntax: `key = value`, values bare or single-quoted with backslash escapes. */
 function parseKeywords(text: string, shown: string): Conninfo {
-  const pairs = new Map<string, string>();
-  let i = 0;
-  const skipSpace = () => {
-    while (i < text.length && /\s/.test(text[i]!)) i++;
-  };
-  while (true) {
-    skipSpace();
-    if (i >= text.length) break;
-    const keyStart = i;
-    while (i < text.length && /[A-Za-z0-9_]/.test(text[i]!)) i++;
-    const key = text.slice(keyStart, i);
-    skipSpace();
-    if (!key || text[i] !== '=') throw new ConninfoError(`malformed connection string (expected key=value): ${shown}`);
-    i++;
-    skipSpace();
-    let value = '';
-    if (text[i] === "'") {
-      i++;
-      let closed = false;
-      while (i < text.length) {
-        const c = text[i]!;
-        if (c === '\\' && i + 1 < text.length) {
-          value += text[i + 1];
-          i += 2;
-        } else if (c === "'") {
-          i++;
-          closed = true;
-          break;
-        } else {
-          value += c;
-          i++;
-        }
-      }
-      if (!closed) throw new ConninfoError(`unterminated quoted value in connection string: ${shown}`);
-    } else {
-      while (i < text.length && !/\s/.test(text[i]!)) {
-        if (text[i] === '\\' && i + 1 < text.length) i++;
-        value += text[i];
-        i++;
-      }
-    }
-    pairs.set(key, value);
+  let pairs: [string, string][];
+  try {
+    pairs = parseKeyValueConninfo(text);
+  } catch (err) {
+    if (!(err instanceof ConnstringError)) throw err;
+    if (err.message.startsWith('Unterminated')) throw new ConninfoError(`unterminated quoted value in connection string: ${shown}`);
+    throw new ConninfoError(`malformed connection string (expected key=value): ${shown}`);
   }
-  return fromPairs(pairs, shown);
+  return fromPairs(new Map(pairs), shown);
 }
 
 export function parseConninfo(connstring: string): Conninfo {

@@ -14,29 +14,79 @@ export function escapeConfValue(value: string): string {
   return `'${value.replaceAll("'", "''").replaceAll('\\', '\\\\')}'`;
 }
 
+/**
+ * A setting as data. Whoever needs a setting (a storage backend, the cache backend) returns these;
+ * only this module turns them into postgresql.conf text.
+ */
+export interface ConfSetting {
+  name: string;
+  /** Strings are quoted; numbers are written as they are; booleans as on/off. */
+  value: string | number | boolean;
+}
+
+function confValue(value: ConfSetting['value']): string {
+  if (typeof value === 'number') return String(value);
+  if (typeof value === 'boolean') return value ? 'on' : 'off';
+  return escapeConfValue(value);
+}
+
+/** `name = value`, the value quoted as its type needs. */
+export function confLine(setting: ConfSetting): string {
+  return `${setting.name} = ${confValue(setting.value)}`;
+}
+
 /** One `cluster.settings` entry as a postgresql.conf line: vartype "string" is quoted, others verbatim. */
 export function settingLine(option: GenericOption): string {
   if (option.value === undefined) return option.name;
   return option.vartype === 'string' ? `${option.name} = ${escapeConfValue(option.value)}` : `${option.name} = ${option.value}`;
 }
 
+/** neon.safekeepers as compute_ctl writes it: `g#<generation>:` first when the spec has a generation. */
+export function safekeepersSetting(safekeepers: string[], generation?: number): ConfSetting {
+  return { name: 'neon.safekeepers', value: `${generation !== undefined ? `g#${generation}:` : ''}${safekeepers.join(',')}` };
+}
+
+/**
+ * The storage identity settings (tenant, timeline, safekeepers) for a Postgres that runs without a
+ * compute spec (a test's or a tool's throwaway server); a compute's come from its spec.
+ */
+export function storageIdentityConf(ctx: { tenantId: string; timelineId: string; safekeepers: string[]; safekeepersGeneration?: number }): string {
+  const settings: ConfSetting[] = [
+    { name: 'neon.tenant_id', value: ctx.tenantId },
+    { name: 'neon.timeline_id', value: ctx.timelineId },
+    safekeepersSetting(ctx.safekeepers, ctx.safekeepersGeneration),
+  ];
+  return settings.map(confLine).join('\n');
+}
+
 export interface RenderConfOptions {
-  /** Lines the storage backend needs (written after the spec's settings, before the include). */
-  extraConf?: string;
+  /** Settings the storage and cache backends need (written after the spec's settings, before the include). */
+  backendSettings?: ConfSetting[];
   /** Role granted to every spec role; compute_ctl's --privileged-role-name. */
   privilegedRoleName?: string;
   /** Locale for lc_messages/lc_monetary/lc_time/lc_numeric; null leaves them out. */
   locale?: string | null;
 }
 
+/** The setting a postgresql.conf line sets (lower case, as Postgres compares them), if it sets one. */
+function settingName(line: string): string | undefined {
+  const m = /^\s*([A-Za-z_][A-Za-z0-9_.$-]*)\s*(=|\s|$)/.exec(line);
+  if (!m || line.trimStart().startsWith('#')) return undefined;
+  const name = m[1]!.toLowerCase();
+  return name === 'include' || name === 'include_if_exists' || name === 'include_dir' ? undefined : name;
+}
+
 /**
  * postgresql.conf as compute_ctl writes it: the spec's postgresql_conf verbatim, the Neon storage
  * settings, identity, locale and mode lines, the spec's settings between "Managed by compute_ctl"
- * markers, then (ours) the storage backend's extra lines, and the temp-override include last.
+ * markers, then (ours) the backends' settings, and the temp-override include last.
+ *
+ * Each setting is written once. Where two of the generated lines set the same name, the later
+ * one is the one Postgres would use, so only it is kept (a backend's wal_level over a spec's, say);
+ * the spec's verbatim postgresql_conf stays as it is.
  */
 export function renderPostgresqlConf(spec: ComputeSpec, opts: RenderConfOptions = {}): string {
   const lines: string[] = [];
-  if (spec.cluster.postgresql_conf !== undefined) lines.push(spec.cluster.postgresql_conf);
   lines.push('# Neon storage settings', '');
   const info = spec.pageserver_connection_info;
   if (info.stripe_size !== undefined) {
@@ -49,8 +99,8 @@ export function renderPostgresqlConf(spec: ComputeSpec, opts: RenderConfOptions 
     lines.push('# no neon.pageserver_connstring');
   }
   if (spec.safekeeper_connstrings.length > 0) {
-    const generation = spec.safekeepers_generation !== undefined ? `g#${spec.safekeepers_generation}:` : '';
-    lines.push(`neon.safekeepers=${escapeConfValue(generation + spec.safekeeper_connstrings.join(','))}`);
+    const sk = safekeepersSetting(spec.safekeeper_connstrings, spec.safekeepers_generation);
+    lines.push(`${sk.name}=${confValue(sk.value)}`);
   }
   lines.push(`neon.tenant_id=${escapeConfValue(spec.tenant_id)}`, `neon.timeline_id=${escapeConfValue(spec.timeline_id)}`);
   if (spec.project_id !== undefined) lines.push(`neon.project_id=${escapeConfValue(spec.project_id)}`);
@@ -68,11 +118,20 @@ export function renderPostgresqlConf(spec: ComputeSpec, opts: RenderConfOptions 
     lines.push('# Managed by compute_ctl: begin', ...spec.cluster.settings.map(settingLine), '# Managed by compute_ctl: end');
   }
   lines.push(`neon.disable_logical_replication_subscribers=${spec.drop_subscriptions_before_start ? 'true' : 'false'}`);
-  if (opts.extraConf !== undefined && opts.extraConf.trim() !== '') {
-    lines.push('# Storage backend settings: begin', opts.extraConf.replace(/\n+$/, ''), '# Storage backend settings: end');
-  }
-  lines.push(TEMP_OVERRIDE_INCLUDE);
-  return `${lines.join('\n')}\n`;
+  const backend = opts.backendSettings ?? [];
+  if (backend.length > 0) lines.push('# Storage backend settings: begin', ...backend.map(confLine), '# Storage backend settings: end');
+  // Keep the last line of each name (the one Postgres would use).
+  const last = new Map<string, number>();
+  lines.forEach((line, i) => {
+    const name = settingName(line);
+    if (name !== undefined) last.set(name, i);
+  });
+  const generated = lines.filter((line, i) => {
+    const name = settingName(line);
+    return name === undefined || last.get(name) === i;
+  });
+  const verbatim = spec.cluster.postgresql_conf !== undefined ? [spec.cluster.postgresql_conf] : [];
+  return `${[...verbatim, ...generated, TEMP_OVERRIDE_INCLUDE].join('\n')}\n`;
 }
 
 /** Writes PGDATA/postgresql.conf (whole-file replace, atomically). */

@@ -3,9 +3,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { parseComputeSpec, type ComputeSpec } from '../../model/compute-spec';
-import { cancellationSignal, currentActivity, heartbeat, heartbeatSpacingMs } from './activity-context';
+import { cancellationSignal, currentActivity, heartbeat, heartbeatSpacingMs } from '../../common/activity-context';
 import { connectAsAdmin, type AdminLogin } from './connect';
-import { ensurePgHba, ensureStandbySignal, renderPostgresqlConf, writePostgresqlConf } from './config';
+import { ensurePgHba, ensureStandbySignal, renderPostgresqlConf, writePostgresqlConf, type ConfSetting } from './config';
 import { PostgresFailure, nonRetryable } from './errors';
 import { readTextIfExists, writeFileAtomic } from './files';
 import { computeLastActive, sampleActivity } from './monitor';
@@ -158,11 +158,11 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
     },
 
     /** postgresql.conf from the spec, plus the storage backend's lines. */
-    async writePostgresConfig(input: Incarnated & { spec: ComputeSpec; extraConf?: string }): Promise<{ path: string; ms: number }> {
+    async writePostgresConfig(input: Incarnated & { spec: ComputeSpec; backendSettings?: ConfSetting[] }): Promise<{ path: string; ms: number }> {
       const started = Date.now();
       await checkIncarnation(input);
       const spec = checkedSpec(input.spec);
-      const file = await writePostgresqlConf(pgdata, spec, { extraConf: input.extraConf, privilegedRoleName, locale: deps.locale, owner: serverUser() });
+      const file = await writePostgresqlConf(pgdata, spec, { backendSettings: input.backendSettings, privilegedRoleName, locale: deps.locale, owner: serverUser() });
       return { path: file, ms: Date.now() - started };
     },
 
@@ -215,7 +215,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
      * back and reloaded, so the previous configuration stays in force. Settings that take effect
      * only after a restart are returned in `pendingRestart`.
      */
-    async reconfigurePostgres(input: { spec: ComputeSpec; extraConf?: string }): Promise<{ changes: string[]; reloaded: boolean; pendingRestart: string[] }> {
+    async reconfigurePostgres(input: { spec: ComputeSpec; backendSettings?: ConfSetting[] }): Promise<{ changes: string[]; reloaded: boolean; pendingRestart: string[] }> {
       const spec = checkedSpec(input.spec);
       const confFile = path.join(pgdata, 'postgresql.conf');
       const previousFile = path.join(pgdata, PREVIOUS_CONF);
@@ -223,7 +223,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
       // The configuration in force, kept until Postgres accepted the new one. A retried attempt
       // finds the new file already written and keeps the copy the first attempt made.
       const current = await readTextIfExists(confFile);
-      const next = renderPostgresqlConf(spec, { extraConf: input.extraConf, privilegedRoleName, locale: deps.locale });
+      const next = renderPostgresqlConf(spec, { backendSettings: input.backendSettings, privilegedRoleName, locale: deps.locale });
       if (current !== undefined && current !== next) await writeFileAtomic(previousFile, current, { mode: 0o600, owner });
       await writeFileAtomic(confFile, next, { mode: 0o600, owner });
       const loadedBefore = (await findRunningPostmaster(pgdata)) ? await withClient('postgres', 'compute_ctl:reconfigure', confLoadTime) : undefined;

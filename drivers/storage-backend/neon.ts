@@ -1,18 +1,15 @@
-/** The `neon` storage backend: Neon's Postgres does everything itself; we only emit its GUCs. */
+/** The `neon` storage backend: Neon's Postgres does everything itself, from the spec's neon.* settings. */
 import path from 'node:path';
-import { confLine } from './stock/pg-conf';
-import type { ComputeStorageBackend } from './types';
+import { bareServerConf, type ComputeStorageBackend } from './types';
 
 export const neonStorageBackend: ComputeStorageBackend = {
   name: 'neon',
+  postgresqlSettings() {
+    // walproposer pushes WAL to the safekeepers the spec names; nothing else to set.
+    return [];
+  },
   postgresqlConf(ctx) {
-    return [
-      '# storage: Neon (walproposer pushes WAL to the safekeepers)',
-      confLine('neon.tenant_id', ctx.tenantId),
-      confLine('neon.timeline_id', ctx.timelineId),
-      confLine('neon.safekeepers', ctx.safekeepers.join(',')),
-      '',
-    ].join('\n');
+    return bareServerConf([], ctx);
   },
   hbaLines() {
     return [];

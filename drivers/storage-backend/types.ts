@@ -1,14 +1,16 @@
 /**
  * What a compute needs from its storage backend, beyond the pageserver basebackup: extra
- * postgresql.conf and pg_hba.conf lines, something to start once Postgres is up, and the command
+ * postgresql.conf settings and pg_hba.conf lines, something to start once Postgres is up, and the command
  * that makes the safekeepers agree on where the WAL ends.
  *
  * - `neon`: Neon's Postgres with the neon extension; walproposer inside Postgres pushes WAL and
- *   `postgres --sync-safekeepers` syncs. This backend only emits Neon's GUCs (the control plane puts
- *   neon into shared_preload_libraries and sets neon.pageserver_connstring).
+ *   `postgres --sync-safekeepers` syncs. This backend needs no settings of its own (the control plane
+ *   puts neon into shared_preload_libraries; the spec gives the neon.* settings).
  * - `stock`: stock PostgreSQL 15; a WAL pusher sidecar emulates walproposer through synchronous
  *   physical replication, and a Node sync command stands in for --sync-safekeepers.
  */
+import { confLine, storageIdentityConf, type ConfSetting } from '../postgres/config';
+
 export type ComputeMode = 'Primary' | 'Replica' | 'Static';
 
 export interface PostgresConfContext {
@@ -36,7 +38,15 @@ export interface PostgresReadyContext {
 
 export interface ComputeStorageBackend {
   name: 'stock' | 'neon';
-  /** Lines appended to postgresql.conf. */
+  /**
+   * The settings this backend needs, as data; drivers/postgres/config.ts writes them into a
+   * compute's postgresql.conf (the storage identity, neon.safekeepers included, comes from the spec).
+   */
+  postgresqlSettings(ctx: PostgresConfContext): ConfSetting[];
+  /**
+   * postgresql.conf lines for a Postgres started without a compute spec (a test's or a tool's
+   * throwaway server): the storage identity and postgresqlSettings, rendered by the same writer.
+   */
   postgresqlConf(ctx: PostgresConfContext): string;
   /** Lines for pg_hba.conf; put them before any broader rule so they match first. */
   hbaLines(): string[];
@@ -47,4 +57,9 @@ export interface ComputeStorageBackend {
    * `-D <pgdata>` (or set PGDATA); the storage auth token goes in NEON_AUTH_TOKEN, as for Neon.
    */
   syncSafekeepersCommand(pgBinDir: string): string[];
+}
+
+/** The storage identity and the backend's settings as postgresql.conf text (see postgresqlConf). */
+export function bareServerConf(settings: ConfSetting[], ctx: PostgresConfContext): string {
+  return `${[storageIdentityConf(ctx), ...settings.map(confLine)].join('\n')}\n`;
 }

@@ -11,13 +11,13 @@ import { pgServerChildEnv } from '../../../common/child-env';
 import { maskSecrets } from '../../../common/errors';
 import { chownForPostgres, pgSpawnIdentity } from '../../../common/pg-identity';
 import { isNeonId } from '../../../model/ids';
-import type { ComputeStorageBackend, PostgresReadyContext } from '../types';
+import { bareServerConf, type ComputeStorageBackend, type PostgresReadyContext } from '../types';
 import { processStartTime } from '../../../common/process-start-time';
-import { confLine } from './pg-conf';
+import type { ConfSetting } from '../../postgres/config';
 import { connectHost, readPostmasterPid } from './local-postgres';
 import { PgConnection } from './pg-client';
 import { livePusherPid, PUSHER_LOG_FILE, PUSHER_PASSWORD_FILE, readPusherStatus, writePidFile, type PusherStatus } from './pusher-files';
-import { replicaConfLines, startReplicaStreaming } from './replica';
+import { replicaSettings, startReplicaStreaming } from './replica';
 import { sidecarCommand } from './sidecars';
 import { PUSHER_APPLICATION_NAME } from './wal-pusher';
 
@@ -170,33 +170,33 @@ async function waitForPusher(pgdata: string, pid: number): Promise<void> {
 export const stockStorageBackend: ComputeStorageBackend = {
   name: 'stock',
 
-  postgresqlConf(ctx) {
-    const lines = [
-      '# storage: stock PostgreSQL; the WAL pusher forwards WAL to the safekeepers',
-      confLine('neon.tenant_id', ctx.tenantId),
-      confLine('neon.timeline_id', ctx.timelineId),
-      confLine('neon.safekeepers', ctx.safekeepers.join(',')),
+  postgresqlSettings(ctx) {
+    const settings: ConfSetting[] = [
       // The local socket is for the compute's own processes (the worker, the pusher), not for
       // every OS user of the machine: pg_hba trusts the superuser there.
-      confLine('unix_socket_permissions', '0700'),
+      { name: 'unix_socket_permissions', value: '0700' },
     ];
     if (ctx.mode === 'Primary') {
-      lines.push(
-        confLine('wal_level', 'replica'),
-        confLine('max_wal_senders', 10),
-        confLine('max_replication_slots', 10),
+      settings.push(
+        { name: 'wal_level', value: 'replica' },
+        { name: 'max_wal_senders', value: 10 },
+        { name: 'max_replication_slots', value: 10 },
         // COMMIT waits until the pusher reports that a quorum of safekeepers flushed it.
-        confLine('synchronous_standby_names', PUSHER_APPLICATION_NAME),
-        confLine('synchronous_commit', 'on'),
-        confLine('wal_sender_timeout', '60s'),
+        { name: 'synchronous_standby_names', value: PUSHER_APPLICATION_NAME },
+        { name: 'synchronous_commit', value: 'on' },
+        { name: 'wal_sender_timeout', value: '60s' },
         // After a backend crash Postgres would re-run recovery and could rewrite WAL the pusher
         // already forwarded; stopping instead lets the control plane restart from the safekeepers.
-        confLine('restart_after_crash', false),
+        { name: 'restart_after_crash', value: false },
       );
     } else {
-      lines.push(confLine('hot_standby', true), ...replicaConfLines(ctx));
+      settings.push({ name: 'hot_standby', value: true }, ...replicaSettings(ctx));
     }
-    return `${lines.join('\n')}\n`;
+    return settings;
+  },
+
+  postgresqlConf(ctx) {
+    return bareServerConf(stockStorageBackend.postgresqlSettings(ctx), ctx);
   },
 
   hbaLines() {

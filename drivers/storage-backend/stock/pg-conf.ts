@@ -1,18 +1,11 @@
 /**
- * Reading and writing postgresql.conf the way PostgreSQL does: `name = value` or `name value`,
+ * Reading postgresql.conf the way PostgreSQL does (drivers/postgres/config.ts writes it): `name = value` or `name value`,
  * single-quoted strings with '' or \' escapes, `#` comments, later settings win, `include`,
  * `include_if_exists` and `include_dir` followed relative to the including file, then
  * postgresql.auto.conf last.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-
-/** A setting line with the value quoted as a string literal. */
-export function confLine(name: string, value: string | number | boolean): string {
-  if (typeof value === 'number') return `${name} = ${value}`;
-  if (typeof value === 'boolean') return `${name} = ${value ? 'on' : 'off'}`;
-  return `${name} = '${value.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`;
-}
 
 function parseValue(raw: string): string {
   const t = raw.trim();

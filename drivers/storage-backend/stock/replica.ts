@@ -17,7 +17,7 @@ import { formatLsn, parseLsn } from '../../../model/lsn';
 import { defaultLogPath } from '../../postgres/process';
 import { queryTimelineStatus } from '../../safekeepers';
 import type { PostgresConfContext, PostgresReadyContext } from '../types';
-import { confLine } from './pg-conf';
+import type { ConfSetting } from '../../postgres/config';
 import { connectHost, readPostmasterPid } from './local-postgres';
 import { PgConnection } from './pg-client';
 import { splitHostPort } from './safekeeper-client';
@@ -49,12 +49,12 @@ export function replicaConninfo(ctx: Pick<PostgresConfContext, 'tenantId' | 'tim
 }
 
 /** postgresql.conf lines of a streaming Replica (a Static compute stays at its LSN and streams nothing). */
-export function replicaConfLines(ctx: PostgresConfContext): string[] {
+export function replicaSettings(ctx: PostgresConfContext): ConfSetting[] {
   if (ctx.mode !== 'Replica') return [];
   return [
-    confLine('primary_conninfo', replicaConninfo(ctx)),
+    { name: 'primary_conninfo', value: replicaConninfo(ctx) },
     // A safekeeper that was down is tried again soon, not after the default 5 s.
-    confLine('wal_retrieve_retry_interval', '1s'),
+    { name: 'wal_retrieve_retry_interval', value: '1s' },
   ];
 }
 
