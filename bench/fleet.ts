@@ -26,7 +26,6 @@
  * Quick, time-compressed run:
  *   npm run bench:fleet -- --computes 500 --window 120 --report-seconds 20 --heartbeat-timeout 10 --max-rounds 4 --silent-kills 3 --out /tmp/fleet.md
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -35,7 +34,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import type { temporal } from '@temporalio/proto';
 import { ComputeClient } from '../client/compute-client';
 import { exampleComputeConfig } from '../client/example-spec';
 import { encryptedDataConverter } from '../common/codec/data-converter';
@@ -46,6 +44,8 @@ import { freePort } from '../dev/processes';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 import { computeWorkflowId } from '../model/compute-status';
 import { CONTROL_PLANE_MAX_CACHED_WORKFLOWS } from '../workers/control-plane';
+import { fmt, pct, sampleHistories, serverActions, signalToFailedMs, steadyStateModel } from './fleet-history';
+import { interrupted, log, pause, processUsage, startChild, stopChildren, stopOnInterrupt, waitForLine } from './fleet-processes';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -86,102 +86,8 @@ const OUT = flags.out ?? process.env.FLEET_OUT ?? path.join(here, 'results', 'fl
 const EFFECTIVE = { report: REPORT_S ?? 1800, heartbeat: HEARTBEAT_S ?? 600, maxRounds: MAX_ROUNDS ?? 48 };
 const compressed = REPORT_S !== undefined || HEARTBEAT_S !== undefined || MAX_ROUNDS !== undefined;
 
-const log = (line: string) => console.log(`[fleet ${new Date().toISOString().slice(11, 19)}] ${line}`);
-const children: ChildProcess[] = [];
-let interrupted: string | undefined;
-let stopping = false;
 let runDir: string | undefined;
 let shmRunDir: string | undefined;
-/** Sleeps, unless the run was interrupted: then it throws, so the cleanup runs. */
-async function pause(msDelay: number): Promise<void> {
-  const until = Date.now() + msDelay;
-  while (Date.now() < until) {
-    if (interrupted) throw new Error(interrupted);
-    await sleep(Math.min(500, until - Date.now()));
-  }
-  if (interrupted) throw new Error(interrupted);
-}
-
-function startChild(command: string, args: string[], env: NodeJS.ProcessEnv, logFile: string, ipc = false): ChildProcess {
-  const child = spawn(command, args, { cwd: projectRoot, env, stdio: ['ignore', 'pipe', 'pipe', ...(ipc ? ['ipc' as const] : [])] });
-  children.push(child);
-  let output = '';
-  const keep = (chunk: Buffer) => {
-    output += chunk.toString('utf8');
-    if (output.length > 1_000_000) output = output.slice(-500_000);
-    writeFileSync(logFile, output);
-  };
-  child.on('exit', (code, signal) => {
-    if (!stopping) log(`${path.basename(logFile, '.log')} exited unexpectedly (code ${code}, signal ${signal})`);
-  });
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  (child as ChildProcess & { output: () => string }).output = () => output;
-  return child;
-}
-
-async function waitForLine(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 180_000): Promise<void> {
-  const output = (child as ChildProcess & { output: () => string }).output;
-  const deadline = Date.now() + timeoutMs;
-  while (!pattern.test(output())) {
-    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode}):\n${output().slice(-3000)}`);
-    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs / 1000} s:\n${output().slice(-3000)}`);
-    await pause(200);
-  }
-}
-
-/** CPU seconds (user + system) and RSS of a process, from /proc. */
-function processUsage(pid: number): { cpuSeconds: number; rssMiB: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-  return { cpuSeconds: ticks / 100, rssMiB: rssKb / 1024 };
-}
-
-/** The server's billable-action counter for the namespace, summed over its other labels, with the breakdown. */
-async function serverActions(metricsUrl: string, namespace: string): Promise<{ total: number; byLabels: Record<string, number> }> {
-  const text = await (await fetch(metricsUrl)).text();
-  const byLabels: Record<string, number> = {};
-  let total = 0;
-  for (const line of text.split('\n')) {
-    const m = /^action(?:_total)?\{([^}]*)\}\s+([0-9.eE+-]+)$/.exec(line.trim());
-    if (!m) continue;
-    const labels = m[1]!;
-    if (!labels.includes(`namespace="${namespace}"`)) continue;
-    const value = Number(m[2]);
-    total += value;
-    const key = labels
-      .split(',')
-      .filter((l) => !/^(namespace|service_name|operation|instance|namespace_state)=/.test(l))
-      .join(',');
-    byLabels[key || '(no labels)'] = (byLabels[key || '(no labels)'] ?? 0) + value;
-  }
-  return { total, byLabels };
-}
-
-const pct = (xs: number[], p: number) => {
-  if (!xs.length) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-};
-const ms = (t: temporal.api.history.v1.IHistoryEvent['eventTime']) => Number(t?.seconds ?? 0) * 1000 + Math.floor((t?.nanos ?? 0) / 1e6);
-const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : 'n/a');
-
-/** History events that Temporal Cloud bills as an action (heartbeats never appear in history). */
-function billableEvents(e: temporal.api.history.v1.IHistoryEvent): number {
-  if (e.workflowExecutionStartedEventAttributes) return 1;
-  if (e.activityTaskScheduledEventAttributes) return 1;
-  // A retry is billed as another activity start.
-  if (e.activityTaskStartedEventAttributes) return Math.max(0, (e.activityTaskStartedEventAttributes.attempt ?? 1) - 1);
-  if (e.timerStartedEventAttributes) return 1;
-  if (e.workflowExecutionSignaledEventAttributes) return 1;
-  if (e.upsertWorkflowSearchAttributesEventAttributes) return 1;
-  if (e.workflowExecutionUpdateAcceptedEventAttributes) return 1;
-  // Markers, patch markers too (the server counts them as command_BatchMarkers).
-  if (e.markerRecordedEventAttributes) return 1;
-  return 0;
-}
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dc-fleet-'));
@@ -308,7 +214,7 @@ async function main(): Promise<void> {
     const cpuAtStart = processUsage(cpPid).cpuSeconds;
     await Promise.all(
       Array.from({ length: 32 }, async () => {
-        while (next < ids.length && !interrupted) {
+        while (next < ids.length && !interrupted()) {
           const i = next++;
           await computes.start(ids[i]!, specFor(i), { ...options, simulatedNodeTaskQueue: simQueues[i % SIM_QUEUES]! });
           if (i % 1000 === 999) log(`started ${i + 1} workflows`);
@@ -370,53 +276,7 @@ async function main(): Promise<void> {
     // 5. History: a sample of computes, their runs back to before the window.
     const raw = new Client({ connection, namespace });
     const sampleIds = ids.slice(KILLS + SILENT_KILLS).filter((_, i, all) => i % Math.max(1, Math.floor(all.length / SAMPLE)) === 0).slice(0, SAMPLE);
-    let sampleBillable = 0;
-    const wftScheduleToStart: number[] = [];
-    const wftScheduleToComplete: number[] = [];
-    const eventsPerRound: number[] = [];
-    const eventsPerRun: number[] = [];
-    let runsSeen = 0;
-    let continuedAsNew = 0;
-    for (const id of sampleIds) {
-      let runId: string | undefined;
-      for (let depth = 0; depth < 50; depth++) {
-        const handle = raw.workflow.getHandle(computeWorkflowId(id), runId);
-        const events = (await handle.fetchHistory()).events ?? [];
-        runsSeen += 1;
-        const last = events.at(-1);
-        if (last?.workflowExecutionContinuedAsNewEventAttributes) {
-          continuedAsNew += 1;
-          eventsPerRun.push(events.length);
-        }
-        const scheduled = new Map<number, number>();
-        const started = new Map<number, number>();
-        let lastWatch: number | undefined;
-        for (const e of events) {
-          const t = ms(e.eventTime);
-          const inWindow = t >= windowStart && t < windowEnd;
-          if (inWindow) sampleBillable += billableEvents(e);
-          const id64 = Number(e.eventId);
-          if (e.workflowTaskScheduledEventAttributes) scheduled.set(id64, t);
-          if (e.workflowTaskStartedEventAttributes) {
-            const s = scheduled.get(Number(e.workflowTaskStartedEventAttributes.scheduledEventId));
-            if (s !== undefined && inWindow) wftScheduleToStart.push(t - s);
-            started.set(id64, t);
-          }
-          if (e.workflowTaskCompletedEventAttributes && inWindow) {
-            const s = scheduled.get(Number(e.workflowTaskCompletedEventAttributes.scheduledEventId));
-            if (s !== undefined) wftScheduleToComplete.push(t - s);
-          }
-          if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'watchPostgres') {
-            if (lastWatch !== undefined) eventsPerRound.push(id64 - lastWatch);
-            lastWatch = id64;
-          }
-        }
-        const first = events[0];
-        const previous = first?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId;
-        if (!previous || ms(first?.eventTime) < windowStart) break;
-        runId = previous;
-      }
-    }
+    const { sampleBillable, wftScheduleToStart, wftScheduleToComplete, eventsPerRound, eventsPerRun, runsSeen, continuedAsNew } = await sampleHistories(raw, sampleIds, windowStart, windowEnd);
     const sampleScale = COMPUTES / sampleIds.length;
     const historyActionsEstimate = sampleBillable * sampleScale + windowHeartbeats;
 
@@ -441,13 +301,7 @@ async function main(): Promise<void> {
     };
     const reported = await Promise.all(lostIds.map((id) => detect(id, true)));
     // From history too: the signal's event to the workflow's failure.
-    const signalToFailed: number[] = [];
-    for (const id of lostIds) {
-      const events = (await raw.workflow.getHandle(computeWorkflowId(id)).fetchHistory()).events ?? [];
-      const signaled = events.find((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'vmLost');
-      const failed = events.find((e) => e.workflowExecutionFailedEventAttributes);
-      if (signaled && failed) signalToFailed.push(ms(failed.eventTime) - ms(signaled.eventTime));
-    }
+    const signalToFailed = await signalToFailedMs(raw, lostIds);
     let silent: { ms: number; error: string | null }[] = [];
     if (silentIds.length) {
       log(`waiting for ${silentIds.length} silently killed VMs to be declared lost by the heartbeat timeout (up to ${EFFECTIVE.heartbeat * 2} s)`);
@@ -463,22 +317,7 @@ async function main(): Promise<void> {
     // 7. Results.
     const perComputeHour = windowActions / computeHours;
     const heartbeatsPerHour = windowHeartbeats / computeHours;
-    // A round's activity start; a run's start (continue-as-new) and its ComputeId upsert.
-    // The SDK holds a beat back until its throttle interval, min(0.8 × timeout, 60 s), has passed.
-    // The watch calls heartbeat every half timeout; the SDK sends a call at once unless one went out
-    // less than its throttle interval ago, min(0.8 × timeout, 60 s), and then holds it back till then.
-    const throttle = Math.min(0.8 * EFFECTIVE.heartbeat, 60);
-    let beatsPerRound = 0;
-    for (let call = EFFECTIVE.heartbeat / 2, lastSent = -Infinity; call < EFFECTIVE.report; call += EFFECTIVE.heartbeat / 2) {
-      const sendAt = Math.max(call, lastSent + throttle);
-      if (sendAt >= EFFECTIVE.report) break;
-      if (sendAt > lastSent) {
-        beatsPerRound += 1;
-        lastSent = sendAt;
-      }
-    }
-    // A run's continue-as-new, its patch marker and its two search-attribute upserts (as the server counts them).
-    const modelPerHour = (3600 / EFFECTIVE.report) * (beatsPerRound + 1) + (4 * 3600) / (EFFECTIVE.report * EFFECTIVE.maxRounds);
+    const { beatsPerRound, modelPerHour } = steadyStateModel(EFFECTIVE);
     const roundsPerDay = 86400 / EFFECTIVE.report;
     const medianRound = pct(eventsPerRound, 50);
     const medianRun = pct(eventsPerRun, 50);
@@ -532,31 +371,14 @@ async function main(): Promise<void> {
     }
     throw err;
   } finally {
-    stopping = true;
     await connection?.close().catch(() => undefined);
-    for (const child of children.reverse()) {
-      if (child.exitCode === null && child.pid) {
-        child.kill('SIGTERM');
-        const exited = new Promise((resolve) => child.once('exit', resolve));
-        await Promise.race([exited, sleep(15_000)]);
-        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      }
-    }
+    await stopChildren();
     rmSync(dir, { recursive: true, force: true });
     rmSync(shmDir, { recursive: true, force: true });
   }
 }
 
-// Ctrl-C or a timeout still stops the children and removes the directory: the run unwinds
+// Ctrl-C or a timeout still stops the children and removes the directories: the run unwinds
 // through its cleanup, and whatever is left when the process exits is killed there.
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    interrupted = `interrupted by ${signal}`;
-    setTimeout(() => process.exit(130), 30_000).unref();
-  });
-}
-process.on('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  for (const d of [runDir, shmRunDir]) if (d) rmSync(d, { recursive: true, force: true });
-});
+stopOnInterrupt(() => [runDir, shmRunDir]);
 await main();

@@ -1,10 +1,13 @@
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { UserFacingError } from './errors';
+import { absoluteDir, base64Key, booleanText, hostPort, httpUrl, positiveInt, read, readableFile, type Env } from './env';
 import { readSecretFile } from './secret-file';
 import { defaultStackDir } from './paths';
 import { SPEC_TRUST_LEVELS, type SpecTrust } from '../model/spec-trust';
+
+export { loadCodecServerConfig, type CodecServerConfig } from './codec-server-config';
 
 /**
  * The one place that reads the process environment. Every value is validated and an error names
@@ -125,52 +128,6 @@ export interface DevStackDefaults {
   pageserver?: { pg: string; http: string };
   safekeepers?: { pg: string; http: string }[];
   storageAuthTokenFile?: string;
-}
-
-type Env = Record<string, string | undefined>;
-
-const SECRET_VARIABLES = new Set([
-  'TEMPORAL_API_KEY',
-  'AWS_SECRET_ACCESS_KEY',
-  'AWS_SESSION_TOKEN',
-  'DURABLE_COMPUTE_PAYLOAD_KEY',
-  'DURABLE_COMPUTE_PAYLOAD_KEY_FILE',
-  'DURABLE_COMPUTE_PAYLOAD_PREVIOUS_KEYS',
-  'STORAGE_AUTH_TOKEN',
-  'DURABLE_COMPUTE_CODEC_TOKEN',
-]);
-
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port')
-  .refine((v) => {
-    const port = Number(v.slice(v.lastIndexOf(':') + 1));
-    return port > 0 && port < 65536;
-  }, 'port must be 1-65535');
-const base64Key = z
-  .string()
-  .transform((v) => Buffer.from(v, 'base64'))
-  .refine((b) => b.length === 32, 'expected 32 bytes of base64 (openssl rand -base64 32)');
-const booleanText = z
-  .enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'], { error: 'expected true or false' })
-  .transform((v) => ['1', 'true', 'yes', 'on'].includes(v));
-const httpUrl = z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' });
-const readableFile = z.string().refine((p) => existsSync(p) && statSync(p).isFile(), 'file does not exist');
-const absoluteDir = z
-  .string()
-  .refine((p) => path.isAbsolute(p), 'expected an absolute path')
-  .refine((p) => existsSync(p) && statSync(p).isDirectory(), 'directory does not exist');
-
-function read<T>(env: Env, name: string, schema: z.ZodType<T>): T | undefined {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return undefined;
-  const parsed = schema.safeParse(raw.trim());
-  if (!parsed.success) {
-    const shown = SECRET_VARIABLES.has(name) ? '' : ` (got ${JSON.stringify(raw)})`;
-    const reason = parsed.error.issues.map((i) => i.message).join('; ');
-    throw new UserFacingError(`Invalid environment variable ${name}: ${reason}${shown}`);
-  }
-  return parsed.data;
 }
 
 /** STORAGE_AUTH_TOKEN, or the file STORAGE_AUTH_TOKEN_FILE names, or the dev stack's. */
@@ -308,42 +265,6 @@ function loadWorkerMetricsConfig(env: Env): WorkerMetricsConfig | undefined {
   return { bindAddress: `${host ?? '0.0.0.0'}:${port}`, fleetRefreshSeconds: refresh ?? 30 };
 }
 
-/** The codec server's settings (`durable-compute codec-server`); see client/codec-server.ts. */
-export interface CodecServerConfig {
-  /** A single bearer token callers may present. */
-  token?: string;
-  /** A file listing the accepted bearer tokens, one per line, read again when it changes (client/codec-auth.ts). */
-  tokenFile?: string;
-  /** Origins (scheme://host[:port]) of the Web UIs allowed to call it. */
-  allowedOrigins: string[];
-}
-
-const origin = z.string().refine((v) => {
-  try {
-    const u = new URL(v);
-    return (u.protocol === 'http:' || u.protocol === 'https:') && u.origin === v.replace(/\/$/, '');
-  } catch {
-    return false;
-  }
-}, 'expected origins like https://temporal-ui.example.com or http://127.0.0.1:8233 (scheme, host and port only)');
-
-/** DURABLE_COMPUTE_CODEC_TOKEN or the token file DURABLE_COMPUTE_CODEC_TOKEN_FILE; DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS. */
-export function loadCodecServerConfig(env: Env = process.env): CodecServerConfig {
-  const token = read(env, 'DURABLE_COMPUTE_CODEC_TOKEN', z.string().regex(/^\S{16,}$/, 'expected one token of at least 16 characters without spaces'));
-  const file = read(env, 'DURABLE_COMPUTE_CODEC_TOKEN_FILE', readableFile);
-  if (token && file) throw new UserFacingError('Set DURABLE_COMPUTE_CODEC_TOKEN or DURABLE_COMPUTE_CODEC_TOKEN_FILE, not both');
-  const origins = read(env, 'DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS', z.string());
-  return {
-    token,
-    tokenFile: file,
-    allowedOrigins: (origins ?? '')
-      .split(',')
-      .map((o) => o.trim())
-      .filter(Boolean)
-      .map((o) => read({ DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS: o }, 'DURABLE_COMPUTE_CODEC_ALLOWED_ORIGINS', origin)!.replace(/\/$/, '')),
-  };
-}
-
 /**
  * Failpoints pause activities on purpose: a test feature. Naming them is not enough to arm them;
  * DURABLE_COMPUTE_ENABLE_FAILPOINTS must say so too, and failpoints named without it are refused
@@ -361,8 +282,6 @@ function loadFailpoints(env: Env): string[] {
   }
   return names;
 }
-
-const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
 
 function loadImportConfig(env: Env, stackDir: string): ImportConfig {
   const localKeyFile = read(env, 'DURABLE_COMPUTE_IMPORT_KEY_FILE', z.string().min(1).transform((p) => path.resolve(p)));
