@@ -105,7 +105,7 @@ async function main(): Promise<void> {
     const stack = await startStack(stackDir);
     const keyFile = path.join(root, 'import.key');
     writeFileSync(keyFile, `${generateLocalKey()}\n`, { mode: 0o600 });
-    const env = { ...envFor(stack), DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile, DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: 'bench-dr-importers', ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}) };
+    const env = { ...envFor(stack), DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile, ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}) };
     const config = loadConfig(env, {
       temporal: stack.temporal,
       s3: { ...stack.s3, ...devS3Credentials() },
@@ -152,9 +152,10 @@ async function main(): Promise<void> {
       log(`(a) ${rows.at(-1)!.seconds.toFixed(1)} s`);
     }
 
-    const startImporter = async (hostRoot: string) => {
+    // Each run has its importer pool of one on a queue of its own: no other run's worker takes its work.
+    const startImporter = async (hostRoot: string, queue: string) => {
       const w = await startProcess('bin/durable-compute.mjs', ['worker', 'importer'], {
-        env: { ...env, DURABLE_COMPUTE_IMPORTER_WORKDIR: hostRoot, DURABLE_COMPUTE_IMPORTER_HOST_ID: path.basename(hostRoot), DURABLE_COMPUTE_IMPORTER_CPUS: String(jobs) },
+        env: { ...env, DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: queue, DURABLE_COMPUTE_IMPORTER_WORKDIR: hostRoot, DURABLE_COMPUTE_IMPORTER_HOST_ID: path.basename(hostRoot), DURABLE_COMPUTE_IMPORTER_CPUS: String(jobs) },
         readyLine: /importer worker ready/,
         timeoutMs: 120_000,
       });
@@ -199,11 +200,12 @@ async function main(): Promise<void> {
       await settle();
       const hostRoot = path.join(root, `host-${name}`);
       mkdirSync(hostRoot, { recursive: true, mode: 0o755 });
-      const worker = await startImporter(hostRoot);
+      const queue = `bench-dr-${name}`;
+      let worker = await startImporter(hostRoot, queue);
       const watch = watchDataPhase(hostRoot);
       const importId = `bench-${name}-${Date.now()}`;
       const t0 = performance.now();
-      await imports.startDumpRestore({ importId, sourceConnstring: sourceUrl, destinationConnstring: dest!.url(name), jobs, options: { importerTaskQueue: 'bench-dr-importers', heartbeatTimeoutSeconds: 30 } });
+      await imports.startDumpRestore({ importId, sourceConnstring: sourceUrl, destinationConnstring: dest!.url(name), jobs, options: { importerTaskQueue: queue, heartbeatTimeoutSeconds: 30 } });
       let killedAfter: number | undefined;
       if (killAt !== undefined) {
         const deadline = performance.now() + 3600_000;
@@ -214,7 +216,8 @@ async function main(): Promise<void> {
         await sleep(killAt * 1000);
         killedAfter = (performance.now() - watch.seen.dataStart) / 1000;
         // The VM dies: the worker and every pg_restore it ran.
-        const file = journalOf(hostRoot)!;
+        const file = journalOf(hostRoot);
+        if (!file) throw new Error(`${name}: the import ended before the kill; use a larger BENCH_DR_SCALE`);
         for (const f of readdirSync(path.dirname(file)).filter((n) => n.endsWith('.pid'))) {
           try {
             process.kill(-(JSON.parse(readFileSync(path.join(path.dirname(file), f), 'utf8')) as { pid: number }).pid, 'SIGKILL');
@@ -224,11 +227,12 @@ async function main(): Promise<void> {
         }
         await worker.kill('SIGKILL');
         log(`(${name}) killed ${killedAfter.toFixed(1)} s into the data phase; restarting the importer`);
-        await startImporter(hostRoot);
+        worker = await startImporter(hostRoot, queue);
       }
       const status = await imports.wait(importId, { timeoutMs: 4 * 3600 * 1000, intervalMs: 500 });
       const seconds = (performance.now() - t0) / 1000;
       await watch.stop();
+      await worker.kill('SIGKILL');
       const dataSeconds = watch.seen.dataStart !== undefined && watch.seen.dataEnd !== undefined ? (watch.seen.dataEnd - watch.seen.dataStart) / 1000 : undefined;
       if ((await fingerprint(dest!, name)) !== sourceFp) throw new Error(`${name}: the import copied different data`);
       return { seconds, status, dataSeconds, killedAfter };
