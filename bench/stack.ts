@@ -5,9 +5,9 @@ import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackUp, type
 import { resolveStackSettings } from '../dev/stack-settings';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 
-export function configFor(stack: StackEndpoints): AppConfig {
+export function configFor(stack: StackEndpoints, extraEnv: Record<string, string> = {}): AppConfig {
   return loadConfig(
-    { PG_BIN_DIR: process.env.PG_BIN_DIR },
+    { PG_BIN_DIR: process.env.PG_BIN_DIR, ...extraEnv },
     {
       temporal: stack.temporal,
       s3: { ...stack.s3, ...devS3Credentials() },
