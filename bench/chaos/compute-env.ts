@@ -21,7 +21,7 @@ import type { ChaosStack } from './chaos-stack';
 export const CHAOS_WORKFLOW_OPTIONS = { watchReportSeconds: 3, watchHeartbeatTimeoutSeconds: 30 };
 
 export const newId = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 7)}`;
-const neonId = () => [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
+export const newNeonId = () => [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
 
 export interface ChaosCompute {
   computeId: string;
@@ -37,8 +37,8 @@ export interface ChaosCompute {
 const dirs: string[] = [];
 
 export async function newTimeline(stack: ChaosStack): Promise<{ tenantId: string; timelineId: string }> {
-  const tenantId = neonId();
-  const timelineId = neonId();
+  const tenantId = newNeonId();
+  const timelineId = newNeonId();
   await createTimeline(stack.config.storage, tenantId, { new_timeline_id: timelineId, pg_version: 15 });
   return { tenantId, timelineId };
 }

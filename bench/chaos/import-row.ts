@@ -14,7 +14,7 @@ import { importWorkflowId } from '../../model/import-status';
 import { startImportSource, type ImportSource } from '../../test/helpers/import-source';
 import { startProcess, type WorkerProcess } from '../../test/helpers/processes';
 import type { ChaosStack } from './chaos-stack';
-import { newId, newTimeline } from './compute-env';
+import { newId, newNeonId } from './compute-env';
 import type { RowDeps } from './compute-row';
 import { WORKER_KILL, type Fault } from './faults';
 import { bytesMovedAgain } from './http-faults';
@@ -85,7 +85,8 @@ async function historyOf(stack: ChaosStack, importId: string): Promise<{ complet
 async function runImport(e: Env, onRunning: (step: string) => Promise<void>, targets: Set<string>): Promise<ImportRun & { importId: string }> {
   const { stack } = e;
   const importId = newId('chaos-import');
-  const timeline = await newTimeline(stack);
+  // The import creates its timeline: fresh IDs, nothing created beforehand.
+  const timeline = { tenantId: newNeonId(), timelineId: newNeonId() };
   await stack.imports.start({
     importId,
     sourceConnstring: e.source.url(),
