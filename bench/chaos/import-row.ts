@@ -161,7 +161,7 @@ export async function runImportRows(deps: RowDeps, faults: (Fault | typeof WORKE
       }
       log(`import × ${name}`);
       const targets = new Set(steps.map((s) => s.type));
-      for (let attempt = 1; attempt <= Number(process.env.CHAOS_IMPORT_RUNS ?? 2) && targets.size > 0; attempt++) {
+      for (let attempt = 1; attempt <= Number(process.env.CHAOS_IMPORT_RUNS ?? 1) && targets.size > 0; attempt++) {
         const windows: { cell: Cell; at: number; forwarded: number; faulted: number }[] = [];
         const run = await runImport(
           e,
