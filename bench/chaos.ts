@@ -44,6 +44,23 @@ const faultLabels = faults.map((f) =>
   f === WORKER_KILL ? { name: WORKER_KILL, label: 'the worker running the step SIGKILLed (a new one started at once)' } : { name: f.name, label: f.label },
 );
 
+/**
+ * Row order per workflow, the faults that reach it first (S3 is on the cache and import paths, not
+ * on the compute startup's): a run stopped early has measured what matters most.
+ */
+const FIRST: Record<Workflow, string[]> = {
+  compute: [WORKER_KILL, 'temporal-restart', 'pageserver-restart', 'safekeeper-restart', 'postgres-kill'],
+  cache: ['s3-503', 's3-stall', 's3-reset', WORKER_KILL, 'postgres-kill', 'temporal-restart', 's3-500'],
+  import: ['s3-503', 's3-stall', 's3-reset', WORKER_KILL, 'temporal-restart', 'pageserver-restart'],
+};
+const ordered = (workflow: Workflow) => {
+  const rank = (f: Fault | typeof WORKER_KILL) => {
+    const i = FIRST[workflow].indexOf(faultName(f));
+    return i < 0 ? FIRST[workflow].length : i;
+  };
+  return [...faults].sort((a, b) => rank(a) - rank(b));
+};
+
 interface Part {
   cells: Cell[];
   enumeration: string[];
@@ -72,9 +89,14 @@ async function runHere(partFile?: string): Promise<Part> {
     for (const workflow of workflows) {
       if (workflow === 'import') {
         try {
-          const result = await runImportRows({ stack, log }, faults);
-          part.cells.push(...result.cells);
-          part.enumeration.push(result.enumeration);
+          const before = { cells: [...part.cells], enumeration: [...part.enumeration] };
+          const result = await runImportRows({ stack, log }, ordered('import'), (cells, enumeration) => {
+            part.cells = [...before.cells, ...cells];
+            part.enumeration = [...before.enumeration, enumeration];
+            save();
+          });
+          part.cells = [...before.cells, ...result.cells];
+          part.enumeration = [...before.enumeration, result.enumeration];
         } catch (err) {
           log(`import rows broke: ${(err as Error).stack}`);
           part.cells.push({ workflow, step: '(rows)', fault: '(all)', completed: false, redone: [], note: `the import rows broke: ${(err as Error).message.split('\n')[0]}` });
@@ -82,7 +104,7 @@ async function runHere(partFile?: string): Promise<Part> {
         save();
         continue;
       }
-      for (const fault of faults) {
+      for (const fault of ordered(workflow)) {
         const name = faultName(fault);
         const notFor = fault === WORKER_KILL ? undefined : fault.notFor?.[workflow];
         log(`${workflow} × ${name}`);
@@ -107,6 +129,27 @@ async function runHere(partFile?: string): Promise<Part> {
 /** One child process per workflow, in parallel; their parts merged into one table. */
 async function runInParallel(): Promise<void> {
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'dc-chaos-parts-'));
+  const readPart = (workflow: string): Part => {
+    try {
+      return JSON.parse(readFileSync(path.join(tmp, `${workflow}.json`), 'utf8')) as Part;
+    } catch {
+      return { cells: [], enumeration: [], notes: [] };
+    }
+  };
+  const merge = (parts: Part[], extraNotes: string[]) =>
+    writeTable(out, parts.flatMap((p) => p.cells), {
+      startedAt,
+      wallMs: Date.now() - startedAt.getTime(),
+      faults: faultLabels,
+      enumeration: parts.flatMap((p) => p.enumeration),
+      notes: [
+        'Each workflow ran in its own process on its own private stack, the three in parallel on the shared 2-core machine.',
+        ...extraNotes,
+        ...parts.flatMap((p) => p.notes),
+      ],
+    });
+  // The table so far, every half minute: a run stopped early still leaves what it measured.
+  const progress = setInterval(() => merge(workflows.map(readPart), ['Written while the run was in progress: a row not in the table had not finished yet.']), 30_000);
   const children = workflows.map(
     (workflow) =>
       new Promise<Part>((resolve) => {
@@ -119,29 +162,16 @@ async function runInParallel(): Promise<void> {
         child.stdout.on('data', (d: Buffer) => console.log(prefix(d)));
         child.stderr.on('data', (d: Buffer) => console.error(prefix(d)));
         child.on('exit', (code) => {
-          let part: Part;
-          try {
-            part = JSON.parse(readFileSync(partFile, 'utf8')) as Part;
-          } catch {
-            part = { cells: [], enumeration: [], notes: [] };
-          }
+          const part = readPart(workflow);
           if (code !== 0) part.notes.push(`the ${workflow} process exited with ${code}; its table is what it finished`);
           resolve(part);
         });
       }),
   );
   const parts = await Promise.all(children);
+  clearInterval(progress);
   rmSync(tmp, { recursive: true, force: true });
-  writeTable(out, parts.flatMap((p) => p.cells), {
-    startedAt,
-    wallMs: Date.now() - startedAt.getTime(),
-    faults: faultLabels,
-    enumeration: parts.flatMap((p) => p.enumeration),
-    notes: [
-      'Each workflow ran in its own process on its own private stack, the three in parallel on the shared 2-core machine.',
-      ...parts.flatMap((p) => p.notes),
-    ],
-  });
+  merge(parts, []);
 }
 
 const partFile = process.env.CHAOS_CHILD_PART;

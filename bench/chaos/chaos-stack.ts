@@ -69,6 +69,15 @@ export async function startChaosStack(opts: ChaosStackOptions = {}): Promise<Cha
   const log = opts.log ?? console.log;
   const toxiproxyBinary = await provisionToxiproxy(log);
   const endpoints = opts.existing?.endpoints ?? (await startPrivateStack());
+  try {
+    return await attach(endpoints, toxiproxyBinary, opts);
+  } catch (err) {
+    if (!opts.existing) await stackDown(endpoints.stackDir).catch(() => undefined);
+    throw err;
+  }
+}
+
+async function attach(endpoints: StackEndpoints, toxiproxyBinary: string, opts: ChaosStackOptions): Promise<ChaosStack> {
   const dir = endpoints.stackDir;
   const shared = opts.existing?.shared ?? false;
   const s3Url = new URL(endpoints.s3.endpoint);
@@ -95,7 +104,8 @@ export async function startChaosStack(opts: ChaosStackOptions = {}): Promise<Cha
 
   // The stack's own control-plane worker reaches S3 directly: ours goes through the proxy.
   const state = readState(dir);
-  const startControlPlane = () => startProcess('bin/durable-compute.mjs', ['worker', 'control-plane'], { env, readyLine: /control-plane worker ready/ });
+  // Its workflow bundle takes minutes to build on a loaded 2-core machine.
+  const startControlPlane = () => startProcess('bin/durable-compute.mjs', ['worker', 'control-plane'], { env, readyLine: /control-plane worker ready/, timeoutMs: 600_000 });
   let controlPlane: WorkerProcess | undefined;
   if (!shared) {
     for (const name of ['control-plane-worker', 'importer-worker']) {

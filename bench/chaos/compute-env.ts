@@ -73,7 +73,7 @@ export function startComputeWorker(stack: ChaosStack, compute: ChaosCompute, fai
   return startProcess(
     'bin/durable-compute.mjs',
     ['worker', 'compute', '--compute-id', compute.computeId, '--pgdata', compute.pgdata, '--http-port', '0', '--http-host', '127.0.0.1'],
-    { env: { ...stack.env, ...armed }, readyLine: /compute worker ready/ },
+    { env: { ...stack.env, ...armed }, readyLine: /compute worker ready/, timeoutMs: 300_000 },
   );
 }
 

@@ -59,6 +59,7 @@ async function startImporter(e: Env, hostId: string): Promise<WorkerProcess> {
       DURABLE_COMPUTE_IMPORTER_UPLOAD_CONCURRENCY: '2',
     },
     readyLine: /importer worker ready/,
+    timeoutMs: 300_000,
   });
 }
 
@@ -120,6 +121,12 @@ async function runImport(e: Env, onRunning: (step: string) => Promise<void>, tar
   return { importId, phase: status.phase, error: status.error, completions, notes };
 }
 
+/** Table order: the steps' order, then the faults' (a stable sort). */
+function sortedBy(steps: Step[], cells: Cell[]): Cell[] {
+  const rank = new Map(steps.map((s, i) => [s.type, i]));
+  return [...cells].sort((a, b) => (rank.get(a.step) ?? -1) - (rank.get(b.step) ?? -1));
+}
+
 /** Scratch Postgres servers the killed importers left running under `root` (immediate shutdown). */
 function stopLeftScratchServers(root: string): void {
   for (const file of readdirSync(root, { recursive: true, encoding: 'utf8' }).filter((f) => path.basename(f) === 'postmaster.pid')) {
@@ -132,7 +139,12 @@ function stopLeftScratchServers(root: string): void {
   }
 }
 
-export async function runImportRows(deps: RowDeps, faults: (Fault | typeof WORKER_KILL)[]): Promise<{ cells: Cell[]; enumeration: string }> {
+export async function runImportRows(
+  deps: RowDeps,
+  faults: (Fault | typeof WORKER_KILL)[],
+  /** Told after each fault's row, with every cell so far: a run stopped early keeps them. */
+  onRow: (cells: Cell[], enumeration: string) => void = () => {},
+): Promise<{ cells: Cell[]; enumeration: string }> {
   const { stack, log } = deps;
   const root = mkdtempSync(path.join(os.tmpdir(), 'dc-chaos-importer-'));
   chmodSync(root, 0o777);
@@ -210,11 +222,9 @@ export async function runImportRows(deps: RowDeps, faults: (Fault | typeof WORKE
       for (const type of targets) {
         cells.push({ workflow: 'import', step: type, fault: name, completed: null, redone: [], note: `not caught: the step began and ended within one ${POLL_MS} ms poll on every run` });
       }
+      onRow(sortedBy(steps, cells), enumeration);
     }
-    // Table order: the steps' order, then the faults'.
-    const rank = new Map(steps.map((s, i) => [s.type, i]));
-    cells.sort((a, b) => (rank.get(a.step) ?? -1) - (rank.get(b.step) ?? -1));
-    return { cells, enumeration };
+    return { cells: sortedBy(steps, cells), enumeration };
   } finally {
     await importer.kill('SIGKILL');
     await source.server.stop();

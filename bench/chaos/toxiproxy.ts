@@ -45,6 +45,8 @@ export async function startToxiproxy(binary: string, name: string, upstream: str
   const apiPort = await freePort();
   const listenPort = await freePort();
   const child: ChildProcess = spawn(binary, ['-host', '127.0.0.1', '-port', String(apiPort)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Never outlives the suite, even one that dies.
+  process.once('exit', () => child.kill('SIGKILL'));
   let log = '';
   child.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
   const api = `http://127.0.0.1:${apiPort}`;
