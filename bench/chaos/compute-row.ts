@@ -133,6 +133,9 @@ export async function runComputeRow(deps: RowDeps, fault: Fault | typeof WORKER_
       const note = await injectAt(deps, compute, workers, fault, hit, remaining);
       cells.push({ workflow: 'compute', step: hit, fault: faultName, completed: false, redone: [], ...(note ? { note } : {}) });
     }
+    // A point the startup never took (the safekeeper sync, when the quorum agreed) would pause the
+    // same-named activity of the termination: let every point go from here on.
+    for (const point of points) release(compute, point);
     const final = await stack.computes.waitFor(compute.computeId, ended, 240_000).catch((err: Error) => ({ status: 'timeout', error: err.message }) as unknown as ComputeStatusResponse);
     const startupEnd = takeMark(stack, workers);
     const started = cells.filter((c) => c.completed === false);
