@@ -1,4 +1,6 @@
 import { Context } from '@temporalio/activity';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { every } from '../common/activity-context';
 
@@ -22,6 +24,9 @@ export interface FailpointOptions {
  * A few points sit inside an activity rather than at its start ("prewarmBatch": after a prewarm
  * statement's progress was heartbeated). Each fires once per worker process, on attempt 1 only.
  * With no failpoints configured — always in production — this returns at once.
+ * A paused point also goes on when a file named after it appears in the directory that
+ * DURABLE_COMPUTE_FAILPOINT_RELEASE_DIR names: the chaos table (bench/chaos/) pauses in a step,
+ * injects a fault, then lets the step run into it.
  */
 export function createFailpoints(enabled: ReadonlySet<string>, warn: (line: string) => void = console.warn) {
   // Said at startup, so a worker that will pause on purpose is never mistaken for a production one.
@@ -29,6 +34,7 @@ export function createFailpoints(enabled: ReadonlySet<string>, warn: (line: stri
     warn(`WARNING: failpoints armed: ${[...enabled].join(', ')} (DURABLE_COMPUTE_FAILPOINTS); activities will pause on purpose. A test feature: never run production work on this worker.`);
   }
   const fired = new Set<string>();
+  const releaseDir = enabled.size > 0 ? process.env.DURABLE_COMPUTE_FAILPOINT_RELEASE_DIR : undefined;
   return async function failpoint(name: string, opts: FailpointOptions = {}): Promise<void> {
     if (!enabled.has(name) || fired.has(name)) return;
     const ctx = Context.current();
@@ -39,6 +45,10 @@ export function createFailpoints(enabled: ReadonlySet<string>, warn: (line: stri
       ctx.heartbeat(opts.heartbeatDetails);
       await sleep(200);
       if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+      if (releaseDir && existsSync(path.join(releaseDir, name))) {
+        console.log(`failpoint ${name} released (pid ${process.pid})`);
+        return;
+      }
     }
   };
 }

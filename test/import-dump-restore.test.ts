@@ -21,7 +21,7 @@ import { importPrefix, importWorkflowId } from '../model/import-status';
 import { runCli } from './helpers/cli';
 import { historyTexts } from './helpers/history';
 import { uniqueId } from './helpers/ids';
-import { importFingerprint, startImportSource, type ImportSource } from './helpers/import-source';
+import { importFingerprint, startImportSource, type ImportSource } from '../dev/import-source';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 import { testConfig, testEnv } from './helpers/stack';

@@ -25,7 +25,7 @@ import type { ImportWorkflowOptions } from '../workflows/import/workflow';
 import { cleanupComputes, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { historyTexts } from './helpers/history';
 import { neonId, uniqueId } from './helpers/ids';
-import { importFingerprint, startImportSource, type ImportSource } from './helpers/import-source';
+import { importFingerprint, startImportSource, type ImportSource } from '../dev/import-source';
 import { runCli } from './helpers/cli';
 import { killAllProcesses, startProcess, type WorkerProcess } from '../dev/child-processes';
 import { testConfig, testEnv } from './helpers/stack';

@@ -30,7 +30,7 @@ import { createLocalKeyProvider, generateLocalKey, parseLocalKey } from '../driv
 import { importPgdataFromS3 } from '../dev/storage/pgdata-import';
 import { freePort } from '../dev/processes';
 import { uniqueId } from './helpers/ids';
-import { importFingerprint, startImportSource, type ImportSource } from './helpers/import-source';
+import { importFingerprint, startImportSource, type ImportSource } from '../dev/import-source';
 import { MOTO_CREDENTIALS } from './helpers/moto';
 import { motoEndpoint } from './helpers/moto-endpoint';
 import { testConfig } from './helpers/stack';

@@ -13,7 +13,7 @@ import { freePort } from '../../dev/processes';
 import { runCli, type CliResult } from '../helpers/cli';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testPgdata } from '../helpers/compute';
 import { neonId, uniqueId } from '../helpers/ids';
-import { startImportSource, type ImportSource } from '../helpers/import-source';
+import { startImportSource, type ImportSource } from '../../dev/import-source';
 import { killAllProcesses, type WorkerProcess } from '../../dev/child-processes';
 import { testConfig, testEnv } from '../helpers/stack';
 

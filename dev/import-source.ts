@@ -7,8 +7,8 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { chownForPostgres } from '../../common/pg-identity';
-import { startThrowawayPostgres, type ThrowawayPostgres } from '../../dev/throwaway-postgres';
+import { chownForPostgres } from '../common/pg-identity';
+import { startThrowawayPostgres, type ThrowawayPostgres } from './throwaway-postgres';
 
 export interface ImportSourceSize {
   customers: number;
