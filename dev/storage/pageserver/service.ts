@@ -4,93 +4,29 @@
  * backup at an LSN. Errors carry an HTTP-ish status so both front ends can map them.
  */
 import { promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { formatLsn, parseLsn } from '../../../model/lsn';
-import type { PgInstallation } from '../../../common/pg-binaries';
 import { chownForPostgres } from '../../../common/pg-identity';
 import { exists, fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
 import { hasPrecomputedBasebackup, IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta, type ImageRetention } from './images';
 import { KeyedMutex, LockWaitTimeout } from './keyed-mutex';
 import { materializeAt } from './materialize';
-import { PgdataImports, type PgdataImportRecord } from './pgdata-imports';
+import { PgdataImports } from './pgdata-imports';
+import { BackgroundIngest } from './background-ingest';
 import { runInitdb } from './postgres-run';
-import type { SafekeeperClient } from './safekeeper-client';
-import type { TimelineCreation, TimelineMeta, TimelineStore } from './timeline-store';
+import {
+  DEFAULT_IMAGE_RETENTION,
+  PageserverError,
+  type BasebackupSource,
+  type CreateTimelineRequest,
+  type ServiceDeps,
+  type TimelineState,
+} from './service-types';
+import { creationOf, newTimelineMeta } from './timeline-creation';
+import { importingInfoOf, timelineInfoOf } from './timeline-info';
+import type { TimelineCreation, TimelineMeta } from './timeline-store';
 
-export class PageserverError extends Error {
-  override name = 'PageserverError';
-  constructor(
-    public readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-export const SUPPORTED_PG_VERSION = 15;
-
-/** What a base backup is made from: a precomputed gzip'd tar, or an image's pgdata packed per request. */
-export type BasebackupSource = { kind: 'tarball'; file: FileHandle } | { kind: 'pgdata'; pgdata: string; release: () => void };
-
-/** Enough to serve the latest state and the one before it without a replay. */
-/** How long a timeline whose base backup was served waits for its compute to connect before the watch ends. */
-const INGEST_GRACE_MS = 10 * 60 * 1000;
-
-export const DEFAULT_IMAGE_RETENTION: ImageRetention = { keepNewest: 2, graceMs: 10 * 60 * 1000 };
-
-/**
- * Extension point for `import_pgdata`: fetch and validate the data directory (cleanly shut down
- * PostgreSQL 15) into `targetPgdata`. The pageserver then makes it the timeline's first image.
- * With `isCommitted`, the import runs in the background and first waits for the upload's commit
- * marker (Neon's behaviour); `validate` refuses a malformed request before anything is recorded.
- */
-export type ImportPgdataHandler = ((request: {
-  tenantId: string;
-  timelineId: string;
-  importPgdata: unknown;
-  targetPgdata: string;
-  signal?: AbortSignal;
-}) => Promise<unknown>) & {
-  validate?: (importPgdata: unknown) => unknown;
-  isCommitted?: (importPgdata: unknown) => Promise<boolean>;
-};
-
-export type CreateTimelineRequest =
-  | { mode: 'bootstrap'; timelineId: string; pgVersion: number }
-  | { mode: 'branch'; timelineId: string; ancestorTimelineId: string; ancestorStartLsn: bigint | undefined }
-  | { mode: 'import'; timelineId: string; importPgdata: unknown; idempotencyKey: string | null };
-
-export interface ServiceDeps {
-  store: TimelineStore;
-  safekeepers: SafekeeperClient;
-  install: PgInstallation;
-  materializeTimeoutMs: number;
-  /**
-   * Longest wait for a timeline's lock before a base backup or branch gives up with an error
-   * naming the holder (default: three materializations' worth, so a short queue of replays passes).
-   */
-  lockWaitMs?: number;
-  /** Which images survive once newer ones exist; default: the first, the newest two, and any under 10 minutes old. */
-  imageRetention?: ImageRetention;
-  importPgdata?: ImportPgdataHandler;
-  /** Background imports (with a handler that has `isCommitted`): poll interval and completion callback. */
-  imports?: { pollIntervalMs: number; onComplete?: (record: PgdataImportRecord) => Promise<void> };
-  /**
-   * How often a timeline whose primary compute has started is checked for WAL to ingest (default
-   * 500 ms; 0 turns background ingest off, so every new LSN is replayed on request).
-   */
-  ingestPollMs?: number;
-  log: (line: string) => void;
-}
-
-interface TimelineState {
-  meta: TimelineMeta;
-  images: ImageMeta[];
-  lastRecordLsn: bigint;
-  prevRecordLsn: bigint | null;
-  flushes: Awaited<ReturnType<SafekeeperClient['flushLsns']>>;
-}
+export { DEFAULT_IMAGE_RETENTION, PageserverError, SUPPORTED_PG_VERSION, type BasebackupSource, type CreateTimelineRequest, type ImportPgdataHandler, type ServiceDeps } from './service-types';
 
 export class PageserverService {
   private readonly tenantLocks = new KeyedMutex('tenant lock');
@@ -101,13 +37,17 @@ export class PageserverService {
   private gc: Promise<void> = Promise.resolve();
   /** Imports running in the background or failed; undefined without a background-capable handler. */
   private readonly imports: PgdataImports | undefined;
-  /** Background WAL ingest: timelines with a primary compute since their newest image, and the quorum flush LSN seen last. */
-  private readonly ingestWatch = new Map<string, { tenantId: string; timelineId: string; since: number; sawCompute: boolean; lastQuorum?: bigint }>();
-  private ingestTimer: NodeJS.Timeout | undefined;
-  private ingestRound: Promise<void> = Promise.resolve();
-  private closing = false;
+  private readonly ingest: BackgroundIngest;
 
   constructor(private readonly deps: ServiceDeps) {
+    this.ingest = new BackgroundIngest({
+      pollMs: deps.ingestPollMs ?? 500,
+      safekeeperCount: deps.safekeepers.count,
+      timeline: (tenantId, timelineId) => deps.store.get(tenantId, timelineId),
+      state: (meta) => this.state(meta),
+      buildImage: (meta, lsn) => this.imageAt(meta, lsn, 'LSN').then(() => undefined),
+      log: deps.log,
+    });
     const handler = deps.importPgdata;
     if (handler?.isCommitted) {
       const isCommitted = handler.isCommitted;
@@ -130,71 +70,15 @@ export class PageserverService {
     await this.imports?.init();
   }
 
+  /** See BackgroundIngest: once a primary compute has started, its WAL is made into an image in the background. */
+  watchForIngest(tenantId: string, timelineId: string): void {
+    this.ingest.watch(tenantId, timelineId);
+  }
+
   async close(): Promise<void> {
-    this.closing = true;
-    if (this.ingestTimer) clearInterval(this.ingestTimer);
-    await this.ingestRound;
+    await this.ingest.close();
     await this.imports?.close();
     await this.gc;
-  }
-
-  /**
-   * Neon's pageserver ingests a timeline's WAL as the safekeepers receive it, so a compute that
-   * starts again later gets its base backup at once. The dev pageserver replays WAL into a new
-   * image instead, which takes seconds; doing it on request put those seconds on the next
-   * compute's cold start. So once a primary compute has started on a timeline, the pageserver
-   * watches the safekeepers, and when no compute is connected any more and the quorum flush LSN
-   * holds still for one poll, it builds the image at that LSN in the background: the LSN the next
-   * start will ask for.
-   */
-  watchForIngest(tenantId: string, timelineId: string): void {
-    const pollMs = this.deps.ingestPollMs ?? 500;
-    if (pollMs <= 0 || this.closing || this.deps.safekeepers.count === 0) return;
-    this.ingestWatch.set(`${tenantId}/${timelineId}`, { tenantId, timelineId, since: Date.now(), sawCompute: false });
-    this.ingestTimer ??= setInterval(() => {
-      // One round at a time; a slow replay simply delays the next poll.
-      this.ingestRound = this.ingestRound.then(() => this.ingestOnce());
-    }, pollMs).unref();
-  }
-
-  private async ingestOnce(): Promise<void> {
-    for (const [key, watched] of [...this.ingestWatch]) {
-      if (this.closing) return;
-      try {
-        const meta = await this.deps.store.get(watched.tenantId, watched.timelineId);
-        if (!meta) {
-          this.ingestWatch.delete(key);
-          continue;
-        }
-        const s = await this.state(meta);
-        if (s.flushes.some((f) => f.computeConnected)) {
-          watched.sawCompute = true;
-          watched.lastQuorum = undefined;
-          continue;
-        }
-        const newest = parseLsn(s.images[s.images.length - 1]!.lsn);
-        if (s.lastRecordLsn <= newest) {
-          // Nothing new: done once the compute has come and gone (or never came within the grace).
-          if (watched.sawCompute || Date.now() - watched.since > INGEST_GRACE_MS) this.ingestWatch.delete(key);
-          continue;
-        }
-        if (watched.lastQuorum !== s.lastRecordLsn) {
-          watched.lastQuorum = s.lastRecordLsn;
-          continue;
-        }
-        const started = Date.now();
-        await this.imageAt(meta, s.lastRecordLsn, 'LSN');
-        this.ingestWatch.delete(key);
-        this.deps.log(`ingested ${key} up to ${formatLsn(s.lastRecordLsn)} in ${Date.now() - started} ms`);
-      } catch (err) {
-        // Left in the watch: the next round tries again; a base backup request would too.
-        this.deps.log(`background ingest of ${key} failed: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
-    if (this.ingestWatch.size === 0 && this.ingestTimer) {
-      clearInterval(this.ingestTimer);
-      this.ingestTimer = undefined;
-    }
   }
 
   private async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {
@@ -216,70 +100,16 @@ export class PageserverService {
     return { meta, images, lastRecordLsn, prevRecordLsn, flushes };
   }
 
-  private timelineInfoOf(s: TimelineState): Record<string, unknown> {
-    const newest = s.images[s.images.length - 1]!;
-    return {
-      tenant_id: s.meta.tenant_id,
-      timeline_id: s.meta.timeline_id,
-      ancestor_timeline_id: s.meta.ancestor_timeline_id,
-      ancestor_lsn: s.meta.ancestor_lsn,
-      last_record_lsn: formatLsn(s.lastRecordLsn),
-      prev_record_lsn: s.prevRecordLsn === null ? null : formatLsn(s.prevRecordLsn),
-      disk_consistent_lsn: newest.lsn,
-      remote_consistent_lsn: newest.lsn,
-      remote_consistent_lsn_visible: newest.lsn,
-      initdb_lsn: s.meta.initdb_lsn,
-      latest_gc_cutoff_lsn: s.meta.start_lsn,
-      applied_gc_cutoff_lsn: s.meta.start_lsn,
-      pg_version: s.meta.pg_version,
-      state: 'Active',
-      walreceiver_status: s.flushes.length > 0 ? 'connected' : 'disconnected',
-      current_logical_size: 0,
-      current_physical_size: s.images.reduce((n, i) => n + i.basebackup_bytes, 0),
-      is_archived: false,
-      // Dev extras: the images the pageserver holds (each a cheap base backup).
-      image_lsns: s.images.map((i) => i.lsn),
-      // The import that created the timeline, from its durable record (Neon keeps it in the
-      // timeline's index_part as import_pgdata Done {idempotency_key}): who may delete it.
-      import_pgdata: s.meta.creation.mode === 'import' ? { state: 'done', idempotency_key: s.meta.creation.idempotency_key } : null,
-    };
-  }
-
   async timelineInfo(tenantId: string, timelineId: string): Promise<Record<string, unknown>> {
     const importing = this.imports?.get(tenantId, timelineId);
-    if (importing && !(await this.deps.store.get(tenantId, timelineId))) return this.importingInfoOf(importing);
-    return this.timelineInfoOf(await this.state(await this.meta(tenantId, timelineId)));
-  }
-
-  /** A timeline whose import has not finished: Loading while it runs, Broken with the reason once it failed. */
-  private importingInfoOf(record: PgdataImportRecord): Record<string, unknown> {
-    return {
-      tenant_id: record.tenant_id,
-      timeline_id: record.timeline_id,
-      ancestor_timeline_id: null,
-      ancestor_lsn: null,
-      last_record_lsn: '0/0',
-      prev_record_lsn: null,
-      disk_consistent_lsn: '0/0',
-      remote_consistent_lsn: '0/0',
-      pg_version: SUPPORTED_PG_VERSION,
-      state: record.state === 'failed' ? { Broken: { reason: `import_pgdata failed: ${record.error}`, backtrace: '' } } : 'Loading',
-      // Dev extra: what the import is doing.
-      import_pgdata: {
-        state: record.state,
-        // The durable import record's key (Neon's index_part import_pgdata InProgress {idempotency_key}).
-        idempotency_key: record.idempotency_key,
-        error: record.error,
-        started_at: record.started_at,
-        finished_at: record.finished_at,
-      },
-    };
+    if (importing && !(await this.deps.store.get(tenantId, timelineId))) return importingInfoOf(importing);
+    return timelineInfoOf(await this.state(await this.meta(tenantId, timelineId)));
   }
 
   async listTimelines(tenantId: string): Promise<Record<string, unknown>[]> {
     if (!(await this.deps.store.tenantExists(tenantId))) throw new PageserverError(404, `tenant ${tenantId} not found`);
     const metas = await this.deps.store.list(tenantId);
-    return Promise.all(metas.map(async (m) => this.timelineInfoOf(await this.state(m))));
+    return Promise.all(metas.map(async (m) => timelineInfoOf(await this.state(m))));
   }
 
   async listTenants(): Promise<{ id: string }[]> {
@@ -293,7 +123,7 @@ export class PageserverService {
   /** Creates a timeline; an identical repeat answers the existing one, a different one is a 409. */
   async createTimeline(tenantId: string, req: CreateTimelineRequest): Promise<Record<string, unknown>> {
     await this.tenantLocks.run(tenantId, async () => {
-      const creation = this.creationOf(req);
+      const creation = creationOf(req);
       const importing = this.imports?.get(tenantId, req.timelineId);
       if (importing && !(await this.deps.store.get(tenantId, req.timelineId))) {
         if (req.mode !== 'import' || importing.idempotency_key !== req.idempotencyKey) {
@@ -320,21 +150,6 @@ export class PageserverService {
     return this.timelineInfo(tenantId, req.timelineId);
   }
 
-  private creationOf(req: CreateTimelineRequest): TimelineCreation {
-    switch (req.mode) {
-      case 'bootstrap':
-        return { mode: 'bootstrap', pg_version: req.pgVersion };
-      case 'branch':
-        return {
-          mode: 'branch',
-          ancestor_timeline_id: req.ancestorTimelineId,
-          ancestor_start_lsn: req.ancestorStartLsn === undefined ? null : formatLsn(req.ancestorStartLsn),
-        };
-      case 'import':
-        return { mode: 'import', idempotency_key: req.idempotencyKey };
-    }
-  }
-
   private async bootstrap(tenantId: string, timelineId: string, creation: TimelineCreation): Promise<void> {
     const started = Date.now();
     await this.deps.store.create(tenantId, timelineId, async (_dir, images) => {
@@ -342,7 +157,7 @@ export class PageserverService {
       chownForPostgres(scratch);
       await runInitdb(this.deps.install, path.join(scratch, PGDATA_DIR));
       const image = await images.commit(scratch, 'initdb');
-      return this.newMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
+      return newTimelineMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
     });
     this.deps.log(`bootstrapped timeline ${tenantId}/${timelineId} in ${Date.now() - started} ms`);
   }
@@ -376,7 +191,7 @@ export class PageserverService {
       signal?.throwIfAborted();
       const image = await images.commit(scratch, 'import');
       signal?.throwIfAborted();
-      return this.newMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
+      return newTimelineMeta(tenantId, timelineId, image, creation, { initdbLsn: image.lsn });
     });
     const total = Date.now() - started;
     this.deps.log(`imported timeline ${tenantId}/${timelineId} in ${total} ms (download ${downloadMs} ms, first image and its base backup ${total - downloadMs} ms)`);
@@ -404,33 +219,13 @@ export class PageserverService {
       await fsyncTree(scratch);
       await fsp.rename(scratch, images.imageDir(parseLsn(image.lsn)));
       await fsyncDir(images.dir);
-      return this.newMeta(tenantId, timelineId, branchImage, creation, {
+      return newTimelineMeta(tenantId, timelineId, branchImage, creation, {
         initdbLsn: ancestor.initdb_lsn,
         ancestorTimelineId: ancestorId,
         ancestorLsn: image.lsn,
       });
     });
     this.deps.log(`branched ${tenantId}/${timelineId} from ${ancestorId} at ${image.lsn}`);
-  }
-
-  private newMeta(
-    tenantId: string,
-    timelineId: string,
-    image: ImageMeta,
-    creation: TimelineCreation,
-    extra: { initdbLsn: string; ancestorTimelineId?: string; ancestorLsn?: string },
-  ): TimelineMeta {
-    return {
-      tenant_id: tenantId,
-      timeline_id: timelineId,
-      pg_version: SUPPORTED_PG_VERSION,
-      ancestor_timeline_id: extra.ancestorTimelineId ?? null,
-      ancestor_lsn: extra.ancestorLsn ?? null,
-      initdb_lsn: extra.initdbLsn,
-      start_lsn: image.lsn,
-      created_at: new Date().toISOString(),
-      creation,
-    };
   }
 
   async deleteTimeline(tenantId: string, timelineId: string): Promise<void> {

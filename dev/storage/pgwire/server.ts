@@ -6,6 +6,7 @@
 import { createHash, randomInt, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import * as msg from './messages';
+import { ConnectionGone, FrameWriter, WriteStalled } from './frame-writer';
 import { MessageReader, ProtocolViolation, type FrontendMessage } from './reader';
 
 export interface PgWireSession {
@@ -67,49 +68,6 @@ const PROTOCOL_V3 = 196608;
 const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
 const CANCEL_REQUEST = 80877102;
-
-/** The peer closed the connection or the socket failed while we were writing. */
-class ConnectionGone extends Error {}
-
-/** The peer read nothing of what we sent for too long: the connection was closed. */
-class WriteStalled extends ConnectionGone {}
-
-/** Writes frames to the socket, waiting for 'drain' whenever the kernel buffer is full, at most `stallMs`. */
-class FrameWriter {
-  constructor(
-    private readonly socket: net.Socket,
-    private readonly stallMs: number,
-  ) {}
-
-  async write(...frames: Buffer[]): Promise<void> {
-    let flushed = true;
-    for (const f of frames) {
-      if (this.socket.destroyed || !this.socket.writable) throw new ConnectionGone('connection closed');
-      flushed = this.socket.write(f);
-    }
-    if (!flushed) await this.drain();
-  }
-
-  private drain(): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        clearTimeout(stall);
-        this.socket.off('drain', onDrain);
-        this.socket.off('close', onClose);
-        if (err) reject(err);
-        else resolve();
-      };
-      const onDrain = () => done();
-      const onClose = () => done(new ConnectionGone('connection closed'));
-      const stall = setTimeout(() => {
-        done(new WriteStalled(`the client read nothing of what was sent for ${this.stallMs} ms`));
-        this.socket.destroy();
-      }, this.stallMs);
-      this.socket.on('drain', onDrain);
-      this.socket.on('close', onClose);
-    });
-  }
-}
 
 function passwordMatches(given: string, expected: string): boolean {
   // Hash both so the comparison is constant time regardless of the lengths.
