@@ -84,3 +84,25 @@ export function every(intervalMs: number, fn: () => void): () => void {
   timer.unref();
   return () => clearInterval(timer);
 }
+
+/**
+ * Runs `work`, heartbeating every `intervalMs` while it runs: for short activities that report no
+ * progress of their own, so a worker killed mid-call is noticed within the heartbeat timeout
+ * instead of the whole start-to-close timeout.
+ */
+export async function whileBeating<T>(work: () => Promise<T>, intervalMs = 5000): Promise<T> {
+  heartbeat();
+  const stop = every(intervalMs, () => heartbeat());
+  try {
+    return await work();
+  } finally {
+    stop();
+  }
+}
+
+/** `fns` with each one wrapped in `whileBeating`. */
+export function beatingWhileRunning<T extends Record<string, (...args: never[]) => Promise<unknown>>>(fns: T, intervalMs?: number): T {
+  return Object.fromEntries(
+    Object.entries(fns).map(([name, fn]) => [name, (...args: never[]) => whileBeating(() => fn(...args), intervalMs)]),
+  ) as T;
+}

@@ -1,5 +1,6 @@
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
+import { beatingWhileRunning } from '../../common/activity-context';
 import { maskSecrets } from '../../common/errors';
 import { PageserverHttpError, type PageserverClient, type TimelineInfo } from '../../drivers/pageserver';
 import { cleanPrefix, FAST_IMPORT_STATUS_KEY, PGDATA_STATUS_KEY, readJsonStatus, SPEC_KEY, writeFastImportStatus } from '../importer/status';
@@ -72,7 +73,9 @@ export function createImportControlActivities(deps: ImportControlDeps) {
     return deps.pageserver;
   };
 
-  return {
+  // Each call heartbeats while it runs, so a control-plane worker killed mid-call is noticed within
+  // the heartbeat timeout (workflows/import/activity-proxies.ts), not the 2-minute start-to-close.
+  return beatingWhileRunning({
     /**
      * Empties the import's prefix (objects of any earlier run of this import ID) and writes
      * spec.json. The spec holds the connection strings only as ciphertext; it is checked so a
@@ -220,7 +223,7 @@ export function createImportControlActivities(deps: ImportControlDeps) {
       ]);
       return { pgdata: pgdata ?? null, fastImport: fastImport ?? null };
     },
-  };
+  });
 }
 
 export type ImportControlActivities = ReturnType<typeof createImportControlActivities>;

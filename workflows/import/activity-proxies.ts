@@ -14,9 +14,13 @@ export interface ImportTimeouts {
   importerTaskQueue: string;
 }
 
-/** Storage and S3 calls from the control plane: short, retried with backoff through brief outages. */
+/**
+ * Storage and S3 calls from the control plane: short, retried with backoff through brief outages.
+ * They heartbeat while they run, so a killed control-plane worker's call is retried after 20 s.
+ */
 export const controlPlane = proxyActivities<ImportControlActivities>({
   startToCloseTimeout: '2 minutes',
+  heartbeatTimeout: '20 seconds',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds', maximumAttempts: 10 },
 });
 
