@@ -10,6 +10,7 @@ import { type ComputePostgres } from '../../drivers/postgres';
 import { cancellationSignal, heartbeat } from '../../drivers/postgres/activity-context';
 import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
 import { readPostmasterPid } from '../../drivers/postgres/process';
+import { subscriptionsBeforeStartConf } from '../../drivers/postgres/subscriptions';
 import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../../drivers/safekeepers';
 import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 
@@ -60,6 +61,8 @@ export function createStartupSteps(deps: StartupStepDeps) {
         mode: spec.mode.kind,
       }),
       deps.cacheBackend === 'stock' ? stockCacheConf() : '',
+      // Neon's Postgres reads neon.disable_logical_replication_subscribers (config.ts); stock needs this.
+      backend.name === 'stock' ? subscriptionsBeforeStartConf(spec) : '',
     ].join('\n');
 
   /** Removes what a crashed unpack left, keeping the files written before it. */
