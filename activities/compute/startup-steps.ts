@@ -1,6 +1,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
+import { log } from '../../common/logger';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import { PGDATA_LOST } from '../../model/compute-status';
@@ -9,6 +10,7 @@ import { fetchBasebackup, StorageError } from '../../drivers/pageserver';
 import { type ComputePostgres } from '../../drivers/postgres';
 import { cancellationSignal, heartbeat } from '../../drivers/postgres/activity-context';
 import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
+import { defaultPgbouncerTarget, tunePgbouncer, type PgbouncerTarget } from '../../drivers/postgres/pgbouncer';
 import { readPostmasterPid } from '../../drivers/postgres/process';
 import { subscriptionsBeforeStartConf } from '../../drivers/postgres/subscriptions';
 import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../../drivers/safekeepers';
@@ -32,6 +34,8 @@ export interface StartupStepDeps {
   postgres: ComputePostgres;
   syncSafekeepersCommand?: string[];
   adminUser?: string;
+  /** pgbouncer's ini and admin console, for the spec's pgbouncer_settings (default: compute_ctl's). */
+  pgbouncer?: PgbouncerTarget;
 }
 
 /** What a base backup step reports, under compute_ctl's metric names. */
@@ -79,8 +83,25 @@ export function createStartupSteps(deps: StartupStepDeps) {
     }
   }
 
+  /**
+   * compute_ctl's tune_pgbouncer, at start and on every configure. As there, a pgbouncer that
+   * cannot be reached is reported in the log and does not fail the compute: Postgres serves
+   * without it. The settings' names and values were checked with the spec.
+   */
+  async function tunePgbouncerSettings(spec: ComputeSpec): Promise<void> {
+    if (!spec.pgbouncer_settings || Object.keys(spec.pgbouncer_settings).length === 0) return;
+    try {
+      const { changed } = await tunePgbouncer(deps.pgbouncer ?? defaultPgbouncerTarget(), spec.pgbouncer_settings);
+      log().info({ changed }, 'pgbouncer settings applied and reloaded');
+    } catch (err) {
+      log().warn({ err }, 'pgbouncer settings not applied');
+    }
+  }
+
   return {
     backendConf,
+
+    tunePgbouncer: tunePgbouncerSettings,
 
     async preparePgdata({ incarnation }: { incarnation: string }): Promise<void> {
       await postgres.preparePgdata({ incarnation });
@@ -191,6 +212,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
         mode: spec.mode.kind,
         superuser: deps.adminUser ?? 'cloud_admin',
       });
+      await tunePgbouncerSettings(spec);
       // The whole step, the storage backend's readiness included: start_postgres_ms says what it cost.
       return { pid: postmaster.pid, ms: Date.now() - started };
     },
