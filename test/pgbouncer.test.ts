@@ -8,6 +8,7 @@ import { canConnect, freePort } from '../dev/processes';
 import { renderPgbouncerIni, tunePgbouncer, type PgbouncerTarget } from '../drivers/postgres/pgbouncer';
 import { resolveServerUser } from '../drivers/postgres/server-user';
 import { parseComputeConfig } from '../model/compute-spec';
+import { privilegedSpecFields } from '../model/spec-trust';
 
 /** Debian's pgbouncer (.ci/run installs it). pgbouncer refuses to run as root: it runs as postgres. */
 const PGBOUNCER = '/usr/sbin/pgbouncer';
@@ -128,5 +129,12 @@ describe('pgbouncer_settings in the spec', () => {
     expect(errors.join('\n')).toMatch(/unknown pgbouncer setting "max_client_connections"/);
     expect(errors.join('\n')).toMatch(/pool_mode.*line break/);
     expect(errors).toHaveLength(2);
+  });
+
+  it('names the settings that open pgbouncer or its files as privileged (refused under restricted spec trust)', () => {
+    const parsed = parseComputeConfig(spec({ default_pool_size: '20', auth_type: 'trust', admin_users: 'mallory' }));
+    if (!parsed.ok) throw new Error(parsed.errors.join('; '));
+    const found = privilegedSpecFields(parsed.config.spec);
+    expect(found).toEqual([expect.stringMatching(/^pgbouncer_settings\.auth_type: /), expect.stringMatching(/^pgbouncer_settings\.admin_users: /)]);
   });
 });
