@@ -585,3 +585,28 @@ describe('reconfigure_concurrency (the per-database phase runs that many databas
     expect(await catalogState(parallel)).toEqual(await catalogState(sequential));
   });
 });
+
+describe("compute_ctl's migrations (the privileged role's grants, each run once per database)", () => {
+  it('runs them all on the first apply, records the count, runs none again, and only the missing ones after a partial record', async () => {
+    const { MIGRATION_COUNT } = await import('../drivers/postgres/migrations');
+    const c = await startCompute();
+    const first = (await c.activities.applySpec({ spec: c.spec() })).changes;
+    expect(first.filter((ch) => ch.startsWith('migration '))).toHaveLength(MIGRATION_COUNT);
+    const state = () =>
+      admin(c, 'postgres', async (db) => ({
+        id: (await db.query<{ id: string }>('SELECT id FROM neon_migration.migration_id WHERE key = 0')).rows[0]!.id,
+        bypassrls: (await db.query<{ b: boolean }>("SELECT rolbypassrls AS b FROM pg_roles WHERE rolname = 'neon_superuser'")).rows[0]!.b,
+        monitorAdmin: (await db.query<{ a: boolean }>("SELECT admin_option AS a FROM pg_auth_members WHERE roleid = 'pg_monitor'::regrole AND member = 'neon_superuser'::regrole")).rows[0]?.a,
+        signalAdmin: (await db.query<{ a: boolean }>("SELECT admin_option AS a FROM pg_auth_members WHERE roleid = 'pg_signal_backend'::regrole AND member = 'neon_superuser'::regrole")).rows[0]?.a,
+        originStatus: (await db.query<{ ok: boolean }>("SELECT has_function_privilege('neon_superuser', 'pg_catalog.pg_show_replication_origin_status()', 'EXECUTE') AS ok")).rows[0]!.ok,
+      }));
+    expect(await state()).toEqual({ id: String(MIGRATION_COUNT), bypassrls: true, monitorAdmin: true, signalAdmin: true, originStatus: true });
+    expect((await c.activities.applySpec({ spec: c.spec() })).changes.filter((ch) => ch.startsWith('migration '))).toEqual([]);
+
+    // As if a crash came after migration 11: only 12 runs (its grant, revoked here, comes back).
+    await admin(c, 'postgres', (db) => db.query('REVOKE pg_signal_backend FROM neon_superuser; UPDATE neon_migration.migration_id SET id = 11 WHERE key = 0'));
+    const again = (await c.activities.applySpec({ spec: c.spec() })).changes.filter((ch) => ch.startsWith('migration '));
+    expect(again).toEqual(['migration 12: the privileged role may grant pg_signal_backend']);
+    expect((await state()).signalAdmin).toBe(true);
+  });
+});

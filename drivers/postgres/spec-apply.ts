@@ -4,6 +4,7 @@ import { findSetting, type ComputeSpec } from '../../model/compute-spec';
 import { databasePrivileges, listDatabases, listRoles } from './catalog';
 import { PostgresFailure, nonRetryable, retryable } from './errors';
 import { databaseOptionsSql, ident, roleLoginSql } from './sql';
+import { runMigrations } from './migrations';
 import { databasesWithSubscriptions, dropDatabaseSubscriptions, recordSubscriptionsDropped, subscriptionsDropDone } from './subscriptions';
 
 /**
@@ -167,6 +168,9 @@ export async function applySpec(spec: ComputeSpec, opts: ApplySpecOptions): Prom
         'create table public.health_check',
       );
     }
+
+    phase('migrations');
+    await runMigrations(admin, privileged);
 
     phase('drop roles');
     const rolesNow = await listRoles(admin.raw());
