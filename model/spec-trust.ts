@@ -43,6 +43,36 @@ export const PRIVILEGED_SETTINGS: Readonly<Record<string, string>> = {
 };
 
 /**
+ * pgbouncer settings (pgbouncer_settings) that open pgbouncer to anyone, hand out its admin
+ * console, or make pgbouncer (root-started in a VM) read or write files of the spec writer's choosing.
+ */
+export const PRIVILEGED_PGBOUNCER_SETTINGS: Readonly<Record<string, string>> = {
+  auth_type: 'can turn off password checks (trust)',
+  auth_file: 'replaces the passwords pgbouncer checks',
+  auth_hba_file: 'replaces the client authentication rules',
+  auth_ident_file: 'replaces the user name maps',
+  auth_user: 'chooses the role whose query looks up passwords',
+  auth_query: 'replaces the password lookup query',
+  auth_dbname: 'chooses the database of the password lookup',
+  admin_users: 'hands out pgbouncer\'s admin console',
+  stats_users: 'hands out pgbouncer\'s statistics console',
+  conffile: 'makes pgbouncer read another configuration file',
+  logfile: 'writes a file anywhere pgbouncer can',
+  pidfile: 'writes a file anywhere pgbouncer can',
+  user: 'changes the OS user pgbouncer runs as',
+  unix_socket_dir: 'moves where pgbouncer listens',
+  unix_socket_mode: 'opens the socket to other OS users',
+  unix_socket_group: 'opens the socket to another OS group',
+  resolv_conf: 'makes pgbouncer read another file',
+  client_tls_key_file: 'makes pgbouncer read another file',
+  client_tls_cert_file: 'makes pgbouncer read another file',
+  client_tls_ca_file: 'makes pgbouncer read another file',
+  server_tls_key_file: 'makes pgbouncer read another file',
+  server_tls_cert_file: 'makes pgbouncer read another file',
+  server_tls_ca_file: 'makes pgbouncer read another file',
+};
+
+/**
  * Role options that are superuser or can become it. CREATEROLE counts: on PostgreSQL 15 a
  * CREATEROLE role can grant itself pg_execute_server_program (COPY ... PROGRAM runs shell commands).
  */
@@ -59,7 +89,7 @@ function privilegedRoleOption(opt: GenericOption): string | undefined {
 }
 
 /** Every privileged field of `spec`, as "field.path: why"; empty when the spec is unprivileged. */
-export function privilegedSpecFields(spec: Pick<ComputeSpec, 'cluster'>): string[] {
+export function privilegedSpecFields(spec: Pick<ComputeSpec, 'cluster' | 'pgbouncer_settings'>): string[] {
   const found: string[] = [];
   if (spec.cluster.postgresql_conf !== undefined && spec.cluster.postgresql_conf.trim() !== '') {
     found.push('cluster.postgresql_conf: copied into postgresql.conf verbatim (any setting, including include and shell commands)');
@@ -74,11 +104,15 @@ export function privilegedSpecFields(spec: Pick<ComputeSpec, 'cluster'>): string
       if (why) found.push(`cluster.roles[${i}].options[${j}] (${opt.name.trim().toUpperCase()} for role ${JSON.stringify(role.name)}): ${why}`);
     });
   });
+  for (const name of Object.keys(spec.pgbouncer_settings ?? {})) {
+    const why = PRIVILEGED_PGBOUNCER_SETTINGS[name];
+    if (why) found.push(`pgbouncer_settings.${name}: ${why}`);
+  }
   return found;
 }
 
 /** The error for a spec refused under restricted trust, naming each field; undefined if allowed. */
-export function specTrustProblem(spec: Pick<ComputeSpec, 'cluster'>, trust: SpecTrust): string | undefined {
+export function specTrustProblem(spec: Pick<ComputeSpec, 'cluster' | 'pgbouncer_settings'>, trust: SpecTrust): string | undefined {
   if (trust === 'full') return undefined;
   const fields = privilegedSpecFields(spec);
   if (fields.length === 0) return undefined;

@@ -441,3 +441,172 @@ describe('the activity monitor', () => {
     await alice.end();
   });
 });
+
+/** The admin's connection as spec-apply's `connect` wants it. */
+function connector(c: Compute): (database: string) => Promise<pg.Client> {
+  return async (database) => {
+    const client = new pg.Client({ host: c.root, port: c.port, user: ADMIN, database });
+    await client.connect();
+    return client;
+  };
+}
+
+describe('drop_subscriptions_before_start (a branch drops the subscriptions it inherited, once per timeline)', () => {
+  let c: Compute;
+  const flagged = (edit?: (s: Record<string, any>) => void) => // eslint-disable-line @typescript-eslint/no-explicit-any
+    c.spec((s) => {
+      s.drop_subscriptions_before_start = true;
+      edit?.(s);
+    });
+  const subscriptions = () =>
+    admin(c, 'postgres', async (db) =>
+      (await db.query<{ subname: string; datname: string }>('SELECT s.subname, d.datname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid ORDER BY 1')).rows,
+    );
+  // No publisher is needed: connect = false makes a disabled subscription without a slot call.
+  const subscribe = (name: string) =>
+    admin(c, 'app', (db) => db.query(`CREATE SUBSCRIPTION ${name} CONNECTION 'host=127.0.0.1 port=1 dbname=parent' PUBLICATION pub WITH (connect = false)`));
+
+  beforeAll(async () => {
+    c = await startCompute();
+    // The parent's compute: its databases, and a subscription in one of them.
+    await c.activities.applySpec({ spec: c.spec() });
+    await subscribe('parent_sub');
+    await admin(c, 'postgres', (db) => db.query(`CREATE SUBSCRIPTION parent_sub2 CONNECTION 'host=127.0.0.1 port=1 dbname=parent' PUBLICATION pub WITH (connect = false)`));
+  });
+
+  it('starts a stock Postgres with no logical replication worker, so no inherited subscription can connect before the drop', async () => {
+    const { subscriptionsBeforeStartSettings } = await import('../drivers/postgres/subscriptions');
+    const spec = flagged();
+    await c.activities.stopPostgres({ mode: 'fast' });
+    await writePostgresqlConf(c.pgdata, spec, { owner, backendSettings: subscriptionsBeforeStartSettings(spec) });
+    await c.activities.startPostgres();
+    const rows = await admin(c, 'postgres', (db) => db.query<{ v: string }>("SELECT current_setting('max_logical_replication_workers') AS v"));
+    expect(rows.rows[0]!.v).toBe('0');
+    expect(subscriptionsBeforeStartSettings(c.spec())).toEqual([]);
+  });
+
+  it('drops the inherited subscriptions in every database and records the timeline in neon.drop_subscriptions_done', async () => {
+    expect((await subscriptions()).map((s) => s.subname)).toEqual(['parent_sub', 'parent_sub2']);
+    const { changes } = await c.activities.applySpec({ spec: flagged() });
+    expect(changes).toEqual(expect.arrayContaining(['drop inherited subscription "parent_sub" in database "app"', 'drop inherited subscription "parent_sub2" in database "postgres"']));
+    expect(await subscriptions()).toEqual([]);
+    const done = await admin(c, 'postgres', (db) => db.query<{ timeline_id: string }>('SELECT timeline_id FROM neon.drop_subscriptions_done'));
+    expect(done.rows).toEqual([{ timeline_id: 'de200bd42b49cc1814412c7e592dd6e9' }]);
+  });
+
+  it('does not drop again on a restart: a subscription made after the first start survives', async () => {
+    await subscribe('child_sub');
+    await c.activities.stopPostgres({ mode: 'fast' });
+    await c.activities.startPostgres();
+    const { changes } = await c.activities.applySpec({ spec: flagged() });
+    expect(changes.filter((ch) => ch.includes('subscription'))).toEqual([]);
+    expect((await subscriptions()).map((s) => s.subname)).toEqual(['child_sub']);
+  });
+
+  it('drops again on a branch of this branch (another timeline), and nothing without the flag', async () => {
+    expect((await c.activities.applySpec({ spec: c.spec() })).changes.filter((ch) => ch.includes('subscription'))).toEqual([]);
+    const grandchild = 'aa200bd42b49cc1814412c7e592dd6e9';
+    const { changes } = await c.activities.applySpec({ spec: flagged((s) => (s.timeline_id = grandchild)) });
+    expect(changes).toContain('drop inherited subscription "child_sub" in database "app"');
+    expect(await subscriptions()).toEqual([]);
+    const done = await admin(c, 'postgres', (db) => db.query<{ timeline_id: string }>('SELECT timeline_id FROM neon.drop_subscriptions_done'));
+    expect(done.rows).toEqual([{ timeline_id: grandchild }]);
+  });
+});
+
+describe('reconfigure_concurrency (the per-database phase runs that many databases at once)', () => {
+  const DBS = ['cc_a', 'cc_b', 'cc_c', 'cc_d'];
+  const withDbs = (concurrency: number) => (s: Record<string, any>) => { // eslint-disable-line @typescript-eslint/no-explicit-any
+    s.reconfigure_concurrency = concurrency;
+    s.cluster.databases = DBS.map((name) => ({ name, owner: 'alice', options: null }));
+    s.delta_operations = null;
+  };
+  /** A compute whose spec databases exist with the public schema still the admin's, so each has per-database work. */
+  async function prepared(): Promise<Compute> {
+    const c = await startCompute();
+    await admin(c, 'template1', (db) => db.query('ALTER SCHEMA public OWNER TO cloud_admin'));
+    return c;
+  }
+  /** What the per-database phase leaves: schema owners and default privileges of every spec database. */
+  async function catalogState(c: Compute): Promise<unknown[]> {
+    const out: unknown[] = [];
+    for (const name of DBS) {
+      out.push(
+        await admin(c, name, async (db) =>
+          (await db.query(
+            "SELECT n.nspname, r.rolname, (SELECT array_agg(d.defaclobjtype::text || ':' || d.defaclacl::text ORDER BY 1) FROM pg_default_acl d WHERE d.defaclnamespace = n.oid) AS acl FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'public'",
+          )).rows,
+        ),
+      );
+    }
+    return out;
+  }
+
+  it('overlaps the databases (seen in pg_stat_activity) with concurrency 4, and gives the same result as one at a time', async () => {
+    const { applySpec } = await import('../drivers/postgres/spec-apply');
+    const sequential = await prepared();
+    const parallel = await prepared();
+
+    // One at a time: the per-database sections never overlap.
+    const intervals: [number, number][] = [];
+    const seqChanges = await applySpec(sequential.spec(withDbs(1)), {
+      connect: connector(sequential),
+      adminUser: ADMIN,
+      perDatabase: async () => {
+        const start = performance.now();
+        await new Promise((r) => setTimeout(r, 20));
+        intervals.push([start, performance.now()]);
+      },
+    });
+    intervals.sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < intervals.length; i++) expect(intervals[i]![0]).toBeGreaterThanOrEqual(intervals[i - 1]![1]);
+
+    // Four at once: each database's section waits until pg_stat_activity shows all four spec
+    // databases' apply sessions open together; with no overlap this would never happen.
+    let maxSeen = 0;
+    const parChanges = await applySpec(parallel.spec(withDbs(4)), {
+      connect: connector(parallel),
+      adminUser: ADMIN,
+      perDatabase: async (client) => {
+        for (let tries = 0; tries < 200; tries++) {
+          const { rows } = await client.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'compute_ctl:apply_config' AND datname = ANY($1)",
+            [DBS],
+          );
+          maxSeen = Math.max(maxSeen, rows[0]!.n);
+          if (rows[0]!.n === DBS.length) return;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      },
+    });
+    expect(maxSeen).toBe(DBS.length);
+    expect(parChanges).toEqual(seqChanges);
+    expect(seqChanges).toEqual(expect.arrayContaining(DBS.map((d) => `give schema public of database "${d}" to "alice"`)));
+    expect(await catalogState(parallel)).toEqual(await catalogState(sequential));
+  });
+});
+
+describe("compute_ctl's migrations (the privileged role's grants, each run once per database)", () => {
+  it('runs them all on the first apply, records the count, runs none again, and only the missing ones after a partial record', async () => {
+    const { MIGRATION_COUNT } = await import('../drivers/postgres/migrations');
+    const c = await startCompute();
+    const first = (await c.activities.applySpec({ spec: c.spec() })).changes;
+    expect(first.filter((ch) => ch.startsWith('migration '))).toHaveLength(MIGRATION_COUNT);
+    const state = () =>
+      admin(c, 'postgres', async (db) => ({
+        id: (await db.query<{ id: string }>('SELECT id FROM neon_migration.migration_id WHERE key = 0')).rows[0]!.id,
+        bypassrls: (await db.query<{ b: boolean }>("SELECT rolbypassrls AS b FROM pg_roles WHERE rolname = 'neon_superuser'")).rows[0]!.b,
+        monitorAdmin: (await db.query<{ a: boolean }>("SELECT admin_option AS a FROM pg_auth_members WHERE roleid = 'pg_monitor'::regrole AND member = 'neon_superuser'::regrole")).rows[0]?.a,
+        signalAdmin: (await db.query<{ a: boolean }>("SELECT admin_option AS a FROM pg_auth_members WHERE roleid = 'pg_signal_backend'::regrole AND member = 'neon_superuser'::regrole")).rows[0]?.a,
+        originStatus: (await db.query<{ ok: boolean }>("SELECT has_function_privilege('neon_superuser', 'pg_catalog.pg_show_replication_origin_status()', 'EXECUTE') AS ok")).rows[0]!.ok,
+      }));
+    expect(await state()).toEqual({ id: String(MIGRATION_COUNT), bypassrls: true, monitorAdmin: true, signalAdmin: true, originStatus: true });
+    expect((await c.activities.applySpec({ spec: c.spec() })).changes.filter((ch) => ch.startsWith('migration '))).toEqual([]);
+
+    // As if a crash came after migration 11: only 12 runs (its grant, revoked here, comes back).
+    await admin(c, 'postgres', (db) => db.query('REVOKE pg_signal_backend FROM neon_superuser; UPDATE neon_migration.migration_id SET id = 11 WHERE key = 0'));
+    const again = (await c.activities.applySpec({ spec: c.spec() })).changes.filter((ch) => ch.startsWith('migration '));
+    expect(again).toEqual(['migration 12: the privileged role may grant pg_signal_backend']);
+    expect((await state()).signalAdmin).toBe(true);
+  });
+});

@@ -3,6 +3,7 @@ import type { TerminateMode } from '../../model/compute-status';
 import type { S3Config } from '../../common/config';
 import { type Failpoint } from '../failpoints';
 import { createComputePostgres, PostgresFailure } from '../../drivers/postgres';
+import type { PgbouncerTarget } from '../../drivers/postgres/pgbouncer';
 import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 import { createComputeCacheActivities } from './cache-node-activities';
 import { createPromoteActivities } from './promote';
@@ -21,6 +22,8 @@ export interface ComputeNodeDeps {
   syncSafekeepersCommand?: string[];
   /** compute_ctl's superuser; the base backup's pg_hba lets it in over the local socket. */
   adminUser?: string;
+  /** pgbouncer's ini and admin console (default: compute_ctl's, see drivers/postgres/pgbouncer.ts). */
+  pgbouncer?: PgbouncerTarget;
   failpoint: Failpoint;
 }
 
@@ -55,6 +58,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
     postgres,
     syncSafekeepersCommand: deps.syncSafekeepersCommand,
     adminUser: deps.adminUser,
+    pgbouncer: deps.pgbouncer,
   });
 
   return {
@@ -116,6 +120,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
     async reconfigurePostgres({ spec }) {
       await failpoint('reconfigurePostgres');
       const { changes, pendingRestart } = await postgres.reconfigurePostgres({ spec, backendSettings: backendSettings({ backend, cacheBackend }, spec) });
+      await steps.tunePgbouncer(spec);
       return { changes, pendingRestart };
     },
 

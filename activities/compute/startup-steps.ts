@@ -1,6 +1,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
+import { log } from '../../common/logger';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import { PGDATA_LOST } from '../../model/compute-status';
@@ -10,7 +11,9 @@ import { type ComputePostgres } from '../../drivers/postgres';
 import { cancellationSignal, every, heartbeat } from '../../common/activity-context';
 import type { ConfSetting } from '../../drivers/postgres/config';
 import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
+import { defaultPgbouncerTarget, tunePgbouncer, type PgbouncerTarget } from '../../drivers/postgres/pgbouncer';
 import { readPostmasterPid } from '../../drivers/postgres/process';
+import { subscriptionsBeforeStartSettings } from '../../drivers/postgres/subscriptions';
 import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../../drivers/safekeepers';
 import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 
@@ -32,6 +35,8 @@ export interface StartupStepDeps {
   postgres: ComputePostgres;
   syncSafekeepersCommand?: string[];
   adminUser?: string;
+  /** pgbouncer's ini and admin console, for the spec's pgbouncer_settings (default: compute_ctl's). */
+  pgbouncer?: PgbouncerTarget;
 }
 
 /** What the storage backend needs in postgresql.conf, plus what the stock cache backend needs (Neon's LFC needs nothing). */
@@ -39,6 +44,8 @@ export function backendSettings(deps: Pick<StartupStepDeps, 'backend' | 'cacheBa
   return [
     ...deps.backend.postgresqlSettings({ tenantId: spec.tenant_id, timelineId: spec.timeline_id, safekeepers: spec.safekeeper_connstrings, mode: spec.mode.kind }),
     ...(deps.cacheBackend === 'stock' ? stockCacheSettings() : []),
+    // Neon's Postgres reads neon.disable_logical_replication_subscribers (config.ts); stock needs this.
+    ...(deps.backend.name === 'stock' ? subscriptionsBeforeStartSettings(spec) : []),
   ];
 }
 
@@ -73,7 +80,24 @@ export function createStartupSteps(deps: StartupStepDeps) {
     }
   }
 
+  /**
+   * compute_ctl's tune_pgbouncer, at start and on every configure. As there, a pgbouncer that
+   * cannot be reached is reported in the log and does not fail the compute: Postgres serves
+   * without it. The settings' names and values were checked with the spec.
+   */
+  async function tunePgbouncerSettings(spec: ComputeSpec): Promise<void> {
+    if (!spec.pgbouncer_settings || Object.keys(spec.pgbouncer_settings).length === 0) return;
+    try {
+      const { changed } = await tunePgbouncer(deps.pgbouncer ?? defaultPgbouncerTarget(), spec.pgbouncer_settings);
+      log().info({ changed }, 'pgbouncer settings applied and reloaded');
+    } catch (err) {
+      log().warn({ err }, 'pgbouncer settings not applied');
+    }
+  }
+
   return {
+    tunePgbouncer: tunePgbouncerSettings,
+
     async preparePgdata({ incarnation }: { incarnation: string }): Promise<void> {
       await postgres.preparePgdata({ incarnation });
     },
@@ -183,6 +207,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
         mode: spec.mode.kind,
         superuser: deps.adminUser ?? 'cloud_admin',
       });
+      await tunePgbouncerSettings(spec);
       // The whole step, the storage backend's readiness included: start_postgres_ms says what it cost.
       return { pid: postmaster.pid, ms: Date.now() - started };
     },

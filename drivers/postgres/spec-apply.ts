@@ -1,8 +1,11 @@
 import type pg from 'pg';
+import pLimit from 'p-limit';
 import { findSetting, type ComputeSpec } from '../../model/compute-spec';
 import { databasePrivileges, listDatabases, listRoles } from './catalog';
 import { PostgresFailure, nonRetryable, retryable } from './errors';
 import { databaseOptionsSql, ident, roleLoginSql } from './sql';
+import { runMigrations } from './migrations';
+import { databasesWithSubscriptions, dropDatabaseSubscriptions, recordSubscriptionsDropped, subscriptionsDropDone } from './subscriptions';
 
 /**
  * Applies the spec's roles and databases to a running Primary in compute_ctl's phases. Each phase
@@ -24,6 +27,10 @@ export interface ApplySpecOptions {
   systemDatabase?: string;
   /** Called at the start of each phase (the activity heartbeats here). */
   onPhase?: (phase: string) => void;
+  /** Called as the per-database phase starts on a database (at most reconfigure_concurrency at once). */
+  onDatabase?: (database: string) => void;
+  /** Extra per-database work, run on that database's connection inside the bounded pool (tests observe the overlap with it). */
+  perDatabase?: (client: pg.Client, database: string) => Promise<void>;
 }
 
 /** SQLSTATE classes that mean "try again later", not "this spec is wrong". */
@@ -134,8 +141,17 @@ export async function applySpec(spec: ComputeSpec, opts: ApplySpecOptions): Prom
     const neonSchema = await admin.query("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'neon'");
     if (neonSchema.length === 0) await admin.change('CREATE SCHEMA IF NOT EXISTS neon', 'create schema neon');
 
+    // drop_subscriptions_before_start: once per timeline, recorded in neon.drop_subscriptions_done.
+    const dropSubscriptionsIn = spec.drop_subscriptions_before_start && !(await subscriptionsDropDone(admin, spec.timeline_id))
+      ? await databasesWithSubscriptions(admin)
+      : undefined;
+
     phase('per-database cleanup and schema ownership');
-    await runInEachDatabase(admin, spec, opts, privileged, rolesToDrop, changes);
+    await runInEachDatabase(admin, spec, opts, privileged, rolesToDrop, changes, dropSubscriptionsIn);
+    if (dropSubscriptionsIn) {
+      phase('record dropped subscriptions');
+      await recordSubscriptionsDropped(admin, spec.timeline_id);
+    }
 
     phase('extensions');
     await createSystemExtensions(admin, spec);
@@ -152,6 +168,9 @@ export async function applySpec(spec: ComputeSpec, opts: ApplySpecOptions): Prom
         'create table public.health_check',
       );
     }
+
+    phase('migrations');
+    await runMigrations(admin, privileged);
 
     phase('drop roles');
     const rolesNow = await listRoles(admin.raw());
@@ -271,29 +290,43 @@ async function runInEachDatabase(
   privileged: string,
   rolesToDrop: string[],
   changes: string[],
+  dropSubscriptionsIn: Set<string> = new Set(),
 ): Promise<void> {
   const roles = await listRoles(admin.raw());
   const dropping = rolesToDrop.filter((r) => roles.has(r));
   const dbs = await listDatabases(admin.raw());
   const specDbs = new Set(spec.cluster.databases.map((d) => d.name));
   const systemDb = opts.systemDatabase ?? 'postgres';
-  for (const db of dbs.values()) {
-    if (!db.allowConnections || db.invalid) continue;
-    const isSpecDb = specDbs.has(db.name);
-    if (dropping.length === 0 && !isSpecDb) continue;
-    const session = db.name === systemDb ? admin : await Session.open(opts.connect, db.name, changes);
-    try {
-      for (const role of dropping) {
-        const newOwner = db.name === systemDb || db.owner === role ? opts.adminUser : db.owner;
-        const where = `in database ${ident(db.name)}`;
-        await session.change(`REASSIGN OWNED BY ${ident(role)} TO ${ident(newOwner)}`, `reassign objects of role ${ident(role)} to ${ident(newOwner)} ${where}`);
-        await session.change(`DROP OWNED BY ${ident(role)}`, `drop privileges of role ${ident(role)} ${where}`);
-      }
-      if (isSpecDb) await fixPublicSchema(session, db.name, db.owner, opts.adminUser, privileged);
-    } finally {
-      if (session !== admin) await session.close();
-    }
-  }
+  const targets = [...dbs.values()].filter((db) => db.allowConnections && !db.invalid && (dropping.length > 0 || specDbs.has(db.name) || dropSubscriptionsIn.has(db.name)),
+  );
+  // compute_ctl's reconfigure_concurrency: that many databases at once, each on its own connection.
+  // Each database's changes are kept apart and joined in catalog order, so the report is the same
+  // whatever the concurrency.
+  const limit = pLimit(Math.max(1, spec.reconfigure_concurrency ?? 1));
+  const perDatabase = await Promise.all(
+    targets.map((db) =>
+      limit(async () => {
+        const dbChanges: string[] = [];
+        const session = await Session.open(opts.connect, db.name, dbChanges);
+        try {
+          opts.onDatabase?.(db.name);
+          if (dropSubscriptionsIn.has(db.name)) await dropDatabaseSubscriptions(session, db.name);
+          for (const role of dropping) {
+            const newOwner = db.name === systemDb || db.owner === role ? opts.adminUser : db.owner;
+            const where = `in database ${ident(db.name)}`;
+            await session.change(`REASSIGN OWNED BY ${ident(role)} TO ${ident(newOwner)}`, `reassign objects of role ${ident(role)} to ${ident(newOwner)} ${where}`);
+            await session.change(`DROP OWNED BY ${ident(role)}`, `drop privileges of role ${ident(role)} ${where}`);
+          }
+          if (specDbs.has(db.name)) await fixPublicSchema(session, db.name, db.owner, opts.adminUser, privileged);
+          await opts.perDatabase?.(session.raw(), db.name);
+        } finally {
+          await session.close();
+        }
+        return dbChanges;
+      }),
+    ),
+  );
+  for (const dbChanges of perDatabase) changes.push(...dbChanges);
 }
 
 async function fixPublicSchema(session: Session, dbName: string, dbOwner: string, adminUser: string, privileged: string): Promise<void> {

@@ -1,5 +1,6 @@
 /** Cross-field rules and normalization: from the raw (wire) spec to the ComputeSpec the code acts on. */
 import { DATABASE_OPTIONS, lookupOption, optionValueProblem, ROLE_OPTIONS, type OptionKind } from './options';
+import { pgbouncerSettingProblem } from './pgbouncer-settings';
 import { resolvePageservers } from './pageservers';
 import type { Path, Problems } from './problems';
 import type { Cluster, ComputeMode, ComputeSpec, DeltaOp, GenericOption, Role } from './types';
@@ -165,6 +166,10 @@ export function resolveSpec(raw: RawSpec, problems: Problems): ComputeSpec | und
   const safekeepers = resolveSafekeepers(raw, mode, problems);
   const cluster = checkCluster(raw, problems);
   const deltas = checkDeltas(raw, problems);
+  for (const [name, value] of Object.entries(raw.pgbouncer_settings ?? {})) {
+    const problem = pgbouncerSettingProblem(name, value);
+    if (problem) problems.add(['pgbouncer_settings', name], problem);
+  }
   if (problems.list.length > before || !pageservers || !tenantId || !timelineId) return undefined;
   return compact<ComputeSpec>({
     format_version: raw.format_version,
@@ -193,5 +198,6 @@ export function resolveSpec(raw: RawSpec, problems: Problems): ComputeSpec | und
     offload_lfc_interval_seconds: raw.offload_lfc_interval_seconds,
     endpoint_storage_addr: raw.endpoint_storage_addr,
     endpoint_storage_token: raw.endpoint_storage_token,
+    pgbouncer_settings: raw.pgbouncer_settings,
   });
 }

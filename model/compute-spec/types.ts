@@ -82,6 +82,8 @@ export interface ComputeSpec {
   offload_lfc_interval_seconds?: number;
   endpoint_storage_addr?: string;
   endpoint_storage_token?: string;
+  /** Written into pgbouncer's ini ([pgbouncer] section) and reloaded, on start and on configure. */
+  pgbouncer_settings?: Record<string, string>;
 }
 
 export interface ComputeCtlConfig {

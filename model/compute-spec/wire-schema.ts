@@ -118,6 +118,7 @@ export const rawSpecSchema = z.object({
   offload_lfc_interval_seconds: optional(z.number().int().positive()),
   endpoint_storage_addr: optional(z.string()),
   endpoint_storage_token: optional(z.string()),
+  pgbouncer_settings: optional(z.record(z.string(), z.string())),
 });
 export type RawSpec = z.output<typeof rawSpecSchema>;
 
