@@ -1,5 +1,6 @@
+import { writeFileAtomicSync } from '../common/atomic-write';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
@@ -85,9 +86,7 @@ function readState(dir: string): StackState | undefined {
 
 function writeState(state: StackState): void {
   const file = path.join(state.settings.dir, STATE_FILE);
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
-  renameSync(tmp, file);
+  writeFileAtomicSync(file, JSON.stringify(state, null, 2), { mode: 0o600 });
 }
 
 /** The settings a stack in `dir` last ran with, if it ever ran. */

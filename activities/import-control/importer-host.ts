@@ -1,5 +1,6 @@
+import { createFileOnceSync } from '../../common/atomic-write';
 import { createHash, randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { asyncLocalStorage, type Context } from '@temporalio/activity';
@@ -50,15 +51,7 @@ export function resolveImporterHost(workdirRoot: string, sharedTaskQueue: string
     const file = path.join(workdirRoot, 'host-id');
     if (!existsSync(file)) {
       const short = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 40) || 'host';
-      const tmp = `${file}.${process.pid}.tmp`;
-      writeFileSync(tmp, `${short}-${randomUUID().slice(0, 8)}\n`, { mode: 0o644 });
-      try {
-        linkSync(tmp, file);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      } finally {
-        rmSync(tmp, { force: true });
-      }
+      createFileOnceSync(file, `${short}-${randomUUID().slice(0, 8)}\n`, { mode: 0o644 });
     }
     hostId = readFileSync(file, 'utf8').trim();
   }

@@ -1,4 +1,5 @@
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileAtomicSync } from '../../common/atomic-write';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { asyncLocalStorage } from '@temporalio/activity';
 import { processStartTime } from '../../common/process-start-time';
@@ -56,9 +57,7 @@ export function holdStepLease(workdirRoot: string, workdir: string): () => void 
     processStart: processStartTime(process.pid) ?? null,
     startedAt: new Date().toISOString(),
   };
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(lease), { mode: 0o600 });
-  renameSync(tmp, file);
+  writeFileAtomicSync(file, JSON.stringify(lease), { mode: 0o600 });
   return () => {
     // Only our own lease: a later attempt of the same step may have replaced it.
     try {

@@ -1,6 +1,7 @@
+import { writeFileAtomicSync } from '../../common/atomic-write';
 import { createHash } from 'node:crypto';
 import { childEnv } from '../../common/child-env';
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
@@ -93,9 +94,7 @@ function readJson<T>(file: string): T | undefined {
 }
 
 function writeJsonAtomic(file: string, value: unknown): void {
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2));
-  renameSync(tmp, file);
+  writeFileAtomicSync(file, JSON.stringify(value, null, 2));
 }
 
 /** The completed dump's marker if the dump directory still matches it. */

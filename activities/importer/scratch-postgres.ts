@@ -1,7 +1,8 @@
+import { writeFileAtomicSync } from '../../common/atomic-write';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { childEnv, pgServerChildEnv } from '../../common/child-env';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -66,9 +67,7 @@ function readState(paths: ScratchPaths): ScratchState | undefined {
 }
 
 function writeState(paths: ScratchPaths, state: ScratchState): void {
-  const tmp = `${paths.stateFile}.tmp`;
-  writeFileSync(tmp, JSON.stringify(state), { mode: 0o600 });
-  renameSync(tmp, paths.stateFile);
+  writeFileAtomicSync(paths.stateFile, JSON.stringify(state), { mode: 0o600 });
 }
 
 async function portIsFree(port: number): Promise<boolean> {

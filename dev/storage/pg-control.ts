@@ -13,7 +13,8 @@
  *
  * Offsets were checked against a real PostgreSQL 15 pg_control and pg_controldata's reading of it.
  */
-import { closeSync, fchownSync, fsyncSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
+import { writeFileAtomicSync } from '../../common/atomic-write';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { formatLsn } from '../../model/lsn';
 
@@ -199,18 +200,9 @@ export function withState(buf: Buffer, state: DbStateName): Buffer {
 export function setControlState(dataDir: string, state: DbStateName): void {
   const file = controlFilePath(dataDir);
   const updated = withState(readFileSync(file), state);
-  const tmp = `${file}.tmp`;
-  const owner = statSync(file);
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    // Keep the owner: the server may run as another user than this process.
-    fchownSync(fd, owner.uid, owner.gid);
-    writeSync(fd, updated);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
+  const { uid, gid } = statSync(file);
+  // Keep the owner: the server may run as another user than this process.
+  writeFileAtomicSync(file, updated, { mode: 0o600, owner: { uid, gid }, durability: 'file' });
 }
 
 /* ---- Untrusted uploads (import_pgdata) ---- */

@@ -1,4 +1,5 @@
-import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { writeFileAtomicSync } from '../../common/atomic-write';
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Connection } from '@temporalio/client';
@@ -94,8 +95,7 @@ function readState(dir: string): ServerState | undefined {
 
 function writeState(dir: string, state: ServerState): void {
   const file = serverFiles(dir).state;
-  writeFileSync(`${file}.tmp`, JSON.stringify(state, null, 2), { mode: 0o600 });
-  renameSync(`${file}.tmp`, file);
+  writeFileAtomicSync(file, JSON.stringify(state, null, 2), { mode: 0o600 });
 }
 
 /**

@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { chown, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { open, readFile, stat } from 'node:fs/promises';
+import { writeFileAtomic as writeAtomic } from '../../common/atomic-write';
 import { maskSecrets } from '../../common/errors';
 import type { ServerUser } from './server-user';
 
@@ -9,15 +8,7 @@ import type { ServerUser } from './server-user';
  * half-written configuration file for Postgres to trip over, and hands it to the server user.
  */
 export async function writeFileAtomic(file: string, content: string, opts: { mode?: number; owner?: ServerUser } = {}): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    await writeFile(tmp, content, { mode: opts.mode ?? 0o600 });
-    if (opts.owner) await chown(tmp, opts.owner.uid, opts.owner.gid);
-    await rename(tmp, file);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+  await writeAtomic(file, content, { mode: opts.mode ?? 0o600, owner: opts.owner });
 }
 
 export async function readTextIfExists(file: string): Promise<string | undefined> {

@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { existsSync, linkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createFileOnceSync } from '../../common/atomic-write';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { ImportConfig } from '../../common/config';
 import { createKmsClient, createKmsKeyProvider } from './kms';
@@ -20,15 +20,7 @@ import { KeyUnavailableError, type KeyKind, type KeyProviders } from './key-prov
 export function ensureLocalImportKey(file: string): void {
   if (existsSync(file)) return;
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  writeFileSync(tmp, `${generateLocalKey()}\n`, { mode: 0o600, flag: 'wx' });
-  try {
-    linkSync(tmp, file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  } finally {
-    rmSync(tmp, { force: true });
-  }
+  createFileOnceSync(file, `${generateLocalKey()}\n`, { mode: 0o600 });
 }
 
 /** Key id and kind new specs are encrypted under. */

@@ -1,4 +1,5 @@
 /** Durable file-system helpers: atomic JSON writes, recursive fsync, hard-link copies. */
+import { writeFileAtomic } from '../../../common/atomic-write';
 import { childEnv } from '../../../common/child-env';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -20,16 +21,7 @@ export async function fsyncDir(dir: string): Promise<void> {
 
 /** Writes `value` as JSON to `file` atomically: temp file, fsync, rename, fsync the directory. */
 export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
-  const fh = await fsp.open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(JSON.stringify(value, null, 2) + '\n');
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fsp.rename(tmp, file);
-  await fsyncDir(path.dirname(file));
+  await writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', { mode: 0o644, durability: 'file-and-dir' });
 }
 
 export async function readJson<T>(file: string): Promise<T> {

@@ -19,6 +19,7 @@
  * then. The system identifier comes from the WAL pusher (START_WAL_PUSH's optional last argument)
  * and is kept beside the timeline's control file.
  */
+import { writeFileAtomic } from '../../../common/atomic-write';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { formatLsn, isLsn, parseLsn, type Lsn } from '../../../model/lsn';
@@ -83,15 +84,7 @@ export async function recordSystemId(t: Timeline, systemId: string): Promise<voi
     throw new PgWireError(`system identifier ${systemId} differs from this timeline's ${known}: wrong compute for this timeline?`, INVALID_PARAMETER);
   }
   const file = path.join(t.dir, SYSTEM_ID_FILE);
-  const tmp = `${file}.tmp`;
-  const fh = await fsp.open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(`${systemId}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fsp.rename(tmp, file);
+  await writeFileAtomic(file, `${systemId}\n`, { mode: 0o600, durability: 'file' });
 }
 
 function pgNow(): bigint {

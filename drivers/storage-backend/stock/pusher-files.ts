@@ -2,7 +2,8 @@
  * The WAL pusher's files inside the compute's PGDATA: its pid (so a second start is a no-op), its
  * status (so the starter can wait for it), its durable state and its log.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { writeFileAtomicSync } from '../../../common/atomic-write';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { processStartTime } from '../../../common/process-start-time';
 
@@ -33,26 +34,6 @@ export interface PusherState {
   imageNextRecordLsn: string;
 }
 
-function writeAtomically(file: string, text: string, durable: boolean): void {
-  const tmp = `${file}.tmp`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, text);
-    if (durable) fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-  if (durable) {
-    const dirFd = openSync(path.dirname(file), 'r');
-    try {
-      fsyncSync(dirFd);
-    } finally {
-      closeSync(dirFd);
-    }
-  }
-}
-
 function readJson<T>(file: string): T | undefined {
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as T;
@@ -62,10 +43,10 @@ function readJson<T>(file: string): T | undefined {
 }
 
 export function writePusherStatus(pgdata: string, status: Omit<PusherStatus, 'updatedAt' | 'pid'>): void {
-  writeAtomically(
+  writeFileAtomicSync(
     path.join(pgdata, PUSHER_STATUS_FILE),
     JSON.stringify({ pid: process.pid, ...status, updatedAt: new Date().toISOString() }),
-    false,
+    { mode: 0o600 },
   );
 }
 
@@ -78,12 +59,12 @@ export function readPusherState(pgdata: string): PusherState | undefined {
 }
 
 export function writePusherState(pgdata: string, state: PusherState): void {
-  writeAtomically(path.join(pgdata, PUSHER_STATE_FILE), JSON.stringify(state), true);
+  writeFileAtomicSync(path.join(pgdata, PUSHER_STATE_FILE), JSON.stringify(state), { mode: 0o600, durability: 'file-and-dir' });
 }
 
 export function writePidFile(pgdata: string, pid: number): void {
   const start = processStartTime(pid);
-  writeAtomically(path.join(pgdata, PUSHER_PID_FILE), `${pid}\n${start ?? ''}\n`, false);
+  writeFileAtomicSync(path.join(pgdata, PUSHER_PID_FILE), `${pid}\n${start ?? ''}\n`, { mode: 0o600 });
 }
 
 /** The pid of the pusher recorded in PGDATA if that very process is still alive. */

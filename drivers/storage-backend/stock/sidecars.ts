@@ -6,8 +6,9 @@
  * worker running from the sources bundles them once per process with esbuild, into the project's
  * cache under a name that changes with their content.
  */
+import { writeFileAtomicSync } from '../../../common/atomic-write';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isBundled, nodeEntryArgs } from '../../../common/node-entry';
@@ -43,9 +44,7 @@ async function bundleFromSources(name: Sidecar): Promise<string> {
   const file = path.join(dir, `${name}-${digest}.mjs`);
   if (!existsSync(file)) {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, code, { mode: 0o644 });
-    renameSync(tmp, file);
+    writeFileAtomicSync(file, code, { mode: 0o644 });
   }
   return file;
 }
