@@ -9,7 +9,7 @@ import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../d
 import { stepContext } from '../../common/activity-context';
 import { detectHostResources, type HostResources } from './bulk-load-settings';
 import { completedDump, dumpSource, restoreDump } from './dump-restore';
-import { permanentFailure } from './failures';
+import { nonRetryable } from '../../common/failures';
 import {
   destroyScratch,
   ensureDatabase,
@@ -71,10 +71,10 @@ export interface PrefixInput {
 
 export function checkWorkdir(workdir: string): string {
   if (!path.isAbsolute(workdir) || path.normalize(workdir) !== workdir || workdir === '/') {
-    throw permanentFailure('InvalidInput', `The work directory must be a normalized absolute path other than /, got ${JSON.stringify(workdir)}`);
+    throw nonRetryable('InvalidInput', `The work directory must be a normalized absolute path other than /, got ${JSON.stringify(workdir)}`);
   }
   if (Buffer.byteLength(path.join(scratchPaths(workdir).socketDir, '.s.PGSQL.65535')) > 107) {
-    throw permanentFailure('InvalidInput', `The work directory ${workdir} is too long: the scratch Postgres's unix socket path below it must fit in 107 bytes`);
+    throw nonRetryable('InvalidInput', `The work directory ${workdir} is too long: the scratch Postgres's unix socket path below it must fit in 107 bytes`);
   }
   return workdir;
 }
@@ -83,13 +83,13 @@ export function checkPrefix(prefix: string): string {
   try {
     return assertSafePrefix(prefix, 'import prefix');
   } catch (err) {
-    throw permanentFailure('InvalidInput', (err as Error).message);
+    throw nonRetryable('InvalidInput', (err as Error).message);
   }
 }
 
 function checkDatabase(database: string): string {
   if (database.length === 0 || Buffer.byteLength(database) > 63 || database.includes('\0')) {
-    throw permanentFailure('InvalidInput', `The target database name must be 1-63 bytes without NUL, got ${JSON.stringify(database)}`);
+    throw nonRetryable('InvalidInput', `The target database name must be 1-63 bytes without NUL, got ${JSON.stringify(database)}`);
   }
   return database;
 }
@@ -116,13 +116,13 @@ export function createImporterActivities(deps: ImporterDeps) {
   async function readSourceConnstring(prefix: string): Promise<string> {
     const key = joinKey(prefix, SPEC_KEY);
     const bytes = await getObjectBytes(deps.s3, deps.bucket, key, 1024 * 1024);
-    if (!bytes) throw permanentFailure('ImportSpecMissing', `No import spec at s3://${deps.bucket}/${key}`);
+    if (!bytes) throw nonRetryable('ImportSpecMissing', `No import spec at s3://${deps.bucket}/${key}`);
     try {
       return await decryptSourceConnstring(parseImportSpec(bytes.toString('utf8'), `s3://${deps.bucket}/${key}`), deps.keyProviders);
     } catch (err) {
-      if (err instanceof InvalidImportSpecError) throw permanentFailure('InvalidImportSpec', err.message);
-      if (err instanceof DecryptionError) throw permanentFailure('DecryptionFailed', err.message);
-      if (err instanceof KeyUnavailableError) throw permanentFailure('KeyUnavailable', err.message);
+      if (err instanceof InvalidImportSpecError) throw nonRetryable('InvalidImportSpec', err.message);
+      if (err instanceof DecryptionError) throw nonRetryable('DecryptionFailed', err.message);
+      if (err instanceof KeyUnavailableError) throw nonRetryable('KeyUnavailable', err.message);
       throw err;
     }
   }

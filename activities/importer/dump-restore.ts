@@ -7,7 +7,8 @@ import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
 import { every, type StepContext } from '../../common/activity-context';
 import { formatKeyValueConninfo, splitPassword } from '../../drivers/conninfo';
-import { classifyPgToolError, permanentFailure, transientFailure } from './failures';
+import { nonRetryable, retryable } from '../../common/failures';
+import { classifyPgToolError } from './failures';
 import { killRecordedGroup, runTool, ToolMissingError, type ToolResult } from './run-tool';
 import type { ScratchConnection } from './scratch-postgres';
 
@@ -146,7 +147,7 @@ export async function dumpSource(opts: {
   try {
     split = splitPassword(opts.sourceConnstring);
   } catch (err) {
-    throw permanentFailure('InvalidConnectionString', `The source connection string cannot be parsed: ${(err as Error).message}`);
+    throw nonRetryable('InvalidConnectionString', `The source connection string cannot be parsed: ${(err as Error).message}`);
   }
   const stopHeartbeat = every(10_000, () => opts.ctx.heartbeat({ phase: 'dump', ...directorySize(p.dumpDir) }));
   let result: ToolResult;
@@ -169,7 +170,7 @@ export async function dumpSource(opts: {
       signal: opts.ctx.signal,
     });
   } catch (err) {
-    if (err instanceof ToolMissingError) throw permanentFailure('MissingBinary', `pg_dump is missing: ${err.message}`);
+    if (err instanceof ToolMissingError) throw nonRetryable('MissingBinary', `pg_dump is missing: ${err.message}`);
     throw err;
   } finally {
     stopHeartbeat();
@@ -177,7 +178,7 @@ export async function dumpSource(opts: {
   if (result.code !== 0) {
     const text = `${failureText('pg_dump', result)}\n(source: ${maskSecrets(opts.sourceConnstring)})`;
     const permanent = classifyPgToolError([...result.errorLines, ...result.stderrTail].join('\n'));
-    throw permanent ? permanentFailure(permanent, text) : transientFailure('DumpFailed', text);
+    throw permanent ? nonRetryable(permanent, text) : retryable('DumpFailed', text);
   }
   const tocSha256 = await sha256File(path.join(p.dumpDir, 'toc.dat'));
   const size = directorySize(p.dumpDir);
@@ -196,7 +197,7 @@ export async function restoreDump(opts: {
 }): Promise<{ skipped: boolean; tocSha256: string }> {
   const p = dumpPaths(opts.workdir);
   const dump = await completedDump(opts.workdir);
-  if (!dump) throw permanentFailure('InvalidInput', `No completed dump in ${p.dumpDir}: run the dump step before the restore`);
+  if (!dump) throw nonRetryable('InvalidInput', `No completed dump in ${p.dumpDir}: run the dump step before the restore`);
   const previous = readJson<RestoreMarker>(p.restoreMarker);
   if (previous && previous.tocSha256 === dump.tocSha256 && previous.database === opts.database) {
     return { skipped: true, tocSha256: dump.tocSha256 };
@@ -223,7 +224,7 @@ export async function restoreDump(opts: {
       signal: opts.ctx.signal,
     });
   } catch (err) {
-    if (err instanceof ToolMissingError) throw permanentFailure('MissingBinary', `pg_restore is missing: ${err.message}`);
+    if (err instanceof ToolMissingError) throw nonRetryable('MissingBinary', `pg_restore is missing: ${err.message}`);
     throw err;
   } finally {
     stopHeartbeat();
@@ -233,7 +234,7 @@ export async function restoreDump(opts: {
     // pg_restore carries on past failed statements and exits 1: the dump does not fit the
     // scratch server (an extension it lacks, say), and a retry would fail the same way.
     const statementErrors = result.errorLines.some((l) => /could not execute query|errors ignored on restore/i.test(l));
-    throw statementErrors ? permanentFailure('RestoreFailed', text) : transientFailure('RestoreInterrupted', text);
+    throw statementErrors ? nonRetryable('RestoreFailed', text) : retryable('RestoreInterrupted', text);
   }
   writeJsonAtomic(p.restoreMarker, { tocSha256: dump.tocSha256, database: opts.database, finishedAt: new Date().toISOString() } satisfies RestoreMarker);
   return { skipped: false, tocSha256: dump.tocSha256 };

@@ -1,4 +1,3 @@
-import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
 
 /**
@@ -19,21 +18,6 @@ export type ImporterFailureType =
   | 'KeyUnavailable'
   | 'RestoreFailed'
   | 'InvalidInput';
-
-export function permanentFailure(type: ImporterFailureType, message: string, cause?: unknown): ApplicationFailure {
-  return ApplicationFailure.create({ type, message: maskSecrets(message), nonRetryable: true, cause: cause instanceof Error ? maskError(cause) : undefined });
-}
-
-/** A retryable failure whose text is masked (the SDK would otherwise record the raw message). */
-export function transientFailure(type: string, message: string): ApplicationFailure {
-  return ApplicationFailure.create({ type, message: maskSecrets(message), nonRetryable: false });
-}
-
-function maskError(err: Error): Error {
-  const masked = new Error(maskSecrets(err.message));
-  masked.name = err.name;
-  return masked;
-}
 
 /** Known permanent conditions in libpq / pg_dump / pg_restore messages (LC_MESSAGES=C). */
 const PERMANENT_PATTERNS: [RegExp, ImporterFailureType][] = [

@@ -1,5 +1,4 @@
 import type { S3Client } from '@aws-sdk/client-s3';
-import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
 import type { PgInstallation } from '../../common/pg-binaries';
 import type { DumpRestoreSummary } from '../../model/import-status';
@@ -12,7 +11,7 @@ import { checkPrefix, checkWorkdir, guarded } from './activities';
 import { stepContext } from '../../common/activity-context';
 import { detectHostResources, type HostResources } from './bulk-load-settings';
 import { dumpPaths } from './dump-restore';
-import { permanentFailure } from './failures';
+import { nonRetryable } from '../../common/failures';
 import { describeEndpoint, userRelations, type Endpoint } from './restore-endpoints';
 import { killLeftoverRestores, restoreIntoDestination } from './restore-destination';
 import { destroyScratch } from './scratch-postgres';
@@ -58,11 +57,11 @@ export function createDumpRestoreActivities(deps: DumpRestoreDeps) {
   async function readSpec(prefix: string): Promise<ImportSpec> {
     const key = joinKey(prefix, SPEC_KEY);
     const bytes = await getObjectBytes(deps.s3, deps.bucket, key, 1024 * 1024);
-    if (!bytes) throw permanentFailure('ImportSpecMissing', `No import spec at s3://${deps.bucket}/${key}`);
+    if (!bytes) throw nonRetryable('ImportSpecMissing', `No import spec at s3://${deps.bucket}/${key}`);
     try {
       return parseImportSpec(bytes.toString('utf8'), `s3://${deps.bucket}/${key}`);
     } catch (err) {
-      if (err instanceof InvalidImportSpecError) throw permanentFailure('InvalidImportSpec', err.message);
+      if (err instanceof InvalidImportSpecError) throw nonRetryable('InvalidImportSpec', err.message);
       throw err;
     }
   }
@@ -71,19 +70,19 @@ export function createDumpRestoreActivities(deps: DumpRestoreDeps) {
   async function endpoints(prefix: string, workdir: string): Promise<{ source: Endpoint; destination: Endpoint }> {
     const spec = await readSpec(prefix);
     if (!spec.destination_connstring_ciphertext_base64) {
-      throw permanentFailure('InvalidImportSpec', `The import spec at ${prefix}/${SPEC_KEY} has no destination_connstring_ciphertext_base64: a dump-restore import needs one`);
+      throw nonRetryable('InvalidImportSpec', `The import spec at ${prefix}/${SPEC_KEY} has no destination_connstring_ciphertext_base64: a dump-restore import needs one`);
     }
     const { kind, keyId } = specKey(spec);
     const provider = deps.keyProviders[kind];
-    if (!provider) throw permanentFailure('KeyUnavailable', `The import spec is encrypted with a ${kind} key, and this importer has no ${kind} key provider configured`);
+    if (!provider) throw nonRetryable('KeyUnavailable', `The import spec is encrypted with a ${kind} key, and this importer has no ${kind} key provider configured`);
     const decrypt = async (ciphertext: string, side: string) => {
       try {
         const text = (await provider.decrypt(Buffer.from(ciphertext, 'base64'), keyId)).toString('utf8');
         if (!/^(postgres(ql)?:\/\/|\s*\w+\s*=)/i.test(text)) throw new DecryptionError(`The decrypted ${side} connection string is neither a postgres:// URL nor key=value conninfo`);
         return text.trim();
       } catch (err) {
-        if (err instanceof DecryptionError) throw permanentFailure('DecryptionFailed', err.message);
-        if (err instanceof KeyUnavailableError) throw permanentFailure('KeyUnavailable', err.message);
+        if (err instanceof DecryptionError) throw nonRetryable('DecryptionFailed', err.message);
+        if (err instanceof KeyUnavailableError) throw nonRetryable('KeyUnavailable', err.message);
         throw err;
       }
     };
@@ -113,13 +112,10 @@ export function createDumpRestoreActivities(deps: DumpRestoreDeps) {
         const conflicts = fromSource.filter((r) => existing.has(JSON.stringify([r.schema, r.name]))).map((r) => `${r.schema}.${r.name}`);
         if (conflicts.length > 0 && !input.clean) {
           const shown = conflicts.slice(0, MAX_CONFLICTS_SHOWN).join(', ') + (conflicts.length > MAX_CONFLICTS_SHOWN ? ` and ${conflicts.length - MAX_CONFLICTS_SHOWN} more` : '');
-          throw ApplicationFailure.create({
-            type: 'DestinationNotEmpty',
-            message: maskSecrets(
-              `the destination database ${describeEndpoint(destination)} already holds ${conflicts.length} relation(s) the source has too: ${shown}. Nothing was written; give --clean to drop and replace them`,
-            ),
-            nonRetryable: true,
-          });
+          throw nonRetryable(
+            'DestinationNotEmpty',
+            `the destination database ${describeEndpoint(destination)} already holds ${conflicts.length} relation(s) the source has too: ${shown}. Nothing was written; give --clean to drop and replace them`,
+          );
         }
         return { source: describeEndpoint(source), destination: describeEndpoint(destination), sourceRelations: fromSource.length, conflicts };
       });

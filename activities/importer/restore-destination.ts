@@ -7,7 +7,7 @@ import type { DumpRestoreSummary } from '../../model/import-status';
 import { every, type StepContext } from '../../common/activity-context';
 import { splitPassword } from '../../drivers/conninfo';
 import { COMMON_DUMP_RESTORE_OPTIONS, completedDump, dumpPaths, toolEnv } from './dump-restore';
-import { permanentFailure, transientFailure } from './failures';
+import { nonRetryable, retryable } from '../../common/failures';
 import { describeEndpoint, quoteIdent, querySide, userRelations, type Endpoint } from './restore-endpoints';
 import { RestoreJournal } from './restore-journal';
 import { dataFileSizes, isIndependentPostData, isTableData, listFileText, parseTocList, RESTORE_SECTIONS, type RestoreSection, type TocEntry } from './restore-toc';
@@ -68,7 +68,7 @@ export async function killLeftoverRestores(workdir: string): Promise<void> {
 async function listSection(install: PgInstallation, dumpDir: string, section: RestoreSection, workdir: string): Promise<TocEntry[]> {
   const text = await new Promise<string>((resolve, reject) => {
     execFile(pgBin(install, 'pg_restore'), ['--list', `--section=${section}`, dumpDir], { env: toolEnv(workdir), maxBuffer: 512 * 1024 * 1024, encoding: 'utf8' }, (err, out, errText) =>
-      err ? reject(permanentFailure('RestoreFailed', `pg_restore --list of ${dumpDir} failed: ${errText || err.message}`)) : resolve(out),
+      err ? reject(nonRetryable('RestoreFailed', `pg_restore --list of ${dumpDir} failed: ${errText || err.message}`)) : resolve(out),
     );
   });
   return parseTocList(text, section);
@@ -107,7 +107,7 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
   const { install, workdir, ctx } = opts;
   const dump = await completedDump(workdir);
   const dumpDir = dumpPaths(workdir).dumpDir;
-  if (!dump) throw permanentFailure('InvalidInput', `No completed dump in ${dumpDir}: run the dump step before the restore`);
+  if (!dump) throw nonRetryable('InvalidInput', `No completed dump in ${dumpDir}: run the dump step before the restore`);
   const p = restorePaths(workdir);
   mkdirSync(p.lists, { recursive: true, mode: 0o700 });
   const dest: Endpoint = { side: 'destination', connstring: opts.destination, workdir };
@@ -115,7 +115,7 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
   try {
     split = splitPassword(opts.destination);
   } catch (err) {
-    throw permanentFailure('InvalidConnectionString', `The destination connection string cannot be parsed: ${(err as Error).message}`);
+    throw nonRetryable('InvalidConnectionString', `The destination connection string cannot be parsed: ${(err as Error).message}`);
   }
 
   await killLeftoverRestores(workdir);
@@ -169,7 +169,7 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
         signal: ctx.signal,
       });
     } catch (err) {
-      if (err instanceof ToolMissingError) throw permanentFailure('MissingBinary', `pg_restore is missing: ${err.message}`);
+      if (err instanceof ToolMissingError) throw nonRetryable('MissingBinary', `pg_restore is missing: ${err.message}`);
       throw err;
     }
     if (result.code === 0) return 'restored';
@@ -177,9 +177,9 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
     const text = `pg_restore of ${name} into the destination ${describeEndpoint(dest)} failed (${result.code !== null ? `exit code ${result.code}` : `signal ${result.signal}`}):\n${[...new Set(lines)].slice(-8).join('\n')}`;
     // Only an entry an earlier attempt was running may already be there: that attempt committed it.
     if (entries.every((e) => inFlightBefore.has(e.id)) && lines.some((l) => /already exists/.test(l))) return 'already-there';
-    if (lines.some((l) => /connection to server .* failed|could not connect|server closed the connection/i.test(l))) throw transientFailure('DestinationUnreachable', text);
-    if (lines.some((l) => /could not execute query|errors ignored on restore/i.test(l))) throw permanentFailure('RestoreFailed', text);
-    throw transientFailure('RestoreInterrupted', text);
+    if (lines.some((l) => /connection to server .* failed|could not connect|server closed the connection/i.test(l))) throw retryable('DestinationUnreachable', text);
+    if (lines.some((l) => /could not execute query|errors ignored on restore/i.test(l))) throw nonRetryable('RestoreFailed', text);
+    throw retryable('RestoreInterrupted', text);
   };
   const restoreEntries = async (name: string, entries: TocEntry[], slot: number, extra: string[] = []) => {
     const todo = entries.filter((e) => !journal.done.has(e.id));
@@ -197,7 +197,7 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
     const match = targets
       .filter((t) => e.rest.startsWith(`${t.schema} ${t.name} `))
       .sort((a, b) => b.schema.length + b.name.length - (a.schema.length + a.name.length))[0];
-    if (!match) throw permanentFailure('RestoreFailed', `The table of dump entry ${e.id} (TABLE DATA ${maskSecrets(e.rest)}) is not in the destination`);
+    if (!match) throw nonRetryable('RestoreFailed', `The table of dump entry ${e.id} (TABLE DATA ${maskSecrets(e.rest)}) is not in the destination`);
     return `${quoteIdent(match.schema)}.${quoteIdent(match.name)}`;
   };
 

@@ -1,3 +1,4 @@
+import { nonRetryable, retryable } from '../../common/failures';
 import { execFile } from 'node:child_process';
 import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
@@ -40,16 +41,12 @@ export function endpointFailure(e: Endpoint, stderr: string, opts: { permanentIf
   const known = classifyPgToolError(stderr);
   if (known && known !== 'MissingBinary') {
     const type = known.startsWith('Source') ? `${side}${known.slice('Source'.length)}` : known;
-    return ApplicationFailure.create({ type, message: `the ${e.side} database ${describeEndpoint(e)} refused the import: ${shown}`, nonRetryable: true });
+    return nonRetryable(type, `the ${e.side} database ${describeEndpoint(e)} refused the import: ${shown}`);
   }
   if (UNREACHABLE.test(stderr)) {
-    return ApplicationFailure.create({
-      type: `${side}Unreachable`,
-      message: `the ${e.side} database ${describeEndpoint(e)} is unreachable: ${shown}`,
-      nonRetryable: opts.permanentIfUnreachable,
-    });
+    return (opts.permanentIfUnreachable ? nonRetryable : retryable)(`${side}Unreachable`, `the ${e.side} database ${describeEndpoint(e)} is unreachable: ${shown}`);
   }
-  return ApplicationFailure.create({ type: `${side}QueryFailed`, message: `a query on the ${e.side} database ${describeEndpoint(e)} failed: ${shown}`, nonRetryable: false });
+  return retryable(`${side}QueryFailed`, `a query on the ${e.side} database ${describeEndpoint(e)} failed: ${shown}`);
 }
 
 const FIELD = '\x1f';
@@ -66,7 +63,7 @@ export async function querySide(
   try {
     split = splitPassword(e.connstring);
   } catch (err) {
-    throw ApplicationFailure.create({ type: 'InvalidConnectionString', message: `the ${e.side} connection string cannot be parsed: ${maskSecrets((err as Error).message)}`, nonRetryable: true });
+    throw nonRetryable('InvalidConnectionString', `the ${e.side} connection string cannot be parsed: ${(err as Error).message}`);
   }
   const env = { ...toolEnv(e.workdir, split.password), PGCONNECT_TIMEOUT: String(opts.connectTimeoutSeconds ?? 30) };
   const args = ['--no-psqlrc', '--quiet', '--no-align', '--tuples-only', '--set', 'ON_ERROR_STOP=1', '--field-separator', FIELD, '--record-separator', RECORD, '--dbname', split.withoutPassword, '--command', sql];

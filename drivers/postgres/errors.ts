@@ -1,5 +1,3 @@
-import { ApplicationFailure } from '@temporalio/common';
-import { maskSecrets } from '../../common/errors';
 import { SETTING_REJECTED } from '../../model/compute-status';
 
 /** Failure types the compute workflow can match on (ApplicationFailure.type). */
@@ -29,11 +27,3 @@ export const PostgresFailure = {
   /** Another postmaster (not ours, or for another PGDATA) is in the way. */
   PostmasterConflict: 'PostmasterConflict',
 } as const;
-
-export function nonRetryable(type: string, message: string, details?: unknown): ApplicationFailure {
-  return ApplicationFailure.create({ type, message: maskSecrets(message), nonRetryable: true, details: details === undefined ? [] : [details] });
-}
-
-export function retryable(type: string, message: string, details?: unknown): ApplicationFailure {
-  return ApplicationFailure.create({ type, message: maskSecrets(message), nonRetryable: false, details: details === undefined ? [] : [details] });
-}

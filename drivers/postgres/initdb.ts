@@ -3,7 +3,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { childEnv } from '../../common/child-env';
 import { maskSecrets } from '../../common/errors';
-import { PostgresFailure, nonRetryable } from './errors';
+import { nonRetryable } from '../../common/failures';
+import { PostgresFailure } from './errors';
 import { assertExecutable } from './process';
 import type { ServerUser } from './server-user';
 

@@ -1,7 +1,8 @@
 import { stat } from 'node:fs/promises';
 import pg from 'pg';
 import { pgbouncerSettingProblem } from '../../model/compute-spec/pgbouncer-settings';
-import { nonRetryable, PostgresFailure } from './errors';
+import { nonRetryable } from '../../common/failures';
+import { PostgresFailure } from './errors';
 import { readTextIfExists, writeFileAtomic } from './files';
 
 /**

@@ -1,7 +1,8 @@
 import { chmod, chown, lstat, mkdir, readdir, realpath, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { PostgresFailure, nonRetryable } from './errors';
+import { nonRetryable } from '../../common/failures';
+import { PostgresFailure } from './errors';
 import { readTextIfExists, writeFileAtomic } from './files';
 import type { ServerUser } from './server-user';
 

@@ -4,7 +4,8 @@ import { constants } from 'node:fs';
 import { access, chown, open, readFile, readlink, realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { PostgresFailure, nonRetryable, retryable } from './errors';
+import { nonRetryable, retryable } from '../../common/failures';
+import { PostgresFailure } from './errors';
 import { readLogTail, readTextIfExists } from './files';
 import type { ServerUser } from './server-user';
 

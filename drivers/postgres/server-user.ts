@@ -1,5 +1,6 @@
 import { runningAsRoot, systemUser } from '../../common/pg-identity';
-import { PostgresFailure, nonRetryable } from './errors';
+import { nonRetryable } from '../../common/failures';
+import { PostgresFailure } from './errors';
 
 /** The unprivileged account the postmaster runs as when the worker itself runs as root. */
 export interface ServerUser {

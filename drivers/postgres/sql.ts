@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { DATABASE_OPTIONS, ROLE_OPTIONS, lookupOption, type GenericOption, type OptionKind, type Role } from '../../model/compute-spec';
-import { PostgresFailure, nonRetryable } from './errors';
+import { nonRetryable } from '../../common/failures';
+import { PostgresFailure } from './errors';
 
 /** Quoted identifier (always quoted, so case, spaces, quotes and unicode survive). */
 export const ident = (name: string): string => pg.escapeIdentifier(name);
