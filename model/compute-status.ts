@@ -50,7 +50,7 @@ export interface ComputeStatusResponse {
   pending_restart?: string[];
   /**
    * A streaming Replica's replay position against the safekeepers' commit LSN, as of the last watch
-   * round (activities/storage-backend/stock/replica.ts).
+   * round (drivers/storage-backend/stock/replica.ts).
    */
   replication?: { replay_lsn: string | null; commit_lsn: string | null; lag_bytes: number | null; measured_at: string };
 }

@@ -251,7 +251,7 @@ describe('the postmaster', () => {
     const { pgdata, port, activities, logPath } = await scratchCompute();
     // Another Node process starts Postgres and exits, as a compute worker that restarts would.
     const script = `
-      const { startPostmaster } = await import(${JSON.stringify(path.join(projectRoot, 'activities/postgres/process.ts'))});
+      const { startPostmaster } = await import(${JSON.stringify(path.join(projectRoot, 'drivers/postgres/process.ts'))});
       const started = await startPostmaster({ pgBinDir: ${JSON.stringify(pgBinDir)}, pgdata: ${JSON.stringify(pgdata)}, owner: ${JSON.stringify(owner ?? null)} ?? undefined });
       console.log(JSON.stringify(started));
     `;

@@ -1,5 +1,5 @@
 /**
- * The chaos table's private stack: the benchmarks' embedded stack on free ports (bench/stack.ts),
+ * The chaos table's private stack: the benchmarks' embedded stack on free ports (dev/private-stack.ts),
  * with S3 reached through toxiproxy and the HTTP fault layer, and with its own control-plane
  * worker (so its S3 traffic goes through the proxy too, and it can be killed). Components can be
  * SIGKILLed and started again on their data (Temporal on its database file).

@@ -2,7 +2,7 @@
  * Stock PostgreSQL 15 started by hand from a dev pageserver base backup, without the compute
  * workflow: what the storage tests use to check the pageserver and safekeepers on their own. The
  * base backup is fetched with pg-copy-streams and unpacked with a minimal tar reader, independent
- * of the compute's client (activities/pageserver), which has its own tests.
+ * of the compute's client (drivers/pageserver), which has its own tests.
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, promises as fsp, readFileSync, writeFileSync } from 'node:fs';
