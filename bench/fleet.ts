@@ -32,7 +32,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { Command } from 'commander';
 import { Client, Connection } from '@temporalio/client';
 import { ComputeClient } from '../client/compute-client';
 import { exampleComputeConfig } from '../client/example-spec';
@@ -49,20 +49,15 @@ import { interrupted, log, pause, processUsage, startChild, stopChildren, stopOn
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-const { values: flags } = parseArgs({
-  options: {
-    computes: { type: 'string' },
-    window: { type: 'string' },
-    'report-seconds': { type: 'string' },
-    'heartbeat-timeout': { type: 'string' },
-    'max-rounds': { type: 'string' },
-    kills: { type: 'string' },
-    'silent-kills': { type: 'string' },
-    'sim-queues': { type: 'string' },
-    sample: { type: 'string' },
-    out: { type: 'string' },
-  },
-});
+const FLAG_NAMES = ['computes', 'window', 'report-seconds', 'heartbeat-timeout', 'max-rounds', 'kills', 'silent-kills', 'sim-queues', 'sample', 'out'] as const;
+const cli = new Command('fleet').description('SIMULATION: thousands of compute workflows on one control-plane worker (each flag also FLEET_<NAME>)');
+for (const name of FLAG_NAMES) cli.option(`--${name} <value>`);
+const parsed = cli.parse().opts<Record<string, string | undefined>>();
+/** The flags under their command-line names (commander keeps them camelCased). */
+const flags = Object.fromEntries(FLAG_NAMES.map((name) => [name, parsed[name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())]])) as Record<
+  (typeof FLAG_NAMES)[number],
+  string | undefined
+>;
 
 function setting(name: keyof typeof flags, fallback?: number): number | undefined {
   const raw = flags[name] ?? process.env[`FLEET_${name.toUpperCase().replace(/-/g, '_')}`];

@@ -3,25 +3,21 @@
  * the dev stack (`node --import tsx dev/s3-server-main.ts --host H --port P --dir D --bucket B`).
  */
 import { mkdirSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { Command } from 'commander';
 import S3rver from 's3rver';
 import { consoleToLog } from '../common/logger';
 
 // JSON log lines, as every process of the project writes (common/logger.ts).
 consoleToLog();
 
-const { values } = parseArgs({
-  options: {
-    host: { type: 'string', default: '127.0.0.1' },
-    port: { type: 'string' },
-    dir: { type: 'string' },
-    bucket: { type: 'string' },
-  },
-});
-if (!values.port || !values.dir || !values.bucket) {
-  console.error('usage: s3-server-main --port P --dir D --bucket B [--host H]');
-  process.exit(2);
-}
+const values = new Command('s3-server-main')
+  .description("the dev stack's S3: s3rver on one address, with one bucket")
+  .requiredOption('--port <port>', 'port to listen on')
+  .requiredOption('--dir <dir>', 'where the objects live')
+  .requiredOption('--bucket <bucket>', 'the bucket to create')
+  .option('--host <host>', 'address to listen on', '127.0.0.1')
+  .parse()
+  .opts<{ host: string; port: string; dir: string; bucket: string }>();
 mkdirSync(values.dir, { recursive: true });
 const server = new S3rver({
   address: values.host,

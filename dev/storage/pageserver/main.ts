@@ -9,7 +9,7 @@
  * Prints `pageserver ready` once both listeners accept; SIGTERM/SIGINT stop it gracefully.
  */
 import { consoleToLog, log as processLog } from '../../../common/logger';
-import { parseArgs } from 'node:util';
+import { Command } from 'commander';
 import { createS3Client } from '../../../drivers';
 import { authTokenOption } from '../../../common/secret-file';
 import { createImportPgdataHandler } from '../pgdata-import/handler';
@@ -27,24 +27,39 @@ function port(value: string | undefined, flag: string): number {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      dir: { type: 'string' },
-      'pg-port': { type: 'string' },
-      'http-port': { type: 'string' },
-      host: { type: 'string', default: '127.0.0.1' },
-      safekeepers: { type: 'string', default: '' },
-      'auth-token': { type: 'string' },
-      'auth-token-file': { type: 'string' },
-      'pg-bin-dir': { type: 'string' },
-      's3-endpoint': { type: 'string' },
-      's3-buckets': { type: 'string', default: '' },
-      's3-region': { type: 'string', default: 'us-east-1' },
-      'import-poll-ms': { type: 'string', default: '10000' },
-      'import-complete-url': { type: 'string' },
-    },
-    strict: true,
-  });
+  const opts = new Command('pageserver')
+    .description('the dev pageserver: libpq page service and management API over local images')
+    .option('--dir <dir>', 'where tenants, timelines and images live')
+    .option('--pg-port <port>', 'libpq page service port')
+    .option('--http-port <port>', 'management API port')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--safekeepers <urls>', "the safekeepers' HTTP URLs, comma-separated", '')
+    .option('--auth-token <token>', 'bearer token callers must present')
+    .option('--auth-token-file <file>', 'file holding that token')
+    .option('--pg-bin-dir <dir>', "PostgreSQL 15's bin directory")
+    .option('--s3-endpoint <url>', 'S3 endpoint import_pgdata reads from')
+    .option('--s3-buckets <names>', 'buckets import_pgdata may read, comma-separated', '')
+    .option('--s3-region <region>', 'S3 region', 'us-east-1')
+    .option('--import-poll-ms <ms>', 'how often a background import checks for its upload', '10000')
+    .option('--import-complete-url <url>', "the control plane's import_complete callback")
+    .parse()
+    .opts<Record<string, string | undefined>>();
+  // The flags under their command-line names, as the rest of this function reads them.
+  const values = {
+    dir: opts.dir,
+    'pg-port': opts.pgPort,
+    'http-port': opts.httpPort,
+    host: opts.host!,
+    safekeepers: opts.safekeepers!,
+    'auth-token': opts.authToken,
+    'auth-token-file': opts.authTokenFile,
+    'pg-bin-dir': opts.pgBinDir,
+    's3-endpoint': opts.s3Endpoint,
+    's3-buckets': opts.s3Buckets!,
+    's3-region': opts.s3Region!,
+    'import-poll-ms': opts.importPollMs!,
+    'import-complete-url': opts.importCompleteUrl,
+  };
   if (!values.dir) throw new Error('--dir is required');
   const authToken = authTokenOption(values['auth-token'], values['auth-token-file']);
   const safekeepers = values.safekeepers
