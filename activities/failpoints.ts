@@ -25,7 +25,7 @@ export interface FailpointOptions {
  * statement's progress was heartbeated). Each fires once per worker process, on attempt 1 only.
  * With no failpoints configured — always in production — this returns at once.
  * A paused point also goes on when a file named after it appears in the directory that
- * DURABLE_COMPUTE_FAILPOINT_RELEASE_DIR names: the chaos table (bench/chaos/) pauses in a step,
+ * DURABLE_COMPUTE_FAILPOINT_RELEASE_DIR names: the chaos table (test/chaos/) pauses in a step,
  * injects a fault, then lets the step run into it.
  */
 export function createFailpoints(enabled: ReadonlySet<string>, warn: (line: string) => void = console.warn) {

@@ -3,7 +3,7 @@
  * s3rver, dev pageserver, 3 dev safekeepers, control-plane worker), one timeline, N rounds; each
  * round starts the compute three ways, in rotating order, and terminates it after each start:
  *
- *   floor:          the startup's step functions (activities/compute/startup-steps.ts) called
+ *   floor:          the startup's step functions (drivers/compute-startup/steps.ts) called
  *                   directly in this process, in the same order and concurrency, without Temporal;
  *   spec at start:  the compute workflow started with its spec (update-with-start, returns when
  *                   running), as `compute start --wait` does;
@@ -25,7 +25,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { createStartupSteps } from '../activities/compute/startup-steps';
+import { createStartupSteps } from '../drivers/compute-startup/steps';
 import { createComputePostgres } from '../drivers/postgres';
 import { computeStorageBackend } from '../drivers/storage-backend';
 import { prepareSidecars } from '../drivers/storage-backend/stock/sidecars';

@@ -1,9 +1,9 @@
 /** The fast-import benchmark's hand-run pipelines, (a) pg_dump + pg_restore and (b) pgcopydb, each followed by `aws s3 sync`. */
 import path from 'node:path';
 import { pgBin, type PgInstallation } from '../common/pg-binaries';
-import type { HostResources } from '../activities/importer/bulk-load-settings';
-import { COMMON_DUMP_RESTORE_OPTIONS } from '../activities/importer/dump-restore';
-import { ensureDatabase, ensureScratchRunning, initScratchDataDir, scratchPaths, stopScratch, withScratchClient } from '../activities/importer/scratch-postgres';
+import type { HostResources } from '../drivers/importer/bulk-load-settings';
+import { COMMON_DUMP_RESTORE_OPTIONS } from '../drivers/importer/dump-restore';
+import { ensureDatabase, ensureScratchRunning, initScratchDataDir, scratchPaths, stopScratch, withScratchClient } from '../drivers/importer/scratch-postgres';
 import { devS3Credentials } from '../dev/stack';
 import { type Bench, DATABASE, exec, finish, jobs, type MethodResult, pgbenchFingerprint, prefixSize, type Step, timed } from './import-common';
 

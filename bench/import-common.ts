@@ -8,7 +8,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import pg from 'pg';
 import { projectRoot } from '../common/paths';
 import type { PgInstallation } from '../common/pg-binaries';
-import type { HostResources } from '../activities/importer/bulk-load-settings';
+import type { HostResources } from '../drivers/importer/bulk-load-settings';
 import { listObjects } from '../drivers/s3/objects';
 import type { ComputeClient } from '../client/compute-client';
 import type { ImportClient } from '../client/import-client';

@@ -1,5 +1,5 @@
 /** The fast-import benchmark's results table (bench/results/import.md). */
-import { detectHostResources } from '../activities/importer/bulk-load-settings';
+import { detectHostResources } from '../drivers/importer/bulk-load-settings';
 import { canDropCaches } from './os-cache';
 import { type Bench, jobs, type MethodResult, MiB, scale } from './import-common';
 import type { PageserverPhases, WorkflowRun } from './import-workflow-run';

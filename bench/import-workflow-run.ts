@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { chownForPostgres } from '../common/pg-identity';
 import { createPageserverClient } from '../drivers/pageserver';
-import { writePgdataDone } from '../activities/importer/status';
+import { writePgdataDone } from '../drivers/importer/status';
 import { exampleComputeConfig } from '../client/example-spec';
 import type { ImportStatusView } from '../client/import-client';
 import { freePort } from '../dev/processes';

@@ -14,6 +14,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const ALL = ['basebackup', 'prewarm', 'import', 'import-dump-restore', 'compute-start', 'compute-burst', 'agent', 'fleet', 'replica-lag'] as const;
 /** Run only when named in BENCH (long): the chaos table (also `npm run chaos`). */
 const ON_REQUEST = ['chaos'];
+/** The chaos table is a fault-injection suite over the activities, so it lives with the tests. */
+const SCRIPT: Record<string, string> = { chaos: path.join(here, '..', 'test', 'chaos', 'run.ts') };
 /** Benchmarks whose module (and results file) is not named after them. */
 const MODULE: Partial<Record<(typeof ALL)[number], string>> = { agent: 'compute-agent' };
 const moduleOf = (name: string) => MODULE[name as (typeof ALL)[number]] ?? name;
@@ -71,7 +73,7 @@ const failed: string[] = [];
 for (const name of chosen) {
   console.log(`\n=== benchmark: ${name}`);
   const started = Date.now();
-  const result = spawnSync(process.execPath, [...tsNodeArgs(), path.join(here, `${moduleOf(name)}.ts`)], { stdio: 'inherit' });
+  const result = spawnSync(process.execPath, [...tsNodeArgs(), SCRIPT[name] ?? path.join(here, `${moduleOf(name)}.ts`)], { stdio: 'inherit' });
   console.log(`=== ${name}: ${result.status === 0 ? 'done' : `FAILED (${result.status ?? result.signal})`} in ${Math.round((Date.now() - started) / 1000)} s`);
   if (result.status !== 0) failed.push(name);
 }

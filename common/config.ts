@@ -111,7 +111,7 @@ export interface ImportConfig {
     /** The queue all importers of one pool share (claims of new local runs). */
     sharedTaskQueue: string;
     uploadConcurrency?: number;
-    /** Files above this many MiB go up in parts of uploadPartSizeMb; defaults in activities/importer/upload.ts. */
+    /** Files above this many MiB go up in parts of uploadPartSizeMb; defaults in drivers/importer/upload.ts. */
     multipartThresholdMb?: number;
     uploadPartSizeMb?: number;
     /** Memory and CPUs the scratch Postgres is sized for; default: this machine's. */

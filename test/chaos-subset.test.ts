@@ -1,17 +1,17 @@
 /**
- * A few cells of the chaos table (npm run chaos, bench/chaos/), asserting its targets: the
+ * A few cells of the chaos table (npm run chaos, test/chaos/), asserting its targets: the
  * workflow completes, no completed step is redone, no acknowledged commit is lost. On the shared
  * test stack, so only faults that disturb no other suite: a compute worker killed in the base
  * backup, and S3 answering 503 to the cache offload and prewarm (through toxiproxy and the fault
  * layer in front of the stack's S3).
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startChaosStack, type ChaosStack } from '../bench/chaos/chaos-stack';
-import { runCacheRow } from '../bench/chaos/cache-row';
-import { runComputeRow } from '../bench/chaos/compute-row';
-import { FAULTS, WORKER_KILL } from '../bench/chaos/faults';
-import { cacheSteps, computeStartupPoints } from '../bench/chaos/steps';
-import { meetsTargets } from '../bench/chaos/table';
+import { startChaosStack, type ChaosStack } from './chaos/chaos-stack';
+import { runCacheRow } from './chaos/cache-row';
+import { runComputeRow } from './chaos/compute-row';
+import { FAULTS, WORKER_KILL } from './chaos/faults';
+import { cacheSteps, computeStartupPoints } from './chaos/steps';
+import { meetsTargets } from './chaos/table';
 import { killAllProcesses } from '../dev/child-processes';
 
 let stack: ChaosStack;

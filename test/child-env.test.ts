@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dumpPaths, dumpSource } from '../activities/importer/dump-restore';
+import { dumpPaths, dumpSource } from '../drivers/importer/dump-restore';
 import { runInitdb } from '../drivers/postgres/initdb';
 import { startPostmaster } from '../drivers/postgres/process';
 import { resolveServerUser } from '../drivers/postgres/server-user';

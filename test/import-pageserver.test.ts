@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stepContext } from '../common/activity-context';
-import { uploadDataDirectory } from '../activities/importer/upload';
+import { uploadDataDirectory } from '../drivers/importer/upload';
 import { createS3Client } from '../drivers/s3/client';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';

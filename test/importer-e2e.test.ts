@@ -22,7 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPostgres, pgBin } from '../common/pg-binaries';
 import { chownForPostgres, pgSpawnIdentity } from '../common/pg-identity';
 import { createImporterActivities, type ImporterActivities } from '../activities/importer/activities';
-import { initialProgress, type UploadProgress, type UploadResult } from '../activities/importer/upload';
+import { initialProgress, type UploadProgress, type UploadResult } from '../drivers/importer/upload';
 import { createS3Client } from '../drivers/s3/client';
 import { getObjectBytes, listObjects } from '../drivers/s3/objects';
 import { buildImportSpec } from '../drivers/secrets/import-spec';

@@ -15,7 +15,7 @@ import { createS3Client } from '../drivers/s3/client';
 import { listObjects, type ListedObject } from '../drivers/s3/objects';
 import { downloadObjects } from '../dev/storage/pgdata-import/download';
 import { stepContext } from '../common/activity-context';
-import { uploadDataDirectory } from '../activities/importer/upload';
+import { uploadDataDirectory } from '../drivers/importer/upload';
 import { classifyEntry, crc32c, createImportPgdataHandler, importPgdataFromS3, parsePgControl, resealPgControl, walSegmentName } from '../dev/storage/pgdata-import';
 import { freePort } from '../dev/processes';
 import { uniqueId } from './helpers/ids';

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createStartCompute } from '../activities/compute/startup';
-import type { StartupSteps } from '../activities/compute/startup-steps';
+import type { StartupSteps } from '../drivers/compute-startup/steps';
 import type { StartComputeResult } from '../activities/compute/types';
 import { createFailpoints } from '../activities/failpoints';
 import type { ComputeSpec } from '../model/compute-spec';

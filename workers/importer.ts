@@ -3,7 +3,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { NativeConnection, Worker } from '@temporalio/worker';
 import { createImporterActivities } from '../activities/importer/activities';
 import { createDumpRestoreActivities, createDumpRestoreHostActivities } from '../activities/importer/restore-activities';
-import { detectHostResources } from '../activities/importer/bulk-load-settings';
+import { detectHostResources } from '../drivers/importer/bulk-load-settings';
 import { createImporterClaimActivities, createImporterHostActivities, resolveImporterHost, type ImporterHost } from '../activities/import-control/importer-host';
 import { importKeyProviders } from '../drivers/secrets/import-keys';
 import { takeOverAbandonedSteps } from '../activities/import-control/step-leases';

@@ -9,7 +9,7 @@ import { createComputeCacheActivities } from './cache-node-activities';
 import { createPromoteActivities } from './promote';
 import { createStartCompute } from './startup';
 import { measureReplayLag } from '../../drivers/storage-backend/stock/replica';
-import { backendSettings, createStartupSteps } from './startup-steps';
+import { backendSettings, createStartupSteps } from '../../drivers/compute-startup/steps';
 import { type ComputeNodeActivities } from './types';
 
 export interface ComputeNodeDeps {

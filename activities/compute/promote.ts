@@ -25,7 +25,7 @@ import { readTextIfExists, writeFileAtomic } from '../../drivers/postgres/files'
 import { findRunningPostmaster } from '../../drivers/postgres/process';
 import { measureReplayLag, safekeepersCommitLsn, SAFEKEEPER_PASSFILE, type ReplayLag } from '../../drivers/storage-backend/stock/replica';
 import { rm } from 'node:fs/promises';
-import type { StartupSteps } from './startup-steps';
+import type { StartupSteps } from '../../drivers/compute-startup/steps';
 
 export const PROMOTE_JOURNAL_FILE = '.durable-compute-promote.json';
 /** compute_ctl polls once a second, 21 times. */

@@ -4,7 +4,7 @@ import type { ComputeSpec } from '../../model/compute-spec';
 import type { Failpoint } from '../failpoints';
 import { readTextIfExists, writeFileAtomic } from '../../drivers/postgres/files';
 import { findRunningPostmaster } from '../../drivers/postgres/process';
-import { STARTUP_JOURNAL_FILE, type StartupSteps } from './startup-steps';
+import { STARTUP_JOURNAL_FILE, type StartupSteps } from '../../drivers/compute-startup/steps';
 import type { StartComputeResult, StartupStep } from './types';
 import { every } from '../../common/activity-context';
 

@@ -3,7 +3,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { beatingWhileRunning } from '../../common/activity-context';
 import { maskSecrets } from '../../common/errors';
 import { PageserverHttpError, type PageserverClient, type TimelineInfo } from '../../drivers/pageserver';
-import { cleanPrefix, FAST_IMPORT_STATUS_KEY, PGDATA_STATUS_KEY, readJsonStatus, SPEC_KEY, writeFastImportStatus } from '../importer/status';
+import { cleanPrefix, FAST_IMPORT_STATUS_KEY, PGDATA_STATUS_KEY, readJsonStatus, SPEC_KEY, writeFastImportStatus } from '../../drivers/importer/status';
 import { assertSafePrefix, deletePrefix, joinKey } from '../../drivers/s3/objects';
 import { createSafekeeperTimeline } from '../../drivers/safekeepers/timeline-create';
 import { importSpecSchema } from '../../drivers/secrets/import-spec';

@@ -7,8 +7,8 @@ import { assertSafePrefix, getObjectBytes, joinKey } from '../../drivers/s3/obje
 import { decryptSourceConnstring, InvalidImportSpecError, parseImportSpec } from '../../drivers/secrets/import-spec';
 import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../drivers/secrets/key-provider';
 import { stepContext } from '../../common/activity-context';
-import { detectHostResources, type HostResources } from './bulk-load-settings';
-import { completedDump, dumpSource, restoreDump } from './dump-restore';
+import { detectHostResources, type HostResources } from '../../drivers/importer/bulk-load-settings';
+import { completedDump, dumpSource, restoreDump } from '../../drivers/importer/dump-restore';
 import { nonRetryable } from '../../common/failures';
 import {
   destroyScratch,
@@ -18,9 +18,9 @@ import {
   recreateDatabase,
   scratchPaths,
   stopScratch,
-} from './scratch-postgres';
-import { cleanPrefix, PGDATA_DIR, SPEC_KEY, writeFastImportStatus, writePgdataDone, type FastImportStatus } from './status';
-import { uploadDataDirectory, type UploadResult } from './upload';
+} from '../../drivers/importer/scratch-postgres';
+import { cleanPrefix, PGDATA_DIR, SPEC_KEY, writeFastImportStatus, writePgdataDone, type FastImportStatus } from '../../drivers/importer/status';
+import { uploadDataDirectory, type UploadResult } from '../../drivers/importer/upload';
 
 /**
  * The importer's steps as Temporal activities, for the worker that runs beside the scratch

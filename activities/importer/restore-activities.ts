@@ -9,14 +9,14 @@ import { InvalidImportSpecError, parseImportSpec, specKey, type ImportSpec } fro
 import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../drivers/secrets/key-provider';
 import { checkPrefix, checkWorkdir, guarded } from './activities';
 import { stepContext } from '../../common/activity-context';
-import { detectHostResources, type HostResources } from './bulk-load-settings';
-import { dumpPaths } from './dump-restore';
+import { detectHostResources, type HostResources } from '../../drivers/importer/bulk-load-settings';
+import { dumpPaths } from '../../drivers/importer/dump-restore';
 import { nonRetryable } from '../../common/failures';
-import { describeEndpoint, userRelations, type Endpoint } from './restore-endpoints';
-import { killLeftoverRestores, restoreIntoDestination } from './restore-destination';
-import { destroyScratch } from './scratch-postgres';
-import { FAST_IMPORT_STATUS_KEY, SPEC_KEY } from './status';
-import { killRecordedGroup } from './run-tool';
+import { describeEndpoint, userRelations, type Endpoint } from '../../drivers/importer/restore-endpoints';
+import { killLeftoverRestores, restoreIntoDestination } from '../../drivers/importer/restore-destination';
+import { destroyScratch } from '../../drivers/importer/scratch-postgres';
+import { FAST_IMPORT_STATUS_KEY, SPEC_KEY } from '../../drivers/importer/status';
+import { killRecordedGroup } from '../../drivers/importer/run-tool';
 
 /**
  * The importer steps of a dump-restore import (Neon fast_import's `dump-restore` command), beside

@@ -1,6 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { maskSecrets } from '../../common/errors';
-import { deletePrefix, getObjectBytes, joinKey, putJsonObject } from '../../drivers/s3/objects';
+import { deletePrefix, getObjectBytes, joinKey, putJsonObject } from '../s3/objects';
 
 /**
  * The objects that tell the rest of the system how an import went. The pageserver waits for

@@ -59,7 +59,7 @@ export function renderTable(cells: Cell[], run: TableRun): string {
   const lines = [
     '## Chaos table',
     '',
-    `Run ${run.startedAt.toISOString()} on ${os.cpus().length} cores, wall time ${Math.round(run.wallMs / 1000)} s (\`npm run chaos\`; the source is bench/chaos/).`,
+    `Run ${run.startedAt.toISOString()} on ${os.cpus().length} cores, wall time ${Math.round(run.wallMs / 1000)} s (\`npm run chaos\`; the source is test/chaos/).`,
     '',
     `**${ran.length} cells run; ${completed.length} completed (${ran.length ? ((100 * completed.length) / ran.length).toFixed(0) : 0} %); ` +
       `${met.length} meet every target; ${redone} completed steps redone; ${lost} of ${acked} acknowledged commits lost.** ` +

@@ -1,7 +1,8 @@
 /**
- * `npm run chaos` (also `BENCH=chaos npm run bench`): the chaos table. Every step of the compute
+ * `npm run chaos` (also `BENCH=chaos npm run bench`): the chaos table, a fault-injection suite
+ * that drives the activities themselves (so it lives with the tests, which may import them). Every step of the compute
  * startup, the cache offload/prewarm path and the import, enumerated from the code, crossed with
- * every fault (bench/chaos/faults.ts), with S3 behind toxiproxy. Writes bench/results/chaos.md.
+ * every fault (test/chaos/faults.ts), with S3 behind toxiproxy. Writes bench/results/chaos.md.
  *
  * Each workflow's rows run in a process of their own on a private stack, the three in parallel:
  * a server restart in one workflow's row never lands in another's cells, and the table takes as
@@ -9,22 +10,22 @@
  *
  * CHAOS_WORKFLOWS=compute,cache,import and CHAOS_FAULTS=worker-kill,s3-503,... pick a subset;
  * CHAOS_OUT names another results file (a partial run does not overwrite the full table);
- * CHAOS_STACK_DIR reuses a running stack (bench/chaos/keep-stack.ts; one workflow at a time).
+ * CHAOS_STACK_DIR reuses a running stack (test/chaos/keep-stack.ts; one workflow at a time).
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { tsNodeArgs } from '../common/paths';
-import { runningStack } from '../dev/stack';
-import { runCacheRow } from './chaos/cache-row';
-import { startChaosStack } from './chaos/chaos-stack';
-import { runComputeRow } from './chaos/compute-row';
-import { ALL_FAULT_NAMES, FAULTS, WORKER_KILL, type Fault, type Workflow } from './chaos/faults';
-import { runImportRows } from './chaos/import-row';
-import { cacheSteps, computeStartupPoints } from './chaos/steps';
-import { writeTable, type Cell } from './chaos/table';
+import { tsNodeArgs } from '../../common/paths';
+import { runningStack } from '../../dev/stack';
+import { runCacheRow } from './cache-row';
+import { startChaosStack } from './chaos-stack';
+import { runComputeRow } from './compute-row';
+import { ALL_FAULT_NAMES, FAULTS, WORKER_KILL, type Fault, type Workflow } from './faults';
+import { runImportRows } from './import-row';
+import { cacheSteps, computeStartupPoints } from './steps';
+import { writeTable, type Cell } from './table';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pick = (value: string | undefined, all: readonly string[]) => {
@@ -34,7 +35,7 @@ const pick = (value: string | undefined, all: readonly string[]) => {
 };
 const workflows = pick(process.env.CHAOS_WORKFLOWS, ['compute', 'cache', 'import']) as Workflow[];
 const faultNames = pick(process.env.CHAOS_FAULTS, ALL_FAULT_NAMES);
-const out = process.env.CHAOS_OUT ?? path.join(here, 'results', 'chaos.md');
+const out = process.env.CHAOS_OUT ?? path.join(here, '..', '..', 'bench', 'results', 'chaos.md');
 
 const startedAt = new Date();
 const log = (line: string) => console.log(`[chaos ${Math.round((Date.now() - startedAt.getTime()) / 1000)} s] ${line}`);

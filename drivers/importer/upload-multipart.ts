@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, HeadObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
-import { unquoteEtag } from '../../drivers/s3/objects';
+import { unquoteEtag } from '../s3/objects';
 import { hashOfFile, type LocalFile } from './upload-files';
 import type { MultipartState } from './upload-progress';
 import { isS3Response, withPayloadHash, type UploadContext } from './upload-s3';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
 import { every, type StepContext } from '../../common/activity-context';
-import { formatKeyValueConninfo, splitPassword } from '../../drivers/conninfo';
+import { formatKeyValueConninfo, splitPassword } from '../conninfo';
 import { nonRetryable, retryable } from '../../common/failures';
 import { classifyPgToolError } from './failures';
 import { killRecordedGroup, runTool, ToolMissingError, type ToolResult } from './run-tool';

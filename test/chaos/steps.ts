@@ -8,7 +8,7 @@
  *   belongs to. The recording steps are a labelled stand-in used only for this enumeration.
  * - Cache path: the keys of the compute cache activity factory (createComputeCacheActivities).
  * - Import: the activity types a clean run of the import workflow scheduled, in order, taken
- *   from its history (bench/chaos/import-row.ts), each checked against the activity factories.
+ *   from its history (test/chaos/import-row.ts), each checked against the activity factories.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -16,7 +16,7 @@ import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createComputeCacheActivities } from '../../activities/compute/cache-node-activities';
 import { createStartCompute } from '../../activities/compute/startup';
-import type { StartupSteps } from '../../activities/compute/startup-steps';
+import type { StartupSteps } from '../../drivers/compute-startup/steps';
 import type { ComputeSpec } from '../../model/compute-spec';
 
 export interface StartupPoint {

@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
-import { splitPassword } from '../../drivers/conninfo';
+import { splitPassword } from '../conninfo';
 import { toolEnv } from './dump-restore';
 import { classifyPgToolError } from './failures';
 

@@ -5,7 +5,7 @@ import { maskSecrets } from '../../common/errors';
 import { pgBin, type PgInstallation } from '../../common/pg-binaries';
 import type { DumpRestoreSummary } from '../../model/import-status';
 import { every, type StepContext } from '../../common/activity-context';
-import { splitPassword } from '../../drivers/conninfo';
+import { splitPassword } from '../conninfo';
 import { COMMON_DUMP_RESTORE_OPTIONS, completedDump, dumpPaths, toolEnv } from './dump-restore';
 import { nonRetryable, retryable } from '../../common/failures';
 import { describeEndpoint, quoteIdent, querySide, userRelations, type Endpoint } from './restore-endpoints';

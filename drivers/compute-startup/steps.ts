@@ -5,17 +5,17 @@ import { log } from '../../common/logger';
 import { pgSpawnIdentity, postgresIdentity } from '../../common/pg-identity';
 import { shard0PageserverConnstring, type ComputeSpec } from '../../model/compute-spec';
 import { PGDATA_LOST } from '../../model/compute-status';
-import { stockCacheSettings } from '../../drivers/cache/stock-backend';
-import { fetchBasebackup, StorageError } from '../../drivers/pageserver';
-import { type ComputePostgres } from '../../drivers/postgres';
+import { stockCacheSettings } from '../cache/stock-backend';
+import { fetchBasebackup, StorageError } from '../pageserver';
+import { type ComputePostgres } from '../postgres';
 import { cancellationSignal, every, heartbeat } from '../../common/activity-context';
-import type { ConfSetting } from '../../drivers/postgres/config';
-import { INCARNATION_FILE } from '../../drivers/postgres/pgdata';
-import { defaultPgbouncerTarget, tunePgbouncer, type PgbouncerTarget } from '../../drivers/postgres/pgbouncer';
-import { readPostmasterPid } from '../../drivers/postgres/process';
-import { subscriptionsBeforeStartSettings } from '../../drivers/postgres/subscriptions';
-import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../../drivers/safekeepers';
-import type { ComputeStorageBackend } from '../../drivers/storage-backend';
+import type { ConfSetting } from '../postgres/config';
+import { INCARNATION_FILE } from '../postgres/pgdata';
+import { defaultPgbouncerTarget, tunePgbouncer, type PgbouncerTarget } from '../postgres/pgbouncer';
+import { readPostmasterPid } from '../postgres/process';
+import { subscriptionsBeforeStartSettings } from '../postgres/subscriptions';
+import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../safekeepers';
+import type { ComputeStorageBackend } from '../storage-backend';
 
 /** Journal of the one-activity startup (startup.ts); inside PGDATA, so a wipe removes it too. */
 export const STARTUP_JOURNAL_FILE = '.durable-compute-startup.json';

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { Transform } from 'node:stream';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { listObjects, unquoteEtag } from '../../drivers/s3/objects';
+import { listObjects, unquoteEtag } from '../s3/objects';
 import type { StepContext } from '../../common/activity-context';
 import { FileChangedError, sha256OfFile, type LocalFile } from './upload-files';
 import type { UploadHeartbeat } from './upload-progress';
