@@ -16,7 +16,7 @@
  * primary, nor waits again for a catch-up that was done.
  */
 import path from 'node:path';
-import { ApplicationFailure, Context } from '@temporalio/activity';
+import { Context } from '@temporalio/activity';
 import type { ComputeSpec } from '../../model/compute-spec';
 import { formatLsn, isLsn, parseLsn } from '../../model/lsn';
 import type { Failpoint } from '../failpoints';
@@ -26,6 +26,7 @@ import { findRunningPostmaster } from '../../drivers/postgres/process';
 import { measureReplayLag, safekeepersCommitLsn, SAFEKEEPER_PASSFILE, type ReplayLag } from '../../drivers/storage-backend/stock/replica';
 import { rm } from 'node:fs/promises';
 import type { StartupSteps } from '../../drivers/compute-startup/steps';
+import { nonRetryable } from '../../common/failures';
 
 export const PROMOTE_JOURNAL_FILE = '.durable-compute-promote.json';
 /** compute_ctl polls once a second, 21 times. */
@@ -107,14 +108,14 @@ export function createPromoteActivities(deps: PromoteDeps) {
     const { incarnation, spec } = input;
     if (deps.backend !== 'stock') {
       // Neon's Postgres promotes with pg_promote() and walproposer (compute_ctl's steps); not built here.
-      throw ApplicationFailure.nonRetryable('promote is implemented for the stock storage backend only', PROMOTE_FAILED);
+      throw nonRetryable(PROMOTE_FAILED, 'promote is implemented for the stock storage backend only');
     }
-    if (spec.mode.kind !== 'Primary') throw ApplicationFailure.nonRetryable(`a promote needs the primary's spec, got mode ${spec.mode.kind}`, PROMOTE_FAILED);
+    if (spec.mode.kind !== 'Primary') throw nonRetryable(PROMOTE_FAILED, `a promote needs the primary's spec, got mode ${spec.mode.kind}`);
     if (input.safekeepersLsn !== undefined && !isLsn(input.safekeepersLsn)) {
-      throw ApplicationFailure.nonRetryable(`safekeepers LSN must look like 0/16B5A50, got ${JSON.stringify(input.safekeepersLsn)}`, PROMOTE_FAILED);
+      throw nonRetryable(PROMOTE_FAILED, `safekeepers LSN must look like 0/16B5A50, got ${JSON.stringify(input.safekeepersLsn)}`);
     }
     const check = await postgres.checkPgdata({ incarnation });
-    if (!check.intact) throw ApplicationFailure.nonRetryable(`cannot promote: ${check.problems.join('; ')}`, PROMOTE_FAILED);
+    if (!check.intact) throw nonRetryable(PROMOTE_FAILED, `cannot promote: ${check.problems.join('; ')}`);
 
     const journal = await readJournal(pgdata, incarnation);
     const beat = (details: Record<string, unknown> = {}) => ctx.heartbeat({ ...journal, ...details });
@@ -132,7 +133,7 @@ export function createPromoteActivities(deps: PromoteDeps) {
     try {
       // 1. Replay up to the target: the old primary's last WAL, so the new primary forks nothing.
       await run('catch_up', async () => {
-        if (!(await findRunningPostmaster(pgdata))) throw ApplicationFailure.nonRetryable('cannot promote: Postgres is not running', PROMOTE_FAILED);
+        if (!(await findRunningPostmaster(pgdata))) throw nonRetryable(PROMOTE_FAILED, 'cannot promote: Postgres is not running');
         let target: bigint;
         if (input.safekeepersLsn !== undefined) {
           target = parseLsn(input.safekeepersLsn);
@@ -148,10 +149,7 @@ export function createPromoteActivities(deps: PromoteDeps) {
           lag = await measureReplayLag(localCtx(spec));
           if (lag.replay_lsn !== null && parseLsn(lag.replay_lsn) >= target) return;
           if (Date.now() > deadline) {
-            throw ApplicationFailure.nonRetryable(
-              `replica didn't catch up: replayed up to ${lag.replay_lsn ?? 'nothing'}, the promote needs ${formatLsn(target)} (the safekeepers' commit LSN is ${lag.commit_lsn ?? 'unknown'})`,
-              PROMOTE_FAILED,
-            );
+            throw nonRetryable(PROMOTE_FAILED, `replica didn't catch up: replayed up to ${lag.replay_lsn ?? 'nothing'}, the promote needs ${formatLsn(target)} (the safekeepers' commit LSN is ${lag.commit_lsn ?? 'unknown'})`);
           }
           beat({ replayLsn: lag.replay_lsn, target: journal.target });
           await new Promise((resolve) => setTimeout(resolve, 100));

@@ -1,5 +1,4 @@
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { ApplicationFailure } from '@temporalio/common';
 import { beatingWhileRunning } from '../../common/activity-context';
 import { maskSecrets } from '../../common/errors';
 import { PageserverHttpError, type PageserverClient, type TimelineInfo } from '../../drivers/pageserver';
@@ -7,6 +6,7 @@ import { cleanPrefix, FAST_IMPORT_STATUS_KEY, PGDATA_STATUS_KEY, readJsonStatus,
 import { assertSafePrefix, deletePrefix, joinKey } from '../../drivers/s3/objects';
 import { createSafekeeperTimeline } from '../../drivers/safekeepers/timeline-create';
 import { importSpecSchema } from '../../drivers/secrets/import-spec';
+import { nonRetryable } from '../../common/failures';
 
 /**
  * The control plane's side of a fast import: everything that needs S3 or the storage services
@@ -45,7 +45,7 @@ function prefixOf(prefix: string): string {
   try {
     return assertSafePrefix(prefix, 'import prefix');
   } catch (err) {
-    throw ApplicationFailure.nonRetryable((err as Error).message, IMPORT_CONTROL_FAILURES.invalidInput);
+    throw nonRetryable(IMPORT_CONTROL_FAILURES.invalidInput, (err as Error).message);
   }
 }
 
@@ -68,7 +68,7 @@ function brokenReason(info: TimelineInfo): string | undefined {
 export function createImportControlActivities(deps: ImportControlDeps) {
   const pageserver = (): PageserverClient => {
     if (!deps.pageserver) {
-      throw ApplicationFailure.nonRetryable('No pageserver is configured (PAGESERVER_HTTP_URL, or a running dev stack)', IMPORT_CONTROL_FAILURES.noPageserver);
+      throw nonRetryable(IMPORT_CONTROL_FAILURES.noPageserver, 'No pageserver is configured (PAGESERVER_HTTP_URL, or a running dev stack)');
     }
     return deps.pageserver;
   };
@@ -85,10 +85,7 @@ export function createImportControlActivities(deps: ImportControlDeps) {
       const prefix = prefixOf(input.prefix);
       const parsed = importSpecSchema.safeParse(input.spec);
       if (!parsed.success) {
-        throw ApplicationFailure.nonRetryable(
-          `The import spec is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`,
-          IMPORT_CONTROL_FAILURES.invalidSpec,
-        );
+        throw nonRetryable(IMPORT_CONTROL_FAILURES.invalidSpec, `The import spec is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
       }
       const { deleted } = await deletePrefix(deps.s3, deps.bucket, prefix);
       await deps.s3.send(
@@ -128,22 +125,16 @@ export function createImportControlActivities(deps: ImportControlDeps) {
             // Nothing there yet: the 429 was not about this import; try again later.
             if (!info) throw new Error(`The pageserver answered 429 (${err.msg}) but has no import of ${input.tenantId}/${input.timelineId}; retrying`);
             if (timelineOwnership(info, input.idempotencyKey) === 'ours') return { httpStatus: 429, alreadyRunning: true };
-            throw ApplicationFailure.nonRetryable(
-              `Timeline ${input.tenantId}/${input.timelineId} already exists and is not this import's (the pageserver answered 429: ${err.msg})`,
-              IMPORT_CONTROL_FAILURES.timelineConflict,
-            );
+            throw nonRetryable(IMPORT_CONTROL_FAILURES.timelineConflict, `Timeline ${input.tenantId}/${input.timelineId} already exists and is not this import's (the pageserver answered 429: ${err.msg})`);
           }
           if (err.status === 409) {
-            throw ApplicationFailure.nonRetryable(
-              `Timeline ${input.tenantId}/${input.timelineId} already exists and is not this import's: ${err.msg}`,
-              IMPORT_CONTROL_FAILURES.timelineConflict,
-            );
+            throw nonRetryable(IMPORT_CONTROL_FAILURES.timelineConflict, `Timeline ${input.tenantId}/${input.timelineId} already exists and is not this import's: ${err.msg}`);
           }
           if (err.status >= 400 && err.status < 500 && err.status !== 408) {
-            throw ApplicationFailure.nonRetryable(`The pageserver refused the import: ${err.message}`, IMPORT_CONTROL_FAILURES.pageserverRejected);
+            throw nonRetryable(IMPORT_CONTROL_FAILURES.pageserverRejected, `The pageserver refused the import: ${err.message}`);
           }
         }
-        if (err instanceof RangeError) throw ApplicationFailure.nonRetryable(err.message, IMPORT_CONTROL_FAILURES.invalidInput);
+        if (err instanceof RangeError) throw nonRetryable(IMPORT_CONTROL_FAILURES.invalidInput, err.message);
         throw err;
       }
     },

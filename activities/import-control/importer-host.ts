@@ -4,7 +4,6 @@ import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { asyncLocalStorage, type Context } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
 import type { ImporterActivities } from '../importer/activities';
 import { dumpPaths } from '../../drivers/importer/dump-restore';
 import { killRecordedGroup } from '../../drivers/importer/run-tool';
@@ -12,6 +11,7 @@ import { importerHostTaskQueue, isValidImportId, isValidImporterHostId } from '.
 import { MAX_WORKDIR_ROOT_BYTES } from '../../common/paths';
 import { holdStepLease } from './step-leases';
 import { every } from '../../common/activity-context';
+import { nonRetryable } from '../../common/failures';
 
 /**
  * What makes an importer worker a *host*: an identity tied to its local disk, its own task queue,
@@ -104,7 +104,7 @@ export async function withHeartbeatPump<T>(fn: () => Promise<T>): Promise<T> {
 export function insideRoot(host: ImporterHost, workdir: unknown): string {
   if (typeof workdir !== 'string' || path.normalize(workdir) !== workdir || path.dirname(workdir) !== host.workdirRoot) {
     // A workflow input must never make a host remove or write outside its own import directories.
-    throw ApplicationFailure.nonRetryable(`Work directory ${JSON.stringify(workdir)} is not an import directory of host ${host.hostId}`, 'InvalidInput');
+    throw nonRetryable('InvalidInput', `Work directory ${JSON.stringify(workdir)} is not an import directory of host ${host.hostId}`);
   }
   return workdir;
 }
@@ -118,7 +118,7 @@ export function createImporterClaimActivities(host: ImporterHost) {
      */
     async claimImportHost(input: { importId: string; localRun: number; runKey: string }): Promise<{ hostId: string; taskQueue: string; workdir: string }> {
       if (!isValidImportId(input.importId) || !Number.isInteger(input.localRun) || input.localRun < 1 || !/^[A-Za-z0-9-]{1,64}$/.test(input.runKey)) {
-        throw ApplicationFailure.nonRetryable(`Invalid claim ${JSON.stringify(input)}`, 'InvalidInput');
+        throw nonRetryable('InvalidInput', `Invalid claim ${JSON.stringify(input)}`);
       }
       const workdir = importWorkdir(host, input.importId, `${input.runKey}/${input.localRun}`);
       return { hostId: host.hostId, taskQueue: host.taskQueue, workdir };

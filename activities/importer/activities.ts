@@ -1,7 +1,6 @@
 import path from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import { maskSecrets } from '../../common/errors';
 import type { PgInstallation } from '../../common/pg-binaries';
 import { assertSafePrefix, getObjectBytes, joinKey } from '../../drivers/s3/objects';
 import { decryptSourceConnstring, InvalidImportSpecError, parseImportSpec } from '../../drivers/secrets/import-spec';
@@ -9,7 +8,7 @@ import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../d
 import { stepContext } from '../../common/activity-context';
 import { detectHostResources, type HostResources } from '../../drivers/importer/bulk-load-settings';
 import { completedDump, dumpSource, restoreDump } from '../../drivers/importer/dump-restore';
-import { nonRetryable } from '../../common/failures';
+import { nonRetryable, retryable } from '../../common/failures';
 import {
   destroyScratch,
   ensureDatabase,
@@ -105,7 +104,7 @@ export async function guarded<T>(step: string, fn: () => Promise<T>): Promise<T>
     if (err instanceof ApplicationFailure || err instanceof CancelledFailure) throw err;
     const e = err as Error;
     if (e?.name === 'AbortError') throw err;
-    throw ApplicationFailure.create({ type: `${step}Failed`, message: maskSecrets(`${step}: ${e?.message ?? String(err)}`), nonRetryable: false });
+    throw retryable(`${step}Failed`, `${step}: ${e?.message ?? String(err)}`);
   }
 }
 

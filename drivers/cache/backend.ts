@@ -1,5 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { CacheState, PrewarmProgress } from '../../model/cache-state';
+import { nonRetryable } from '../../common/failures';
 
 export interface PrewarmOptions {
   /** Where an earlier attempt got to; blocks before it are not requested again. */
@@ -35,11 +36,11 @@ export interface CacheBackend {
 export const INCOMPATIBLE_CACHE_STATE = 'IncompatibleCacheState';
 
 export function incompatibleCacheState(problem: string): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(`cache state does not fit this compute: ${problem}`, INCOMPATIBLE_CACHE_STATE);
+  return nonRetryable(INCOMPATIBLE_CACHE_STATE, `cache state does not fit this compute: ${problem}`);
 }
 
 export function assertMaxChunks(maxChunks: number | undefined): void {
   if (maxChunks !== undefined && (!Number.isSafeInteger(maxChunks) || maxChunks < 0 || maxChunks > 0x7fffffff)) {
-    throw ApplicationFailure.nonRetryable(`maxChunks must be an integer from 0 to 2147483647, got ${maxChunks}`, 'InvalidArgument');
+    throw nonRetryable('InvalidArgument', `maxChunks must be an integer from 0 to 2147483647, got ${maxChunks}`);
   }
 }

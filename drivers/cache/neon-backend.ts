@@ -6,12 +6,12 @@
  * Resume: prewarm_local_cache is one blocking call, so a retried attempt runs it again; pages the
  * first attempt loaded are already in the LFC and come back as skipped.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertMaxChunks, incompatibleCacheState, type CacheBackend, type PrewarmCounts } from './backend';
 import { inspectNeonLfcState } from './neon-lfc-format';
 import { cancellableQuery, openSession, throwIfAborted, type ConnectFn, type Session } from './pg-session';
 import { CORRUPT_CACHE_STATE } from './state-codec';
+import { nonRetryable } from '../../common/failures';
 
 export interface NeonCacheBackendOptions {
   connect: ConnectFn;
@@ -63,7 +63,7 @@ export function createNeonCacheBackend(options: NeonCacheBackendOptions): CacheB
         try {
           summary = inspectNeonLfcState(state);
         } catch (err) {
-          throw ApplicationFailure.nonRetryable(`neon.get_local_cache_state() returned a malformed state: ${(err as Error).message}`, CORRUPT_CACHE_STATE);
+          throw nonRetryable(CORRUPT_CACHE_STATE, `neon.get_local_cache_state() returned a malformed state: ${(err as Error).message}`);
         }
         if (summary.chunks === 0 || summary.pages === 0) return null;
         return { kind: 'neon-lfc', blockSize: rows[0]!.bs, lfcState: state, pages: summary.pages };

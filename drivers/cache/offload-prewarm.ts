@@ -17,6 +17,7 @@ import { crc32, decodeCacheState, encodeCacheState, type Compression } from './s
 import { createStockCacheBackend } from './stock-backend';
 import type { CacheStateStore } from './store';
 import { every } from '../../common/activity-context';
+import { retryable } from '../../common/failures';
 
 export interface OffloadPrewarmDeps {
   /** Opens a connected client to a database of this compute's Postgres. */
@@ -65,7 +66,7 @@ function asActivityError(err: unknown, signal: AbortSignal, type: string): unkno
   if (signal.aborted) return signal.reason instanceof Error ? signal.reason : err;
   if (err instanceof ApplicationFailure) return err;
   const message = maskSecrets(err instanceof Error ? err.message : String(err));
-  return ApplicationFailure.retryable(message, type);
+  return retryable(type, message);
 }
 
 function heartbeatDetails(details: unknown): PrewarmHeartbeat | undefined {

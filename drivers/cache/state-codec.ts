@@ -24,6 +24,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { BlockRange, CacheState } from '../../model/cache-state';
 import { isForkNumber } from './block-ranges';
 import { inspectNeonLfcState } from './neon-lfc-format';
+import { nonRetryable } from '../../common/failures';
 
 export const CACHE_STATE_MAGIC = 'DCCS';
 export const CACHE_STATE_FORMAT_VERSION = 1;
@@ -51,7 +52,7 @@ const COMPRESSION_CODES: Record<Compression, number> = { none: 0, deflate: 1, br
 export const CORRUPT_CACHE_STATE = 'CorruptCacheState';
 
 export function corruptCacheState(problem: string): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(`corrupt cache state: ${problem}`, CORRUPT_CACHE_STATE);
+  return nonRetryable(CORRUPT_CACHE_STATE, `corrupt cache state: ${problem}`);
 }
 
 // CRC-32 (IEEE), table-driven: zlib.crc32 only exists from Node 20.15.

@@ -3,10 +3,10 @@
  * `<prefix>/<tenant_id>/<timeline_id>/<endpoint_id>/lfc_state` (PUT overwrites; absent is null).
  */
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { ApplicationFailure } from '@temporalio/common';
 import type { Readable } from 'node:stream';
 import { cacheStateKey, normalizeKeyPrefix } from '../../model/cache-state';
 import { MAX_STORED_CACHE_STATE_BYTES } from './state-codec';
+import { nonRetryable } from '../../common/failures';
 
 export interface CacheStateStore {
   /** The object key, validating every ID (ApplicationFailure 'InvalidArgument' when one is bad). */
@@ -36,7 +36,7 @@ async function readCapped(body: Readable, limit: number, key: string): Promise<B
     size += b.length;
     if (size > limit) {
       body.destroy();
-      throw ApplicationFailure.nonRetryable(`cache state ${key} is larger than the ${limit}-byte limit`, 'CorruptCacheState');
+      throw nonRetryable('CorruptCacheState', `cache state ${key} is larger than the ${limit}-byte limit`);
     }
     chunks.push(b);
   }
@@ -49,7 +49,7 @@ export function createCacheStateStore(options: CacheStateStoreOptions): CacheSta
     try {
       return cacheStateKey(prefix, tenantId, timelineId, endpointId);
     } catch (err) {
-      throw ApplicationFailure.nonRetryable((err as Error).message, 'InvalidArgument');
+      throw nonRetryable('InvalidArgument', (err as Error).message);
     }
   };
   return {
@@ -57,7 +57,7 @@ export function createCacheStateStore(options: CacheStateStoreOptions): CacheSta
 
     async put(tenantId, timelineId, endpointId, blob, opts = {}) {
       const k = key(tenantId, timelineId, endpointId);
-      if (blob.length > MAX_STORED_CACHE_STATE_BYTES) throw ApplicationFailure.nonRetryable(`cache state of ${blob.length} bytes exceeds the ${MAX_STORED_CACHE_STATE_BYTES}-byte limit`, 'CacheStateTooLarge');
+      if (blob.length > MAX_STORED_CACHE_STATE_BYTES) throw nonRetryable('CacheStateTooLarge', `cache state of ${blob.length} bytes exceeds the ${MAX_STORED_CACHE_STATE_BYTES}-byte limit`);
       await options.s3.send(new PutObjectCommand({ Bucket: options.bucket, Key: k, Body: blob, ContentLength: blob.length, ContentType: 'application/octet-stream' }), {
         abortSignal: opts.signal,
       });
@@ -74,7 +74,7 @@ export function createCacheStateStore(options: CacheStateStoreOptions): CacheSta
       }
       if (response.ContentLength !== undefined && response.ContentLength > MAX_STORED_CACHE_STATE_BYTES) {
         (response.Body as Readable | undefined)?.destroy();
-        throw ApplicationFailure.nonRetryable(`cache state ${k} is ${response.ContentLength} bytes, over the ${MAX_STORED_CACHE_STATE_BYTES}-byte limit`, 'CorruptCacheState');
+        throw nonRetryable('CorruptCacheState', `cache state ${k} is ${response.ContentLength} bytes, over the ${MAX_STORED_CACHE_STATE_BYTES}-byte limit`);
       }
       if (!response.Body) return Buffer.alloc(0);
       return readCapped(response.Body as Readable, MAX_STORED_CACHE_STATE_BYTES, k);

@@ -16,6 +16,7 @@ import { readPostmasterPid } from '../postgres/process';
 import { subscriptionsBeforeStartSettings } from '../postgres/subscriptions';
 import { checkSafekeepersSynced, runSyncSafekeepers, SyncSafekeepersError } from '../safekeepers';
 import type { ComputeStorageBackend } from '../storage-backend';
+import { nonRetryable, retryable } from '../../common/failures';
 
 /** Journal of the one-activity startup (startup.ts); inside PGDATA, so a wipe removes it too. */
 export const STARTUP_JOURNAL_FILE = '.durable-compute-startup.json';
@@ -24,7 +25,7 @@ export const STARTUP_JOURNAL_FILE = '.durable-compute-startup.json';
 const WRITTEN_BEFORE_BASEBACKUP = new Set(['postgresql.conf', 'compute_ctl_temp_override.conf', INCARNATION_FILE, STARTUP_JOURNAL_FILE]);
 
 export function pgdataLost(message: string): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(message, PGDATA_LOST);
+  return nonRetryable(PGDATA_LOST, message);
 }
 
 export interface StartupStepDeps {
@@ -132,7 +133,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
         });
         return { lsn: result.lsn, ms: result.elapsedMs };
       } catch (err) {
-        if (err instanceof SyncSafekeepersError) throw ApplicationFailure.retryable(err.message, 'SyncSafekeepersFailed');
+        if (err instanceof SyncSafekeepersError) throw retryable('SyncSafekeepersFailed', err.message);
         throw err;
       } finally {
         stopBeating();
@@ -171,7 +172,7 @@ export function createStartupSteps(deps: StartupStepDeps) {
       } catch (err) {
         if (err instanceof StorageError) {
           // Unknown tenant/timeline or a refused request will not get better by retrying.
-          throw err.retryable ? ApplicationFailure.retryable(err.message, 'BasebackupFailed') : ApplicationFailure.nonRetryable(err.message, 'BasebackupFailed');
+          throw err.retryable ? retryable('BasebackupFailed', err.message) : nonRetryable('BasebackupFailed', err.message);
         }
         throw err;
       }

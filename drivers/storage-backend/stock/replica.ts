@@ -7,7 +7,6 @@
  * The storage token never enters postgresql.conf: the walreceiver reads it from a password file in
  * PGDATA that only the Postgres OS user can read.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -21,6 +20,7 @@ import type { ConfSetting } from '../../postgres/config';
 import { connectHost, readPostmasterPid } from './local-postgres';
 import { PgConnection } from './pg-client';
 import { splitHostPort } from './safekeeper-client';
+import { nonRetryable } from '../../../common/failures';
 
 /** The walreceiver's password file, relative to PGDATA (the postmaster's working directory). */
 export const SAFEKEEPER_PASSFILE = 'safekeepers.pgpass';
@@ -110,7 +110,7 @@ export async function startReplicaStreaming(ctx: PostgresReadyContext): Promise<
     if (status.errors.length === ctx.safekeepers.length) {
       throw new Error(`no safekeeper answered about timeline ${ctx.tenantId}/${ctx.timelineId}: ${maskSecrets(status.errors.join('; '))}`);
     }
-    throw ApplicationFailure.nonRetryable(`timeline ${ctx.tenantId}/${ctx.timelineId} is not known to the safekeepers (${ctx.safekeepers.join(', ')}): a replica needs a timeline a primary has written to`, REPLICA_SETUP_FAILED);
+    throw nonRetryable(REPLICA_SETUP_FAILED, `timeline ${ctx.tenantId}/${ctx.timelineId} is not known to the safekeepers (${ctx.safekeepers.join(', ')}): a replica needs a timeline a primary has written to`);
   }
   writeSafekeeperPassfile(ctx.pgdata, ctx.authToken);
   const deadline = Date.now() + STREAMING_TIMEOUT_MS;
