@@ -174,3 +174,21 @@ export interface ImportStatus {
   destination?: string | null;
   restore?: DumpRestoreSummary | null;
 }
+
+/** A new import's status before its first step: what both modes' workflows start from. */
+export function initialImportStatus(fields: Pick<ImportStatus, 'import_id' | 'tenant_id' | 'timeline_id' | 'database' | 'started_at' | 'mode' | 's3_prefix'> & Partial<ImportStatus>): ImportStatus {
+  return {
+    phase: 'prepare',
+    host: null,
+    host_changes: [],
+    local_run: 0,
+    finished_at: null,
+    error: null,
+    steps: [],
+    progress: null,
+    dump: null,
+    upload: null,
+    start_lsn: null,
+    ...fields,
+  };
+}

@@ -13,7 +13,7 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { DumpRestoreActivities, DumpRestoreHostActivities } from '../../activities/importer/restore-activities';
-import { IMPORTER_SHARED_TASK_QUEUE, importPrefix, type ImportPhase, type ImportStatus } from '../../model/import-status';
+import { IMPORTER_SHARED_TASK_QUEUE, importPrefix, initialImportStatus, type ImportPhase, type ImportStatus } from '../../model/import-status';
 import { claimActivities, controlPlane, hostActivities, type ImportTimeouts } from './activity-proxies';
 import { importStatusQuery } from './messages';
 import { IMPORT_ID } from '../../model/search-attributes';
@@ -94,28 +94,17 @@ export async function dumpRestoreImportWorkflow(input: DumpRestoreImportInput): 
   const t: ImportTimeouts = { ...DEFAULTS, ...input.options };
   const prefix = input.s3Prefix ?? importPrefix(input.importId);
   const runKey = workflowInfo().firstExecutionRunId.slice(0, 8);
-  const status: ImportStatus = {
+  const status: ImportStatus = initialImportStatus({
     import_id: input.importId,
     tenant_id: '',
     timeline_id: '',
     database: input.database,
-    phase: 'prepare',
-    host: null,
-    host_changes: [],
-    local_run: 0,
     started_at: new Date(workflowInfo().startTime).toISOString(),
-    finished_at: null,
-    error: null,
-    steps: [],
-    progress: null,
-    dump: null,
-    upload: null,
-    start_lsn: null,
     mode: 'dump-restore',
     s3_prefix: prefix,
     destination: input.destination,
     restore: null,
-  };
+  });
   setHandler(importStatusQuery, () => status);
   upsertSearchAttributes([{ key: IMPORT_ID, value: input.importId }]);
 

@@ -1,6 +1,6 @@
 /** One import's workflow state: its inputs and settings, the status the query returns, and how steps are timed. */
 import { isCancellation, log, setCurrentDetails, workflowInfo } from '@temporalio/workflow';
-import { IMPORTER_SHARED_TASK_QUEUE, importIdempotencyKey, importPrefix, type ImportPhase, type ImportStatus } from '../../model/import-status';
+import { IMPORTER_SHARED_TASK_QUEUE, importIdempotencyKey, importPrefix, initialImportStatus, type ImportPhase, type ImportStatus } from '../../model/import-status';
 import { hostActivities, type ImportTimeouts } from './activity-proxies';
 import { describeFailure, StepFailure } from './failures';
 import type { ImportCompleteNotice } from './messages';
@@ -45,26 +45,15 @@ export class ImportRun {
     this.idempotencyKey = importIdempotencyKey(input.importId);
     this.timeline = { tenantId: input.tenantId, timelineId: input.timelineId };
     this.runKey = workflowInfo().firstExecutionRunId.slice(0, 8);
-    this.status = {
+    this.status = initialImportStatus({
       import_id: input.importId,
       tenant_id: input.tenantId,
       timeline_id: input.timelineId,
       database: input.database,
-      phase: 'prepare',
-      host: null,
-      host_changes: [],
-      local_run: 0,
       started_at: new Date(workflowInfo().startTime).toISOString(),
-      finished_at: null,
-      error: null,
-      steps: [],
-      progress: null,
-      dump: null,
-      upload: null,
-      start_lsn: null,
       mode: 'pgdata',
       s3_prefix: this.prefix,
-    };
+    });
   }
 
   showDetails(): void {
