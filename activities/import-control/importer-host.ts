@@ -131,8 +131,12 @@ export function createImporterClaimActivities(host: ImporterHost) {
  * directories, run with the heartbeat pump, and under a step lease (so a restarted worker can
  * hand a dead one's attempt back at once, see step-leases.ts). Names are the importer's own.
  */
-export function createImporterHostActivities(host: ImporterHost, importer: ImporterActivities) {
-  const local = <I extends { workdir: string }, R>(fn: (input: I) => Promise<R>) =>
+/**
+ * Wraps one of a host's local steps: its working directory checked to be inside this host's root,
+ * the heartbeat pump, and a step lease for the attempt. Both import modes' host steps use it.
+ */
+export function hostLocalStep(host: ImporterHost) {
+  return <I extends { workdir: string }, R>(fn: (input: I) => Promise<R>) =>
     async (input: I): Promise<R> => {
       const workdir = insideRoot(host, input?.workdir);
       const release = holdStepLease(host.workdirRoot, workdir);
@@ -142,6 +146,10 @@ export function createImporterHostActivities(host: ImporterHost, importer: Impor
         release();
       }
     };
+}
+
+export function createImporterHostActivities(host: ImporterHost, importer: ImporterActivities) {
+  const local = hostLocalStep(host);
   return {
     initScratchPostgres: local(importer.initScratchPostgres),
     dumpSource: local(importer.dumpSource),

@@ -2,8 +2,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { maskSecrets } from '../../common/errors';
 import type { PgInstallation } from '../../common/pg-binaries';
 import type { DumpRestoreSummary } from '../../model/import-status';
-import { holdStepLease } from '../import-control/step-leases';
-import { insideRoot, withHeartbeatPump, type ImporterHost } from '../import-control/importer-host';
+import { hostLocalStep, type ImporterHost } from '../import-control/importer-host';
 import { getObjectBytes, joinKey, putJsonObject } from '../../drivers/s3/objects';
 import { InvalidImportSpecError, parseImportSpec, specKey, type ImportSpec } from '../../drivers/secrets/import-spec';
 import { DecryptionError, KeyUnavailableError, type KeyProviders } from '../../drivers/secrets/key-provider';
@@ -150,17 +149,7 @@ export type DumpRestoreActivities = ReturnType<typeof createDumpRestoreActivitie
  * directories, with the heartbeat pump and a step lease, as the pgdata steps are.
  */
 export function createDumpRestoreHostActivities(host: ImporterHost, acts: DumpRestoreActivities, install: PgInstallation) {
-  const local =
-    <I extends { workdir: string }, R>(fn: (input: I) => Promise<R>) =>
-    async (input: I): Promise<R> => {
-      const workdir = insideRoot(host, input?.workdir);
-      const release = holdStepLease(host.workdirRoot, workdir);
-      try {
-        return await withHeartbeatPump(() => fn(input));
-      } finally {
-        release();
-      }
-    };
+  const local = hostLocalStep(host);
   return {
     checkDumpRestoreEndpoints: local(acts.checkDumpRestoreEndpoints),
     restoreIntoDestination: local(acts.restoreIntoDestination),
