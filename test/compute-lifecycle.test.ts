@@ -1,16 +1,12 @@
 import { Worker } from '@temporalio/worker';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { provisionTemporalCli } from '../dev/temporal-cli';
 import { encryptedDataConverter } from '../common/codec/data-converter';
-import { EncryptionCodec } from '../common/codec/encryption-codec';
 import { computeWorkflowId } from '../model/compute-status';
 import { WORKFLOWS_PATH } from '../workers/control-plane';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
-import { decryptedHistoryJson, historyTexts, REPLAY_FIXTURE } from './helpers/history';
+import { historyTexts, recordReplayFixtureIfAsked } from './helpers/history';
 import { killAllProcesses } from '../dev/child-processes';
 import { testConfig } from './helpers/stack';
 import type { ComputeClient } from '../client/compute-client';
@@ -172,16 +168,8 @@ describe('compute lifecycle on the real stack', () => {
         expect(payloads.length).toBeGreaterThan(5);
         expect(payloads.filter((p) => p.encoding !== 'binary/encrypted')).toEqual([]);
         await Worker.runReplayHistory({ workflowsPath: WORKFLOWS_PATH, dataConverter: encryptedDataConverter(cfg.payloadKeys) }, history, computeWorkflowId(computeId));
-        // RECORD_HISTORIES=1 refreshes the committed replay fixture (test/compute-replay.test.ts) from the first run.
-        if (process.env.RECORD_HISTORIES === '1' && runId === runs[runs.length - 1]) {
-          const codec = new EncryptionCodec(cfg.payloadKeys!.current);
-          const cli = (await provisionTemporalCli()).path;
-          const shown = execFileSync(cli, [
-            'workflow', 'show', '--workflow-id', computeWorkflowId(computeId), '--run-id', runId,
-            '--address', cfg.temporal.address, '--namespace', cfg.temporal.namespace, '--output', 'json', '--no-json-shorthand-payloads',
-          ], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-          writeFileSync(REPLAY_FIXTURE, await decryptedHistoryJson(shown, codec));
-        }
+        // RECORD_HISTORIES=1 refreshes the committed replay fixture (test/workflow-replay.test.ts) from the first run.
+        if (runId === runs[runs.length - 1]) await recordReplayFixtureIfAsked('compute-lifecycle', computeWorkflowId(computeId), runId);
       }
     } finally {
       await connection.close();

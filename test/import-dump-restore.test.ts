@@ -19,7 +19,7 @@ import { chownForPostgres } from '../common/pg-identity';
 import { freePort } from '../dev/processes';
 import { importPrefix, importWorkflowId } from '../model/import-status';
 import { runCli } from './helpers/cli';
-import { historyTexts } from './helpers/history';
+import { historyTexts, recordReplayFixtureIfAsked } from './helpers/history';
 import { uniqueId } from './helpers/ids';
 import { importFingerprint, startImportSource, type ImportSource } from '../dev/import-source';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
@@ -249,6 +249,7 @@ describe.concurrent('dump-restore import on the real stack', () => {
     expect(onTerminal.code).toBe(0);
     expect(onTerminal.screen).toMatch(/done\s+\|[█░]+\| 100% [\d.]+ MiB \/ [\d.]+ MiB, 3\/3 tables/);
     expect(onTerminal.screen).toMatch(/restore: +3\/3 tables/);
+    await recordReplayFixtureIfAsked('import-dump-restore', importWorkflowId(importId));
   }, 300_000);
 
   it('a killed importer worker mid data phase: finished tables are not restored again, the table in flight is truncated and redone, the data is the source\'s', async ({ onTestFinished }) => {

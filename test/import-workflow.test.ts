@@ -23,7 +23,7 @@ import { chownForPostgres } from '../common/pg-identity';
 import { importPrefix, importWorkflowId } from '../model/import-status';
 import type { ImportWorkflowOptions } from '../workflows/import/workflow';
 import { cleanupComputes, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
-import { historyTexts } from './helpers/history';
+import { historyTexts, recordReplayFixtureIfAsked } from './helpers/history';
 import { neonId, uniqueId } from './helpers/ids';
 import { importFingerprint, startImportSource, type ImportSource } from '../dev/import-source';
 import { runCli } from './helpers/cli';
@@ -426,6 +426,7 @@ describe.concurrent('import workflow on the real stack (the tests run concurrent
     expect(shown.code).toBe(0);
     expect(JSON.parse(shown.stdout)).toMatchObject({ import_id: importId, phase: 'done', workflow_status: 'COMPLETED', progress: { bytesDone: done.upload!.bytes_total } });
     await expect(imports.start({ importId, sourceConnstring: source.url(), tenantId, timelineId })).rejects.toThrow(/is done/);
+    await recordReplayFixtureIfAsked('import-pgdata', importWorkflowId(importId));
   }, 400_000);
 
   it('killed during the dump, the restore and the upload: the import completes, the dump ran once, and the upload sent only the missing files', async ({ onTestFinished }) => {

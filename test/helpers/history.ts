@@ -1,9 +1,33 @@
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { PayloadCodec } from '@temporalio/common';
+import { EncryptionCodec } from '../../common/codec/encryption-codec';
 import { projectRoot } from '../../common/paths';
+import { provisionTemporalCli } from '../../dev/temporal-cli';
+import { testConfig } from './stack';
 
-/** A recorded full compute lifecycle (start, reconfigure, terminate), decrypted; replayed by test/compute-replay.test.ts. */
-export const REPLAY_FIXTURE = path.join(projectRoot, 'test', 'fixtures', 'histories', 'compute-lifecycle.json');
+/** The recorded histories test/workflow-replay.test.ts replays, decrypted: name → file. */
+export const replayFixture = (name: 'compute-lifecycle' | 'import-pgdata' | 'import-dump-restore') =>
+  path.join(projectRoot, 'test', 'fixtures', 'histories', `${name}.json`);
+
+
+/**
+ * With RECORD_HISTORIES=1, writes the finished workflow's history (decrypted with the test
+ * stack's payload key) as the named replay fixture. Run after a deliberate, patched change.
+ */
+export async function recordReplayFixtureIfAsked(name: Parameters<typeof replayFixture>[0], workflowId: string, runId?: string): Promise<void> {
+  if (process.env.RECORD_HISTORIES !== '1') return;
+  const cfg = testConfig();
+  const codec = new EncryptionCodec(cfg.payloadKeys!.current);
+  const cli = (await provisionTemporalCli()).path;
+  const shown = execFileSync(
+    cli,
+    ['workflow', 'show', '--workflow-id', workflowId, ...(runId ? ['--run-id', runId] : []), '--address', cfg.temporal.address, '--namespace', cfg.temporal.namespace, '--output', 'json', '--no-json-shorthand-payloads'],
+    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+  );
+  writeFileSync(replayFixture(name), await decryptedHistoryJson(shown, codec));
+}
 
 /**
  * Everything readable in a workflow history as the server stores it: every string field and every

@@ -53,7 +53,7 @@ export interface ComputeWorkflowInput {
  *                                     running ─history long→ continue-as-new (still running)
  *
  * The steps are written so each run issues the same commands in the same order as before they
- * were split into modules: test/compute-replay.test.ts replays a recorded history.
+ * were split into modules: test/workflow-replay.test.ts replays a recorded history.
  */
 export async function computeWorkflow(input: ComputeWorkflowInput): Promise<ComputeStatusResponse> {
   const nodeTaskQueue = input.options?.simulatedNodeTaskQueue ?? computeTaskQueue(input.computeId);
