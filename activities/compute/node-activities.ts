@@ -40,6 +40,7 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
     pgBinDir: deps.pgBinDir,
     pgdata: deps.pgdata,
     admin: { user: deps.adminUser ?? 'cloud_admin' },
+    neonExtension: backend.name === 'neon',
   });
 
   const cacheBackend = backend.name === 'neon' ? 'neon' : 'stock';
