@@ -21,7 +21,7 @@ import { computeCtlConfigSchema, rawSpecSchema } from './compute-spec/wire-schem
 
 export type * from './compute-spec/types';
 export { DATABASE_OPTIONS, lookupOption, ROLE_OPTIONS, type OptionKind } from './compute-spec/options';
-export { pageserverLibpqUrls, shard0PageserverConnstring } from './compute-spec/pageservers';
+export { pageserverLeaseTargets, pageserverLibpqUrls, shard0PageserverConnstring, type LeaseTarget } from './compute-spec/pageservers';
 export { findSetting, libpqConnstringProblem } from './compute-spec/validators';
 export { jwkSetSchema } from './compute-spec/wire-schema';
 

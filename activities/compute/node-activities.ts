@@ -8,6 +8,8 @@ import type { ComputeStorageBackend } from '../../drivers/storage-backend';
 import { createComputeCacheActivities } from './cache-node-activities';
 import { createPromoteActivities } from './promote';
 import { createStartCompute } from './startup';
+import { keepLease } from '../../drivers/pageserver/lease-keeper';
+import { log } from '../../common/logger';
 import { measureReplayLag } from '../../drivers/storage-backend/stock/replica';
 import { backendSettings, createStartupSteps } from '../../drivers/compute-startup/steps';
 import { type ComputeNodeActivities } from './types';
@@ -33,12 +35,13 @@ export interface ComputeNodeDeps {
  * prepared it, and each is safe to run again after a crash part-way.
  */
 export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeActivities {
+  const { failpoint, backend } = deps;
   const postgres = createComputePostgres({
     pgBinDir: deps.pgBinDir,
     pgdata: deps.pgdata,
     admin: { user: deps.adminUser ?? 'cloud_admin' },
+    neonExtension: backend.name === 'neon',
   });
-  const { failpoint, backend } = deps;
 
   const cacheBackend = backend.name === 'neon' ? 'neon' : 'stock';
   const cache = createComputeCacheActivities({
@@ -102,8 +105,16 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
       return steps.applySpec({ spec });
     },
 
-    async watchPostgres({ reportAfterSeconds, lastActive, replica }) {
-      const report = await postgres.watchPostgres({ reportAfterSeconds, lastActive });
+    async watchPostgres({ reportAfterSeconds, lastActive, replica, lease }) {
+      // A Static compute holds its LSN lease while this round watches (each round renews at once).
+      const keeper = lease ? keepLease(lease) : undefined;
+      let report: Awaited<ReturnType<typeof postgres.watchPostgres>>;
+      try {
+        report = await postgres.watchPostgres({ reportAfterSeconds, lastActive });
+      } finally {
+        const held = await keeper?.stop();
+        if (held?.error) log().warn({ lsn: lease?.lsn, error: held.error }, 'the LSN lease is not held');
+      }
       if (!report.exited) {
         // A lag that cannot be measured right now is reported as unknown, never as a reason to stop watching.
         const replication = replica

@@ -2,6 +2,7 @@ import type { ComputeSpec } from '../../model/compute-spec';
 import type { TerminateMode } from '../../model/compute-status';
 import type { ReplayLag } from '../../drivers/storage-backend/stock/replica';
 import type { ComputeCacheActivities } from './cache-node-activities';
+import type { StaticLease } from '../../model/static-lease';
 import type { PromoteInput, PromoteResult } from './promote';
 
 /**
@@ -51,6 +52,8 @@ export interface ComputeNodeActivities extends ComputeCacheActivities {
     reportAfterSeconds: number;
     lastActive: string | null;
     replica?: { tenantId: string; timelineId: string; safekeepers: string[]; token?: string };
+    /** A Static compute's LSN lease, renewed while the round runs (lsn-lease.ts). */
+    lease?: StaticLease;
   }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string; replication?: ReplayLag }>;
   /** compute_ctl's /promote: the Replica becomes the primary of its timeline (promote.ts). */
   promoteReplica(input: PromoteInput): Promise<PromoteResult>;

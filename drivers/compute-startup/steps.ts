@@ -7,6 +7,8 @@ import { shard0PageserverConnstring, type ComputeSpec } from '../../model/comput
 import { PGDATA_LOST } from '../../model/compute-status';
 import { stockCacheSettings } from '../cache/stock-backend';
 import { fetchBasebackup, StorageError } from '../pageserver';
+import { leaseEverywhere } from '../pageserver/lease-keeper';
+import { staticLeaseOf } from '../../model/static-lease';
 import { type ComputePostgres } from '../postgres';
 import { cancellationSignal, every, heartbeat } from '../../common/activity-context';
 import type { ConfSetting } from '../postgres/config';
@@ -78,6 +80,22 @@ export function createStartupSteps(deps: StartupStepDeps) {
     const check = await postgres.checkPgdata({ incarnation });
     if (check.problems.some((p) => p.includes('incarnation') || p.includes('does not exist'))) {
       throw pgdataLost(`${what}: ${check.problems.join('; ')}`);
+    }
+  }
+
+  /**
+   * The first lease of a Static compute. As in compute_ctl a refused lease does not fail the start
+   * by itself: it is logged, and the base backup then says whether that LSN is still there.
+   */
+  async function leaseStaticLsn(spec: ComputeSpec): Promise<void> {
+    const lease = staticLeaseOf(spec);
+    if (!lease) return;
+    try {
+      const until = await leaseEverywhere(lease, cancellationSignal());
+      log().info({ lsn: lease.lsn, validUntil: until.toISOString() }, 'LSN lease taken');
+    } catch (err) {
+      if (err instanceof StorageError && err.kind === 'lease-refused') log().warn({ err }, 'LSN lease refused');
+      else throw err;
     }
   }
 
@@ -154,6 +172,8 @@ export function createStartupSteps(deps: StartupStepDeps) {
       await clearPartialUnpack();
       const id = postgresIdentity();
       try {
+        // A Static compute leases its LSN before reading it, so GC cannot take it while it starts; the watch renews it.
+        if (spec.mode.kind === 'Static') await leaseStaticLsn(spec);
         const result = await fetchBasebackup({
           connstring: shard0PageserverConnstring(spec),
           tenantId: spec.tenant_id,

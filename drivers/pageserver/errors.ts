@@ -25,9 +25,11 @@ export type StorageErrorKind =
   | 'too-large'
   /** The local disk refused (permissions, no space). */
   | 'local-io'
+  /** The pageserver would not grant an LSN lease: that LSN is garbage-collected. */
+  | 'lease-refused'
   | 'aborted';
 
-const PERMANENT: ReadonlySet<StorageErrorKind> = new Set(['auth', 'not-found', 'bad-request', 'bad-archive', 'too-large', 'aborted']);
+const PERMANENT: ReadonlySet<StorageErrorKind> = new Set(['auth', 'not-found', 'bad-request', 'bad-archive', 'too-large', 'lease-refused', 'aborted']);
 
 export class StorageError extends Error {
   override name = 'StorageError';

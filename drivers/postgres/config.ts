@@ -1,6 +1,7 @@
 import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { computeModeName, pageserverLibpqUrls, type ComputeSpec, type GenericOption } from '../../model/compute-spec';
+import { auditSettings } from './audit';
 import { exists, readTextIfExists, writeFileAtomic } from './files';
 import type { ServerUser } from './server-user';
 
@@ -117,6 +118,9 @@ export function renderPostgresqlConf(spec: ComputeSpec, opts: RenderConfOptions 
   if (spec.cluster.settings !== undefined) {
     lines.push('# Managed by compute_ctl: begin', ...spec.cluster.settings.map(settingLine), '# Managed by compute_ctl: end');
   }
+  // After the spec's settings, as compute_ctl writes them: the spec cannot loosen auditing.
+  const audit = auditSettings(spec);
+  if (audit.length > 0) lines.push('# Managed by compute_ctl base audit settings: start', ...audit.map(confLine), '# Managed by compute_ctl base audit settings: end');
   lines.push(`neon.disable_logical_replication_subscribers=${spec.drop_subscriptions_before_start ? 'true' : 'false'}`);
   const backend = opts.backendSettings ?? [];
   if (backend.length > 0) lines.push('# Storage backend settings: begin', ...backend.map(confLine), '# Storage backend settings: end');

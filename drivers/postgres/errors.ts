@@ -18,6 +18,8 @@ export const PostgresFailure = {
   SpecApplyFailed: 'SpecApplyFailed',
   /** The spec handed to an activity is not a valid spec. */
   InvalidSpec: 'InvalidComputeSpec',
+  /** The spec's audit_log_level asks for auditing this compute cannot do (pgaudit missing, a compliance level). */
+  AuditUnavailable: 'AuditLogUnavailable',
   /** Running as root, and the unprivileged user PostgreSQL must run as does not exist. */
   ServerUserMissing: 'PostgresServerUserMissing',
   /** PGDATA is gone or belongs to another fresh start (the VM's disk was replaced or wiped). */

@@ -24,6 +24,7 @@ import {
 import { resolveServerUser, type ServerUser } from './server-user';
 import { confLoadTime, describeRejected, fileSettingErrors, pendingRestartSettings, settingsVerdict } from './settings-verdict';
 import { applySpec } from './spec-apply';
+import { installedExtensionLookup, requireAuditSupport, type ExtensionLookup } from './audit';
 
 export { PostgresFailure } from './errors';
 export type { PostmasterExit, StopMode } from './process';
@@ -51,6 +52,10 @@ export interface ComputePostgresDeps {
   stopTimeoutMs?: number;
   /** Activity monitor sampling interval (compute_ctl: 500 ms). */
   monitorIntervalMs?: number;
+  /** Applying a spec also installs and updates the `neon` extension (the Neon storage backend: only Neon's Postgres has it). */
+  neonExtension?: boolean;
+  /** Whether an extension is installed (default: pg_config's directories of pgBinDir); audit_log_level needs pgaudit. */
+  extensionLookup?: ExtensionLookup;
 }
 
 /** Optional fresh-start check: when given, the step fails with PgdataLost on a foreign PGDATA. */
@@ -85,6 +90,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
   const pgdata = path.resolve(deps.pgdata);
   const logPath = deps.logPath;
   const privilegedRoleName = deps.privilegedRoleName ?? 'neon_superuser';
+  const extensionLookup = deps.extensionLookup ?? installedExtensionLookup(deps.pgBinDir);
   let owner: ServerUser | undefined | null = null;
   const serverUser = (): ServerUser | undefined => {
     if (owner === null) owner = resolveServerUser(deps.serverUser);
@@ -163,6 +169,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
       const started = Date.now();
       await checkIncarnation(input);
       const spec = checkedSpec(input.spec);
+      await requireAuditSupport(spec, extensionLookup);
       const file = await writePostgresqlConf(pgdata, spec, { backendSettings: input.backendSettings, privilegedRoleName, locale: deps.locale, owner: serverUser() });
       return { path: file, ms: Date.now() - started };
     },
@@ -203,6 +210,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
         connect: (db) => connect(db, 'compute_ctl:apply_config'),
         adminUser: deps.admin.user,
         privilegedRoleName,
+        neonExtension: deps.neonExtension ?? false,
         onPhase: (phase) => heartbeat({ phase }),
       });
       return { changes, ms: Date.now() - started };
@@ -218,6 +226,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
      */
     async reconfigurePostgres(input: { spec: ComputeSpec; backendSettings?: ConfSetting[] }): Promise<{ changes: string[]; reloaded: boolean; pendingRestart: string[] }> {
       const spec = checkedSpec(input.spec);
+      await requireAuditSupport(spec, extensionLookup);
       const confFile = path.join(pgdata, 'postgresql.conf');
       const previousFile = path.join(pgdata, PREVIOUS_CONF);
       const owner = serverUser();
@@ -260,6 +269,7 @@ export function createComputePostgres(deps: ComputePostgresDeps) {
                 connect: (db) => connect(db, 'compute_ctl:reconfigure'),
                 adminUser: deps.admin.user,
                 privilegedRoleName,
+                neonExtension: deps.neonExtension ?? false,
                 onPhase: (phase) => heartbeat({ phase }),
               })
             : [];

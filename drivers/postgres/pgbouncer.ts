@@ -23,13 +23,15 @@ export interface PgbouncerTarget {
 
 /**
  * compute_ctl's admin connection outside a VM (localhost:6432 as postgres, PGBOUNCER_PASSWORD if
- * set), with Debian's ini path; PGBOUNCER_INI names another.
+ * set), with Debian's ini path; PGBOUNCER_INI names another, PGBOUNCER_PORT another admin port.
  */
 export function defaultPgbouncerTarget(env: NodeJS.ProcessEnv = process.env): PgbouncerTarget {
+  const port = env.PGBOUNCER_PORT === undefined ? 6432 : Number(env.PGBOUNCER_PORT);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`PGBOUNCER_PORT ${JSON.stringify(env.PGBOUNCER_PORT)} is not a TCP port`);
   return {
     iniPath: env.PGBOUNCER_INI ?? '/etc/pgbouncer/pgbouncer.ini',
     host: 'localhost',
-    port: 6432,
+    port,
     user: 'postgres',
     ...(env.PGBOUNCER_PASSWORD !== undefined && { password: env.PGBOUNCER_PASSWORD }),
   };

@@ -6,6 +6,8 @@ import { nonRetryable, retryable } from '../../common/failures';
 import { PostgresFailure } from './errors';
 import { databaseOptionsSql, ident, roleLoginSql } from './sql';
 import { runMigrations } from './migrations';
+import { auditEnabled } from './audit';
+import { handleAuditExtension, handleNeonExtension } from './catalog-extensions';
 import { databasesWithSubscriptions, dropDatabaseSubscriptions, recordSubscriptionsDropped, subscriptionsDropDone } from './subscriptions';
 
 /**
@@ -32,6 +34,8 @@ export interface ApplySpecOptions {
   onDatabase?: (database: string) => void;
   /** Extra per-database work, run on that database's connection inside the bounded pool (tests observe the overlap with it). */
   perDatabase?: (client: pg.Client, database: string) => Promise<void>;
+  /** Install and update the `neon` extension (compute_ctl's HandleNeonExtension): only Neon's Postgres has it. */
+  neonExtension?: boolean;
 }
 
 /** SQLSTATE classes that mean "try again later", not "this spec is wrong". */
@@ -156,6 +160,10 @@ export async function applySpec(spec: ComputeSpec, opts: ApplySpecOptions): Prom
 
     phase('extensions');
     await createSystemExtensions(admin, spec);
+    if (opts.neonExtension) {
+      phase('neon extension');
+      await handleNeonExtension(admin);
+    }
 
     phase('availability check table');
     const healthCheck = await admin.query("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = 'public' AND tablename = 'health_check'");
@@ -177,6 +185,12 @@ export async function applySpec(spec: ComputeSpec, opts: ApplySpecOptions): Prom
     const rolesNow = await listRoles(admin.raw());
     for (const name of rolesToDrop) {
       if (rolesNow.has(name)) await admin.change(`DROP ROLE IF EXISTS ${ident(name)}`, `drop role ${ident(name)}`);
+    }
+
+    // Last, as compute_ctl: everything above is then audited from the next apply on.
+    if (auditEnabled(spec)) {
+      phase('pgaudit');
+      await handleAuditExtension(admin, systemDb);
     }
   } finally {
     await admin.close();

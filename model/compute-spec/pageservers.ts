@@ -143,3 +143,22 @@ export function pageserverLibpqUrls(spec: Pick<ComputeSpec, 'pageserver_connecti
   }
   return urls;
 }
+
+/** Where an LSN lease is taken: one pageserver of one shard, named as the page service names the shard. */
+export interface LeaseTarget {
+  /** `<tenant>` for an unsharded tenant, `<tenant>-<shard number><shard count>` (hex) for a shard. */
+  tenantShardId: string;
+  libpqUrl: string;
+}
+
+/** Every pageserver of every shard that speaks libpq: compute_ctl leases the LSN on each of them. */
+export function pageserverLeaseTargets(spec: Pick<ComputeSpec, 'pageserver_connection_info' | 'tenant_id'>): LeaseTarget[] {
+  const info = spec.pageserver_connection_info;
+  const targets: LeaseTarget[] = [];
+  for (let n = 0; n < Math.max(1, info.shard_count); n++) {
+    const key = shardKey(n, info.shard_count);
+    const tenantShardId = info.shard_count === 0 ? spec.tenant_id : `${spec.tenant_id}-${key}`;
+    for (const ps of info.shards[key]?.pageservers ?? []) if (ps.libpq_url !== undefined) targets.push({ tenantShardId, libpqUrl: ps.libpq_url });
+  }
+  return targets;
+}

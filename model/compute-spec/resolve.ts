@@ -198,6 +198,7 @@ export function resolveSpec(raw: RawSpec, problems: Problems): ComputeSpec | und
     offload_lfc_interval_seconds: raw.offload_lfc_interval_seconds,
     endpoint_storage_addr: raw.endpoint_storage_addr,
     endpoint_storage_token: raw.endpoint_storage_token,
+    audit_log_level: raw.audit_log_level,
     pgbouncer_settings: raw.pgbouncer_settings,
   });
 }

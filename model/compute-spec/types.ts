@@ -84,7 +84,13 @@ export interface ComputeSpec {
   endpoint_storage_token?: string;
   /** Written into pgbouncer's ini ([pgbouncer] section) and reloaded, on start and on configure. */
   pgbouncer_settings?: Record<string, string>;
+  /** compute_ctl's ComputeAudit; absent = Disabled (drivers/postgres/audit.ts). */
+  audit_log_level?: AuditLogLevel;
 }
+
+/** compute_ctl's audit levels: Log and Base load pgaudit; Hipaa, Extended and Full are its compliance levels. */
+export const AUDIT_LOG_LEVELS = ['Disabled', 'Log', 'Base', 'Hipaa', 'Extended', 'Full'] as const;
+export type AuditLogLevel = (typeof AUDIT_LOG_LEVELS)[number];
 
 export interface ComputeCtlConfig {
   /** JSON web keys (EdDSA) that may sign requests to the compute's external API. */

@@ -1,7 +1,7 @@
 /** The raw (wire) schema: types only; the rules that span fields live in resolve.ts. */
 import { z } from 'zod';
 import { isLsn } from '../lsn';
-import type { ComputeMode } from './types';
+import { AUDIT_LOG_LEVELS, type ComputeMode } from './types';
 import { confText, plainText } from './validators';
 
 /** Rust's Option<T>: the field may be missing or null; both become undefined. */
@@ -119,6 +119,7 @@ export const rawSpecSchema = z.object({
   endpoint_storage_addr: optional(z.string()),
   endpoint_storage_token: optional(z.string()),
   pgbouncer_settings: optional(z.record(z.string(), z.string())),
+  audit_log_level: optional(z.enum(AUDIT_LOG_LEVELS, { error: `must be one of ${AUDIT_LOG_LEVELS.map((l) => JSON.stringify(l)).join(', ')}` })),
 });
 export type RawSpec = z.output<typeof rawSpecSchema>;
 

@@ -5,6 +5,7 @@
  */
 import { patched, workflowInfo } from '@temporalio/workflow';
 import { computeWatchActivity } from './activity-proxies';
+import type { StaticLease } from '../../model/static-lease';
 import type { ComputeState } from './state';
 import type { VmLink } from './vm';
 import type { ComputeWorkflowOptions } from './workflow';
@@ -27,7 +28,11 @@ export interface Watch {
 }
 
 /** The watch input for a round of `reportSeconds` (a replica's rounds are shorter and measure its lag). */
-export type WatchArgs = (reportSeconds: number) => { reportAfterSeconds: number; replica?: { tenantId: string; timelineId: string; safekeepers: string[]; token?: string } };
+export type WatchArgs = (reportSeconds: number) => {
+  reportAfterSeconds: number;
+  replica?: { tenantId: string; timelineId: string; safekeepers: string[]; token?: string };
+  lease?: StaticLease;
+};
 
 export function startWatch(
   compute: ComputeState,

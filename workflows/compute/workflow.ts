@@ -11,6 +11,7 @@ import { ComputeState } from './state';
 import { installPromote } from './promote';
 import { failed, finishTermination, terminated } from './termination';
 import { VmLink } from './vm';
+import { staticLeaseArgs } from './lsn-lease';
 import { startWatch } from './watch';
 
 export type { CarriedComputeState } from './carry-over';
@@ -92,7 +93,7 @@ export async function computeWorkflow(input: ComputeWorkflowInput): Promise<Comp
   cache.startPeriodicOffload(compute.config!.spec.offload_lfc_interval_seconds);
 
   // running: watch until the postmaster exits or the VM is lost. Each round reports last_active.
-  const watch = startWatch(compute, vm, nodeTaskQueue, input.options, (reportSeconds) => promote.watchArgs(reportSeconds));
+  const watch = startWatch(compute, vm, nodeTaskQueue, input.options, (reportSeconds) => ({ ...promote.watchArgs(reportSeconds), ...staticLeaseArgs(compute.config?.spec) }));
   let exitReason: string | undefined;
   for (let round = 0; ; round++) {
     if (vm.lost) {

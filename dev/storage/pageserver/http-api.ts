@@ -8,11 +8,15 @@
  *   GET    /v1/tenant/<t>/timeline
  *   GET    /v1/tenant/<t>/timeline/<tl>
  *   DELETE /v1/tenant/<t>/timeline/<tl>
+ *   PUT    /v1/tenant/<t>/timeline/<tl>/do_gc       {gc_horizon?}: moves the GC cutoff, drops images
+ *   POST   /v1/tenant/<t>/timeline/<tl>/lsn_lease   {lsn} → {valid_until}
+ *   PUT    /v1/tenant/config                        {tenant_id, lsn_lease_length}
  */
 import { bearerTokenMatches } from '../../../common/bearer-token';
 import type http from 'node:http';
 import { isNeonId } from '../../../model/ids';
 import { isLsn, parseLsn } from '../../../model/lsn';
+import { parseDurationMs } from './gc-state';
 import { PageserverError, SUPPORTED_PG_VERSION, type CreateTimelineRequest, type PageserverService } from './service';
 
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -54,6 +58,15 @@ function idParam(value: unknown, what: string): string {
 function lsnParam(value: unknown, what: string): bigint {
   if (typeof value !== 'string' || !isLsn(value)) throw new PageserverError(400, `invalid ${what} ${JSON.stringify(value)}: expected an LSN like 0/16B5A50`);
   return parseLsn(value);
+}
+
+/** do_gc's `gc_horizon`: WAL bytes behind the last record to keep; absent = the pageserver's default. */
+function gcHorizonParam(value: unknown): bigint | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new PageserverError(400, `invalid gc_horizon ${JSON.stringify(value)}: expected a number of bytes >= 0`);
+  }
+  return BigInt(value);
 }
 
 /** Parses the create-timeline body into one of the three modes. */
@@ -99,6 +112,24 @@ export function createHttpHandler(opts: { service: PageserverService; authToken?
       throw new PageserverError(401, 'missing or invalid bearer token');
     }
     if (parts[1] !== 'tenant') throw new PageserverError(404, `no route for ${method} ${url.pathname}`);
+    if (parts.length === 3 && parts[2] === 'config') {
+      if (method !== 'PUT') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
+      const body = await readBody(req);
+      const unknown = Object.keys(body).filter((k) => k !== 'tenant_id' && k !== 'lsn_lease_length');
+      if (unknown.length > 0) throw new PageserverError(400, `the dev pageserver's tenant config knows only lsn_lease_length, not ${unknown.join(', ')}`);
+      const config: { lsn_lease_length?: string } = {};
+      if (body.lsn_lease_length !== undefined && body.lsn_lease_length !== null) {
+        try {
+          parseDurationMs(body.lsn_lease_length, 'lsn_lease_length');
+        } catch (err) {
+          throw new PageserverError(400, (err as Error).message);
+        }
+        config.lsn_lease_length = body.lsn_lease_length as string;
+      }
+      await service.setTenantConfig(idParam(body.tenant_id, 'tenant_id'), config);
+      sendJson(res, 200, {});
+      return;
+    }
     if (parts.length === 2) {
       if (method !== 'GET') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
       sendJson(res, 200, await service.listTenants());
@@ -114,8 +145,15 @@ export function createHttpHandler(opts: { service: PageserverService; authToken?
     }
     if (parts[3] === 'timeline' && parts.length === 6 && parts[5] === 'do_gc') {
       if (method !== 'PUT') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
-      await readBody(req);
-      sendJson(res, 200, await service.gcTimeline(tenantId, idParam(parts[4], 'timeline_id')));
+      const body = await readBody(req);
+      sendJson(res, 200, await service.gcTimeline(tenantId, idParam(parts[4], 'timeline_id'), gcHorizonParam(body.gc_horizon)));
+      return;
+    }
+    if (parts[3] === 'timeline' && parts.length === 6 && parts[5] === 'lsn_lease') {
+      if (method !== 'POST') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
+      const body = await readBody(req);
+      const { validUntil } = await service.leaseLsn(tenantId, idParam(parts[4], 'timeline_id'), lsnParam(body.lsn, 'lsn'));
+      sendJson(res, 200, { valid_until: new Date(validUntil).toISOString() });
       return;
     }
     if (parts[3] !== 'timeline' || parts.length > 5) throw new PageserverError(404, `no route for ${method} ${url.pathname}`);

@@ -121,16 +121,22 @@ export class ImageStore {
 
   /**
    * Deletes the images no state depends on, so a timeline's disk use stays bounded while computes
-   * restart: every state stays reachable from the timeline's first image plus the safekeepers' WAL.
-   * Kept: the first image, the newest `keepNewest`, any younger than `graceMs`, and any `inUse`
-   * (a base backup being packed from it). Each goes by
+   * restart: every state from the root on stays reachable from the root image plus the
+   * safekeepers' WAL. The root is the newest image at or below `rootLsn` (the GC cutoff; the
+   * first image when absent or when none is that low); images below it are unreachable history
+   * and go whatever their age. Kept: the root, the newest `keepNewest`, any younger than
+   * `graceMs`, and any `inUse` (a base backup being packed from it, a leased LSN). Each goes by
    * one rename first, so a crash never leaves half an image listed. Returns what was deleted.
    */
-  async prune(policy: ImageRetention, now = Date.now(), inUse: (image: ImageMeta) => boolean = () => false): Promise<ImageMeta[]> {
+  async prune(policy: ImageRetention, now = Date.now(), inUse: (image: ImageMeta) => boolean = () => false, rootLsn?: bigint): Promise<ImageMeta[]> {
     const all = await this.list();
-    const victims = all
-      .slice(1, Math.max(1, all.length - Math.max(1, policy.keepNewest)))
+    let root = 0;
+    if (rootLsn !== undefined) all.forEach((image, i) => (parseLsn(image.lsn) <= rootLsn ? (root = i) : undefined));
+    const below = all.slice(0, root).filter((image) => !inUse(image));
+    const between = all
+      .slice(root + 1, Math.max(root + 1, all.length - Math.max(1, policy.keepNewest)))
       .filter((image) => now - Date.parse(image.created_at) >= policy.graceMs && !inUse(image));
+    const victims = [...below, ...between];
     for (const image of victims) {
       const doomed = path.join(this.dir, `.deleted-${randomSuffix()}`);
       await fsp.rename(this.imageDir(parseLsn(image.lsn)), doomed);

@@ -1,7 +1,7 @@
 /**
  * The page service: Neon's libpq commands on the pgwire server. `basebackup` streams the image's
- * precomputed tar (gunzipped on the fly without --gzip); `lease lsn` is accepted trivially since
- * the dev pageserver never garbage-collects images.
+ * precomputed tar (gunzipped on the fly without --gzip); `lease lsn` grants or renews an LSN
+ * lease (one row, `valid_until` in milliseconds since the epoch; NULL when refused, as Neon).
  */
 import { PassThrough, pipeline } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
@@ -10,8 +10,6 @@ import { isLsn, parseLsn } from '../../../model/lsn';
 import { PgWireError, type PgWireSession, type QueryResult } from '../pgwire/server';
 import { dataDirTar } from './basebackup-tar';
 import { PageserverError, type PageserverService } from './service';
-
-const LEASE_MS = 10 * 60 * 1000;
 
 function neonId(value: string | undefined, what: string): string {
   if (value === undefined) throw new PgWireError(`missing ${what}`, '42601');
@@ -67,9 +65,16 @@ export function createPageServiceHandler(service: PageserverService, log: (line:
       if (words.length !== 5) throw new PgWireError('usage: lease lsn <tenant_shard_id> <timeline_id> <lsn>', '42601');
       const tenantId = neonId(words[2]!.split('-')[0], 'tenant_shard_id');
       const timelineId = neonId(words[3], 'timeline_id');
-      lsnArg(words[4]!, 'LSN');
-      await service.timelineInfo(tenantId, timelineId).catch(wrap);
-      return { kind: 'rows', columns: ['valid_until'], rows: [[String(Date.now() + LEASE_MS)]], tag: 'SELECT 1' };
+      const lsn = lsnArg(words[4]!, 'LSN');
+      try {
+        const { validUntil } = await service.leaseLsn(tenantId, timelineId, lsn);
+        return { kind: 'rows', columns: ['valid_until'], rows: [[String(validUntil)]], tag: 'SELECT 1' };
+      } catch (err) {
+        // Neon answers a lease it will not grant with NULL, not an error; the reason goes to the log.
+        if (!(err instanceof PageserverError) || err.status !== 400) wrap(err);
+        log(`lease lsn refused: ${err.message}`);
+        return { kind: 'rows', columns: ['valid_until'], rows: [[null]], tag: 'SELECT 1' };
+      }
     }
     throw new PgWireError(`unsupported command: ${JSON.stringify(sql.trim().slice(0, 100))}`, '0A000');
   };

@@ -58,6 +58,10 @@ export interface ServiceDeps {
   /** Which images survive once newer ones exist; default: the first, the newest two, and any under 10 minutes old. */
   imageRetention?: ImageRetention;
   importPgdata?: ImportPgdataHandler;
+  /** Length of an LSN lease unless the tenant's config sets `lsn_lease_length` (default 10 minutes, as Neon). */
+  lsnLeaseLengthMs?: number;
+  /** WAL bytes behind the last record a `do_gc` without `gc_horizon` keeps (default 64 MiB, as Neon). */
+  gcHorizonBytes?: bigint;
   /** Background imports (with a handler that has `isCommitted`): poll interval and completion callback. */
   imports?: { pollIntervalMs: number; onComplete?: (record: PgdataImportRecord) => Promise<void> };
   /**
@@ -75,4 +79,6 @@ export interface TimelineState {
   lastRecordLsn: bigint;
   prevRecordLsn: bigint | null;
   flushes: Awaited<ReturnType<SafekeeperClient['flushLsns']>>;
+  /** Nothing below this LSN is served: the GC cutoff, or the timeline's start before any GC. */
+  gcCutoffLsn: bigint;
 }

@@ -22,6 +22,7 @@ import {
   type ServiceDeps,
   type TimelineState,
 } from './service-types';
+import { cutoffOf, DEFAULT_GC_HORIZON_BYTES, DEFAULT_LSN_LEASE_LENGTH_MS, grantLease, nextCutoff, readGcState, tenantLeaseLengthMs, validLeaseLsns, writeGcState, writeTenantConfig } from './gc-state';
 import { creationOf, newTimelineMeta } from './timeline-creation';
 import { importingInfoOf, timelineInfoOf } from './timeline-info';
 import type { TimelineCreation, TimelineMeta } from './timeline-store';
@@ -97,7 +98,8 @@ export class PageserverService {
     const imageLsn = parseLsn(newest.lsn);
     const lastRecordLsn = quorum !== undefined && quorum > imageLsn ? quorum : imageLsn;
     const prevRecordLsn = lastRecordLsn === imageLsn ? parseLsn(newest.prev_record_lsn) : null;
-    return { meta, images, lastRecordLsn, prevRecordLsn, flushes };
+    const gc = await readGcState(this.deps.store.timelineDir(meta.tenant_id, meta.timeline_id));
+    return { meta, images, lastRecordLsn, prevRecordLsn, flushes, gcCutoffLsn: cutoffOf(gc, parseLsn(meta.start_lsn)) };
   }
 
   async timelineInfo(tenantId: string, timelineId: string): Promise<Record<string, unknown>> {
@@ -291,24 +293,78 @@ export class PageserverService {
   }
 
   /**
-   * Neon's `do_gc`: deletes every image but the timeline's first and its newest, whatever their
-   * age; older states are rebuilt from the first image and the safekeepers' WAL when asked for.
+   * Neon's `do_gc`: moves the timeline's GC cutoff to `last_record_lsn - gc_horizon` (default 64
+   * MiB, as Neon), held back by valid LSN leases, then deletes every image below the cutoff's root
+   * image and every image between it and the newest, except leased ones. A state at or above the
+   * cutoff is rebuilt from the root and the safekeepers' WAL when asked for; one below it is gone.
    */
-  async gcTimeline(tenantId: string, timelineId: string): Promise<{ layers_total: number; layers_removed: number; elapsed: number }> {
-    await this.meta(tenantId, timelineId);
+  async gcTimeline(tenantId: string, timelineId: string, horizonBytes?: bigint): Promise<{ layers_total: number; layers_removed: number; elapsed: number; gc_cutoff_lsn: string }> {
+    const meta = await this.meta(tenantId, timelineId);
     const started = Date.now();
     const images = this.deps.store.images(tenantId, timelineId);
     const total = (await images.list()).length;
+    const { lastRecordLsn } = await this.state(meta);
+    const dir = this.deps.store.timelineDir(tenantId, timelineId);
+    const id = `${tenantId}/${timelineId}`;
+    const cutoff = await this.timelineLocks.run(
+      id,
+      async () => {
+        const gc = await readGcState(dir);
+        const next = nextCutoff(gc, { startLsn: parseLsn(meta.start_lsn), lastRecordLsn, horizonBytes: horizonBytes ?? this.deps.gcHorizonBytes ?? DEFAULT_GC_HORIZON_BYTES, now: Date.now() });
+        if (gc.gc_cutoff_lsn === null || parseLsn(gc.gc_cutoff_lsn) !== next) await writeGcState(dir, { ...gc, gc_cutoff_lsn: formatLsn(next) });
+        return next;
+      },
+      this.bounded('move the GC cutoff'),
+    ).catch(busy);
     const removed = await this.pruneImages(tenantId, timelineId, { keepNewest: 1, graceMs: 0 });
-    return { layers_total: total, layers_removed: removed, elapsed: Date.now() - started };
+    this.deps.log(`gc ${id}: cutoff ${formatLsn(cutoff)}`);
+    return { layers_total: total, layers_removed: removed, elapsed: Date.now() - started, gc_cutoff_lsn: formatLsn(cutoff) };
+  }
+
+  /**
+   * Neon's LSN lease: GC keeps the timeline readable at `lsn` until the returned time (the tenant's
+   * `lsn_lease_length` from now, default 10 minutes; a renewal extends it). Refused with a 400
+   * naming the cutoff when GC has already passed `lsn`.
+   */
+  async leaseLsn(tenantId: string, timelineId: string, lsn: bigint): Promise<{ validUntil: number }> {
+    const meta = await this.meta(tenantId, timelineId);
+    const lengthMs = await tenantLeaseLengthMs(this.deps.store.tenantDir(tenantId), this.deps.lsnLeaseLengthMs ?? DEFAULT_LSN_LEASE_LENGTH_MS);
+    const dir = this.deps.store.timelineDir(tenantId, timelineId);
+    const id = `${tenantId}/${timelineId}`;
+    return this.timelineLocks.run(
+      id,
+      async () => {
+        const gc = await readGcState(dir);
+        const granted = grantLease(gc, lsn, parseLsn(meta.start_lsn), lengthMs, Date.now());
+        if (!granted) {
+          throw new PageserverError(400, `cannot lease LSN ${formatLsn(lsn)} of timeline ${id}: it is below the GC cutoff ${formatLsn(cutoffOf(gc, parseLsn(meta.start_lsn)))}, that history is gone`);
+        }
+        await writeGcState(dir, granted.state);
+        return { validUntil: granted.validUntil };
+      },
+      this.bounded(`lease LSN ${formatLsn(lsn)}`),
+    ).catch(busy);
+  }
+
+  /** Neon's tenant config, of which the dev pageserver knows `lsn_lease_length` only. */
+  async setTenantConfig(tenantId: string, config: { lsn_lease_length?: string }): Promise<void> {
+    if (!(await this.deps.store.tenantExists(tenantId))) throw new PageserverError(404, `tenant ${tenantId} not found`);
+    await this.tenantLocks.run(tenantId, () => writeTenantConfig(this.deps.store.tenantDir(tenantId), config));
   }
 
   /** Deletes images under both locks a branch or a replay takes, so neither loses its source. */
   private async pruneImages(tenantId: string, timelineId: string, policy: ImageRetention): Promise<number> {
     const images = this.deps.store.images(tenantId, timelineId);
     const id = `${tenantId}/${timelineId}`;
-    const inUse = (image: ImageMeta) => this.pins.has(`${id}@${image.lsn}`);
-    const removed = await this.tenantLocks.run(tenantId, () => this.timelineLocks.run(id, () => images.prune(policy, Date.now(), inUse)));
+    const meta = await this.meta(tenantId, timelineId);
+    const removed = await this.tenantLocks.run(tenantId, () =>
+      this.timelineLocks.run(id, async () => {
+        const gc = await readGcState(this.deps.store.timelineDir(tenantId, timelineId));
+        const leased = new Set(validLeaseLsns(gc, Date.now()));
+        const inUse = (image: ImageMeta) => this.pins.has(`${id}@${image.lsn}`) || leased.has(parseLsn(image.lsn));
+        return images.prune(policy, Date.now(), inUse, cutoffOf(gc, parseLsn(meta.start_lsn)));
+      }),
+    );
     if (removed.length > 0) this.deps.log(`gc ${tenantId}/${timelineId}: removed images at ${removed.map((i) => i.lsn).join(', ')}`);
     return removed.length;
   }
@@ -331,6 +387,12 @@ export class PageserverService {
     const id = `${meta.tenant_id}/${meta.timeline_id}`;
     if (target < start) {
       throw new PageserverError(400, `${what} ${formatLsn(target)} is before the start of timeline ${id} (${meta.start_lsn})`);
+    }
+    if (target < s.gcCutoffLsn) {
+      throw new PageserverError(
+        400,
+        `${what} ${formatLsn(target)} is earlier than the GC cutoff ${formatLsn(s.gcCutoffLsn)} of timeline ${id}: that history has been garbage-collected (no LSN lease held it)`,
+      );
     }
     if (target > s.lastRecordLsn) {
       throw new PageserverError(
