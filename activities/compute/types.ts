@@ -52,7 +52,7 @@ export interface ComputeNodeActivities extends ComputeCacheActivities {
     reportAfterSeconds: number;
     lastActive: string | null;
     replica?: { tenantId: string; timelineId: string; safekeepers: string[]; token?: string };
-    /** A Static compute's LSN lease, renewed while the round runs (lsn-lease.ts). */
+    /** A Static compute's LSN lease, renewed while the round runs (drivers/pageserver/lease-keeper.ts). */
     lease?: StaticLease;
   }): Promise<{ exited: boolean; lastActive: string | null; exitReason?: string; replication?: ReplayLag }>;
   /** compute_ctl's /promote: the Replica becomes the primary of its timeline (promote.ts). */
