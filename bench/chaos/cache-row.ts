@@ -50,6 +50,10 @@ export async function runCacheRow(deps: RowDeps, fault: Fault | typeof WORKER_KI
       const to = takeMark(stack, workers);
       const { faulted, ...figures } = windowFigures(stack, workers, from, to);
       const outcome = kind === 'offload' ? lfc.offload : lfc.prewarm;
+      if (outcome.status !== 'completed' && fault !== WORKER_KILL && fault.failsByDesign) {
+        const after = await stack.computes.status(compute.computeId);
+        if (after.status === 'failed' && after.error) cell.failedByDesign = fault.failsByDesign;
+      }
       Object.assign(cell, figures, {
         completed: outcome.status === 'completed',
         note: [note, outcome.status !== 'completed' ? `${kind} ${outcome.status}${'error' in outcome ? `: ${outcome.error}` : ''}` : '', faulted ? `${faulted} S3 requests answered with the fault` : '']

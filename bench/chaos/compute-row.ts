@@ -93,13 +93,13 @@ export async function injectAt(
 }
 
 /** A fresh compute on the timeline, to count what the storage kept. */
-export async function rowsOnFreshCompute(deps: RowDeps, timeline: { tenantId: string; timelineId: string }, table: string): Promise<Set<number>> {
+export async function rowsOnFreshCompute(deps: RowDeps, timeline: { tenantId: string; timelineId: string }, table: string | undefined): Promise<Set<number>> {
   const compute = await newCompute(deps.stack, timeline, 'chaos-verify');
   const worker = await startComputeWorker(deps.stack, compute);
   try {
     await deps.stack.computes.start(compute.computeId, compute.spec, CHAOS_WORKFLOW_OPTIONS);
     await deps.stack.computes.waitForRunning(compute.computeId, 180_000);
-    return await rowsIn(compute, table);
+    return table ? await rowsIn(compute, table) : new Set();
   } finally {
     await deps.stack.computes.terminate(compute.computeId, 'immediate').catch(() => undefined);
     await worker.kill('SIGKILL');
@@ -142,8 +142,22 @@ export async function runComputeRow(deps: RowDeps, fault: Fault | typeof WORKER_
     for (const [i, cell] of started.entries()) {
       const { faulted, ...figures } = windowFigures(stack, workers, marks[i]!, marks[i + 1] ?? startupEnd);
       Object.assign(cell, figures, { completed: final.status === 'running' });
+      if (final.status === 'failed' && final.error && fault !== WORKER_KILL && fault.failsByDesign) cell.failedByDesign = fault.failsByDesign;
       if (final.status !== 'running') cell.note = [cell.note, `compute ${final.status}: ${final.error ?? ''}`].filter(Boolean).join('; ');
       if (faulted) cell.note = [cell.note, `${faulted} S3 requests answered with the fault`].filter(Boolean).join('; ');
+    }
+    if (started.some((c) => c.failedByDesign)) {
+      // The startup failed by design: the next compute on the timeline must start (no writer ran, so no commit to count).
+      for (const w of workers) await w.kill('SIGKILL');
+      await cleanupCompute(compute);
+      const next = await rowsOnFreshCompute(deps, timeline, undefined).then(
+        () => 'a fresh compute on the timeline ran',
+        (err: Error) => `a fresh compute on the timeline failed: ${err.message}`,
+      );
+      for (const cell of started.filter((c) => c.failedByDesign)) {
+        cell.note = [cell.note, next].join('; ');
+        if (next.endsWith('ran')) cell.commits = { acknowledged: 0, found: 0, lost: 0, unknown: 0 };
+      }
     }
     if (opts.running !== false) cells.push(await runningCell(deps, fault, compute, timeline, workers, final));
     return cells;
@@ -207,6 +221,7 @@ async function runningCell(
     if (!completed) note = [note, `terminate failed: ${(terminated as { error?: string }).error ?? 'no LSN'}`].filter(Boolean).join('; ');
   } else {
     note = [note, `compute ${status.status}: ${status.error ?? ''}`].filter(Boolean).join('; ');
+    if (status.status === 'failed' && status.error && fault !== WORKER_KILL && fault.failsByDesign) cell.failedByDesign = fault.failsByDesign;
   }
   const to = takeMark(stack, workers);
   const { faulted, ...figures } = windowFigures(stack, workers, from, to);

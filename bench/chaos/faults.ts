@@ -26,6 +26,12 @@ export interface Fault {
   windowMs: number;
   /** Why the fault does not apply to a workflow, if it does not. */
   notFor?: Partial<Record<Workflow, string>>;
+  /**
+   * Why a workflow cannot complete under this fault, by design: then the targets mean that it fails
+   * cleanly (a failed status with the reason, no hang) and that the next compute on the timeline
+   * finds every acknowledged commit.
+   */
+  failsByDesign?: string;
   /** Applied once the paused step was let go (a fault on what the step itself starts). */
   afterRelease?: boolean;
   /** Applies the fault; may return a note for the cell (e.g. "no Postgres running yet"). */
@@ -77,7 +83,7 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 's3-stall',
-    label: 'S3 stalls: toxiproxy holds all data (timeout toxic, 0) for 15 s, past the 10 s heartbeat timeouts',
+    label: "S3 stalls: toxiproxy drops all data (timeout toxic, 0) for 15 s, past the S3 client's 5 s request timeout and the 10 s heartbeat timeouts",
     windowMs: 15_000,
     apply: ({ stack }) => stack.toxiproxy.addToxic('stall', 'timeout', { timeout: 0 }),
     heal: ({ stack }) => stack.toxiproxy.removeToxic('stall'),
@@ -96,6 +102,8 @@ export const FAULTS: Fault[] = [
     label: "the compute's Postgres SIGKILLed",
     windowMs: 1000,
     afterRelease: true,
+    failsByDesign:
+      "a compute's Postgres that dies is not restarted (as compute_ctl: it exits and the control plane starts a new compute), so the compute fails and nothing more runs on it",
     notFor: { import: 'an import runs no compute Postgres (its scratch Postgres is the importer worker\'s, covered by the worker kill)' },
     async apply({ pgdata, step }) {
       if (!pgdata) return 'no compute';
