@@ -10,12 +10,13 @@
  *
  * Some rows only: `npm run chaos -- --workflow import --fault worker-kill,temporal-restart`. A
  * run's rows (workflow × fault) replace the same rows of the table and the others stay, so
- * missing rows can be run without redoing the rest; `--fresh` starts the table over. `--out`
+ * missing rows can be run without redoing the rest (several such runs at once each merge their
+ * own rows); `--fresh` starts the table over. `--out`
  * names another table; `--stack-dir` reuses a running stack (bench/chaos/keep-stack.ts; one
  * workflow at a time).
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +29,7 @@ import { runComputeRow } from './chaos/compute-row';
 import { ALL_FAULT_NAMES, FAULTS, WORKER_KILL, type Fault, type Workflow } from './chaos/faults';
 import { runImportRows } from './chaos/import-row';
 import { cacheSteps, computeStartupPoints } from './chaos/steps';
-import { emptyTable, loadTable, mergeRun, writeTable, type RunPart, type TableData } from './chaos/table';
+import { emptyTable, loadTable, mergeRun, writeTable, type RunPart } from './chaos/table';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ALL_WORKFLOWS: Workflow[] = ['compute', 'cache', 'import'];
@@ -75,9 +76,32 @@ const ordered = (workflow: Workflow) => {
   return [...faults].sort((a, b) => rank(a) - rank(b));
 };
 
-/** The table as it was before this run: what this run's rows merge into. */
-const before: TableData = opts.fresh ? emptyTable() : loadTable(out.replace(/\.md$/, '') + '.json');
-const publish = (part: RunPart) => writeTable(out, mergeRun(before, part, { startedAt: startedAt.toISOString(), wallMs: Date.now() - startedAt.getTime(), cores: os.cpus().length }), faultLabels);
+/**
+ * Merges this run's rows into the table as it is now, under a lock: runs of other rows, started
+ * at the same time (say, one per workflow), each merge theirs without losing the others'.
+ */
+let fresh = opts.fresh;
+function publish(part: RunPart): void {
+  const lock = `${out}.lock`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      closeSync(openSync(lock, 'wx'));
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if (Date.now() > deadline) throw new Error(`${lock} held for 30 s: remove it if no chaos run is writing the table`);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    }
+  }
+  try {
+    const table = fresh ? emptyTable() : loadTable(out.replace(/\.md$/, '') + '.json');
+    writeTable(out, mergeRun(table, part, { startedAt: startedAt.toISOString(), wallMs: Date.now() - startedAt.getTime(), cores: os.cpus().length }), faultLabels);
+    fresh = false;
+  } finally {
+    rmSync(lock, { force: true });
+  }
+}
 
 /** This process's workflows, one after the other, on one stack. */
 async function runHere(partFile?: string): Promise<RunPart> {
