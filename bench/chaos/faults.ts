@@ -34,12 +34,21 @@ export interface Fault {
   failsByDesign?: string;
   /** Applied once the paused step was let go (a fault on what the step itself starts). */
   afterRelease?: boolean;
-  /** Applies the fault; may return a note for the cell (e.g. "no Postgres running yet"). */
-  apply(t: FaultTarget): Promise<string | void>;
+  /**
+   * Applies the fault; may return a note for the cell, or that the fault found nothing to act on
+   * in this step (no Postgres runs yet): the cell is then n/a with that reason.
+   */
+  apply(t: FaultTarget): Promise<string | void | NotApplicable>;
   heal(t: FaultTarget): Promise<void>;
 }
 
 export const WORKER_KILL = 'worker-kill';
+
+export interface NotApplicable {
+  notApplicable: string;
+}
+
+export const isNotApplicable = (r: unknown): r is NotApplicable => typeof r === 'object' && r !== null && 'notApplicable' in r;
 
 const restartComponent = (name: string, label: string, downMs: number): Fault => ({
   name: `${name.replace(/-\d+$/, '')}-restart`,
@@ -106,7 +115,7 @@ export const FAULTS: Fault[] = [
       "a compute's Postgres that dies is not restarted (as compute_ctl: it exits and the control plane starts a new compute), so the compute fails and nothing more runs on it",
     notFor: { import: 'an import runs no compute Postgres (its scratch Postgres is the importer worker\'s, covered by the worker kill)' },
     async apply({ pgdata, step }) {
-      if (!pgdata) return 'no compute';
+      if (!pgdata) return { notApplicable: 'no compute' };
       // Inside startPostgres: wait (briefly) for the postmaster the step starts.
       for (let i = 0; i < (step === 'startPostgres' ? 200 : 1); i++) {
         const pid = postmasterPid(pgdata);
@@ -116,7 +125,7 @@ export const FAULTS: Fault[] = [
         }
         await sleep(50);
       }
-      return step === 'startPostgres' ? 'no postmaster appeared within 10 s' : 'no Postgres runs yet in this step';
+      return step === 'startPostgres' ? 'no postmaster appeared within 10 s' : { notApplicable: 'no Postgres runs yet in this step: nothing to kill' };
     },
     heal: async () => {},
   },
