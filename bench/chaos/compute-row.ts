@@ -66,7 +66,7 @@ export function windowFigures(stack: ChaosStack, workers: WorkerProcess[], from:
   const done = stepsDone(workers.map((w) => w.output()));
   const redone = done.slice(from.done, to.done).filter((step, j) => done.slice(0, from.done + j).includes(step));
   const requests = stack.http.forwarded().slice(from.forwarded, to.forwarded);
-  return { redone, bytesUp: bytesMovedAgain(requests, 'up'), bytesDown: bytesMovedAgain(requests, 'down'), ms: to.at - from.at, s3Note: s3FaultNote(requests, to.faulted - from.faulted) };
+  return { redone, bytesUp: bytesMovedAgain(requests, 'up'), bytesDown: bytesMovedAgain(requests, 'down'), ms: to.at - from.at, s3Note: s3FaultNote(to.faulted - from.faulted) };
 }
 
 /** Applies `fault` at a paused point and lets the step go into it (or, for the worker kill, replaces the worker). */

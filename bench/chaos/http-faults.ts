@@ -51,16 +51,9 @@ export function bytesMovedAgain(requests: readonly ForwardedRequest[], direction
   return { total, again };
 }
 
-/**
- * What a window's S3 requests met, for a cell's note: how many were answered with the HTTP fault,
- * and how many forwarded requests never got their answer to the client (stalled past the client's
- * request timeout, or reset), each of which the client then sent again.
- */
-export function s3FaultNote(requests: readonly ForwardedRequest[], faulted: number): string {
-  const unanswered = requests.filter((r) => r.status === null).length;
-  return [faulted ? `${faulted} S3 requests answered with the fault` : '', unanswered ? `${unanswered} S3 requests got no answer (stalled or reset)` : '']
-    .filter(Boolean)
-    .join('; ');
+/** What a window's S3 requests met, for a cell's note: how many were answered with the HTTP fault. */
+export function s3FaultNote(faulted: number): string {
+  return faulted ? `${faulted} S3 requests answered with the fault` : '';
 }
 
 /** The object a request is about: its path, plus the part number of a multipart part. */

@@ -214,7 +214,7 @@ export async function runImportRows(
             bytesUp: bytesMovedAgain(requests, 'up'),
             bytesDown: bytesMovedAgain(requests, 'down'),
             ms: next.at - w.at,
-            note: [w.cell.note, run.phase !== 'done' ? `import ${run.phase}: ${run.error ?? ''}` : '', s3FaultNote(requests, faulted), ...(i === windows.length - 1 ? run.notes : [])]
+            note: [w.cell.note, run.phase !== 'done' ? `import ${run.phase}: ${run.error ?? ''}` : '', s3FaultNote(faulted), ...(i === windows.length - 1 ? run.notes : [])]
               .filter(Boolean)
               .join('; '),
           });
