@@ -98,7 +98,9 @@ export function mergeRun(table: TableData, part: RunPart, run: Omit<TableRun, 'r
   const rank = (c: Cell) => WORKFLOWS.indexOf(c.workflow) * 100 + Math.max(0, ALL_FAULT_NAMES.indexOf(c.fault));
   const cells = [...kept, ...part.cells].map((c, i) => ({ c, i })).sort((a, b) => rank(a.c) - rank(b.c) || a.i - b.i).map(({ c }) => c);
   // A run whose rows were all run again since is no longer in the table.
-  const runs = [...table.runs.map((r) => ({ ...r, rows: r.rows.filter((row) => !rows.includes(row)) })).filter((r) => r.rows.length), { ...run, rows, notes: part.notes }];
+  const runs = [...table.runs.map((r) => ({ ...r, rows: r.rows.filter((row) => !rows.includes(row)) })).filter((r) => r.rows.length), { ...run, rows, notes: part.notes }].sort((a, b) =>
+    a.startedAt.localeCompare(b.startedAt),
+  );
   return { version: 1, runs: rows.length ? runs : table.runs, cells, enumeration: { ...table.enumeration, ...part.enumeration } };
 }
 
