@@ -22,7 +22,7 @@ import {
   stepsDone,
   type ChaosCompute,
 } from './compute-env';
-import { isNotApplicable, WORKER_KILL, type Fault } from './faults';
+import { isNotApplicable, NO_S3_REQUEST, WORKER_KILL, type Fault } from './faults';
 import { bytesMovedAgain, s3FaultNote } from './http-faults';
 import type { Cell } from './table';
 
@@ -62,11 +62,11 @@ export function takeMark(stack: ChaosStack, workers: WorkerProcess[]): Mark {
 }
 
 /** Fills a cell's redone steps, bytes and time from its window [from, to). */
-export function windowFigures(stack: ChaosStack, workers: WorkerProcess[], from: Mark, to: Mark): Pick<Cell, 'redone' | 'bytesUp' | 'bytesDown' | 'ms'> & { s3Note: string } {
+export function windowFigures(stack: ChaosStack, workers: WorkerProcess[], from: Mark, to: Mark): Pick<Cell, 'redone' | 'bytesUp' | 'bytesDown' | 'ms'> & { s3Note: string; s3Requests: number } {
   const done = stepsDone(workers.map((w) => w.output()));
   const redone = done.slice(from.done, to.done).filter((step, j) => done.slice(0, from.done + j).includes(step));
   const requests = stack.http.forwarded().slice(from.forwarded, to.forwarded);
-  return { redone, bytesUp: bytesMovedAgain(requests, 'up'), bytesDown: bytesMovedAgain(requests, 'down'), ms: to.at - from.at, s3Note: s3FaultNote(to.faulted - from.faulted) };
+  return { redone, bytesUp: bytesMovedAgain(requests, 'up'), bytesDown: bytesMovedAgain(requests, 'down'), ms: to.at - from.at, s3Note: s3FaultNote(to.faulted - from.faulted), s3Requests: requests.length + to.faulted - from.faulted };
 }
 
 /** Applies `fault` at a paused point and lets the step go into it (or, for the worker kill, replaces the worker). */
@@ -147,8 +147,9 @@ export async function runComputeRow(deps: RowDeps, fault: Fault | typeof WORKER_
     const startupEnd = takeMark(stack, workers);
     const started = cells.filter((c) => c.completed === false);
     for (const [i, cell] of started.entries()) {
-      const { s3Note, ...figures } = windowFigures(stack, workers, marks[i]!, marks[i + 1] ?? startupEnd);
+      const { s3Note, s3Requests, ...figures } = windowFigures(stack, workers, marks[i]!, marks[i + 1] ?? startupEnd);
       Object.assign(cell, figures, { completed: final.status === 'running' });
+      if (fault !== WORKER_KILL && fault.s3 && s3Requests === 0 && final.status === 'running') Object.assign(cell, { completed: null, note: NO_S3_REQUEST });
       if (final.status === 'failed' && final.error && fault !== WORKER_KILL && fault.failsByDesign) cell.failedByDesign = fault.failsByDesign;
       if (final.status !== 'running') cell.note = [cell.note, `compute ${final.status}: ${(final.error ?? '').split('\n')[0]}`].filter(Boolean).join('; ');
       if (s3Note) cell.note = [cell.note, s3Note].filter(Boolean).join('; ');
@@ -239,7 +240,7 @@ async function runningCell(
     if (status.status === 'failed' && status.error && fault !== WORKER_KILL && fault.failsByDesign) cell.failedByDesign = fault.failsByDesign;
   }
   const to = takeMark(stack, workers);
-  const { s3Note, ...figures } = windowFigures(stack, workers, from, to);
+  const { s3Note, s3Requests, ...figures } = windowFigures(stack, workers, from, to);
   // What the storage kept: the timeline as a new compute finds it.
   for (const w of workers) await w.kill('SIGKILL');
   await cleanupCompute(compute);
@@ -249,10 +250,12 @@ async function runningCell(
   });
   const lost = written.acknowledged.filter((id) => !found.has(id)).length;
   if (s3Note) note = [note, s3Note].filter(Boolean).join('; ');
+  const noS3 = fault !== WORKER_KILL && fault.s3 && s3Requests === 0 && completed && lost === 0;
+  if (noS3) note = [NO_S3_REQUEST, note].filter(Boolean).join('; ');
   return {
     ...cell,
     ...figures,
-    completed,
+    completed: noS3 ? null : completed,
     commits: { acknowledged: written.acknowledged.length, found: written.acknowledged.length - lost, lost, unknown: written.unknown.length },
     ...(note ? { note } : {}),
   };

@@ -32,6 +32,8 @@ export interface Fault {
    * finds every acknowledged commit.
    */
   failsByDesign?: string;
+  /** A fault on S3: a cell whose window made no S3 request is n/a (the fault had nothing to act on). */
+  s3?: boolean;
   /** Applied once the paused step was let go (a fault on what the step itself starts). */
   afterRelease?: boolean;
   /**
@@ -47,6 +49,9 @@ export const WORKER_KILL = 'worker-kill';
 export interface NotApplicable {
   notApplicable: string;
 }
+
+/** The note of a cell under an S3 fault whose window made no S3 request. */
+export const NO_S3_REQUEST = 'n/a: no S3 request in the step (0 requests reached S3 or the fault layer): an S3 fault has nothing to act on';
 
 export const isNotApplicable = (r: unknown): r is NotApplicable => typeof r === 'object' && r !== null && 'notApplicable' in r;
 
@@ -74,6 +79,7 @@ export const FAULTS: Fault[] = [
   restartComponent('temporal', 'Temporal dev server SIGKILLed, restarted on its database file', 2000),
   {
     name: 's3-500',
+    s3: true,
     label: 'S3 answers 500 InternalError (HTTP fault layer)',
     windowMs: 4000,
     apply: async ({ stack }) => {
@@ -83,6 +89,7 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 's3-503',
+    s3: true,
     label: 'S3 answers 503 SlowDown (HTTP fault layer)',
     windowMs: 4000,
     apply: async ({ stack }) => {
@@ -92,6 +99,7 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 's3-stall',
+    s3: true,
     label: "S3 stalls: toxiproxy drops all data (timeout toxic, 0) for 15 s, past the S3 client's 5 s request timeout and the 10 s heartbeat timeouts",
     windowMs: 15_000,
     apply: ({ stack }) => stack.toxiproxy.addToxic('stall', 'timeout', { timeout: 0 }),
@@ -99,6 +107,7 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 's3-reset',
+    s3: true,
     label: 'S3 connections reset (toxiproxy reset_peer)',
     windowMs: 4000,
     apply: ({ stack }) => stack.toxiproxy.addToxic('reset', 'reset_peer', { timeout: 0 }),
