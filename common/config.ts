@@ -41,6 +41,10 @@ export interface S3Config {
   bucket: string;
   forcePathStyle: boolean;
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Connecting to S3 (S3_CONNECT_TIMEOUT_MS); absent: the client's default (drivers/s3/client.ts). */
+  connectTimeoutMs?: number;
+  /** A request with no data moving for this long fails and is retried (S3_REQUEST_TIMEOUT_MS). */
+  requestTimeoutMs?: number;
 }
 
 export interface PayloadKeys {
@@ -241,6 +245,8 @@ export function loadConfig(env: Env = process.env, dev?: DevStackDefaults): AppC
       // Local S3 stand-ins answer only path-style requests.
       forcePathStyle: read(env, 'S3_FORCE_PATH_STYLE', booleanText) ?? endpoint !== undefined,
       credentials,
+      connectTimeoutMs: read(env, 'S3_CONNECT_TIMEOUT_MS', positiveInt(600_000)),
+      requestTimeoutMs: read(env, 'S3_REQUEST_TIMEOUT_MS', positiveInt(3_600_000)),
     },
     pgBinDir: read(env, 'PG_BIN_DIR', absoluteDir),
     cacheStatePrefix:

@@ -60,6 +60,7 @@ describe('configuration from the environment', () => {
     ['S3_ENDPOINT', 'ftp://x', /S3_ENDPOINT: expected an http\(s\) URL/],
     ['S3_BUCKET', 'Bad_Bucket', /S3_BUCKET: not a valid S3 bucket name/],
     ['S3_FORCE_PATH_STYLE', 'sometimes', /S3_FORCE_PATH_STYLE: expected true or false/],
+    ['S3_REQUEST_TIMEOUT_MS', '0', /S3_REQUEST_TIMEOUT_MS/],
     ['PG_BIN_DIR', 'relative/bin', /PG_BIN_DIR: expected an absolute path/],
     ['PG_BIN_DIR', '/nonexistent/pg/bin', /PG_BIN_DIR: directory does not exist/],
     ['DURABLE_COMPUTE_TASK_QUEUE', 'has spaces', /DURABLE_COMPUTE_TASK_QUEUE: not a valid task queue/],

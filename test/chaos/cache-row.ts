@@ -45,14 +45,19 @@ export async function runCacheRow(deps: RowDeps, fault: Fault | typeof WORKER_KI
         await sleep(100);
       }
       const from = takeMark(stack, workers);
-      const note = await injectAt(deps, compute, workers, fault, step, steps.slice(i + 1));
+      const { note, notApplicable } = await injectAt(deps, compute, workers, fault, step, steps.slice(i + 1));
+      if (notApplicable) throw new Error(`${faultName} found nothing to act on in ${step}: ${notApplicable}`);
       const lfc = await stack.computes.waitForLfc(compute.computeId, (s) => (kind === 'offload' ? s.offload.status !== 'offloading' : s.prewarm.status !== 'prewarming'), 300_000);
       const to = takeMark(stack, workers);
-      const { faulted, ...figures } = windowFigures(stack, workers, from, to);
+      const { s3Note, ...figures } = windowFigures(stack, workers, from, to);
       const outcome = kind === 'offload' ? lfc.offload : lfc.prewarm;
+      if (outcome.status !== 'completed' && fault !== WORKER_KILL && fault.failsByDesign) {
+        const after = await stack.computes.status(compute.computeId);
+        if (after.status === 'failed' && after.error) cell.failedByDesign = fault.failsByDesign;
+      }
       Object.assign(cell, figures, {
         completed: outcome.status === 'completed',
-        note: [note, outcome.status !== 'completed' ? `${kind} ${outcome.status}${'error' in outcome ? `: ${outcome.error}` : ''}` : '', faulted ? `${faulted} S3 requests answered with the fault` : '']
+        note: [note, outcome.status !== 'completed' ? `${kind} ${outcome.status}${'error' in outcome ? `: ${outcome.error}` : ''}` : '', s3Note]
           .filter(Boolean)
           .join('; '),
       });

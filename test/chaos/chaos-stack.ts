@@ -88,6 +88,8 @@ async function attach(endpoints: StackEndpoints, toxiproxyBinary: string, opts: 
   const env: Record<string, string> = {
     ...stackEnv(endpoints),
     S3_ENDPOINT: proxied,
+    // Under the 15 s stall (faults.ts), so a stalled S3 request fails and is retried in the step.
+    S3_REQUEST_TIMEOUT_MS: '5000',
     DURABLE_COMPUTE_STACK_DIR: dir,
     PAGESERVER_HTTP_URL: endpoints.pageserver.http,
     PAGESERVER_PG: endpoints.pageserver.pg,
@@ -100,7 +102,7 @@ async function attach(endpoints: StackEndpoints, toxiproxyBinary: string, opts: 
   if (!existsSync(importKeyFile)) writeFileSync(importKeyFile, `${generateLocalKey()}\n`, { mode: 0o600 });
   env.DURABLE_COMPUTE_IMPORT_KEY_FILE = importKeyFile;
   const base = stackConfig(endpoints, { DURABLE_COMPUTE_IMPORT_KEY_FILE: importKeyFile });
-  const config: AppConfig = { ...base, s3: { ...base.s3, endpoint: proxied } };
+  const config: AppConfig = { ...base, s3: { ...base.s3, endpoint: proxied, requestTimeoutMs: 5000 } };
 
   // The stack's own control-plane worker reaches S3 directly: ours goes through the proxy.
   const state = readState(dir);

@@ -22,11 +22,12 @@ import {
   stepsDone,
   type ChaosCompute,
 } from './compute-env';
-import { WORKER_KILL, type Fault } from './faults';
-import { bytesMovedAgain } from './http-faults';
+import { isNotApplicable, NO_S3_REQUEST, WORKER_KILL, type Fault } from './faults';
+import { bytesMovedAgain, s3FaultNote } from './http-faults';
 import type { Cell } from './table';
 
 export const RUNNING_STEP = 'running (watchPostgres)';
+const NOT_TAKEN = 'the startup did not take this step on this run';
 
 interface Mark {
   done: number;
@@ -61,11 +62,11 @@ export function takeMark(stack: ChaosStack, workers: WorkerProcess[]): Mark {
 }
 
 /** Fills a cell's redone steps, bytes and time from its window [from, to). */
-export function windowFigures(stack: ChaosStack, workers: WorkerProcess[], from: Mark, to: Mark): Pick<Cell, 'redone' | 'bytesUp' | 'bytesDown' | 'ms'> & { faulted: number } {
+export function windowFigures(stack: ChaosStack, workers: WorkerProcess[], from: Mark, to: Mark): Pick<Cell, 'redone' | 'bytesUp' | 'bytesDown' | 'ms'> & { s3Note: string; s3Requests: number } {
   const done = stepsDone(workers.map((w) => w.output()));
   const redone = done.slice(from.done, to.done).filter((step, j) => done.slice(0, from.done + j).includes(step));
   const requests = stack.http.forwarded().slice(from.forwarded, to.forwarded);
-  return { redone, bytesUp: bytesMovedAgain(requests, 'up'), bytesDown: bytesMovedAgain(requests, 'down'), ms: to.at - from.at, faulted: to.faulted - from.faulted };
+  return { redone, bytesUp: bytesMovedAgain(requests, 'up'), bytesDown: bytesMovedAgain(requests, 'down'), ms: to.at - from.at, s3Note: s3FaultNote(to.faulted - from.faulted), s3Requests: requests.length + to.faulted - from.faulted };
 }
 
 /** Applies `fault` at a paused point and lets the step go into it (or, for the worker kill, replaces the worker). */
@@ -76,30 +77,31 @@ export async function injectAt(
   fault: Fault | typeof WORKER_KILL,
   point: string,
   armNext: string[],
-): Promise<string | undefined> {
+): Promise<{ note?: string; notApplicable?: string }> {
   if (fault === WORKER_KILL) {
     await workers.at(-1)!.kill('SIGKILL');
     workers.push(await startComputeWorker(deps.stack, compute, armNext));
-    return `worker pid ${workers.at(-2)!.pid} killed in the step; a new worker resumed`;
+    return { note: `worker pid ${workers.at(-2)!.pid} killed in the step; a new worker resumed` };
   }
   const target = { stack: deps.stack, pgdata: compute.pgdata, step: point };
-  let note: string | void = undefined;
-  if (!fault.afterRelease) note = await fault.apply(target);
+  let applied: Awaited<ReturnType<Fault['apply']>> = undefined;
+  if (!fault.afterRelease) applied = await fault.apply(target);
   release(compute, point);
-  if (fault.afterRelease) note = await fault.apply(target);
+  if (fault.afterRelease) applied = await fault.apply(target);
+  if (isNotApplicable(applied)) return applied;
   await sleep(fault.windowMs);
   await fault.heal(target);
-  return note || undefined;
+  return applied ? { note: applied } : {};
 }
 
 /** A fresh compute on the timeline, to count what the storage kept. */
-export async function rowsOnFreshCompute(deps: RowDeps, timeline: { tenantId: string; timelineId: string }, table: string): Promise<Set<number>> {
+export async function rowsOnFreshCompute(deps: RowDeps, timeline: { tenantId: string; timelineId: string }, table: string | undefined): Promise<Set<number>> {
   const compute = await newCompute(deps.stack, timeline, 'chaos-verify');
   const worker = await startComputeWorker(deps.stack, compute);
   try {
     await deps.stack.computes.start(compute.computeId, compute.spec, CHAOS_WORKFLOW_OPTIONS);
     await deps.stack.computes.waitForRunning(compute.computeId, 180_000);
-    return await rowsIn(compute, table);
+    return table ? await rowsIn(compute, table) : new Set();
   } finally {
     await deps.stack.computes.terminate(compute.computeId, 'immediate').catch(() => undefined);
     await worker.kill('SIGKILL');
@@ -123,15 +125,20 @@ export async function runComputeRow(deps: RowDeps, fault: Fault | typeof WORKER_
       const hit = await nextPoint(stack, compute.computeId, workers, remaining, seen);
       const skipped = hit === 'ended' ? remaining : remaining.slice(0, remaining.indexOf(hit));
       for (const step of skipped) {
-        cells.push({ workflow: 'compute', step, fault: faultName, completed: null, redone: [], note: 'the startup did not take this step on this run' });
+        cells.push({ workflow: 'compute', step, fault: faultName, completed: null, redone: [], note: NOT_TAKEN });
       }
       if (hit === 'ended') break;
       seen.set(hit, reachedCount(workers, hit));
       remaining = remaining.slice(remaining.indexOf(hit) + 1);
       log(`  compute / ${hit} / ${faultName}`);
       marks.push(takeMark(stack, workers));
-      const note = await injectAt(deps, compute, workers, fault, hit, remaining);
-      cells.push({ workflow: 'compute', step: hit, fault: faultName, completed: false, redone: [], ...(note ? { note } : {}) });
+      const { note, notApplicable } = await injectAt(deps, compute, workers, fault, hit, remaining);
+      if (notApplicable) {
+        marks.pop();
+        cells.push({ workflow: 'compute', step: hit, fault: faultName, completed: null, redone: [], note: notApplicable });
+      } else {
+        cells.push({ workflow: 'compute', step: hit, fault: faultName, completed: false, redone: [], ...(note ? { note } : {}) });
+      }
     }
     // A point the startup never took (the safekeeper sync, when the quorum agreed) would pause the
     // same-named activity of the termination: let every point go from here on.
@@ -140,10 +147,31 @@ export async function runComputeRow(deps: RowDeps, fault: Fault | typeof WORKER_
     const startupEnd = takeMark(stack, workers);
     const started = cells.filter((c) => c.completed === false);
     for (const [i, cell] of started.entries()) {
-      const { faulted, ...figures } = windowFigures(stack, workers, marks[i]!, marks[i + 1] ?? startupEnd);
+      const { s3Note, s3Requests, ...figures } = windowFigures(stack, workers, marks[i]!, marks[i + 1] ?? startupEnd);
       Object.assign(cell, figures, { completed: final.status === 'running' });
-      if (final.status !== 'running') cell.note = [cell.note, `compute ${final.status}: ${final.error ?? ''}`].filter(Boolean).join('; ');
-      if (faulted) cell.note = [cell.note, `${faulted} S3 requests answered with the fault`].filter(Boolean).join('; ');
+      if (fault !== WORKER_KILL && fault.s3 && s3Requests === 0 && final.status === 'running') Object.assign(cell, { completed: null, note: NO_S3_REQUEST });
+      if (final.status === 'failed' && final.error && fault !== WORKER_KILL && fault.failsByDesign) cell.failedByDesign = fault.failsByDesign;
+      if (final.status !== 'running') cell.note = [cell.note, `compute ${final.status}: ${(final.error ?? '').split('\n')[0]}`].filter(Boolean).join('; ');
+      if (s3Note) cell.note = [cell.note, s3Note].filter(Boolean).join('; ');
+    }
+    if (started.some((c) => c.failedByDesign)) {
+      // The startup failed by design: the next compute on the timeline must start (no writer ran, so no commit to count).
+      for (const w of workers) await w.kill('SIGKILL');
+      await cleanupCompute(compute);
+      const next = await rowsOnFreshCompute(deps, timeline, undefined).then(
+        () => 'a fresh compute on the timeline ran',
+        (err: Error) => `a fresh compute on the timeline failed: ${err.message}`,
+      );
+      for (const cell of started.filter((c) => c.failedByDesign)) {
+        cell.note = [cell.note, next].join('; ');
+        if (next.endsWith('ran')) cell.commits = { acknowledged: 0, found: 0, lost: 0, unknown: 0 };
+      }
+      // The points after it, and the running compute, on a new compute (as the control plane would start).
+      const untaken = cells.filter((c) => c.completed === null && c.note === NOT_TAKEN).map((c) => c.step);
+      if (untaken.length || opts.running !== false) {
+        log(`  compute / ${faultName}: the compute failed by design; ${untaken.length ? untaken.join(', ') : 'the running compute'} on a new compute`);
+        return [...cells.filter((c) => !untaken.includes(c.step)), ...(await runComputeRow(deps, fault, untaken, opts))];
+      }
     }
     if (opts.running !== false) cells.push(await runningCell(deps, fault, compute, timeline, workers, final));
     return cells;
@@ -187,7 +215,9 @@ async function runningCell(
     note = 'worker killed while running; a new worker took the watch';
   } else {
     const target = { stack, pgdata: compute.pgdata, step: 'running' };
-    note = (await fault.apply(target)) || undefined;
+    const applied = await fault.apply(target);
+    if (isNotApplicable(applied)) throw new Error(`${fault.name} found nothing to act on in the running compute: ${applied.notApplicable}`);
+    note = applied || undefined;
     await sleep(fault.windowMs);
     await fault.heal(target);
   }
@@ -206,10 +236,11 @@ async function runningCell(
     if (terminateMs > 30_000) note = [note, `terminate took ${Math.round(terminateMs / 1000)} s`].filter(Boolean).join('; ');
     if (!completed) note = [note, `terminate failed: ${(terminated as { error?: string }).error ?? 'no LSN'}`].filter(Boolean).join('; ');
   } else {
-    note = [note, `compute ${status.status}: ${status.error ?? ''}`].filter(Boolean).join('; ');
+    note = [note, `compute ${status.status}: ${(status.error ?? '').split('\n')[0]}`].filter(Boolean).join('; ');
+    if (status.status === 'failed' && status.error && fault !== WORKER_KILL && fault.failsByDesign) cell.failedByDesign = fault.failsByDesign;
   }
   const to = takeMark(stack, workers);
-  const { faulted, ...figures } = windowFigures(stack, workers, from, to);
+  const { s3Note, s3Requests, ...figures } = windowFigures(stack, workers, from, to);
   // What the storage kept: the timeline as a new compute finds it.
   for (const w of workers) await w.kill('SIGKILL');
   await cleanupCompute(compute);
@@ -218,11 +249,13 @@ async function runningCell(
     return new Set<number>();
   });
   const lost = written.acknowledged.filter((id) => !found.has(id)).length;
-  if (faulted) note = [note, `${faulted} S3 requests answered with the fault`].filter(Boolean).join('; ');
+  if (s3Note) note = [note, s3Note].filter(Boolean).join('; ');
+  const noS3 = fault !== WORKER_KILL && fault.s3 && s3Requests === 0 && completed && lost === 0;
+  if (noS3) note = [NO_S3_REQUEST, note].filter(Boolean).join('; ');
   return {
     ...cell,
     ...figures,
-    completed,
+    completed: noS3 ? null : completed,
     commits: { acknowledged: written.acknowledged.length, found: written.acknowledged.length - lost, lost, unknown: written.unknown.length },
     ...(note ? { note } : {}),
   };

@@ -26,14 +26,34 @@ export interface Fault {
   windowMs: number;
   /** Why the fault does not apply to a workflow, if it does not. */
   notFor?: Partial<Record<Workflow, string>>;
+  /**
+   * Why a workflow cannot complete under this fault, by design: then the targets mean that it fails
+   * cleanly (a failed status with the reason, no hang) and that the next compute on the timeline
+   * finds every acknowledged commit.
+   */
+  failsByDesign?: string;
+  /** A fault on S3: a cell whose window made no S3 request is n/a (the fault had nothing to act on). */
+  s3?: boolean;
   /** Applied once the paused step was let go (a fault on what the step itself starts). */
   afterRelease?: boolean;
-  /** Applies the fault; may return a note for the cell (e.g. "no Postgres running yet"). */
-  apply(t: FaultTarget): Promise<string | void>;
+  /**
+   * Applies the fault; may return a note for the cell, or that the fault found nothing to act on
+   * in this step (no Postgres runs yet): the cell is then n/a with that reason.
+   */
+  apply(t: FaultTarget): Promise<string | void | NotApplicable>;
   heal(t: FaultTarget): Promise<void>;
 }
 
 export const WORKER_KILL = 'worker-kill';
+
+export interface NotApplicable {
+  notApplicable: string;
+}
+
+/** The note of a cell under an S3 fault whose window made no S3 request. */
+export const NO_S3_REQUEST = 'n/a: no S3 request in the step (0 requests reached S3 or the fault layer): an S3 fault has nothing to act on';
+
+export const isNotApplicable = (r: unknown): r is NotApplicable => typeof r === 'object' && r !== null && 'notApplicable' in r;
 
 const restartComponent = (name: string, label: string, downMs: number): Fault => ({
   name: `${name.replace(/-\d+$/, '')}-restart`,
@@ -59,6 +79,7 @@ export const FAULTS: Fault[] = [
   restartComponent('temporal', 'Temporal dev server SIGKILLed, restarted on its database file', 2000),
   {
     name: 's3-500',
+    s3: true,
     label: 'S3 answers 500 InternalError (HTTP fault layer)',
     windowMs: 4000,
     apply: async ({ stack }) => {
@@ -68,6 +89,7 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 's3-503',
+    s3: true,
     label: 'S3 answers 503 SlowDown (HTTP fault layer)',
     windowMs: 4000,
     apply: async ({ stack }) => {
@@ -77,13 +99,15 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 's3-stall',
-    label: 'S3 stalls: toxiproxy holds all data (timeout toxic, 0) for 15 s, past the 10 s heartbeat timeouts',
+    s3: true,
+    label: "S3 stalls: toxiproxy drops all data (timeout toxic, 0) for 15 s, past the S3 client's 5 s request timeout and the 10 s heartbeat timeouts",
     windowMs: 15_000,
     apply: ({ stack }) => stack.toxiproxy.addToxic('stall', 'timeout', { timeout: 0 }),
     heal: ({ stack }) => stack.toxiproxy.removeToxic('stall'),
   },
   {
     name: 's3-reset',
+    s3: true,
     label: 'S3 connections reset (toxiproxy reset_peer)',
     windowMs: 4000,
     apply: ({ stack }) => stack.toxiproxy.addToxic('reset', 'reset_peer', { timeout: 0 }),
@@ -96,9 +120,11 @@ export const FAULTS: Fault[] = [
     label: "the compute's Postgres SIGKILLed",
     windowMs: 1000,
     afterRelease: true,
+    failsByDesign:
+      "a compute's Postgres that dies is not restarted (as compute_ctl: it exits and the control plane starts a new compute), so the compute fails and nothing more runs on it",
     notFor: { import: 'an import runs no compute Postgres (its scratch Postgres is the importer worker\'s, covered by the worker kill)' },
     async apply({ pgdata, step }) {
-      if (!pgdata) return 'no compute';
+      if (!pgdata) return { notApplicable: 'no compute' };
       // Inside startPostgres: wait (briefly) for the postmaster the step starts.
       for (let i = 0; i < (step === 'startPostgres' ? 200 : 1); i++) {
         const pid = postmasterPid(pgdata);
@@ -108,7 +134,7 @@ export const FAULTS: Fault[] = [
         }
         await sleep(50);
       }
-      return step === 'startPostgres' ? 'no postmaster appeared within 10 s' : 'no Postgres runs yet in this step';
+      return step === 'startPostgres' ? 'no postmaster appeared within 10 s' : { notApplicable: 'no Postgres runs yet in this step: nothing to kill' };
     },
     heal: async () => {},
   },

@@ -51,6 +51,11 @@ export function bytesMovedAgain(requests: readonly ForwardedRequest[], direction
   return { total, again };
 }
 
+/** What a window's S3 requests met, for a cell's note: how many were answered with the HTTP fault. */
+export function s3FaultNote(faulted: number): string {
+  return faulted ? `${faulted} S3 requests answered with the fault` : '';
+}
+
 /** The object a request is about: its path, plus the part number of a multipart part. */
 function objectOf(url: string): string {
   const parsed = new URL(url, 'http://s3');

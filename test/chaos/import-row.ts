@@ -16,8 +16,8 @@ import { startProcess, type WorkerProcess } from '../../dev/child-processes';
 import type { ChaosStack } from './chaos-stack';
 import { newId, newNeonId } from './compute-env';
 import type { RowDeps } from './compute-row';
-import { WORKER_KILL, type Fault } from './faults';
-import { bytesMovedAgain } from './http-faults';
+import { isNotApplicable, WORKER_KILL, type Fault } from './faults';
+import { bytesMovedAgain, s3FaultNote } from './http-faults';
 import type { Cell } from './table';
 
 interface Step {
@@ -191,7 +191,9 @@ export async function runImportRows(
                 cell.note = 'importer worker killed in the step, restarted on the same host';
               }
             } else {
-              const note = await fault.apply({ stack, step: type });
+              const applied = await fault.apply({ stack, step: type });
+              if (isNotApplicable(applied)) throw new Error(`${name} found nothing to act on in ${type}: ${applied.notApplicable}`);
+              const note = applied;
               await sleep(fault.windowMs);
               await fault.heal({ stack, step: type });
               if (note) cell.note = note;
@@ -212,7 +214,7 @@ export async function runImportRows(
             bytesUp: bytesMovedAgain(requests, 'up'),
             bytesDown: bytesMovedAgain(requests, 'down'),
             ms: next.at - w.at,
-            note: [w.cell.note, run.phase !== 'done' ? `import ${run.phase}: ${run.error ?? ''}` : '', faulted ? `${faulted} S3 requests answered with the fault` : '', ...(i === windows.length - 1 ? run.notes : [])]
+            note: [w.cell.note, run.phase !== 'done' ? `import ${run.phase}: ${run.error ?? ''}` : '', s3FaultNote(faulted), ...(i === windows.length - 1 ? run.notes : [])]
               .filter(Boolean)
               .join('; '),
           });

@@ -1,4 +1,4 @@
-/** Starts a private stack on free ports in the directory given and leaves it running (CHAOS_STACK_DIR for quicker runs). */
+/** Starts a private stack on free ports in the directory given and leaves it running (`npm run chaos -- --stack-dir <dir>` for quicker runs). */
 import { chmodSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { startPrivateStack } from '../../dev/private-stack';
