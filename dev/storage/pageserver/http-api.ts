@@ -126,7 +126,7 @@ export function createHttpHandler(opts: { service: PageserverService; authToken?
         }
         config.lsn_lease_length = body.lsn_lease_length as string;
       }
-      await service.setTenantConfig(idParam(body.tenant_id, 'tenant_id'), config);
+      await service.gc.setTenantConfig(idParam(body.tenant_id, 'tenant_id'), config);
       sendJson(res, 200, {});
       return;
     }
@@ -146,13 +146,13 @@ export function createHttpHandler(opts: { service: PageserverService; authToken?
     if (parts[3] === 'timeline' && parts.length === 6 && parts[5] === 'do_gc') {
       if (method !== 'PUT') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
       const body = await readBody(req);
-      sendJson(res, 200, await service.gcTimeline(tenantId, idParam(parts[4], 'timeline_id'), gcHorizonParam(body.gc_horizon)));
+      sendJson(res, 200, await service.gc.gcTimeline(tenantId, idParam(parts[4], 'timeline_id'), gcHorizonParam(body.gc_horizon)));
       return;
     }
     if (parts[3] === 'timeline' && parts.length === 6 && parts[5] === 'lsn_lease') {
       if (method !== 'POST') throw new PageserverError(405, `method ${method} not allowed on ${url.pathname}`);
       const body = await readBody(req);
-      const { validUntil } = await service.leaseLsn(tenantId, idParam(parts[4], 'timeline_id'), lsnParam(body.lsn, 'lsn'));
+      const { validUntil } = await service.gc.leaseLsn(tenantId, idParam(parts[4], 'timeline_id'), lsnParam(body.lsn, 'lsn'));
       sendJson(res, 200, { valid_until: new Date(validUntil).toISOString() });
       return;
     }

@@ -67,7 +67,7 @@ export function createPageServiceHandler(service: PageserverService, log: (line:
       const timelineId = neonId(words[3], 'timeline_id');
       const lsn = lsnArg(words[4]!, 'LSN');
       try {
-        const { validUntil } = await service.leaseLsn(tenantId, timelineId, lsn);
+        const { validUntil } = await service.gc.leaseLsn(tenantId, timelineId, lsn);
         return { kind: 'rows', columns: ['valid_until'], rows: [[String(validUntil)]], tag: 'SELECT 1' };
       } catch (err) {
         // Neon answers a lease it will not grant with NULL, not an error; the reason goes to the log.

@@ -5,6 +5,7 @@ import type { ImageMeta, ImageRetention } from './images';
 import type { PgdataImportRecord } from './pgdata-imports';
 import type { SafekeeperClient } from './safekeeper-client';
 import type { TimelineMeta, TimelineStore } from './timeline-store';
+import { LockWaitTimeout } from './keyed-mutex';
 
 export class PageserverError extends Error {
   override name = 'PageserverError';
@@ -81,4 +82,10 @@ export interface TimelineState {
   flushes: Awaited<ReturnType<SafekeeperClient['flushLsns']>>;
   /** Nothing below this LSN is served: the GC cutoff, or the timeline's start before any GC. */
   gcCutoffLsn: bigint;
+}
+
+/** A lock wait that gave up is a 503 (busy, try again), with the holder named. */
+export function busy(err: unknown): never {
+  if (err instanceof LockWaitTimeout) throw new PageserverError(503, err.message);
+  throw err;
 }

@@ -8,21 +8,22 @@ import path from 'node:path';
 import { formatLsn, parseLsn } from '../../../model/lsn';
 import { chownForPostgres } from '../../../common/pg-identity';
 import { exists, fsyncDir, fsyncTree, linkTree, writeJsonAtomic } from './fs-util';
-import { hasPrecomputedBasebackup, IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta, type ImageRetention } from './images';
-import { KeyedMutex, LockWaitTimeout } from './keyed-mutex';
+import { hasPrecomputedBasebackup, IMAGE_FILE, PGDATA_DIR, TARBALL, type ImageMeta } from './images';
+import { KeyedMutex } from './keyed-mutex';
 import { materializeAt } from './materialize';
 import { PgdataImports } from './pgdata-imports';
 import { BackgroundIngest } from './background-ingest';
 import { runInitdb } from './postgres-run';
 import {
-  DEFAULT_IMAGE_RETENTION,
+  busy,
   PageserverError,
   type BasebackupSource,
   type CreateTimelineRequest,
   type ServiceDeps,
   type TimelineState,
 } from './service-types';
-import { cutoffOf, DEFAULT_GC_HORIZON_BYTES, DEFAULT_LSN_LEASE_LENGTH_MS, grantLease, nextCutoff, readGcState, tenantLeaseLengthMs, validLeaseLsns, writeGcState, writeTenantConfig } from './gc-state';
+import { cutoffOf, readGcState } from './gc-state';
+import { TimelineGc } from './timeline-gc';
 import { creationOf, newTimelineMeta } from './timeline-creation';
 import { importingInfoOf, timelineInfoOf } from './timeline-info';
 import type { TimelineCreation, TimelineMeta } from './timeline-store';
@@ -32,15 +33,21 @@ export { DEFAULT_IMAGE_RETENTION, PageserverError, SUPPORTED_PG_VERSION, type Ba
 export class PageserverService {
   private readonly tenantLocks = new KeyedMutex('tenant lock');
   private readonly timelineLocks = new KeyedMutex('timeline lock');
-  /** Images a base backup is being packed from, by `<tenant>/<timeline>@<lsn>`: never collected. */
-  private readonly pins = new Map<string, number>();
-  /** Image garbage collection running after base backups, one at a time; close() waits for it. */
-  private gc: Promise<void> = Promise.resolve();
+  /** Image garbage collection, the GC cutoff and LSN leases. */
+  readonly gc: TimelineGc;
   /** Imports running in the background or failed; undefined without a background-capable handler. */
   private readonly imports: PgdataImports | undefined;
   private readonly ingest: BackgroundIngest;
 
   constructor(private readonly deps: ServiceDeps) {
+    this.gc = new TimelineGc({
+      deps,
+      tenantLocks: this.tenantLocks,
+      timelineLocks: this.timelineLocks,
+      meta: (tenantId, timelineId) => this.meta(tenantId, timelineId),
+      state: (meta) => this.state(meta),
+      bounded: (what) => this.bounded(what),
+    });
     this.ingest = new BackgroundIngest({
       pollMs: deps.ingestPollMs ?? 500,
       safekeeperCount: deps.safekeepers.count,
@@ -79,17 +86,17 @@ export class PageserverService {
   async close(): Promise<void> {
     await this.ingest.close();
     await this.imports?.close();
-    await this.gc;
+    await this.gc.drain();
   }
 
-  private async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {
+  async meta(tenantId: string, timelineId: string): Promise<TimelineMeta> {
     const meta = await this.deps.store.get(tenantId, timelineId);
     if (!meta) throw new PageserverError(404, `timeline ${tenantId}/${timelineId} not found`);
     return meta;
   }
 
   /** Images, safekeeper positions and the resulting last_record_lsn of a timeline. */
-  private async state(meta: TimelineMeta): Promise<TimelineState> {
+  async state(meta: TimelineMeta): Promise<TimelineState> {
     const images = await this.deps.store.images(meta.tenant_id, meta.timeline_id).list();
     const newest = images[images.length - 1];
     if (!newest) throw new PageserverError(500, `timeline ${meta.tenant_id}/${meta.timeline_id} has no image`);
@@ -265,119 +272,17 @@ export class PageserverService {
         async (): Promise<BasebackupSource | undefined> => {
           if (!(await exists(images.imageDir(parseLsn(image.lsn))))) return undefined;
           if (hasPrecomputedBasebackup(image)) return { kind: 'tarball', file: await fsp.open(images.tarball(image)) };
-          return { kind: 'pgdata', pgdata: images.pgdata(image), release: this.pin(id, image.lsn) };
+          return { kind: 'pgdata', pgdata: images.pgdata(image), release: this.gc.pin(id, image.lsn) };
         },
         this.bounded(`open image ${image.lsn} for a base backup`),
       ).catch(busy);
       if (source) {
-        this.collectImagesLater(tenantId, timelineId);
+        this.gc.collectLater(tenantId, timelineId);
         return { image, source };
       }
       // Collected between choosing and opening it: choose again (it is rebuilt if needed).
       if (attempt >= 3) throw new PageserverError(500, `image ${image.lsn} of ${id} keeps disappearing`);
     }
-  }
-
-  /** Keeps an image from garbage collection until the returned function is called (once is enough). */
-  private pin(timelineKey: string, lsn: string): () => void {
-    const key = `${timelineKey}@${lsn}`;
-    this.pins.set(key, (this.pins.get(key) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const left = (this.pins.get(key) ?? 1) - 1;
-      if (left > 0) this.pins.set(key, left);
-      else this.pins.delete(key);
-    };
-  }
-
-  /**
-   * Neon's `do_gc`: moves the timeline's GC cutoff to `last_record_lsn - gc_horizon` (default 64
-   * MiB, as Neon), held back by valid LSN leases, then deletes every image below the cutoff's root
-   * image and every image between it and the newest, except leased ones. A state at or above the
-   * cutoff is rebuilt from the root and the safekeepers' WAL when asked for; one below it is gone.
-   */
-  async gcTimeline(tenantId: string, timelineId: string, horizonBytes?: bigint): Promise<{ layers_total: number; layers_removed: number; elapsed: number; gc_cutoff_lsn: string }> {
-    const meta = await this.meta(tenantId, timelineId);
-    const started = Date.now();
-    const images = this.deps.store.images(tenantId, timelineId);
-    const total = (await images.list()).length;
-    const { lastRecordLsn } = await this.state(meta);
-    const dir = this.deps.store.timelineDir(tenantId, timelineId);
-    const id = `${tenantId}/${timelineId}`;
-    const cutoff = await this.timelineLocks.run(
-      id,
-      async () => {
-        const gc = await readGcState(dir);
-        const next = nextCutoff(gc, { startLsn: parseLsn(meta.start_lsn), lastRecordLsn, horizonBytes: horizonBytes ?? this.deps.gcHorizonBytes ?? DEFAULT_GC_HORIZON_BYTES, now: Date.now() });
-        if (gc.gc_cutoff_lsn === null || parseLsn(gc.gc_cutoff_lsn) !== next) await writeGcState(dir, { ...gc, gc_cutoff_lsn: formatLsn(next) });
-        return next;
-      },
-      this.bounded('move the GC cutoff'),
-    ).catch(busy);
-    const removed = await this.pruneImages(tenantId, timelineId, { keepNewest: 1, graceMs: 0 });
-    this.deps.log(`gc ${id}: cutoff ${formatLsn(cutoff)}`);
-    return { layers_total: total, layers_removed: removed, elapsed: Date.now() - started, gc_cutoff_lsn: formatLsn(cutoff) };
-  }
-
-  /**
-   * Neon's LSN lease: GC keeps the timeline readable at `lsn` until the returned time (the tenant's
-   * `lsn_lease_length` from now, default 10 minutes; a renewal extends it). Refused with a 400
-   * naming the cutoff when GC has already passed `lsn`.
-   */
-  async leaseLsn(tenantId: string, timelineId: string, lsn: bigint): Promise<{ validUntil: number }> {
-    const meta = await this.meta(tenantId, timelineId);
-    const lengthMs = await tenantLeaseLengthMs(this.deps.store.tenantDir(tenantId), this.deps.lsnLeaseLengthMs ?? DEFAULT_LSN_LEASE_LENGTH_MS);
-    const dir = this.deps.store.timelineDir(tenantId, timelineId);
-    const id = `${tenantId}/${timelineId}`;
-    return this.timelineLocks.run(
-      id,
-      async () => {
-        const gc = await readGcState(dir);
-        const granted = grantLease(gc, lsn, parseLsn(meta.start_lsn), lengthMs, Date.now());
-        if (!granted) {
-          throw new PageserverError(400, `cannot lease LSN ${formatLsn(lsn)} of timeline ${id}: it is below the GC cutoff ${formatLsn(cutoffOf(gc, parseLsn(meta.start_lsn)))}, that history is gone`);
-        }
-        await writeGcState(dir, granted.state);
-        return { validUntil: granted.validUntil };
-      },
-      this.bounded(`lease LSN ${formatLsn(lsn)}`),
-    ).catch(busy);
-  }
-
-  /** Neon's tenant config, of which the dev pageserver knows `lsn_lease_length` only. */
-  async setTenantConfig(tenantId: string, config: { lsn_lease_length?: string }): Promise<void> {
-    if (!(await this.deps.store.tenantExists(tenantId))) throw new PageserverError(404, `tenant ${tenantId} not found`);
-    await this.tenantLocks.run(tenantId, () => writeTenantConfig(this.deps.store.tenantDir(tenantId), config));
-  }
-
-  /** Deletes images under both locks a branch or a replay takes, so neither loses its source. */
-  private async pruneImages(tenantId: string, timelineId: string, policy: ImageRetention): Promise<number> {
-    const images = this.deps.store.images(tenantId, timelineId);
-    const id = `${tenantId}/${timelineId}`;
-    const meta = await this.meta(tenantId, timelineId);
-    const removed = await this.tenantLocks.run(tenantId, () =>
-      this.timelineLocks.run(id, async () => {
-        const gc = await readGcState(this.deps.store.timelineDir(tenantId, timelineId));
-        const leased = new Set(validLeaseLsns(gc, Date.now()));
-        const inUse = (image: ImageMeta) => this.pins.has(`${id}@${image.lsn}`) || leased.has(parseLsn(image.lsn));
-        return images.prune(policy, Date.now(), inUse, cutoffOf(gc, parseLsn(meta.start_lsn)));
-      }),
-    );
-    if (removed.length > 0) this.deps.log(`gc ${tenantId}/${timelineId}: removed images at ${removed.map((i) => i.lsn).join(', ')}`);
-    return removed.length;
-  }
-
-  /** Runs the retention policy after a base backup is on its way, without holding it up. */
-  private collectImagesLater(tenantId: string, timelineId: string): void {
-    const policy = this.deps.imageRetention ?? DEFAULT_IMAGE_RETENTION;
-    this.gc = this.gc
-      .then(() => this.pruneImages(tenantId, timelineId, policy))
-      .then(
-        () => undefined,
-        (err: unknown) => this.deps.log(`gc ${tenantId}/${timelineId} failed: ${err instanceof Error ? err.message : String(err)}`),
-      );
   }
 
   private async imageAt(meta: TimelineMeta, lsn: bigint | undefined, what: string): Promise<ImageMeta> {
@@ -424,13 +329,7 @@ export class PageserverService {
   }
 
   /** Lock options of a request: what it does (named to whoever gives up behind it) and how long it waits. */
-  private bounded(what: string): { what: string; waitMs: number } {
+  bounded(what: string): { what: string; waitMs: number } {
     return { what, waitMs: this.deps.lockWaitMs ?? 3 * this.deps.materializeTimeoutMs };
   }
-}
-
-/** A lock wait that gave up is a 503 (busy, try again), with the holder named. */
-function busy(err: unknown): never {
-  if (err instanceof LockWaitTimeout) throw new PageserverError(503, err.message);
-  throw err;
 }
