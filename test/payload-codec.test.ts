@@ -1,11 +1,15 @@
 import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Client } from '@temporalio/client';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
+import { NativeConnection, Worker } from '@temporalio/worker';
 import { describe, expect, it } from 'vitest';
+import { encryptedDataConverter } from '../common/codec/data-converter';
 import { EncryptionCodec } from '../common/codec/encryption-codec';
 import { computeWorkflowId } from '../model/compute-status';
 import { exampleSpecFor, createTestTimeline } from './helpers/compute';
-import { uniqueId } from './helpers/ids';
+import { uniqueId, uniqueTaskQueue } from './helpers/ids';
 import { testClient, testConfig } from './helpers/stack';
 import { waitFor } from './helpers/wait';
 
@@ -66,4 +70,44 @@ describe('the payload codec refuses clear text when a key is configured', () => 
       await close();
     }
   });
+
+  it('lets through the one clear-text payload the server writes itself: the details of an activity cancelled before it started', async () => {
+    const codec = new EncryptionCodec(randomBytes(32));
+    const serverDetails = defaultPayloadConverter.toPayload('ACTIVITY_ID_NOT_STARTED');
+    expect(defaultPayloadConverter.fromPayload((await codec.decode([serverDetails]))[0]!)).toBe('ACTIVITY_ID_NOT_STARTED');
+    // Only that exact value: anything else in clear text is still refused.
+    await expect(codec.decode([defaultPayloadConverter.toPayload('ACTIVITY_ID_NOT_STARTED ')])).rejects.toThrow(/refused an unencrypted payload/);
+    await expect(codec.decode([defaultPayloadConverter.toPayload({ reason: 'ACTIVITY_ID_NOT_STARTED' })])).rejects.toThrow(/refused an unencrypted payload/);
+
+    // On the real server: a workflow that cancels an activity no worker started gets the server's
+    // ActivityTaskCanceled event, clear text in its details, and goes on (before, its every
+    // workflow task failed on that payload and it was stuck).
+    const config = testConfig();
+    const dataConverter = encryptedDataConverter(config.payloadKeys);
+    const taskQueue = uniqueTaskQueue('cancel-unstarted');
+    const connection = await NativeConnection.connect({ address: config.temporal.address });
+    const { client: plainClient, close } = await testClient();
+    const client = new Client({ connection: plainClient.connection, namespace: config.temporal.namespace, dataConverter });
+    const worker = await Worker.create({
+      connection,
+      namespace: config.temporal.namespace,
+      taskQueue,
+      workflowsPath: fileURLToPath(new URL('./fixtures/workflows/cancel-unstarted.ts', import.meta.url)),
+      dataConverter,
+    });
+    try {
+      const result = await worker.runUntil(async () => {
+        const handle = await client.workflow.start('cancelUnstartedActivityWorkflow', { taskQueue, workflowId: uniqueId('cancel-unstarted'), workflowExecutionTimeout: '60 seconds' });
+        const outcome = await handle.result();
+        const history = await handle.fetchHistory();
+        const cancelled = history.events?.find((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED);
+        const details = cancelled?.activityTaskCanceledEventAttributes?.details?.payloads?.[0];
+        return { outcome, details: details ? Buffer.from(details.data ?? []).toString() : undefined, failedTasks: (history.events ?? []).filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED).length };
+      });
+      expect(result).toEqual({ outcome: 'cancelled', details: '"ACTIVITY_ID_NOT_STARTED"', failedTasks: 0 });
+    } finally {
+      await close();
+      await connection.close();
+    }
+  }, 120_000);
 });

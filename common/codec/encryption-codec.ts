@@ -12,6 +12,13 @@ const KEY_ID_METADATA = 'encryption-key-id';
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 
+/** What the server writes into an ActivityTaskCanceled event for an activity that never started. */
+const SERVER_CANCEL_DETAILS = JSON.stringify('ACTIVITY_ID_NOT_STARTED');
+
+function isServerCancelDetails(encodingName: string, payload: Payload): boolean {
+  return encodingName === 'json/plain' && Object.keys(payload.metadata ?? {}).length === 1 && Buffer.from(payload.data ?? []).toString() === SERVER_CANCEL_DETAILS;
+}
+
 export function payloadKeyId(key: Buffer): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 16);
 }
@@ -56,11 +63,17 @@ export class EncryptionCodec implements PayloadCodec {
    * results, signal, query and update arguments, heartbeat details and failure attributes all go
    * through `encode` in our clients and workers, so a clear-text one was written by someone else.
    * A worker given one fails the workflow task with this error and runs nothing.
+   *
+   * One exception: the Temporal server itself writes the details of an activity cancelled before
+   * any worker started it, as the JSON string "ACTIVITY_ID_NOT_STARTED". That exact payload carries
+   * nothing anyone could inject; refusing it would fail every later workflow task of a workflow
+   * that cancels a scheduled retry (a lost VM), and leave it stuck.
    */
   async decode(payloads: Payload[]): Promise<Payload[]> {
     return payloads.map((payload) => {
       const encoding = payload.metadata?.[METADATA_ENCODING_KEY];
       const encodingName = encoding ? Buffer.from(encoding).toString() : '';
+      if (isServerCancelDetails(encodingName, payload)) return payload;
       if (encodingName !== ENCRYPTED_ENCODING) {
         // Name the encoding, never the content: the payload may be a secret someone leaked.
         throw new ValueError(
