@@ -32,6 +32,9 @@ export interface DumpRestoreImportInput {
   clean?: boolean;
   /** Where spec.json and status/ live (fast_import's --s3-prefix); imports/<id> by default. */
   s3Prefix?: string;
+  /** Tables whose dump data file has this many bytes or more are copied in resumable batches of `batchBytes` of COPY data. */
+  splitTablesLargerThan?: number;
+  batchBytes?: number;
   options?: Partial<ImportTimeouts>;
 }
 
@@ -158,7 +161,7 @@ export async function dumpRestoreImportWorkflow(input: DumpRestoreImportInput): 
     status.host = claim.hostId;
     host = { taskQueue: claim.taskQueue, workdir: claim.workdir };
     const steps = dumpRestoreHostActivities(claim.taskQueue, t);
-    const where = { workdir: claim.workdir, prefix, clean: input.clean, jobs: input.jobs };
+    const where = { workdir: claim.workdir, prefix, clean: input.clean, jobs: input.jobs, splitTablesLargerThan: input.splitTablesLargerThan, batchBytes: input.batchBytes };
     await timed('checkDumpRestoreEndpoints', () => steps.checkDumpRestoreEndpoints(where), (r) =>
       `${r.sourceRelations} source relations${r.conflicts.length ? `, ${r.conflicts.length} replaced in the destination (--clean)` : ''}`,
     );
