@@ -359,6 +359,37 @@ describe.concurrent('dump-restore import on the real stack', () => {
     expect((await dest.query(`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = '_durable_compute_import'`)).rows[0].n).toBe(0);
   }, 400_000);
 
+  it('an importer host lost for good mid data phase is replaced: another host dumps again and restores with --clean over what the lost one left, the data is the source\'s', async ({ onTestFinished }) => {
+    const pool = newPool(onTestFinished);
+    const importId = pool.importId('dr-lost');
+    const dest = await newDestination('lost');
+    const first = newHost('dr-lost-a');
+    const worker = await pool.startImporter(first);
+    await imports.startDumpRestore({ importId, sourceConnstring: source.url(), destinationConnstring: dest.url(), jobs: 2, batches: { splitTablesLargerThan: 1024 * 1024, batchBytes: 256 * 1024 }, options: { ...pool.options(), hostLostAfterSeconds: 10 } });
+    const dir = path.join(first.root, await waitFor('the import directory', () => readdirSync(first.root, { withFileTypes: true }).find((d) => d.isDirectory())?.name));
+    // The first host's VM dies once the data phase began (some table data started): worker and tools killed, never back.
+    await waitFor('the data phase', () => (readRestoreJournal(path.join(dir, 'restore-journal.jsonl')).filter((r) => r.t === 'start').length >= 2 ? true : undefined), 240_000, 5);
+    for (const f of readdirSync(dir).filter((n) => n.endsWith('.pid'))) {
+      try {
+        process.kill(-(JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as { pid: number }).pid, 'SIGKILL');
+      } catch {
+        /* that one just ended */
+      }
+    }
+    await worker.kill('SIGKILL');
+    const second = newHost('dr-lost-b');
+    await pool.startImporter(second);
+    const done = await imports.wait(importId, { timeoutMs: 300_000, intervalMs: 200 });
+
+    expect(await fingerprintOf(dest.database)).toEqual(source.fingerprint);
+    expect(done.local_run).toBe(2);
+    expect(done.host).toBe(second.hostId);
+    expect(done.host_changes).toEqual([expect.objectContaining({ from: first.hostId, to: second.hostId, reason: expect.stringMatching(/no answer from host .* for 10 s during restore/) })]);
+    expect(done.steps.filter((x) => x.name === 'dumpSource')).toHaveLength(2);
+    // Each table holds its rows once, whatever the lost host had committed.
+    for (const [table, n] of Object.entries(await insertsAndRows(dest.database))) expect(n.rows, table).toBe(Number(source.fingerprint[table]!.split(':')[0]));
+  }, 400_000);
+
   it('refuses bad input with clear errors: an unreachable source or destination (named, no password), a destination holding a table of the same name (unless --clean), a bad --s3-prefix', async ({ onTestFinished }) => {
     const pool = newPool(onTestFinished);
     await pool.startImporter(newHost('dr-bad'));
