@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RestoreJournal, readRestoreJournal } from '../activities/importer/restore-journal';
-import { rowBatches, uncoveredParts } from '../activities/importer/restore-table-batches';
+import { rowBatches, sliceBatch, uncoveredParts } from '../activities/importer/restore-table-batches';
 import { dataFileSizes, isIndependentPostData, isTableData, listFileText, parseTocList } from '../activities/importer/restore-toc';
 import { formatImportStatus, readConnstring } from '../client/commands/import';
 import { progressFromHeartbeat } from '../client/import-client';
@@ -137,7 +137,13 @@ describe('batches of a large table', () => {
   }
   const collect = async (text: string, chunk: number, batch: number) => {
     const out: { start: number; rows: string }[] = [];
-    for await (const b of rowBatches(chunks(text, chunk), batch)) out.push({ start: b.start, rows: b.rows.toString() });
+    for await (const b of rowBatches(chunks(text, chunk), batch)) {
+      expect(b.chunks.reduce((n, c) => n + c.length, 0)).toBe(b.length);
+      out.push({ start: b.start, rows: Buffer.concat(b.chunks).toString() });
+      // Any part of a batch, as the chunks' views, is the same bytes.
+      const mid = b.start + Math.floor(b.length / 2);
+      expect(Buffer.concat(sliceBatch(b, mid, b.start + b.length)).toString()).toBe(out.at(-1)!.rows.slice(mid - b.start));
+    }
     return out;
   };
 
@@ -160,6 +166,9 @@ describe('batches of a large table', () => {
     }
     // An empty table: only the end marker.
     expect(await collect('\\.\n\n\n', 2, 10)).toEqual([]);
+    expect(await collect('\\.\n\n\n', 1, 1)).toEqual([]);
+    // The marker split across chunks in every way.
+    for (let chunk = 1; chunk <= 6; chunk++) expect(await collect('ab\n\\.\n\nx\n', chunk, 1), `chunk ${chunk}`).toEqual([{ start: 0, rows: 'ab\n' }]);
     // No end marker (the data ends with the stream), last row without its newline.
     expect(await collect('a\nb', 1, 1000)).toEqual([{ start: 0, rows: 'a\nb\n' }]);
   });
