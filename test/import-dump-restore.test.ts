@@ -80,7 +80,8 @@ function newPool(onTestFinished: OnFinished) {
       return id;
     },
     options() {
-      return { heartbeatTimeoutSeconds: 10, hostLostAfterSeconds: 45, claimTimeoutSeconds: 300, importerTaskQueue: queue };
+      // A restarted worker may take a minute to poll on a loaded machine: not a lost host (that test sets its own).
+      return { heartbeatTimeoutSeconds: 10, hostLostAfterSeconds: 180, claimTimeoutSeconds: 300, importerTaskQueue: queue };
     },
     cliEnv(): Record<string, string> {
       return { ...testEnv(), DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile, DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: queue };
@@ -97,6 +98,7 @@ function newPool(onTestFinished: OnFinished) {
           DURABLE_COMPUTE_IMPORTER_CPUS: '2',
         },
         readyLine: /importer worker ready/,
+        timeoutMs: 180_000,
       });
       procs.push(proc);
       return proc;
