@@ -61,6 +61,8 @@ export interface StartDumpRestoreRequest {
   /** Replace the destination's relations of the same names (refused otherwise). */
   clean?: boolean;
   s3Prefix?: string;
+  /** Tuning of the batched copy of large tables (restore-table-batches.ts); the defaults otherwise. */
+  batches?: Pick<DumpRestoreImportInput, 'splitTablesLargerThan' | 'batchBytes'>;
   options?: DumpRestoreImportInput['options'];
 }
 
@@ -223,6 +225,7 @@ export class ImportClient {
       jobs: req.jobs,
       clean: req.clean ?? false,
       ...(req.s3Prefix !== undefined ? { s3Prefix: req.s3Prefix } : {}),
+      ...req.batches,
       options: { importerTaskQueue: this.imports.importer.sharedTaskQueue, ...req.options },
     };
     try {

@@ -127,6 +127,11 @@ export interface DumpRestoreSummary {
   /** Tables an interrupted attempt was copying: truncated and copied again, and their dump bytes. */
   tables_redone: number;
   bytes_redone: number;
+  /** Tables copied in batches that an interrupted attempt was copying: resumed after its last committed batch. */
+  tables_resumed?: number;
+  /** COPY data bytes of batched tables found committed by an earlier attempt (not sent again), and sent by this one. */
+  batch_bytes_kept?: number;
+  batch_bytes_sent?: number;
   /** Attempts of the restore step (1 when never interrupted). */
   attempts: number;
 }

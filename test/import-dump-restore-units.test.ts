@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RestoreJournal, readRestoreJournal } from '../drivers/importer/restore-journal';
+import { rowBatches, sliceBatch, uncoveredParts } from '../drivers/importer/restore-table-batches';
 import { dataFileSizes, isIndependentPostData, isTableData, listFileText, parseTocList } from '../drivers/importer/restore-toc';
 import { formatImportStatus, readConnstring } from '../client/commands/import';
 import { progressFromHeartbeat } from '../client/import-client';
@@ -127,5 +128,57 @@ describe('dump-restore options and status', () => {
     });
     expect(text).toContain('into:      postgresql://u@h/db');
     expect(text).toMatch(/progress: +0\.0 MiB of 0\.0 MiB, 2\/5 tables \(data\)/);
+  });
+});
+
+describe('batches of a large table', () => {
+  async function* chunks(text: string, size: number): AsyncGenerator<Buffer> {
+    for (let i = 0; i < text.length; i += size) yield Buffer.from(text.slice(i, i + size));
+  }
+  const collect = async (text: string, chunk: number, batch: number) => {
+    const out: { start: number; rows: string }[] = [];
+    for await (const b of rowBatches(chunks(text, chunk), batch)) {
+      expect(b.chunks.reduce((n, c) => n + c.length, 0)).toBe(b.length);
+      out.push({ start: b.start, rows: Buffer.concat(b.chunks).toString() });
+      // Any part of a batch, as the chunks' views, is the same bytes.
+      const mid = b.start + Math.floor(b.length / 2);
+      expect(Buffer.concat(sliceBatch(b, mid, b.start + b.length)).toString()).toBe(out.at(-1)!.rows.slice(mid - b.start));
+    }
+    return out;
+  };
+
+  it('cuts COPY data at row ends into batches of at least the size asked, up to the \\. line, wherever the chunks end', async () => {
+    const rows = Array.from({ length: 50 }, (_, i) => `${i}\tvalue ${'x'.repeat(i % 7)}\\n escaped\n`).join('');
+    const text = `${rows}\\.\n\n\n-- PostgreSQL database dump complete\n`;
+    for (const chunk of [1, 3, 17, 64, 10_000]) {
+      for (const batch of [1, 40, 100, 5000]) {
+        const got = await collect(text, chunk, batch);
+        expect(got.map((b) => b.rows).join(''), `chunk ${chunk} batch ${batch}`).toBe(rows);
+        let at = 0;
+        for (const b of got) {
+          expect(b.start).toBe(at);
+          expect(b.rows.endsWith('\n')).toBe(true);
+          at += b.rows.length;
+        }
+        // Every batch but the last holds at least `batch` bytes (it ends at the first row end after them, or at the \. line).
+        for (const b of got.slice(0, -1)) expect(b.rows.length).toBeGreaterThanOrEqual(Math.min(batch, rows.length) - 64);
+      }
+    }
+    // An empty table: only the end marker.
+    expect(await collect('\\.\n\n\n', 2, 10)).toEqual([]);
+    expect(await collect('\\.\n\n\n', 1, 1)).toEqual([]);
+    // The marker split across chunks in every way.
+    for (let chunk = 1; chunk <= 6; chunk++) expect(await collect('ab\n\\.\n\nx\n', chunk, 1), `chunk ${chunk}`).toEqual([{ start: 0, rows: 'ab\n' }]);
+    // No end marker (the data ends with the stream), last row without its newline.
+    expect(await collect('a\nb', 1, 1000)).toEqual([{ start: 0, rows: 'a\nb\n' }]);
+  });
+
+  it('sends only the byte ranges no committed batch covers', () => {
+    expect(uncoveredParts(0, 100, [])).toEqual([[0, 100]]);
+    expect(uncoveredParts(0, 100, [[0, 100]])).toEqual([]);
+    expect(uncoveredParts(100, 200, [[0, 100], [200, 300]])).toEqual([[100, 200]]);
+    // Batches of another size committed by an earlier attempt: only the gaps between them.
+    expect(uncoveredParts(0, 100, [[10, 20], [30, 50], [90, 150]])).toEqual([[0, 10], [20, 30], [50, 90]]);
+    expect(uncoveredParts(40, 60, [[0, 45], [55, 70]])).toEqual([[45, 55]]);
   });
 });

@@ -80,7 +80,8 @@ function newPool(onTestFinished: OnFinished) {
       return id;
     },
     options() {
-      return { heartbeatTimeoutSeconds: 10, hostLostAfterSeconds: 45, claimTimeoutSeconds: 300, importerTaskQueue: queue };
+      // A restarted worker may take a minute to poll on a loaded machine: not a lost host (that test sets its own).
+      return { heartbeatTimeoutSeconds: 10, hostLostAfterSeconds: 180, claimTimeoutSeconds: 300, importerTaskQueue: queue };
     },
     cliEnv(): Record<string, string> {
       return { ...testEnv(), DURABLE_COMPUTE_IMPORT_KEY_FILE: keyFile, DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: queue };
@@ -97,6 +98,7 @@ function newPool(onTestFinished: OnFinished) {
           DURABLE_COMPUTE_IMPORTER_CPUS: '2',
         },
         readyLine: /importer worker ready/,
+        timeoutMs: 180_000,
       });
       procs.push(proc);
       return proc;
@@ -307,6 +309,88 @@ describe.concurrent('dump-restore import on the real stack', () => {
       expect(counts[t]!.rows, t).toBe(Number(source.fingerprint[t]!.split(':')[0]));
       expect(counts[t]!.inserted, `${t} (in flight at the kill)`).toBeGreaterThanOrEqual(counts[t]!.rows);
     }
+  }, 400_000);
+
+  it('a killed importer worker inside a large table copied in batches: the resumed restore sends only the batches not committed, no truncate, rows exactly the source\'s', async ({ onTestFinished }) => {
+    const pool = newPool(onTestFinished);
+    const importId = pool.importId('dr-batch-kill');
+    const dest = await newDestination('batchkill');
+    const host = newHost('dr-batch-kill');
+    let worker = await pool.startImporter(host);
+    // events (the largest table) goes in batches of 256 KiB of COPY data; the small tables through pg_restore.
+    await imports.startDumpRestore({ importId, sourceConnstring: source.url(), destinationConnstring: dest.url(), jobs: 2, batches: { splitTablesLargerThan: 1024 * 1024, batchBytes: 256 * 1024 }, options: pool.options() });
+    const workdir = await waitFor('the import directory', () => readdirSync(host.root, { withFileTypes: true }).find((d) => d.isDirectory())?.name);
+    const dir = path.join(host.root, workdir);
+    const batchedEntry = () => {
+      const lists = path.join(dir, 'restore-lists');
+      const name = existsSync(lists) ? readdirSync(lists).find((n) => /^batched-\d+\.list$/.test(n) && / TABLE DATA public events /.test(readFileSync(path.join(lists, n), 'utf8'))) : undefined;
+      return name ? Number(/\d+/.exec(name)![0]) : undefined;
+    };
+    const committed = async (entry: number) =>
+      (await dest.query(`SELECT start_offset::float8 AS s, end_offset::float8 AS e FROM _durable_compute_import.copied_batches WHERE entry_id = ${entry} ORDER BY 1`).catch(() => ({ rows: [] }))).rows as { s: number; e: number }[];
+    // Wait until some batches of events committed, then freeze every running pg_restore and psql (a dying VM) and kill the worker.
+    const entry = await waitFor('events copied in batches', batchedEntry, 240_000, 5);
+    await waitFor('four batches of events committed', async () => ((await committed(entry)).length >= 4 ? true : undefined), 240_000, 5);
+    for (const f of readdirSync(dir).filter((n) => n.endsWith('.pid'))) {
+      try {
+        process.kill(-(JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as { pid: number }).pid, 'SIGSTOP');
+      } catch {
+        /* that one just ended */
+      }
+    }
+    await worker.kill('SIGKILL');
+    await sleep(1000); // a COMMIT already sent completes
+    const before = await committed(entry);
+    const rowsAtKill = Number((await dest.query('SELECT count(*) AS n FROM events')).rows[0].n);
+    const journal = readRestoreJournal(path.join(dir, 'restore-journal.jsonl'));
+    expect(journal.some((r) => r.t === 'done' && r.ids?.includes(entry)), 'events was still in flight at the kill').toBe(false);
+    expect(rowsAtKill).toBeGreaterThan(0);
+    worker = await pool.startImporter(host);
+    const done = await imports.wait(importId, { timeoutMs: 240_000, intervalMs: 200 });
+
+    // Rows exactly right: counts and content checksums of every table, sequences, indexes, the view.
+    expect(await fingerprintOf(dest.database)).toEqual(source.fingerprint);
+    expect(done.restore!.attempts).toBeGreaterThanOrEqual(2);
+    expect(done.restore!.tables_resumed).toBe(1);
+    // The committed batches were not sent again: the resumed attempt kept exactly their bytes...
+    expect(done.restore!.batch_bytes_kept).toBe(before.reduce((n, b) => n + b.e - b.s, 0));
+    // ...and events took at most the batches in flight at the kill on top of its rows (inserts of aborted batches count too), far fewer than were committed.
+    const counts = await insertsAndRows(dest.database);
+    expect(counts.events!.rows).toBe(Number(source.fingerprint.events!.split(':')[0]));
+    expect(counts.events!.inserted - counts.events!.rows).toBeLessThan(rowsAtKill);
+    // The progress table is gone once the data is in.
+    expect((await dest.query(`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = '_durable_compute_import'`)).rows[0].n).toBe(0);
+  }, 400_000);
+
+  it('an importer host lost for good mid data phase is replaced: another host dumps again and restores with --clean over what the lost one left, the data is the source\'s', async ({ onTestFinished }) => {
+    const pool = newPool(onTestFinished);
+    const importId = pool.importId('dr-lost');
+    const dest = await newDestination('lost');
+    const first = newHost('dr-lost-a');
+    const worker = await pool.startImporter(first);
+    await imports.startDumpRestore({ importId, sourceConnstring: source.url(), destinationConnstring: dest.url(), jobs: 2, batches: { splitTablesLargerThan: 1024 * 1024, batchBytes: 256 * 1024 }, options: { ...pool.options(), hostLostAfterSeconds: 10 } });
+    const dir = path.join(first.root, await waitFor('the import directory', () => readdirSync(first.root, { withFileTypes: true }).find((d) => d.isDirectory())?.name));
+    // The first host's VM dies once the data phase began (some table data started): worker and tools killed, never back.
+    await waitFor('the data phase', () => (readRestoreJournal(path.join(dir, 'restore-journal.jsonl')).filter((r) => r.t === 'start').length >= 2 ? true : undefined), 240_000, 5);
+    for (const f of readdirSync(dir).filter((n) => n.endsWith('.pid'))) {
+      try {
+        process.kill(-(JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as { pid: number }).pid, 'SIGKILL');
+      } catch {
+        /* that one just ended */
+      }
+    }
+    await worker.kill('SIGKILL');
+    const second = newHost('dr-lost-b');
+    await pool.startImporter(second);
+    const done = await imports.wait(importId, { timeoutMs: 300_000, intervalMs: 200 });
+
+    expect(await fingerprintOf(dest.database)).toEqual(source.fingerprint);
+    expect(done.local_run).toBe(2);
+    expect(done.host).toBe(second.hostId);
+    expect(done.host_changes).toEqual([expect.objectContaining({ from: first.hostId, to: second.hostId, reason: expect.stringMatching(/no answer from host .* for 10 s during restore/) })]);
+    expect(done.steps.filter((x) => x.name === 'dumpSource')).toHaveLength(2);
+    // Each table holds its rows once, whatever the lost host had committed.
+    for (const [table, n] of Object.entries(await insertsAndRows(dest.database))) expect(n.rows, table).toBe(Number(source.fingerprint[table]!.split(':')[0]));
   }, 400_000);
 
   it('refuses bad input with clear errors: an unreachable source or destination (named, no password), a destination holding a table of the same name (unless --clean), a bad --s3-prefix', async ({ onTestFinished }) => {

@@ -38,6 +38,9 @@ export interface DumpRestoreStepInput {
   /** Replace the dump's objects the destination already has (pg_restore --clean --if-exists). */
   clean?: boolean;
   jobs?: number;
+  /** Tables whose dump data file has this many bytes or more are copied in resumable batches of `batchBytes`. */
+  splitTablesLargerThan?: number;
+  batchBytes?: number;
 }
 
 /** Neon's status/fast_import for this command. */
@@ -48,6 +51,10 @@ export interface DumpRestoreStatusObject {
 }
 
 const MAX_CONFLICTS_SHOWN = 10;
+
+function positiveOrUndefined(n: unknown): number | undefined {
+  return typeof n === 'number' && Number.isFinite(n) && n > 0 ? Math.floor(n) : undefined;
+}
 
 export function createDumpRestoreActivities(deps: DumpRestoreDeps) {
   const resources = deps.resources ?? detectHostResources();
@@ -126,7 +133,7 @@ export function createDumpRestoreActivities(deps: DumpRestoreDeps) {
       const prefix = checkPrefix(input.prefix);
       return guarded('restoreIntoDestination', async () => {
         const { destination } = await endpoints(prefix, workdir);
-        return restoreIntoDestination({ install: deps.install, workdir, destination: destination.connstring, jobs: jobsOf(input.jobs), clean: Boolean(input.clean), ctx: stepContext() });
+        return restoreIntoDestination({ install: deps.install, workdir, destination: destination.connstring, jobs: jobsOf(input.jobs), clean: Boolean(input.clean), splitTablesLargerThan: positiveOrUndefined(input.splitTablesLargerThan), batchBytes: positiveOrUndefined(input.batchBytes), ctx: stepContext() });
       });
     },
 

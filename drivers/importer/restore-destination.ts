@@ -12,6 +12,7 @@ import { describeEndpoint, quoteIdent, querySide, userRelations, type Endpoint }
 import { RestoreJournal } from './restore-journal';
 import { dataFileSizes, isIndependentPostData, isTableData, listFileText, parseTocList, RESTORE_SECTIONS, type RestoreSection, type TocEntry } from './restore-toc';
 import { killRecordedGroup, runTool, ToolMissingError } from './run-tool';
+import { committedRanges, copyTableInBatches, dropProgressTable, ensureProgressTable, isRestorePidFile } from './restore-table-batches';
 
 /**
  * The resumable restore of a dump-restore import: the dump in `<workdir>/dumpdir` goes into the
@@ -21,13 +22,16 @@ import { killRecordedGroup, runTool, ToolMissingError } from './run-tool';
  *
  * - pre-data (tables, types, functions...): one list, one transaction;
  * - data: one list per table (`jobs` at a time, largest first), then the other data entries
- *   (sequence values) one by one;
+ *   (sequence values) one by one; a table whose dump file is `splitTablesLargerThan` bytes or
+ *   more goes in batches instead, each committed with its byte range in a progress table of the
+ *   destination (restore-table-batches.ts), `jobs` batches at a time;
  * - post-data: indexes and table constraints `jobs` at a time, then the rest (foreign keys,
  *   triggers...) one by one in the dump's order.
  *
  * The journal (restore-journal.ts) and the heartbeat details record what started and what is
  * done. A later attempt skips what is done; a table whose copy was in flight is truncated and
- * copied again (its transaction may have committed just before the kill); any other entry in
+ * copied again (its transaction may have committed just before the kill), unless it went in
+ * batches and some committed: then only the batches not committed are sent; any other entry in
  * flight is run again, and "already exists" then means the earlier attempt committed it.
  */
 
@@ -42,8 +46,6 @@ export interface RestoreHeartbeat {
   bytesDone: number;
   bytesTotal: number;
 }
-
-const ITEM_PID_FILE = /^pg_restore-item-\d+\.pid$/;
 
 export function restorePaths(workdir: string) {
   return {
@@ -62,7 +64,7 @@ export async function killLeftoverRestores(workdir: string): Promise<void> {
   } catch {
     return;
   }
-  for (const name of names) if (ITEM_PID_FILE.test(name)) await killRecordedGroup(path.join(workdir, name));
+  for (const name of names) if (isRestorePidFile(name)) await killRecordedGroup(path.join(workdir, name));
 }
 
 async function listSection(install: PgInstallation, dumpDir: string, section: RestoreSection, workdir: string): Promise<TocEntry[]> {
@@ -100,8 +102,16 @@ export interface RestoreIntoDestinationOptions {
   jobs: number;
   /** Drop the dump's objects in the destination before creating them (pg_restore --clean --if-exists). */
   clean: boolean;
+  /** Tables whose dump data file has this many bytes or more are copied in resumable batches. */
+  splitTablesLargerThan?: number;
+  /** COPY data bytes per batch of such a table. */
+  batchBytes?: number;
   ctx: StepContext;
 }
+
+/** pgbench scale 100's accounts file is 27 MiB: tables a tenth of that size already gain from batches. */
+export const DEFAULT_SPLIT_TABLES_LARGER_THAN = 4 * 1024 * 1024;
+export const DEFAULT_BATCH_BYTES = 32 * 1024 * 1024;
 
 export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions): Promise<DumpRestoreSummary> {
   const { install, workdir, ctx } = opts;
@@ -134,6 +144,10 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
   let section: RestoreSection = 'pre-data';
   let tablesRedone = 0;
   let bytesRedone = 0;
+  let tablesResumed = 0;
+  let batchBytesKept = 0;
+  let batchBytesSent = 0;
+  const inTable = new Map<number, { bytesSent: number; bytesKept: number }>();
 
   const tablesDone = () => tables.filter((t) => journal.done.has(t.id));
   const progress = (): RestoreHeartbeat => {
@@ -148,6 +162,7 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
       tablesTotal: tables.length,
       bytesDone: done.reduce((n, t) => n + sizeOf(t), 0),
       bytesTotal: tables.reduce((n, t) => n + sizeOf(t), 0),
+      ...(inTable.size ? { batched: Object.fromEntries(inTable) } : {}),
     };
   };
   const heartbeat = () => ctx.heartbeat(progress());
@@ -189,6 +204,28 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
     journal.recordDone(todo.map((e) => e.id), attempt);
     heartbeat();
   };
+  const restoreInBatches = async (table: TocEntry, slot: number) => {
+    journal.recordStart([table.id], attempt);
+    const r = await copyTableInBatches({
+      install,
+      dest,
+      conn: split,
+      dumpDir,
+      workdir,
+      tocSha256: dump.tocSha256,
+      entry: table,
+      slot,
+      lanes: opts.jobs,
+      batchBytes: opts.batchBytes ?? DEFAULT_BATCH_BYTES,
+      signal: ctx.signal,
+      onProgress: (p) => inTable.set(table.id, p),
+    });
+    inTable.delete(table.id);
+    batchBytesKept += r.bytesKept;
+    batchBytesSent += r.bytesSent;
+    journal.recordDone([table.id], attempt);
+    heartbeat();
+  };
 
   // The destination's tables by name, to truncate a table whose copy was cut short.
   let targets: { schema: string; name: string }[] | undefined;
@@ -208,7 +245,28 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
     section = 'data';
     heartbeat();
     const pendingTables = tables.filter((t) => !journal.done.has(t.id)).sort((a, b) => sizeOf(b) - sizeOf(a));
+    const threshold = opts.splitTablesLargerThan ?? DEFAULT_SPLIT_TABLES_LARGER_THAN;
+    let batched = new Set(pendingTables.filter((t) => sizeOf(t) >= threshold).map((t) => t.id));
+    if (batched.size > 0) {
+      const made = await ensureProgressTable(install, dest, ctx.signal);
+      if (!made.ok) {
+        ctx.warn('the destination user may not create the progress schema: large tables are copied whole, and an interrupted one again from its start', { reason: made.reason });
+        batched = new Set();
+      }
+    }
     await inParallel(pendingTables, opts.jobs, async (table, slot) => {
+      if (batched.has(table.id)) {
+        if (inFlightBefore.has(table.id)) {
+          if ((await committedRanges(install, dest, dump.tocSha256, table.id, ctx.signal)).length > 0) {
+            tablesResumed++;
+          } else {
+            // No batch committed: whatever is in the table is not ours to keep (an earlier whole copy cut short).
+            await querySide(install, dest, `TRUNCATE ONLY ${await targetOf(table)}`, { signal: ctx.signal });
+          }
+        }
+        await restoreInBatches(table, slot);
+        return;
+      }
       if (inFlightBefore.has(table.id)) {
         // Its copy may have committed in part of a moment before the kill, or not at all: start it empty.
         await querySide(install, dest, `TRUNCATE ONLY ${await targetOf(table)}`, { signal: ctx.signal });
@@ -219,6 +277,8 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
       await restoreEntries(`data-${table.id}`, [table], slot);
     });
     for (const other of sections.get('data')!.filter((e) => !isTableData(e))) await restoreEntries(`data-${other.id}`, [other], 0);
+    // Every table's data is in and journaled: the progress rows are not needed any more.
+    await dropProgressTable(install, dest, ctx.signal);
 
     section = 'post-data';
     heartbeat();
@@ -241,6 +301,9 @@ export async function restoreIntoDestination(opts: RestoreIntoDestinationOptions
     tables_kept: tables.filter((t) => doneBefore.has(t.id)).length,
     tables_redone: tablesRedone,
     bytes_redone: bytesRedone,
+    tables_resumed: tablesResumed,
+    batch_bytes_kept: batchBytesKept,
+    batch_bytes_sent: batchBytesSent,
     attempts: attempt,
   };
 }

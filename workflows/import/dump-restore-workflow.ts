@@ -4,6 +4,7 @@ import {
   CancellationScope,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -13,9 +14,10 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { DumpRestoreActivities, DumpRestoreHostActivities } from '../../activities/importer/restore-activities';
-import { IMPORTER_SHARED_TASK_QUEUE, importPrefix, initialImportStatus, type ImportPhase, type ImportStatus } from '../../model/import-status';
+import { IMPORTER_SHARED_TASK_QUEUE, importPrefix, initialImportStatus, type ImportHostChange, type ImportPhase, type ImportStatus } from '../../model/import-status';
 import { claimActivities, controlPlane, hostActivities, type ImportTimeouts } from './activity-proxies';
 import { importStatusQuery } from './messages';
+import { isHostLost } from './failures';
 import { IMPORT_ID } from '../../model/search-attributes';
 
 export interface DumpRestoreImportInput {
@@ -32,8 +34,16 @@ export interface DumpRestoreImportInput {
   clean?: boolean;
   /** Where spec.json and status/ live (fast_import's --s3-prefix); imports/<id> by default. */
   s3Prefix?: string;
+  /** Tables whose dump data file has this many bytes or more are copied in resumable batches of `batchBytes` of COPY data. */
+  splitTablesLargerThan?: number;
+  batchBytes?: number;
+  /** Lost importer hosts replaced before the import fails (3 by default, as a pgdata import). */
+  maxHostChanges?: number;
   options?: Partial<ImportTimeouts>;
 }
+
+/** Histories from before host replacement failed the import when its host was lost; they replay that way. */
+const HOST_REPLACEMENT_PATCH = 'dump-restore-replaces-lost-host';
 
 const DEFAULTS: ImportTimeouts = {
   importerTaskQueue: IMPORTER_SHARED_TASK_QUEUE,
@@ -87,8 +97,11 @@ function dumpRestoreHostActivities(taskQueue: string, t: ImportTimeouts) {
  *
  * A killed importer worker resumes in the step it was in: a completed dump is kept, and the
  * restore skips every table already restored and truncates and redoes the one it was copying
- * (restore-destination.ts). A host lost for good is not replaced: its dump and journal are gone
- * and the destination holds part of the data, so the import fails and says how to start over.
+ * (restore-destination.ts). A host lost for good (no importer polled its queue for
+ * hostLostAfterSeconds) is replaced as in a pgdata import: another host claims the import and runs
+ * check, dump and restore again from an empty directory. Its dump is a new snapshot, so it restores
+ * with --clean: the dump's objects the lost host created in the destination are dropped and
+ * created again (the first check refused a destination holding any of them unless --clean was given).
  */
 export async function dumpRestoreImportWorkflow(input: DumpRestoreImportInput): Promise<ImportStatus> {
   const t: ImportTimeouts = { ...DEFAULTS, ...input.options };
@@ -133,35 +146,46 @@ export async function dumpRestoreImportWorkflow(input: DumpRestoreImportInput): 
     setPhase('prepare');
     await timed('prepareImportPrefix', () => controlPlane.prepareImportPrefix({ prefix, spec: input.spec }));
 
-    setPhase('init');
-    status.local_run = 1;
-    const claim = await timed('claimImportHost', () => claimActivities(t).claimImportHost({ importId: input.importId, localRun: 1, runKey })).catch((err: unknown) => {
-      if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure) {
-        throw ApplicationFailure.nonRetryable(
-          `no importer host claimed the import within ${t.claimTimeoutSeconds} s: is an importer worker (durable-compute worker importer) polling task queue ${t.importerTaskQueue}?`,
-          'NoImporterHost',
-        );
+    let replacing = false;
+    let restored;
+    for (;;) {
+      setPhase('init');
+      status.local_run += 1;
+      const claim = await timed('claimImportHost', () => claimActivities(t).claimImportHost({ importId: input.importId, localRun: status.local_run, runKey })).catch((err: unknown) => {
+        if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure) {
+          throw ApplicationFailure.nonRetryable(
+            `no importer host claimed the import within ${t.claimTimeoutSeconds} s: is an importer worker (durable-compute worker importer) polling task queue ${t.importerTaskQueue}?`,
+            'NoImporterHost',
+          );
+        }
+        throw err;
+      });
+      status.host = claim.hostId;
+      const moved = status.host_changes.at(-1);
+      if (moved && moved.to === null) moved.to = claim.hostId;
+      host = { taskQueue: claim.taskQueue, workdir: claim.workdir };
+      setPhase('init');
+      try {
+        restored = await runOnHost(claim, replacing);
+        break;
+      } catch (err) {
+        if (!isHostLost(err) || !patched(HOST_REPLACEMENT_PATCH)) throw err;
+        const change: ImportHostChange = {
+          from: claim.hostId,
+          to: null,
+          reason: `no answer from host ${claim.hostId} for ${t.hostLostAfterSeconds} s during ${status.phase}`,
+          at: new Date().toISOString(),
+        };
+        const maxHostChanges = input.maxHostChanges ?? 3;
+        if (status.host_changes.length >= maxHostChanges) {
+          throw ApplicationFailure.nonRetryable(`${change.reason}, and the import already moved ${status.host_changes.length} times; the destination may hold part of the data: start the import again with --clean`, 'HostLost');
+        }
+        status.host_changes.push(change);
+        log.warn(`host lost, restarting the import on another host: ${change.reason}`);
+        host = undefined;
+        replacing = true;
       }
-      throw err;
-    });
-    status.host = claim.hostId;
-    host = { taskQueue: claim.taskQueue, workdir: claim.workdir };
-    const steps = dumpRestoreHostActivities(claim.taskQueue, t);
-    const where = { workdir: claim.workdir, prefix, clean: input.clean, jobs: input.jobs };
-    await timed('checkDumpRestoreEndpoints', () => steps.checkDumpRestoreEndpoints(where), (r) =>
-      `${r.sourceRelations} source relations${r.conflicts.length ? `, ${r.conflicts.length} replaced in the destination (--clean)` : ''}`,
-    );
-
-    setPhase('dump');
-    const dump = await timed('dumpSource', () => hostActivities(claim.taskQueue, t).dumpSource({ workdir: claim.workdir, prefix, jobs: input.jobs }), (r) =>
-      `${r.files} files, ${r.bytes} bytes${r.skipped ? ' (kept from before)' : ''}`,
-    );
-    status.dump = { bytes: dump.bytes, files: dump.files, skipped: dump.skipped };
-
-    setPhase('restore');
-    const restored = await timed('restoreIntoDestination', () => steps.restoreIntoDestination(where), (r) =>
-      `${r.tables_done}/${r.tables_total} tables, ${r.entries_done}/${r.entries_total} entries${r.tables_kept ? `, ${r.tables_kept} tables kept from an interrupted attempt` : ''}${r.tables_redone ? `, ${r.tables_redone} redone` : ''}`,
-    );
+    }
     status.restore = restored;
     status.progress = { bytesDone: restored.bytes_done, bytesTotal: restored.bytes_total, filesDone: null, filesTotal: null, tablesDone: restored.tables_done, tablesTotal: restored.tables_total, section: 'done' };
     await timed('writeDumpRestoreStatus', () => shared.writeDumpRestoreStatus({ prefix }));
@@ -186,6 +210,33 @@ export async function dumpRestoreImportWorkflow(input: DumpRestoreImportInput): 
     setPhase(cancelled ? 'cancelled' : 'failed');
     if (cancelled) throw err;
     throw ApplicationFailure.nonRetryable(status.error, 'ImportFailed', { phase, type: failureType(err) ?? null });
+  }
+
+  /** check -> dump -> restore on the claimed host; a replacing run cleans what the lost host restored. */
+  async function runOnHost(claim: { taskQueue: string; workdir: string }, replacing: boolean) {
+    const steps = dumpRestoreHostActivities(claim.taskQueue, t);
+    const where = {
+      workdir: claim.workdir,
+      prefix,
+      clean: input.clean || replacing,
+      jobs: input.jobs,
+      splitTablesLargerThan: input.splitTablesLargerThan,
+      batchBytes: input.batchBytes,
+    };
+    await timed('checkDumpRestoreEndpoints', () => steps.checkDumpRestoreEndpoints(where), (r) =>
+      `${r.sourceRelations} source relations${r.conflicts.length ? `, ${r.conflicts.length} replaced in the destination (--clean${replacing && !input.clean ? ', after a lost host' : ''})` : ''}`,
+    );
+
+    setPhase('dump');
+    const dump = await timed('dumpSource', () => hostActivities(claim.taskQueue, t).dumpSource({ workdir: claim.workdir, prefix, jobs: input.jobs }), (r) =>
+      `${r.files} files, ${r.bytes} bytes${r.skipped ? ' (kept from before)' : ''}`,
+    );
+    status.dump = { bytes: dump.bytes, files: dump.files, skipped: dump.skipped };
+
+    setPhase('restore');
+    return timed('restoreIntoDestination', () => steps.restoreIntoDestination(where), (r) =>
+      `${r.tables_done}/${r.tables_total} tables, ${r.entries_done}/${r.entries_total} entries${r.tables_kept ? `, ${r.tables_kept} tables kept from an interrupted attempt` : ''}${r.tables_resumed ? `, ${r.tables_resumed} resumed after their committed batches` : ''}${r.tables_redone ? `, ${r.tables_redone} redone` : ''}`,
+    );
   }
 
   /** Best effort: the host may be gone, and the import's outcome does not depend on it. */
