@@ -2,6 +2,7 @@
  * The cache state in Neon's endpoint-storage format (zstd of the LFC state), and the HTTP store
  * that keeps it in the test stack's endpoint storage stand-in.
  */
+import { execFileSync } from 'node:child_process';
 import { ApplicationFailure } from '@temporalio/common';
 import { describe, expect, it, inject } from 'vitest';
 import { createEndpointStorageStore, decodeNeonEndpointState, encodeNeonEndpointState, ENDPOINT_STORAGE_REFUSED, neonStateAsBlockRanges } from '../drivers/cache';
@@ -70,6 +71,18 @@ describe("Neon's endpoint-storage state format", () => {
     expect(blob.readUInt32LE(0)).toBe(0xfd2fb528);
     expect(zstdDeclaredSize(blob)).toBe(lfc.length);
     expect(await decodeNeonEndpointState(blob)).toEqual({ ...state, lfcState: Uint8Array.from(lfc) });
+  });
+
+  it('interoperates with the reference zstd tool (installed by .ci/run): it reads what we write, we read what it writes from a stream', async () => {
+    const blob = await encodeNeonEndpointState({ kind: 'block-ranges', blockSize: 8192, ranges });
+    const raw = execFileSync('zstd', ['-d', '-c', '-q'], { input: blob });
+    expect(inspectNeonLfcState(raw)).toEqual({ chunks: 5, pages: 209, chunkSizeLog: 7 });
+    // From stdin the tool cannot know the size, so the frame declares none, as Neon's streaming encoder's.
+    const fromTool = execFileSync('zstd', ['-c', '-q', '-3'], { input: raw });
+    expect(zstdDeclaredSize(fromTool)).toBeUndefined();
+    const state = await decodeNeonEndpointState(fromTool);
+    if (state.kind !== 'neon-lfc') throw new Error('unreachable');
+    expect(neonStateAsBlockRanges(state).ranges).toEqual(ranges);
   });
 
   it('refuses, as corrupt, what is not zstd, a frame claiming a huge size (before allocating it), and a bad LFC state inside', async () => {
