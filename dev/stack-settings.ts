@@ -73,7 +73,7 @@ export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string;
   safekeeperPg: { env: 'DURABLE_COMPUTE_SAFEKEEPER_PG_PORT', option: '--safekeeper-pg-port', what: 'safekeeper libpq (first of a range)' },
   safekeeperHttp: { env: 'DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT', option: '--safekeeper-http-port', what: 'safekeeper HTTP (first of a range)' },
   codecServer: { env: 'DURABLE_COMPUTE_CODEC_PORT', option: '--codec-port', what: 'codec server (Web UI payload decoding)' },
-  endpointStorage: { env: 'DURABLE_COMPUTE_ENDPOINT_STORAGE_PORT', option: '', what: 'endpoint storage (LFC state over HTTP)' },
+  endpointStorage: { env: 'DURABLE_COMPUTE_ENDPOINT_STORAGE_PORT', option: '--endpoint-storage-port', what: 'endpoint storage (LFC state over HTTP)' },
   importCallback: { env: 'DURABLE_COMPUTE_IMPORT_CALLBACK_PORT', option: '', what: 'import_complete callback endpoint' },
 };
 

@@ -122,11 +122,11 @@ describe('cache offload and prewarm through endpoint storage', () => {
     expect(blob.readUInt32LE(0)).toBe(0xfd2fb528);
     const state = await decodeNeonEndpointState(blob);
     if (state.kind !== 'neon-lfc') throw new Error('expected a Neon LFC state');
-    const [{ filenode }] = await sql<{ filenode: number }>(port, "select pg_relation_filenode('hot')::int as filenode");
+    const filenode = (await sql<{ filenode: number }>(port, "select pg_relation_filenode('hot')::int as filenode"))[0]!.filenode;
     const hotPages = neonStateAsBlockRanges(state)
-      .ranges.filter((r) => r.relfilenode === filenode! && r.fork === 0)
+      .ranges.filter((r) => r.relfilenode === filenode && r.fork === 0)
       .reduce((n, r) => n + r.blockCount, 0);
-    const [{ blocks }] = await sql<{ blocks: number }>(port, "select (pg_relation_size('hot') / 8192)::int as blocks");
+    const blocks = (await sql<{ blocks: number }>(port, "select (pg_relation_size('hot') / 8192)::int as blocks"))[0]!.blocks;
     expect(hotPages).toBe(blocks);
 
     await restart(false);

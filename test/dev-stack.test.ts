@@ -18,6 +18,7 @@ async function stackPorts(): Promise<string[]> {
     '--safekeeper-pg-port', String(await freePortRange(3)),
     '--safekeeper-http-port', String(await freePortRange(3)),
     '--codec-port', String(await freePort()),
+    '--endpoint-storage-port', String(await freePort()),
   ];
 }
 
@@ -77,6 +78,10 @@ describe('durable-compute dev up/status/down', () => {
     expect(again.imports).toEqual(up.imports);
     const callbackBase = status.imports.callbackUrl.replace(/\/import_complete$/, '');
     expect((await fetch(`${callbackBase}/status`)).status).toBe(200);
+    // The endpoint storage stand-in runs with the stack, on the port asked for.
+    expect(status.processes['endpoint-storage']).toMatchObject({ running: true });
+    expect(status.endpointStorage.addr).toBe(`127.0.0.1:${ports[ports.indexOf('--endpoint-storage-port') + 1]}`);
+    expect((await fetch(`${status.endpointStorage.url}/status`)).status).toBe(200);
     // The stack's storage demands a token of its own, kept in a file: never on a command line.
     const token = readFileSync(devStorageTokenFile(dir), 'utf8').trim();
     expect(token).toMatch(/^[0-9a-f]{64}$/);

@@ -14,6 +14,7 @@ interface StackOptions {
   safekeeperPgPort?: string;
   safekeeperHttpPort?: string;
   codecPort?: string;
+  endpointStoragePort?: string;
   json?: boolean;
 }
 
@@ -31,6 +32,7 @@ function settingsFrom(opts: StackOptions) {
         safekeeperPg: opts.safekeeperPgPort,
         safekeeperHttp: opts.safekeeperHttpPort,
         codecServer: opts.codecPort,
+        endpointStorage: opts.endpointStoragePort,
       },
     },
     process.env,
@@ -52,6 +54,7 @@ export function printEndpoints(e: StackEndpoints): void {
       `Temporal Web UI:    ${e.temporal.ui || '(none: the production server comes without it)'}`,
       `Codec server:       ${e.codec.endpoint} (the Web UI decodes payloads through it)`,
       `S3 endpoint:        ${e.s3.endpoint}`,
+      `Endpoint storage:   ${e.endpointStorage.url} (endpoint_storage_addr ${e.endpointStorage.addr}; cache state over HTTP)`,
       `S3 bucket:          ${e.s3.bucket}`,
       `S3 region:          ${e.s3.region}`,
       `Pageserver:         postgres://${e.pageserver.pg} (page service), ${e.pageserver.http} (HTTP API)`,
@@ -74,7 +77,8 @@ export function registerDevCommands(program: Command): void {
       .option('--pageserver-http-port <port>', 'pageserver HTTP API port (env DURABLE_COMPUTE_PAGESERVER_HTTP_PORT; default 9898)')
       .option('--safekeeper-pg-port <port>', 'first safekeeper libpq port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_PG_PORT; default 5454)')
       .option('--safekeeper-http-port <port>', 'first safekeeper HTTP port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT; default 7676)')
-      .option('--codec-port <port>', 'codec server port, for the Web UI (env DURABLE_COMPUTE_CODEC_PORT; default 8234)');
+      .option('--codec-port <port>', 'codec server port, for the Web UI (env DURABLE_COMPUTE_CODEC_PORT; default 8234)')
+      .option('--endpoint-storage-port <port>', 'endpoint storage stand-in port (env DURABLE_COMPUTE_ENDPOINT_STORAGE_PORT; default 51243)');
 
   withStackOptions(dev.command('up'))
     .description('start the stack in the background; returns once every part accepts connections')
