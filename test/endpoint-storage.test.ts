@@ -12,6 +12,7 @@ import { createS3Client } from '../drivers/s3/client';
 import { devS3Credentials } from '../dev/stack';
 import { devEndpointStoragePublicKeyFile, mintDevEndpointStorageToken, mintEndpointStorageToken, type EndpointStorageClaims } from '../dev/endpoint-storage/keys';
 import { normalizeKey, startEndpointStorage, type RunningEndpointStorage } from '../dev/endpoint-storage/server';
+import { runCli } from './helpers/cli';
 import { neonId, uniqueId } from './helpers/ids';
 
 interface Reply {
@@ -132,6 +133,22 @@ describe('the stack\'s endpoint storage', () => {
     expect((await request(url(), 'DELETE', `/${tenant}/${timeline}/${endpoint}`, { token: await token({ ...mine, endpoint_id: other }) })).status).toBe(403);
     expect((await request(url(), 'DELETE', `/${tenant}/${timeline}/${endpoint}`, { token: t })).status).toBe(200);
     for (const key of ['a', 'b/c']) expect((await request(url(), 'GET', objectPath(endpoint, key), { token: t })).status).toBe(404);
+  });
+});
+
+describe('durable-compute dev endpoint-storage-token', () => {
+  it("signs a token with the stack's key that the stand-in takes for that endpoint only, and refuses bad IDs", async () => {
+    const [tenant, timeline, endpoint] = [neonId(), neonId(), uniqueId('ep')];
+    const ids = ['--tenant-id', tenant, '--timeline-id', timeline, '--endpoint-id', endpoint];
+    const minted = await runCli(['dev', 'endpoint-storage-token', '--dir', stack().stackDir, ...ids]);
+    expect(minted.code, minted.stderr).toBe(0);
+    const token = minted.stdout.trim();
+    const statePath = `/${tenant}/${timeline}/${endpoint}/lfc_state`;
+    expect((await request(stack().endpointStorage.url, 'PUT', statePath, { token, body: Buffer.from('s') })).status).toBe(200);
+    expect((await request(stack().endpointStorage.url, 'PUT', `/${tenant}/${timeline}/${uniqueId('ep')}/lfc_state`, { token, body: Buffer.from('s') })).status).toBe(403);
+    const bad = await runCli(['dev', 'endpoint-storage-token', '--dir', stack().stackDir, '--tenant-id', 'nope', '--timeline-id', timeline, '--endpoint-id', endpoint]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--tenant-id must be 32 hex digits/);
   });
 });
 

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { findPostgres } from '../../common/pg-binaries';
-import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints, resolveStackSettings, provisionTemporalCli } from '../dev-stack';
+import { UserFacingError } from '../../common/errors';
+import { mintDevEndpointStorageToken, previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints, resolveStackSettings, provisionTemporalCli } from '../dev-stack';
 import { printJson, printText } from '../output';
 import { registerTemporalServerCommands } from './temporal-server';
 
@@ -119,6 +120,29 @@ export function registerDevCommands(program: Command): void {
       const settings = settingsFrom(opts);
       const stopped = await stackDown(settings.dir);
       printText(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+    });
+
+  dev
+    .command('endpoint-storage-token')
+    .description("sign a token for the stack's endpoint storage, scoped to one endpoint (the spec's endpoint_storage_token); prints it")
+    .option('--dir <path>', 'stack directory (env DURABLE_COMPUTE_STACK_DIR; default .durable-compute/stack)')
+    .requiredOption('--tenant-id <id>', 'tenant ID (32 hex digits)')
+    .requiredOption('--timeline-id <id>', 'timeline ID (32 hex digits)')
+    .requiredOption('--endpoint-id <id>', 'endpoint ID (the spec\'s endpoint_id)')
+    .option('--ttl-seconds <n>', 'validity', '86400')
+    .action(async (opts: { dir?: string; tenantId: string; timelineId: string; endpointId: string; ttlSeconds: string }) => {
+      for (const [flag, id] of [['--tenant-id', opts.tenantId], ['--timeline-id', opts.timelineId]] as const) {
+        if (!/^[0-9a-f]{32}$/i.test(id)) throw new UserFacingError(`${flag} must be 32 hex digits, got ${JSON.stringify(id)}`);
+      }
+      if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(opts.endpointId)) throw new UserFacingError(`--endpoint-id must be 1-64 letters, digits, '-' or '_', got ${JSON.stringify(opts.endpointId)}`);
+      const ttl = Number(opts.ttlSeconds);
+      if (!Number.isSafeInteger(ttl) || ttl < 1) throw new UserFacingError(`--ttl-seconds must be a positive integer, got ${JSON.stringify(opts.ttlSeconds)}`);
+      const { dir } = resolveStackSettings({ dir: opts.dir });
+      const claims = { tenant_id: opts.tenantId.toLowerCase(), timeline_id: opts.timelineId.toLowerCase(), endpoint_id: opts.endpointId };
+      const token = await mintDevEndpointStorageToken(dir, claims, ttl).catch((err: unknown) => {
+        throw new UserFacingError(`cannot sign with the stack's key in ${dir} (start it with 'durable-compute dev up'): ${(err as Error).message}`);
+      });
+      printText(`${token}\n`);
     });
 
   registerTemporalServerCommands(dev);
