@@ -119,10 +119,10 @@ describe('durable-compute dev up/status/down', () => {
     const empty = await fetch(`${status.codec.endpoint}/decode`, { method: 'POST', headers: { origin: up.temporal.ui }, body: '{"payloads":[]}' });
     expect(await empty.json()).toEqual({ payloads: [] });
 
-    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker', 'codec-server']);
+    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'endpoint-storage', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker', 'codec-server']);
     const down = await runCli(['dev', 'down', '--dir', dir]);
     expect(down.code).toBe(0);
-    expect(down.stdout).toMatch(/stopped codec-server, importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
+    expect(down.stdout).toMatch(/stopped codec-server, importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, endpoint-storage, s3, temporal/);
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);
