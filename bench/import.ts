@@ -64,6 +64,7 @@ async function startStack(root: string): Promise<{ endpoints: StackEndpoints; di
         safekeeperPg: await freePortRange(3),
         safekeeperHttp: await freePortRange(3),
         codecServer: await freePort(),
+        endpointStorage: await freePort(),
       },
     },
     {},

@@ -15,6 +15,7 @@ export {
   stackUp,
   type StackEndpoints,
 } from '../dev/stack';
+export { mintDevEndpointStorageToken } from '../dev/endpoint-storage/keys';
 export { resolveStackSettings } from '../dev/stack-settings';
 export { provisionTemporalCli } from '../dev/temporal-cli';
 export { provisionTemporalServer, TEMPORAL_SERVER_VERSION } from '../dev/temporal-server/binaries';

@@ -162,6 +162,12 @@ exec node ${COMPUTE_WORKER_NODE_FLAGS.join(' ')} "$(dirname "$0")/compute-worker
 `;
 }
 
+/** The zstd codec of Neon's cache-state format reads its wasm beside itself (__dirname): beside the bundle. */
+function copyZstdWasm(outDir: string): void {
+  // The package exports only its entry (dist/common/index.node.js), which sits beside the wasm.
+  copyFileSync(path.join(path.dirname(require.resolve('@bokuweb/zstd-wasm')), 'zstd.wasm'), path.join(outDir, 'zstd.wasm'));
+}
+
 export async function buildComputeWorker(distDir = path.join(root, 'dist')): Promise<string> {
   const outDir = path.join(distDir, 'compute-worker');
   rmSync(outDir, { recursive: true, force: true });
@@ -183,6 +189,7 @@ export async function buildComputeWorker(distDir = path.join(root, 'dist')): Pro
   });
   writeFileSync(path.join(outDir, 'meta.json'), JSON.stringify(result.metafile));
   copyNativeBridge(outDir);
+  copyZstdWasm(outDir);
   copyFileSync(path.join(root, 'deploy', 'compute-worker.env.example'), path.join(outDir, 'compute-worker.env.example'));
   writeFileSync(path.join(outDir, 'durable-compute-compute-worker.service'), systemdUnit());
   writeFileSync(path.join(outDir, 'entrypoint.sh'), containerEntrypoint(), { mode: 0o755 });
@@ -234,6 +241,7 @@ export async function buildCli(distDir = path.join(root, 'dist')): Promise<strin
   });
   writeFileSync(path.join(outDir, 'workflow-bundle.js'), code);
   copyNativeBridge(outDir);
+  copyZstdWasm(outDir);
   // The workflow sandbox maps stack traces with source-map, which reads its wasm beside itself (__dirname).
   const sourceMapLib = path.dirname(require.resolve('source-map/package.json', { paths: [workerLib] }));
   copyFileSync(path.join(sourceMapLib, 'lib', 'mappings.wasm'), path.join(outDir, 'mappings.wasm'));

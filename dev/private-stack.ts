@@ -69,6 +69,7 @@ export async function startPrivateStack(dir: string, options: PrivateStackOption
           safekeeperPg: await freePortRange(3),
           safekeeperHttp: await freePortRange(3),
           codecServer: await freePort(),
+          endpointStorage: await freePort(),
         },
         temporalServer: options.temporalServer,
       },

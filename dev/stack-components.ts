@@ -9,6 +9,7 @@ import { CONTROL_PLANE_TASK_QUEUE_DEFAULT } from '../common/config';
 import { MAX_WORKDIR_ROOT_BYTES } from '../common/paths';
 import { IMPORTER_SHARED_TASK_QUEUE } from '../model/import-status';
 import { canConnect, spawnDetached, type TrackedProcess } from './processes';
+import { devEndpointStoragePublicKeyFile } from './endpoint-storage/keys';
 import { DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, type StackSettings } from './stack-settings';
 
 type PortKey = keyof StackSettings['ports'];
@@ -110,6 +111,34 @@ const s3Component: StackComponent = {
       '--openssl-legacy-provider',
     ]),
   probe: (s) => httpOk(`http://${s.host}:${s.ports.s3}/`),
+  readyTimeoutMs: 30_000,
+};
+
+/** The endpoint storage stand-in, keeping its objects in the stack's bucket under endpoint-storage/. */
+const endpointStorageComponent: StackComponent = {
+  name: 'endpoint-storage',
+  ports: (s) => [{ port: s.ports.endpointStorage, key: 'endpointStorage' }],
+  start: (s) =>
+    runTs(
+      s,
+      'endpoint-storage',
+      'dev/endpoint-storage/main.ts',
+      [
+        '--listen',
+        `${s.host}:${s.ports.endpointStorage}`,
+        '--pemfile',
+        devEndpointStoragePublicKeyFile(s.dir),
+        '--s3-endpoint',
+        `http://${s.host}:${s.ports.s3}`,
+        '--s3-bucket',
+        s.bucket,
+        '--s3-region',
+        s.region,
+      ],
+      // The credentials travel in the environment, not argv.
+      { ...process.env, AWS_ACCESS_KEY_ID: DEV_S3_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: DEV_S3_CREDENTIALS.secretAccessKey },
+    ),
+  probe: (s) => httpOk(`http://${s.host}:${s.ports.endpointStorage}/status`),
   readyTimeoutMs: 30_000,
 };
 
@@ -296,6 +325,7 @@ export function stackComponents(s: StackSettings): StackComponent[] {
     // The production server on PostgreSQL is two processes with its own state: stack.ts runs it through dev/temporal-server.
     ...(s.temporalServer === 'sql' ? [] : [temporalComponent]),
     s3Component,
+    endpointStorageComponent,
     ...Array.from({ length: s.safekeepers }, (_, i) => safekeeperComponent(i + 1)),
     pageserverComponent,
     controlPlaneWorkerComponent,

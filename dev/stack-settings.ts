@@ -28,6 +28,8 @@ export interface StackSettings {
     safekeeperHttp: number;
     /** The codec server the Web UI decodes payloads through (`durable-compute codec-server`). */
     codecServer: number;
+    /** The endpoint storage stand-in (dev/endpoint-storage): per-endpoint objects such as the LFC state. */
+    endpointStorage: number;
     /**
      * The control plane's import_complete endpoint (the pageserver calls it when an import ends).
      * Unset: a free port is chosen when the stack first starts, and kept from then on.
@@ -57,6 +59,8 @@ export const DEFAULT_PORTS: StackSettings['ports'] = {
   safekeeperPg: 5454,
   safekeeperHttp: 7676,
   codecServer: 8234,
+  // Neon's endpoint storage default.
+  endpointStorage: 51243,
 };
 
 /** Environment variable and CLI option (if any) for each port, so every error can say how to change it. */
@@ -69,6 +73,7 @@ export const PORT_VARIABLES: Record<keyof StackSettings['ports'], { env: string;
   safekeeperPg: { env: 'DURABLE_COMPUTE_SAFEKEEPER_PG_PORT', option: '--safekeeper-pg-port', what: 'safekeeper libpq (first of a range)' },
   safekeeperHttp: { env: 'DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT', option: '--safekeeper-http-port', what: 'safekeeper HTTP (first of a range)' },
   codecServer: { env: 'DURABLE_COMPUTE_CODEC_PORT', option: '--codec-port', what: 'codec server (Web UI payload decoding)' },
+  endpointStorage: { env: 'DURABLE_COMPUTE_ENDPOINT_STORAGE_PORT', option: '--endpoint-storage-port', what: 'endpoint storage (LFC state over HTTP)' },
   importCallback: { env: 'DURABLE_COMPUTE_IMPORT_CALLBACK_PORT', option: '', what: 'import_complete callback endpoint' },
 };
 

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { UserFacingError } from '../common/errors';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
 import { withDirLock } from './dir-lock';
+import { ensureEndpointStorageKeys } from './endpoint-storage/keys';
 import { codecEndpoint, safekeeperPorts, stackComponents } from './stack-components';
 import { DEFAULT_PORTS, DEV_S3_CREDENTIALS, devPayloadKeyFile, devStorageTokenFile, PORT_VARIABLES, type StackSettings } from './stack-settings';
 import { sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from './temporal-server/server';
@@ -19,6 +20,8 @@ export interface StackEndpoints {
   imports: { callbackUrl: string | null };
   /** The codec server the Web UI decodes payloads through (no bearer token: dev only, loopback). */
   codec: { endpoint: string };
+  /** The endpoint storage stand-in: `addr` is what a spec's endpoint_storage_addr names. */
+  endpointStorage: { url: string; addr: string };
   stackDir: string;
 }
 
@@ -63,6 +66,7 @@ export function endpointsOf(s: StackSettings): StackEndpoints {
     }),
     imports: { callbackUrl: s.ports.importCallback ? `http://${s.host}:${s.ports.importCallback}/import_complete` : null },
     codec: { endpoint: codecEndpoint(s) },
+    endpointStorage: { url: `http://${s.host}:${s.ports.endpointStorage}`, addr: `${s.host}:${s.ports.endpointStorage}` },
     stackDir: s.dir,
   };
 }
@@ -122,11 +126,13 @@ export async function stackUp(
     settings.ports.importCallback ??= await freePort(settings.host);
     // A stack started before the codec server existed gets it on the default port.
     settings.ports.codecServer ??= DEFAULT_PORTS.codecServer;
+    settings.ports.endpointStorage ??= DEFAULT_PORTS.endpointStorage;
     const state: StackState = { version: 1, settings, processes: anyAlive && previous ? previous.processes : {} };
     mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
     // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.
     chmodSync(settings.dir, 0o755);
     ensureStackSecrets(settings.dir);
+    ensureEndpointStorageKeys(settings.dir);
 
     if (settings.temporalServer === 'sql') {
       await startSqlTemporalServer({

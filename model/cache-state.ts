@@ -44,6 +44,17 @@ export type OffloadState =
   /** The cache was empty or disabled: nothing uploaded, so a good stored state is never overwritten. */
   | { status: 'skipped' };
 
+/**
+ * Where a compute keeps its cache state when its spec names endpoint storage
+ * (endpoint_storage_addr, endpoint_storage_token): reached over HTTP with the token, so the
+ * compute needs no bucket credentials. The token is a secret; it travels only inside encrypted
+ * payloads.
+ */
+export interface EndpointStorageTarget {
+  addr: string;
+  token: string;
+}
+
 /** What the prewarm activity returns; failures and cancellation are thrown, not returned. */
 export type PrewarmResult = PrewarmCompleted | { status: 'skipped' };
 /** What the offload activity returns. */

@@ -18,6 +18,7 @@ async function stackPorts(): Promise<string[]> {
     '--safekeeper-pg-port', String(await freePortRange(3)),
     '--safekeeper-http-port', String(await freePortRange(3)),
     '--codec-port', String(await freePort()),
+    '--endpoint-storage-port', String(await freePort()),
   ];
 }
 
@@ -77,6 +78,10 @@ describe('durable-compute dev up/status/down', () => {
     expect(again.imports).toEqual(up.imports);
     const callbackBase = status.imports.callbackUrl.replace(/\/import_complete$/, '');
     expect((await fetch(`${callbackBase}/status`)).status).toBe(200);
+    // The endpoint storage stand-in runs with the stack, on the port asked for.
+    expect(status.processes['endpoint-storage']).toMatchObject({ running: true });
+    expect(status.endpointStorage.addr).toBe(`127.0.0.1:${ports[ports.indexOf('--endpoint-storage-port') + 1]}`);
+    expect((await fetch(`${status.endpointStorage.url}/status`)).status).toBe(200);
     // The stack's storage demands a token of its own, kept in a file: never on a command line.
     const token = readFileSync(devStorageTokenFile(dir), 'utf8').trim();
     expect(token).toMatch(/^[0-9a-f]{64}$/);
@@ -114,10 +119,10 @@ describe('durable-compute dev up/status/down', () => {
     const empty = await fetch(`${status.codec.endpoint}/decode`, { method: 'POST', headers: { origin: up.temporal.ui }, body: '{"payloads":[]}' });
     expect(await empty.json()).toEqual({ payloads: [] });
 
-    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker', 'codec-server']);
+    expect(Object.keys(up.processes)).toEqual(['temporal', 's3', 'endpoint-storage', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'control-plane-worker', 'import-callback', 'importer-worker', 'codec-server']);
     const down = await runCli(['dev', 'down', '--dir', dir]);
     expect(down.code).toBe(0);
-    expect(down.stdout).toMatch(/stopped codec-server, importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, s3, temporal/);
+    expect(down.stdout).toMatch(/stopped codec-server, importer-worker, import-callback, control-plane-worker, pageserver, safekeeper-3, safekeeper-2, safekeeper-1, endpoint-storage, s3, temporal/);
     for (const pid of pids) expect(processStartTime(pid)).toBeUndefined();
     const after = JSON.parse((await runCli(['dev', 'status', '--json', '--dir', dir])).stdout);
     expect(after.running).toBe(false);

@@ -4,5 +4,5 @@
  * them in a file of their own (cache-runtime.cjs) that is read only then, so an idle agent never
  * parses them.
  */
-export { createOffloadPrewarm, createCacheStateStore } from '../../drivers/cache';
+export { createOffloadPrewarm, createCacheStateStore, createEndpointStorageStore } from '../../drivers/cache';
 export { createS3Client } from '../../drivers/s3/client';

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { findPostgres } from '../../common/pg-binaries';
-import { previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints, resolveStackSettings, provisionTemporalCli } from '../dev-stack';
+import { UserFacingError } from '../../common/errors';
+import { mintDevEndpointStorageToken, previousStackSettings, stackDown, stackStatus, stackUp, type StackEndpoints, resolveStackSettings, provisionTemporalCli } from '../dev-stack';
 import { printJson, printText } from '../output';
 import { registerTemporalServerCommands } from './temporal-server';
 
@@ -14,6 +15,7 @@ interface StackOptions {
   safekeeperPgPort?: string;
   safekeeperHttpPort?: string;
   codecPort?: string;
+  endpointStoragePort?: string;
   json?: boolean;
 }
 
@@ -31,6 +33,7 @@ function settingsFrom(opts: StackOptions) {
         safekeeperPg: opts.safekeeperPgPort,
         safekeeperHttp: opts.safekeeperHttpPort,
         codecServer: opts.codecPort,
+        endpointStorage: opts.endpointStoragePort,
       },
     },
     process.env,
@@ -52,6 +55,7 @@ export function printEndpoints(e: StackEndpoints): void {
       `Temporal Web UI:    ${e.temporal.ui || '(none: the production server comes without it)'}`,
       `Codec server:       ${e.codec.endpoint} (the Web UI decodes payloads through it)`,
       `S3 endpoint:        ${e.s3.endpoint}`,
+      `Endpoint storage:   ${e.endpointStorage.url} (endpoint_storage_addr ${e.endpointStorage.addr}; cache state over HTTP)`,
       `S3 bucket:          ${e.s3.bucket}`,
       `S3 region:          ${e.s3.region}`,
       `Pageserver:         postgres://${e.pageserver.pg} (page service), ${e.pageserver.http} (HTTP API)`,
@@ -74,7 +78,8 @@ export function registerDevCommands(program: Command): void {
       .option('--pageserver-http-port <port>', 'pageserver HTTP API port (env DURABLE_COMPUTE_PAGESERVER_HTTP_PORT; default 9898)')
       .option('--safekeeper-pg-port <port>', 'first safekeeper libpq port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_PG_PORT; default 5454)')
       .option('--safekeeper-http-port <port>', 'first safekeeper HTTP port, one per safekeeper (env DURABLE_COMPUTE_SAFEKEEPER_HTTP_PORT; default 7676)')
-      .option('--codec-port <port>', 'codec server port, for the Web UI (env DURABLE_COMPUTE_CODEC_PORT; default 8234)');
+      .option('--codec-port <port>', 'codec server port, for the Web UI (env DURABLE_COMPUTE_CODEC_PORT; default 8234)')
+      .option('--endpoint-storage-port <port>', 'endpoint storage stand-in port (env DURABLE_COMPUTE_ENDPOINT_STORAGE_PORT; default 51243)');
 
   withStackOptions(dev.command('up'))
     .description('start the stack in the background; returns once every part accepts connections')
@@ -115,6 +120,29 @@ export function registerDevCommands(program: Command): void {
       const settings = settingsFrom(opts);
       const stopped = await stackDown(settings.dir);
       printText(stopped.length ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+    });
+
+  dev
+    .command('endpoint-storage-token')
+    .description("sign a token for the stack's endpoint storage, scoped to one endpoint (the spec's endpoint_storage_token); prints it")
+    .option('--dir <path>', 'stack directory (env DURABLE_COMPUTE_STACK_DIR; default .durable-compute/stack)')
+    .requiredOption('--tenant-id <id>', 'tenant ID (32 hex digits)')
+    .requiredOption('--timeline-id <id>', 'timeline ID (32 hex digits)')
+    .requiredOption('--endpoint-id <id>', 'endpoint ID (the spec\'s endpoint_id)')
+    .option('--ttl-seconds <n>', 'validity', '86400')
+    .action(async (opts: { dir?: string; tenantId: string; timelineId: string; endpointId: string; ttlSeconds: string }) => {
+      for (const [flag, id] of [['--tenant-id', opts.tenantId], ['--timeline-id', opts.timelineId]] as const) {
+        if (!/^[0-9a-f]{32}$/i.test(id)) throw new UserFacingError(`${flag} must be 32 hex digits, got ${JSON.stringify(id)}`);
+      }
+      if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(opts.endpointId)) throw new UserFacingError(`--endpoint-id must be 1-64 letters, digits, '-' or '_', got ${JSON.stringify(opts.endpointId)}`);
+      const ttl = Number(opts.ttlSeconds);
+      if (!Number.isSafeInteger(ttl) || ttl < 1) throw new UserFacingError(`--ttl-seconds must be a positive integer, got ${JSON.stringify(opts.ttlSeconds)}`);
+      const { dir } = resolveStackSettings({ dir: opts.dir });
+      const claims = { tenant_id: opts.tenantId.toLowerCase(), timeline_id: opts.timelineId.toLowerCase(), endpoint_id: opts.endpointId };
+      const token = await mintDevEndpointStorageToken(dir, claims, ttl).catch((err: unknown) => {
+        throw new UserFacingError(`cannot sign with the stack's key in ${dir} (start it with 'durable-compute dev up'): ${(err as Error).message}`);
+      });
+      printText(`${token}\n`);
     });
 
   registerTemporalServerCommands(dev);

@@ -5,4 +5,6 @@ export { createNeonCacheBackend, type NeonCacheBackendOptions } from './neon-bac
 export { type ConnectFn } from './pg-session';
 export { CORRUPT_CACHE_STATE, decodeCacheState, encodeCacheState, type Compression } from './state-codec';
 export { createStockCacheBackend, stockCacheSettings, type StockCacheBackendOptions } from './stock-backend';
+export { createEndpointStorageStore, ENDPOINT_STORAGE_REFUSED, type EndpointStorageStoreOptions } from './endpoint-storage-store';
+export { decodeNeonEndpointState, encodeNeonEndpointState, neonStateAsBlockRanges, NEON_PAGE_BYTES } from './neon-endpoint-format';
 export { createCacheStateStore, type CacheStateStore, type CacheStateStoreOptions } from './store';

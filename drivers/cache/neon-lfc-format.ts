@@ -9,6 +9,8 @@
  * marking the cached pages. Older Neon releases had no n_pages field; this checks the current one.
  */
 
+import type { BlockRange, ForkNumber } from '../../model/cache-state';
+
 export const NEON_LFC_MAGIC = 0xfcfcfcfc;
 const HEADER_BYTES = 16;
 const BUFFER_TAG_BYTES = 20;
@@ -77,4 +79,75 @@ export function buildNeonLfcState(chunkSizeLog: number, chunks: { tablespace: nu
   });
   out.writeUInt32LE(pages, 8);
   return out;
+}
+
+/** Neon's LFC chunk: 128 pages (1 MiB of 8 KiB pages), its default and what its states use. */
+export const NEON_DEFAULT_CHUNK_SIZE_LOG = 7;
+
+/** One chunk of a state: its buffer tag and the offsets of its cached pages. */
+interface Chunk {
+  tablespace: number;
+  database: number;
+  relfilenode: number;
+  fork: number;
+  firstBlock: number;
+  cached: number[];
+}
+
+/**
+ * Block ranges (a stock compute's shared_buffers) as a Neon LFC state: each range's blocks go into
+ * chunk-aligned chunks (the tag's block is the first block of the chunk, as the LFC keys them),
+ * chunks in the order the ranges first reach them, so the hottest stay first.
+ */
+export function blockRangesToNeonLfcState(ranges: readonly BlockRange[], chunkSizeLog = NEON_DEFAULT_CHUNK_SIZE_LOG): Buffer {
+  const pagesPerChunk = 2 ** chunkSizeLog;
+  const chunks = new Map<string, Chunk>();
+  for (const r of ranges) {
+    for (let block = r.firstBlock; block < r.firstBlock + r.blockCount; block++) {
+      const offset = block % pagesPerChunk;
+      const firstBlock = block - offset;
+      const key = `${r.tablespace}/${r.database}/${r.relfilenode}/${r.fork}/${firstBlock}`;
+      let chunk = chunks.get(key);
+      if (!chunk) {
+        chunk = { tablespace: r.tablespace, database: r.database, relfilenode: r.relfilenode, fork: r.fork, firstBlock, cached: [] };
+        chunks.set(key, chunk);
+      }
+      chunk.cached.push(offset);
+    }
+  }
+  return buildNeonLfcState(chunkSizeLog, [...chunks.values()]);
+}
+
+/**
+ * A Neon LFC state as block ranges, in chunk order: every run of cached pages of a chunk is a
+ * range, joined with the one before when it continues it. Validate with inspectNeonLfcState first.
+ */
+export function neonLfcStateToBlockRanges(bytes: Uint8Array): BlockRange[] {
+  const { chunks, chunkSizeLog } = inspectNeonLfcState(bytes);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const pagesPerChunk = 2 ** chunkSizeLog;
+  const bitmapStart = HEADER_BYTES + chunks * BUFFER_TAG_BYTES;
+  const ranges: BlockRange[] = [];
+  for (let i = 0; i < chunks; i++) {
+    const at = HEADER_BYTES + i * BUFFER_TAG_BYTES;
+    const tag = {
+      tablespace: view.getUint32(at, true),
+      database: view.getUint32(at + 4, true),
+      relfilenode: view.getUint32(at + 8, true),
+      fork: view.getInt32(at + 12, true) as ForkNumber,
+    };
+    const firstBlock = view.getUint32(at + 16, true);
+    for (let page = 0; page < pagesPerChunk; page++) {
+      const bit = i * pagesPerChunk + page;
+      if ((bytes[bitmapStart + (bit >> 3)]! & (1 << (bit & 7))) === 0) continue;
+      const block = firstBlock + page;
+      const last = ranges[ranges.length - 1];
+      if (last && last.tablespace === tag.tablespace && last.database === tag.database && last.relfilenode === tag.relfilenode && last.fork === tag.fork && last.firstBlock + last.blockCount === block) {
+        last.blockCount += 1;
+      } else {
+        ranges.push({ ...tag, firstBlock: block, blockCount: 1 });
+      }
+    }
+  }
+  return ranges;
 }

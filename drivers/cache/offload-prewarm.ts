@@ -12,6 +12,7 @@ import { maskSecrets } from '../../common/errors';
 import { validResumePoint, type OffloadResult, type PrewarmProgress, type PrewarmResult } from '../../model/cache-state';
 import { assertMaxChunks, type CacheBackend } from './backend';
 import { createNeonCacheBackend } from './neon-backend';
+import { decodeNeonEndpointState, encodeNeonEndpointState, neonStateAsBlockRanges } from './neon-endpoint-format';
 import { throwIfAborted, type ConnectFn } from './pg-session';
 import { crc32, decodeCacheState, encodeCacheState, type Compression } from './state-codec';
 import { createStockCacheBackend } from './stock-backend';
@@ -26,6 +27,13 @@ export interface OffloadPrewarmDeps {
   /** 'stock' (shared_buffers via pg_buffercache/pg_prewarm), 'neon' (the LFC), or a ready backend. */
   backend: 'stock' | 'neon' | CacheBackend;
   maintenanceDatabase?: string;
+  /**
+   * How states are stored: 'durable-compute' (the checked, versioned blob of state-codec.ts, the
+   * direct-S3 path) or 'neon' (zstd of Neon's LFC state, what endpoint storage holds for Neon
+   * computes too, so either system prewarms from the other's state). Default 'durable-compute'.
+   */
+  format?: 'durable-compute' | 'neon';
+  /** Compression of the 'durable-compute' format. */
   compression?: Compression;
   /** Heartbeat at least this often during a prewarm so cancellation arrives (default 1000 ms). */
   heartbeatIntervalMs?: number;
@@ -84,6 +92,7 @@ export function createOffloadPrewarm(deps: OffloadPrewarmDeps) {
         ? createNeonCacheBackend({ connect: deps.connect, maintenanceDatabase: deps.maintenanceDatabase })
         : deps.backend;
   const heartbeatEvery = deps.heartbeatIntervalMs ?? 1000;
+  const neonFormat = deps.format === 'neon';
 
   return {
     /** Captures the cache and uploads it; 'skipped' (nothing uploaded) when the cache is empty. */
@@ -99,7 +108,7 @@ export function createOffloadPrewarm(deps: OffloadPrewarmDeps) {
         if (!state) return { status: 'skipped' };
         throwIfAborted(signal);
         t = performance.now();
-        const blob = encodeCacheState(state, { compression: deps.compression });
+        const blob = neonFormat ? await encodeNeonEndpointState(state) : encodeCacheState(state, { compression: deps.compression });
         const compress_time_ms = elapsed(t);
         ctx.heartbeat();
         t = performance.now();
@@ -132,7 +141,9 @@ export function createOffloadPrewarm(deps: OffloadPrewarmDeps) {
         if (!blob) return { status: 'skipped' };
         throwIfAborted(signal);
         t = performance.now();
-        const state = decodeCacheState(blob);
+        const decoded = neonFormat ? await decodeNeonEndpointState(blob) : decodeCacheState(blob);
+        // A stock compute loads a Neon LFC state as the block ranges its chunks mark cached.
+        const state = backend.kind === 'stock' && decoded.kind === 'neon-lfc' ? neonStateAsBlockRanges(decoded) : decoded;
         const stateCrc = crc32([blob]);
         const uncompress_time_ms = elapsed(t);
         const previous = heartbeatDetails(ctx.info.heartbeatDetails);

@@ -7,6 +7,8 @@ import type { Cluster, ComputeMode, ComputeSpec, DeltaOp, GenericOption, Role } 
 import {
   BARE_MD5_HASH,
   CONTROL_OR_LINE_BREAK,
+  endpointStorageAddrProblem,
+  endpointStorageTokenProblem,
   CONTROL_PROBLEM,
   identifierProblem,
   MD5_HASH,
@@ -152,6 +154,21 @@ function checkDeltas(raw: RawSpec, problems: Problems): DeltaOp[] | undefined {
   });
 }
 
+/** endpoint_storage_addr and endpoint_storage_token: both or neither, each well-formed. */
+function checkEndpointStorage(raw: RawSpec, problems: Problems): void {
+  const { endpoint_storage_addr: addr, endpoint_storage_token: token } = raw;
+  if (addr !== undefined) {
+    const problem = endpointStorageAddrProblem(addr);
+    if (problem) problems.add(['endpoint_storage_addr'], problem);
+  }
+  if (token !== undefined) {
+    const problem = endpointStorageTokenProblem(token);
+    if (problem) problems.add(['endpoint_storage_token'], problem);
+  }
+  if (addr !== undefined && token === undefined) problems.add(['endpoint_storage_token'], 'required with endpoint_storage_addr (the cache state goes to endpoint storage with it)');
+  if (token !== undefined && addr === undefined) problems.add(['endpoint_storage_addr'], 'required with endpoint_storage_token');
+}
+
 /** Drops undefined members so the parsed spec serializes (and re-parses) cleanly. */
 export function compact<T extends object>(value: T): T {
   return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;
@@ -166,6 +183,7 @@ export function resolveSpec(raw: RawSpec, problems: Problems): ComputeSpec | und
   const safekeepers = resolveSafekeepers(raw, mode, problems);
   const cluster = checkCluster(raw, problems);
   const deltas = checkDeltas(raw, problems);
+  checkEndpointStorage(raw, problems);
   for (const [name, value] of Object.entries(raw.pgbouncer_settings ?? {})) {
     const problem = pgbouncerSettingProblem(name, value);
     if (problem) problems.add(['pgbouncer_settings', name], problem);

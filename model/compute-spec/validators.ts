@@ -30,6 +30,23 @@ export const SCRAM_HASH = /^SCRAM-SHA-256\$[1-9]\d{0,9}:[A-Za-z0-9+/]+={0,2}\$[A
 /** host:port (or [v6]:port), as compute_ctl hands them to the walproposer. */
 export const SAFEKEEPER_CONNSTRING = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$/;
 
+/** host:port (or [v6]:port): compute_ctl reaches endpoint storage at `http://{endpoint_storage_addr}/...`. */
+const ENDPOINT_STORAGE_ADDR = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/;
+/** A compact JWS (header.payload.signature, base64url), at most 8 KiB. */
+const COMPACT_JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+const MAX_TOKEN_CHARS = 8192;
+
+export function endpointStorageAddrProblem(addr: string): string | undefined {
+  const m = ENDPOINT_STORAGE_ADDR.exec(addr);
+  const port = m ? Number(m[2]) : 0;
+  return m && port >= 1 && port <= 65535 ? undefined : `must be host:port (or [v6]:port) with a port from 1 to 65535, got ${JSON.stringify(addr)}`;
+}
+
+/** The token is a secret: the problem never quotes it. */
+export function endpointStorageTokenProblem(token: string): string | undefined {
+  return token.length <= MAX_TOKEN_CHARS && COMPACT_JWT.test(token) ? undefined : `must be a JWT (three base64url parts joined by '.', at most ${MAX_TOKEN_CHARS} characters); the value is not shown`;
+}
+
 /** PostgreSQL truncates names longer than NAMEDATALEN-1 = 63 bytes; we refuse them instead. */
 function utf8Length(text: string): number {
   let bytes = 0;

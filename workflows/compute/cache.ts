@@ -48,7 +48,14 @@ export class ComputeCache {
 
   private target() {
     const spec = this.compute.config!.spec;
-    return { tenantId: spec.tenant_id, timelineId: spec.timeline_id, endpointId: spec.endpoint_id ?? this.compute.computeId };
+    const { endpoint_storage_addr: addr, endpoint_storage_token: token } = spec;
+    return {
+      tenantId: spec.tenant_id,
+      timelineId: spec.timeline_id,
+      endpointId: spec.endpoint_id ?? this.compute.computeId,
+      // Endpoint storage when the spec names it; else the compute worker's own S3.
+      ...(addr !== undefined && token !== undefined ? { endpointStorage: { addr, token } } : {}),
+    };
   }
 
   private running(): boolean {
