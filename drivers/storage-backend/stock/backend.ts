@@ -122,7 +122,7 @@ async function startPusher(ctx: PostgresReadyContext): Promise<number> {
  * How long a pusher started beside a starting Postgres waits for its password: Postgres's own
  * start timeout. One that waits in vain (Postgres never came up) exits by itself.
  */
-const AWAIT_PASSWORD_MS = 60_000;
+const WAIT_FOR_POSTGRES_MS = 60_000;
 
 /** Pushers this process started before Postgres was ready, by PGDATA: they wait for their password. */
 const startedEarly = new Map<string, number>();
@@ -134,7 +134,7 @@ function awaitingPassword(pgdata: string, pid: number): boolean {
   return status?.pid === pid && status.phase === 'awaiting-password';
 }
 
-function spawnPusher(ctx: Omit<PostgresReadyContext, 'socketDir' | 'port'>, awaitPasswordMs?: number): number {
+function spawnPusher(ctx: Omit<PostgresReadyContext, 'socketDir' | 'port'>, waitForPostgresMs?: number): number {
   const logFile = path.join(ctx.pgdata, PUSHER_LOG_FILE);
   const fd = openSync(logFile, 'a', 0o600);
   try {
@@ -151,7 +151,7 @@ function spawnPusher(ctx: Omit<PostgresReadyContext, 'socketDir' | 'port'>, awai
       ctx.timelineId,
       '--safekeepers',
       ctx.safekeepers.join(','),
-      ...(awaitPasswordMs !== undefined ? ['--wait-for-postgres-ms', String(awaitPasswordMs)] : []),
+      ...(waitForPostgresMs !== undefined ? ['--wait-for-postgres-ms', String(waitForPostgresMs)] : []),
     ];
     const child = spawn(node!, args, {
       // Its own session, so the pusher outlives a restart of the worker that started it.
@@ -243,7 +243,7 @@ export const stockStorageBackend: ComputeStorageBackend = {
     validate(ctx);
     if (livePusherPid(ctx.pgdata) !== undefined) return;
     // Node's start (~0.1 s of CPU) overlaps Postgres's instead of following it.
-    startedEarly.set(path.resolve(ctx.pgdata), spawnPusher(ctx, AWAIT_PASSWORD_MS));
+    startedEarly.set(path.resolve(ctx.pgdata), spawnPusher(ctx, WAIT_FOR_POSTGRES_MS));
   },
 
   async afterPostgresReady(ctx) {

@@ -1,6 +1,7 @@
 /**
  * The WAL pusher process (started detached by the stock storage backend):
- *   wal-pusher-main.ts --pgdata DIR --user ROLE --tenant-id ID --timeline-id ID --safekeepers h:p,h:p,h:p
+ *   wal-pusher-main.ts --pgdata DIR --user ROLE --tenant-id ID --timeline-id ID --safekeepers h:p,h:p,h:p [--wait-for-postgres-ms MS]
+ * With --wait-for-postgres-ms it was started beside a starting Postgres, and waits for the password file.
  * The storage auth token, if any, comes from NEON_AUTH_TOKEN (never on the command line); the
  * password of --user from PGDATA/wal_pusher.password, which it removes once read. Logs go
  * to stdout; status to PGDATA/wal_pusher.status. Exits 0 once Postgres stopped and its WAL is on a
