@@ -115,6 +115,23 @@ describe('extractTarStream', () => {
     expect(err.message).toMatch(/empty/);
   });
 
+  it('leaves zero blocks as holes: the same bytes read back, fewer blocks on disk', async () => {
+    const { target } = freshTarget();
+    // Zero runs at the start, between data (unaligned to the 1000-byte chunks fed in), and at the end.
+    const data = Buffer.alloc(3 * MiB);
+    data.fill(7, 1 * MiB + 100, 1 * MiB + 5000);
+    data.fill(9, 2 * MiB - 3, 2 * MiB + 2);
+    const tail = Buffer.alloc(4096 + 10, 0);
+    tail[5] = 1;
+    expect(await extractEntries([{ name: 'sparse', content: data }, { name: 'zeros', content: Buffer.alloc(MiB) }, { name: 'tail', content: tail }], target)).toMatchObject({ files: 3 });
+    expect(readFileSync(path.join(target, 'sparse')).equals(data)).toBe(true);
+    expect(readFileSync(path.join(target, 'zeros')).equals(Buffer.alloc(MiB))).toBe(true);
+    expect(readFileSync(path.join(target, 'tail')).equals(tail)).toBe(true);
+    // st_blocks counts 512-byte units actually allocated: a few data blocks, not 3 MiB.
+    expect(statSync(path.join(target, 'sparse')).blocks * 512).toBeLessThan(64 * 1024);
+    expect(statSync(path.join(target, 'zeros')).size).toBe(MiB);
+  });
+
   it('refuses an absolute path and writes nothing there', async () => {
     const { target, outside } = freshTarget();
     const victim = path.join(outside, 'absolute-victim');

@@ -1,5 +1,5 @@
 /** The state of one tar extraction: the entries written so far, the checks each new entry must pass. */
-import { closeSync, fchmodSync, fchownSync, constants as fsConstants, openSync, writeSync } from 'node:fs';
+import { closeSync, fchmodSync, fchownSync, constants as fsConstants, ftruncateSync, openSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Extract, Header } from 'tar-stream';
@@ -65,6 +65,34 @@ export class RecentBytes {
     const chunk = this.chunks.find((c) => offset >= c.start && offset < c.start + c.data.length);
     return chunk?.data[offset - chunk.start];
   }
+}
+
+/** Zero runs are skipped in blocks of this many bytes (the file system's page). */
+const SPARSE_BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK);
+
+/**
+ * Writes `chunk` at `position` of the file, leaving its all-zero blocks unwritten: a hole reads
+ * back as zeros, so the file's content is the same, and a data directory's zero pages (the unused
+ * part of a WAL segment, empty relation pages) cost neither page cache nor disk. Blocks are
+ * aligned on file offsets so the holes are whole file-system blocks.
+ */
+function writeSkippingZeros(fd: number, chunk: Buffer, position: number): void {
+  let runStart = -1;
+  const flush = (end: number) => {
+    let offset = runStart;
+    while (offset < end) offset += writeSync(fd, chunk, offset, end - offset, position + offset);
+    runStart = -1;
+  };
+  let start = 0;
+  while (start < chunk.length) {
+    const end = Math.min(chunk.length, start + SPARSE_BLOCK - ((position + start) % SPARSE_BLOCK));
+    const zero = chunk.subarray(start, end).equals(ZERO_BLOCK.subarray(0, end - start));
+    if (!zero && runStart < 0) runStart = start;
+    if (zero && runStart >= 0) flush(start);
+    start = end;
+  }
+  if (runStart >= 0) flush(chunk.length);
 }
 
 /** Offset of the type flag inside a 512-byte tar header. */
@@ -237,10 +265,11 @@ export class Extraction {
     // avoid a thread-pool round trip per call, and memory stays bounded by the chunk size.
     try {
       for await (const chunk of entry as AsyncIterable<Buffer>) {
-        let offset = 0;
-        while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
+        writeSkippingZeros(fd, chunk, written);
         written += chunk.length;
       }
+      // Zero blocks at the end were skipped: the file still gets its full size (as a hole).
+      if (written > 0) ftruncateSync(fd, written);
       // Created 0600; only a different mode needs a chmod (most of a data directory is 0600).
       if (fileMode(mode) !== 0o600) fchmodSync(fd, fileMode(mode));
       if (this.opts.owner) fchownSync(fd, this.opts.owner.uid, this.opts.owner.gid);

@@ -214,20 +214,20 @@ export function createStartupSteps(deps: StartupStepDeps) {
       // Never start Postgres on a directory that is not a complete base backup of this start.
       const check = await postgres.checkPgdata({ incarnation });
       if (!check.intact) throw pgdataLost(`refusing to start Postgres: ${check.problems.join('; ')}`);
-      // Neon's Postgres (walproposer) needs the storage token; stock Postgres does not, so it never sees it.
-      const postmaster = await postgres.startPostgres({ incarnation, storageAuthToken: backend.name === 'neon' ? spec.storage_auth_token : undefined });
-      const pidFile = await readPostmasterPid(deps.pgdata);
-      await backend.afterPostgresReady({
+      const companion = {
         pgdata: deps.pgdata,
-        socketDir: pidFile?.socketDir,
-        port: postmaster.port ?? pidFile?.port ?? 5432,
         tenantId: spec.tenant_id,
         timelineId: spec.timeline_id,
         safekeepers: spec.safekeeper_connstrings,
         authToken: spec.storage_auth_token,
         mode: spec.mode.kind,
         superuser: deps.adminUser ?? 'cloud_admin',
-      });
+      };
+      backend.beforePostgresStart?.(companion);
+      // Neon's Postgres (walproposer) needs the storage token; stock Postgres does not, so it never sees it.
+      const postmaster = await postgres.startPostgres({ incarnation, storageAuthToken: backend.name === 'neon' ? spec.storage_auth_token : undefined });
+      const pidFile = await readPostmasterPid(deps.pgdata);
+      await backend.afterPostgresReady({ ...companion, socketDir: pidFile?.socketDir, port: postmaster.port ?? pidFile?.port ?? 5432 });
       await tunePgbouncerSettings(spec);
       // The whole step, the storage backend's readiness included: start_postgres_ms says what it cost.
       return { pid: postmaster.pid, ms: Date.now() - started };

@@ -19,6 +19,8 @@ import type { ServerUser } from './server-user';
 export type StopMode = 'smart' | 'fast' | 'immediate';
 
 const STOP_SIGNALS: Record<StopMode, NodeJS.Signals> = { smart: 'SIGTERM', fast: 'SIGINT', immediate: 'SIGQUIT' };
+/** How often a start looks at postmaster.pid for `ready` (pg_ctl -w looks every 100 ms). */
+const READY_POLL_MS = 10;
 
 export interface PostmasterPidFile {
   pid: number;
@@ -282,7 +284,8 @@ async function waitUntilReady(pid: number, opts: StartPostmasterOptions, started
     }
     // Every poll: the SDK throttles the heartbeats themselves.
     opts.onTick?.(elapsed);
-    await sleep(50);
+    // Reading postmaster.pid costs microseconds; a coarse step would add half of itself to every start.
+    await sleep(READY_POLL_MS);
   }
 }
 

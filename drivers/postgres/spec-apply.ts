@@ -70,8 +70,11 @@ class Session {
     }
     client.on('error', () => undefined); // a dropped connection surfaces as a failed query instead
     // Statements carry password hashes: keep them out of the server log, even when they fail.
-    for (const setting of ["SET log_statement = 'none'", "SET log_min_error_statement = 'panic'", "SET application_name = 'compute_ctl:apply_config'"]) {
-      await client.query(setting).catch(() => undefined);
+    // One round trip; if one is refused (a non-superuser admin), each is tried on its own.
+    const settings = ["SET log_statement = 'none'", "SET log_min_error_statement = 'panic'", "SET application_name = 'compute_ctl:apply_config'"];
+    const together = await client.query(settings.join('; ')).then(() => true, () => false);
+    if (!together) {
+      for (const setting of settings) await client.query(setting).catch(() => undefined);
     }
     return new Session(database, client, changes);
   }

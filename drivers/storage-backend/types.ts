@@ -50,6 +50,11 @@ export interface ComputeStorageBackend {
   postgresqlConf(ctx: PostgresConfContext): string;
   /** Lines for pg_hba.conf; put them before any broader rule so they match first. */
   hbaLines(): string[];
+  /**
+   * Runs just before Postgres is started, so a companion boots while Postgres does (stock: the
+   * WAL pusher, which then waits for afterPostgresReady to give it its password). Optional.
+   */
+  beforePostgresStart?(ctx: Omit<PostgresReadyContext, 'socketDir' | 'port'>): void;
   /** Runs once Postgres accepts connections (stock: starts the WAL pusher, idempotently). */
   afterPostgresReady(ctx: PostgresReadyContext): Promise<void>;
   /**

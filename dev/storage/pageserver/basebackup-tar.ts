@@ -8,6 +8,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { readControlFile, walSegmentName } from '../pg-control';
 
 /** Top-level files the compute must not inherit. */
 const EXCLUDED_TOP_FILES = new Set([
@@ -37,7 +38,35 @@ function excluded(rel: string, isDir: boolean): boolean {
   return false;
 }
 
-async function addTree(pack: tar.Pack, root: string, rel: string): Promise<void> {
+/**
+ * The WAL a compute never reads: the part of the redo segment between its first page (whose long
+ * header Postgres checks) and the page holding the checkpoint's redo point. A compute starts from
+ * the checkpoint and its WAL pusher streams from there on, as Neon's base backup carries no WAL
+ * history; sent as zeros, it costs almost nothing to gzip, send or unpack (the compute's untar
+ * leaves zero runs as holes).
+ */
+interface WalCut {
+  rel: string;
+  from: number;
+  to: number;
+}
+
+function walCutOf(pgdata: string): WalCut | undefined {
+  let control;
+  try {
+    control = readControlFile(pgdata);
+  } catch {
+    return undefined; // not a data directory we can read: send it as it is
+  }
+  const page = control.xlogBlcksz;
+  const segSize = control.xlogSegSize;
+  if (!(page > 0) || !(segSize > 0)) return undefined;
+  const redoPageStart = Math.floor(Number(control.redo % BigInt(segSize)) / page) * page;
+  if (redoPageStart <= page) return undefined;
+  return { rel: `pg_wal/${walSegmentName(control.timelineId, control.redo, segSize)}`, from: page, to: redoPageStart };
+}
+
+async function addTree(pack: tar.Pack, root: string, rel: string, walCut?: WalCut): Promise<void> {
   const dir = rel === '' ? root : path.join(root, rel);
   const entries = (await fsp.readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name));
   for (const e of entries) {
@@ -50,14 +79,21 @@ async function addTree(pack: tar.Pack, root: string, rel: string): Promise<void>
       await new Promise<void>((resolve, reject) =>
         pack.entry({ ...common, name: `${childRel}/`, type: 'directory' }, (err) => (err ? reject(err) : resolve())),
       );
-      await addTree(pack, root, childRel);
+      await addTree(pack, root, childRel, walCut);
     } else if (st.isSymbolicLink()) {
       const target = await fsp.readlink(full);
       await new Promise<void>((resolve, reject) =>
         pack.entry({ ...common, name: childRel, type: 'symlink', linkname: target }, (err) => (err ? reject(err) : resolve())),
       );
     } else if (st.isFile()) {
-      if (st.size <= SMALL_FILE) {
+      if (walCut?.rel === childRel && st.size >= walCut.to) {
+        const data = await fsp.readFile(full);
+        if (data.length !== st.size) throw new Error(`${full} changed size while being archived`);
+        data.fill(0, walCut.from, walCut.to);
+        await new Promise<void>((resolve, reject) =>
+          pack.entry({ ...common, name: childRel, type: 'file', size: data.length }, data, (err) => (err ? reject(err) : resolve())),
+        );
+      } else if (st.size <= SMALL_FILE) {
         // Most catalog files are a few pages: one read and one entry is far cheaper than a stream.
         const data = await fsp.readFile(full);
         if (data.length !== st.size) throw new Error(`${full} changed size while being archived`);
@@ -75,7 +111,7 @@ async function addTree(pack: tar.Pack, root: string, rel: string): Promise<void>
 /** A streaming tar of the data directory (no gzip). */
 export function dataDirTar(pgdata: string): tar.Pack {
   const pack = tar.pack();
-  addTree(pack, pgdata, '').then(
+  addTree(pack, pgdata, '', walCutOf(pgdata)).then(
     () => pack.finalize(),
     (err: Error) => pack.destroy(err),
   );

@@ -4,12 +4,13 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pgServerChildEnv } from '../../../common/child-env';
 import { maskSecrets } from '../../../common/errors';
-import { chownForPostgres, pgSpawnIdentity } from '../../../common/pg-identity';
+import { writeFileAtomicSync } from '../../../common/atomic-write';
+import { pgSpawnIdentity, postgresIdentity } from '../../../common/pg-identity';
 import { isNeonId } from '../../../model/ids';
 import { bareServerConf, type ComputeStorageBackend, type PostgresReadyContext } from '../types';
 import { processStartTime } from '../../../common/process-start-time';
@@ -73,12 +74,12 @@ async function setPusherPassword(ctx: PostgresReadyContext, password: string): P
   }
 }
 
-/** The password file the pusher reads and removes at start; only the Postgres OS user can read it. */
+/**
+ * The password file the pusher reads and removes at start; only the Postgres OS user can read it.
+ * Renamed into place whole: a pusher started early waits for it to appear.
+ */
 function writePusherPassword(pgdata: string, password: string): void {
-  const file = path.join(pgdata, PUSHER_PASSWORD_FILE);
-  rmSync(file, { force: true });
-  writeFileSync(file, password, { mode: 0o600, flag: 'wx' });
-  chownForPostgres(file, false);
+  writeFileAtomicSync(path.join(pgdata, PUSHER_PASSWORD_FILE), password, { mode: 0o600, owner: postgresIdentity() });
 }
 
 function logTail(file: string, lines = 20): string {
@@ -96,7 +97,7 @@ export function walPusherStatus(pgdata: string): (PusherStatus & { alive: boolea
   return { ...status, alive: livePusherPid(pgdata) === status.pid };
 }
 
-function validate(ctx: PostgresReadyContext): void {
+function validate(ctx: Pick<PostgresReadyContext, 'tenantId' | 'timelineId' | 'safekeepers'>): void {
   if (!isNeonId(ctx.tenantId)) throw new Error(`tenant ID ${JSON.stringify(ctx.tenantId)} is not 32 lower-case hex characters`);
   if (!isNeonId(ctx.timelineId)) throw new Error(`timeline ID ${JSON.stringify(ctx.timelineId)} is not 32 lower-case hex characters`);
   if (ctx.safekeepers.length === 0) throw new Error('a primary compute needs at least one safekeeper');
@@ -105,10 +106,35 @@ function validate(ctx: PostgresReadyContext): void {
   }
 }
 
-async function startPusher(ctx: PostgresReadyContext): Promise<number> {
+/** Gives the role a new password, then hands it to the pusher (a waiting one, or the one about to start). */
+async function providePassword(ctx: PostgresReadyContext): Promise<void> {
   const password = randomBytes(32).toString('base64url');
   await setPusherPassword(ctx, password);
   writePusherPassword(ctx.pgdata, password);
+}
+
+async function startPusher(ctx: PostgresReadyContext): Promise<number> {
+  await providePassword(ctx);
+  return spawnPusher(ctx);
+}
+
+/**
+ * How long a pusher started beside a starting Postgres waits for its password: Postgres's own
+ * start timeout. One that waits in vain (Postgres never came up) exits by itself.
+ */
+const WAIT_FOR_POSTGRES_MS = 60_000;
+
+/** Pushers this process started before Postgres was ready, by PGDATA: they wait for their password. */
+const startedEarly = new Map<string, number>();
+
+/** Whether the live pusher `pid` still waits for its password (started early, by us or by a worker before a restart). */
+function awaitingPassword(pgdata: string, pid: number): boolean {
+  if (startedEarly.get(path.resolve(pgdata)) === pid) return true;
+  const status = readPusherStatus(pgdata);
+  return status?.pid === pid && status.phase === 'awaiting-password';
+}
+
+function spawnPusher(ctx: Omit<PostgresReadyContext, 'socketDir' | 'port'>, waitForPostgresMs?: number): number {
   const logFile = path.join(ctx.pgdata, PUSHER_LOG_FILE);
   const fd = openSync(logFile, 'a', 0o600);
   try {
@@ -125,6 +151,7 @@ async function startPusher(ctx: PostgresReadyContext): Promise<number> {
       ctx.timelineId,
       '--safekeepers',
       ctx.safekeepers.join(','),
+      ...(waitForPostgresMs !== undefined ? ['--wait-for-postgres-ms', String(waitForPostgresMs)] : []),
     ];
     const child = spawn(node!, args, {
       // Its own session, so the pusher outlives a restart of the worker that started it.
@@ -163,7 +190,8 @@ async function waitForPusher(pgdata: string, pid: number): Promise<void> {
     if (Date.now() > deadline) {
       throw new Error(`the WAL pusher did not start streaming within ${PUSHER_READY_TIMEOUT_MS / 1000} s. Last lines of ${logFile}:\n${logTail(logFile)}`);
     }
-    await sleep(100);
+    // A status file read is cheap; each step of this loop adds half of itself to every start.
+    await sleep(10);
   }
 }
 
@@ -210,12 +238,27 @@ export const stockStorageBackend: ComputeStorageBackend = {
     ];
   },
 
+  beforePostgresStart(ctx) {
+    if ((ctx.mode ?? 'Primary') !== 'Primary') return;
+    validate(ctx);
+    if (livePusherPid(ctx.pgdata) !== undefined) return;
+    // Node's start (~0.1 s of CPU) overlaps Postgres's instead of following it.
+    startedEarly.set(path.resolve(ctx.pgdata), spawnPusher(ctx, WAIT_FOR_POSTGRES_MS));
+  },
+
   async afterPostgresReady(ctx) {
     if (ctx.mode === 'Replica') return startReplicaStreaming(ctx);
     if ((ctx.mode ?? 'Primary') !== 'Primary') return;
     validate(ctx);
     const running = livePusherPid(ctx.pgdata);
-    const pid = running ?? (await startPusher(ctx));
+    let pid: number;
+    if (running !== undefined && awaitingPassword(ctx.pgdata, running)) {
+      await providePassword(ctx);
+      pid = running;
+    } else {
+      pid = running ?? (await startPusher(ctx));
+    }
+    startedEarly.delete(path.resolve(ctx.pgdata));
     await waitForPusher(ctx.pgdata, pid);
   },
 

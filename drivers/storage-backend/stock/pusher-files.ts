@@ -14,7 +14,8 @@ export const PUSHER_LOG_FILE = 'wal_pusher.log';
 /** The pusher's Postgres password, handed over at start: the pusher reads it and removes the file. */
 export const PUSHER_PASSWORD_FILE = 'wal_pusher.password';
 
-export type PusherPhase = 'starting' | 'streaming' | 'stopping' | 'exited' | 'failed';
+/** awaiting-password: started beside a Postgres still starting up, waiting for its password file. */
+export type PusherPhase = 'awaiting-password' | 'starting' | 'streaming' | 'stopping' | 'exited' | 'failed';
 
 export interface PusherStatus {
   pid: number;
