@@ -12,7 +12,7 @@ import { freePort } from '../dev/processes';
 import { provisionTemporalCli } from '../dev/temporal-cli';
 import { sqlTemporalServerStatus, startSqlTemporalServer, stopSqlTemporalServer } from '../dev/temporal-server/server';
 import { SEARCH_ATTRIBUTES } from '../model/search-attributes';
-import { log, startChild } from './fleet-processes';
+import { log, processUsage, startChild } from './fleet-processes';
 
 export type FleetServerKind = 'dev' | 'sql';
 
@@ -108,4 +108,19 @@ export function processTree(root: number): number[] {
   const tree = [root];
   for (let i = 0; i < tree.length; i++) for (const [pid, ppid] of parentOf) if (ppid === tree[i]) tree.push(pid);
   return tree;
+}
+
+/** CPU seconds and RSS of the server's processes and their children, summed. */
+export function serverProcessesUsage(server: FleetServer): { cpuSeconds: number; rssMiB: number } {
+  return server
+    .pids()
+    .flatMap(({ pid }) => processTree(pid))
+    .map((pid) => {
+      try {
+        return processUsage(pid);
+      } catch {
+        return { cpuSeconds: 0, rssMiB: 0 };
+      }
+    })
+    .reduce((a, b) => ({ cpuSeconds: a.cpuSeconds + b.cpuSeconds, rssMiB: a.rssMiB + b.rssMiB }), { cpuSeconds: 0, rssMiB: 0 });
 }

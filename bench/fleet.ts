@@ -49,7 +49,7 @@ import { encryptedDataConverter } from '../common/codec/data-converter';
 import { loadConfig } from '../common/config';
 import { projectRoot, tsNodeArgs } from '../common/paths';
 import { probeLatency, simulatedComputeConfig } from './fleet-probe';
-import { processTree, startFleetServer, type FleetServerKind } from './fleet-server';
+import { serverProcessesUsage, startFleetServer, type FleetServerKind } from './fleet-server';
 import { computeWorkflowId } from '../model/compute-status';
 import { CONTROL_PLANE_MAX_CACHED_WORKFLOWS } from '../workers/control-plane';
 import { buildCli } from '../deploy/build';
@@ -120,18 +120,6 @@ async function main(): Promise<void> {
     const { address, metricsUrl } = server;
     connection = await Connection.connect({ address, connectTimeout: '2s' });
     log(`Temporal server (${SERVER}) on ${address}, metrics on ${metricsUrl}`);
-    const serverUsage = () =>
-      server
-        .pids()
-        .flatMap(({ pid }) => processTree(pid))
-        .map((pid) => {
-          try {
-            return processUsage(pid);
-          } catch {
-            return { cpuSeconds: 0, rssMiB: 0 };
-          }
-        })
-        .reduce((a, b) => ({ cpuSeconds: a.cpuSeconds + b.cpuSeconds, rssMiB: a.rssMiB + b.rssMiB }), { cpuSeconds: 0, rssMiB: 0 });
 
     const keyFile = path.join(dir, 'payload.key');
     writeFileSync(keyFile, randomBytes(32).toString('base64'), { mode: 0o600 });
@@ -261,7 +249,7 @@ async function main(): Promise<void> {
     const actionsBefore = await serverActions(metricsUrl, namespace);
     const usageBefore = sampleRss();
     const peakBeforeWindow = peak.rssMiB;
-    const serverBefore = serverUsage();
+    const serverBefore = serverProcessesUsage(server);
     const windowStart = Date.now();
     const rssDuring: number[] = [];
     while (Date.now() - windowStart < WINDOW_S * 1000) {
@@ -272,7 +260,7 @@ async function main(): Promise<void> {
     const windowEnd = Date.now();
     const windowSeconds = (windowEnd - windowStart) / 1000;
     const usageAfter = sampleRss();
-    const serverAfter = serverUsage();
+    const serverAfter = serverProcessesUsage(server);
     const actionsAfter = await serverActions(metricsUrl, namespace);
     const simAfter = await simRequest<Record<string, number>>({ stats: true }, 'stats');
     const windowActions = actionsAfter.total - actionsBefore.total;
