@@ -365,7 +365,7 @@ async function main(): Promise<void> {
       ...(silentIds.length
         ? [`| Dead VM never reported (backstop: heartbeat timeout, then the retry's schedule-to-start timeout) (${silentIds.length} VMs) | p50 ${fmt(pct(silent.map((s) => s.ms).filter(Number.isFinite), 50) / 1000, 0)} s, max ${fmt(Math.max(...silent.map((s) => s.ms).filter(Number.isFinite)) / 1000, 0)} s, still not failed: ${silent.filter((s) => !Number.isFinite(s.ms)).length} (bound ${2 * EFFECTIVE.heartbeat} s) | |`]
         : [`| Dead VM never reported (backstop) | not waited for in this run: up to ${2 * EFFECTIVE.heartbeat} s (heartbeat timeout, then the retry's schedule-to-start timeout) | |`]),
-      `| Temporal server over the window${SERVER === 'sql' ? ' (server and PostgreSQL with its backends)' : ''} | CPU ${fmt(((serverAfter.cpuSeconds - serverBefore.cpuSeconds) / windowSeconds) * 100, 1)} % of one core, RSS ${fmt(serverAfter.rssMiB, 0)} MiB | |`,
+      `| Temporal server over the window${SERVER === 'sql' ? ' (server and PostgreSQL with its backends)' : ''} | CPU ${fmt(((serverAfter.cpuSeconds - serverBefore.cpuSeconds) / windowSeconds) * 100, 1)} % of one core, RSS ${fmt(serverAfter.rssMiB, 0)} MiB${SERVER === 'sql' ? " (summed over the processes: PostgreSQL's shared memory counts once per backend)" : ''} | |`,
       '',
       `Server \`action\` counter in the window by its labels: ${Object.entries(byLabelsDelta).map(([k, v]) => `\`${k}\` ${v}`).join(', ') || 'none'}.`,
       '',
