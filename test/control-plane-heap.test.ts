@@ -15,7 +15,7 @@ const probe = `
 import { Worker } from 'node:worker_threads';
 import { limitWorkflowThreadHeap } from ${JSON.stringify(path.join(projectRoot, 'workers', 'control-plane.ts'))};
 limitWorkflowThreadHeap();
-const thread = new Worker("require('node:worker_threads').parentPort.postMessage(require('node:v8').getHeapStatistics().heap_size_limit)", { eval: true });
+const thread = new Worker("require('node:worker_threads').parentPort.postMessage(require('node:v8').getHeapStatistics().heap_size_limit)", { eval: true, execArgv: [] });
 thread.once('message', (limit) => { console.log(JSON.stringify({ threadLimitMiB: limit / 2 ** 20 })); process.exit(0); });
 `;
 
