@@ -1,4 +1,5 @@
 import path from 'node:path';
+import v8 from 'node:v8';
 import { fileURLToPath } from 'node:url';
 import { createControlPlaneActivities } from '../activities/compute/control-plane-activities';
 import { importControlActivitiesFor } from '../activities/import-control';
@@ -25,12 +26,32 @@ function workflowCode(): { workflowBundle: { codePath: string } } | { workflowsP
 /**
  * Workflows kept in memory between their tasks. An idle compute's workflow has a task once per
  * watch round (30 minutes), so a compute out of the cache costs one replay of its short, bounded
- * history then, not memory all the time. A cached compute workflow costs about 1.2 MiB of RSS
- * (bench/results/fleet-cache1000.md: 1,777 MiB with 1,000 cached over a base of about 540), so 300
- * keep the worker under 1 GiB however many computes it holds. The SDK's default (about 600 per
- * GiB of heap limit, 2,300 here) sizes for busy workflows.
+ * history then, not memory all the time; with thousands of computes almost every idle task is a
+ * replay whatever the cache holds. What the cache serves is a compute's burst of tasks while it
+ * starts or is configured, and 100 cover the 32 concurrent starts of the fleet bench. A cached
+ * compute workflow costs about 1.2 MiB (each one evaluates its own copy of the workflow modules;
+ * bench/results/fleet-cache1000.md). The SDK's default (about 600 per GiB of heap limit, 2,300
+ * here) sizes for busy workflows.
  */
-export const CONTROL_PLANE_MAX_CACHED_WORKFLOWS = 300;
+export const CONTROL_PLANE_MAX_CACHED_WORKFLOWS = 100;
+
+/**
+ * Old-generation limit of the workflow thread's V8 heap, in MiB. Without one, V8 sizes it from
+ * the machine's memory (4 GiB here) and, while computes start, lets evicted workflows' garbage pile
+ * up to gigabytes before collecting it (bench/results/fleet.md: 1.8 GiB RSS starting 1,000
+ * computes). The cache's live set is about 120 MiB; this leaves room and keeps the worker under 1 GiB.
+ */
+export const CONTROL_PLANE_WORKFLOW_HEAP_MIB = 384;
+
+/**
+ * Caps the heap of V8 isolates created from now on (the SDK starts its workflow thread in
+ * `Worker.create`), unless the operator chose a limit with --max-old-space-size. For the
+ * control-plane worker's own process only: the flag is process-wide.
+ */
+export function limitWorkflowThreadHeap(mib = CONTROL_PLANE_WORKFLOW_HEAP_MIB): void {
+  const chosen = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--max-old-space-size'));
+  if (!chosen) v8.setFlagsFromString(`--max-old-space-size=${mib}`);
+}
 
 /** Runs every workflow plus the control-plane activities, on the control-plane task queue. */
 export async function createControlPlaneWorker(config: AppConfig) {

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { runUntilShutdown } from '../../workers/run-worker';
-import { createControlPlaneWorker, startControlPlaneFleetMetrics } from '../../workers/control-plane';
+import { createControlPlaneWorker, limitWorkflowThreadHeap, startControlPlaneFleetMetrics } from '../../workers/control-plane';
 import { createImporterWorker, runImporterUntilShutdown } from '../../workers/importer';
 import { cliConfig } from '../context';
 import { configureComputeWorkerCommand } from './compute-worker';
@@ -14,6 +14,7 @@ export function registerWorkerCommands(program: Command): void {
     .description('all workflows and the control-plane activities, on the control-plane task queue')
     .action(async () => {
       const config = cliConfig();
+      limitWorkflowThreadHeap();
       const handle = await createControlPlaneWorker(config);
       const fleet = config.workerMetrics ? await startControlPlaneFleetMetrics(config, config.workerMetrics) : undefined;
       try {
