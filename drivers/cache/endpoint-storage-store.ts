@@ -5,11 +5,11 @@
  *
  * The token is a secret: no message here carries it, or the Authorization header.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import { maskSecrets } from '../../common/errors';
 import { cacheStateKey } from '../../model/cache-state';
 import { MAX_STORED_CACHE_STATE_BYTES } from './state-codec';
 import type { CacheStateStore } from './store';
+import { nonRetryable } from '../../common/failures';
 
 export interface EndpointStorageStoreOptions {
   /** host:port, the spec's endpoint_storage_addr. */
@@ -26,13 +26,13 @@ async function readCapped(res: Response, limit: number, what: string): Promise<B
   const declared = Number(res.headers.get('content-length'));
   if (Number.isFinite(declared) && declared > limit) {
     await res.body?.cancel();
-    throw ApplicationFailure.nonRetryable(`${what} is ${declared} bytes, over the ${limit}-byte limit`, 'CorruptCacheState');
+    throw nonRetryable('CorruptCacheState', `${what} is ${declared} bytes, over the ${limit}-byte limit`);
   }
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of res.body ?? []) {
     size += chunk.length;
-    if (size > limit) throw ApplicationFailure.nonRetryable(`${what} is larger than the ${limit}-byte limit`, 'CorruptCacheState');
+    if (size > limit) throw nonRetryable('CorruptCacheState', `${what} is larger than the ${limit}-byte limit`);
     chunks.push(Buffer.from(chunk));
   }
   return Buffer.concat(chunks, size);
@@ -44,7 +44,7 @@ export function createEndpointStorageStore(options: EndpointStorageStoreOptions)
     try {
       return cacheStateKey('', tenantId, timelineId, endpointId);
     } catch (err) {
-      throw ApplicationFailure.nonRetryable((err as Error).message, 'InvalidArgument');
+      throw nonRetryable('InvalidArgument', (err as Error).message);
     }
   };
 
@@ -69,7 +69,7 @@ export function createEndpointStorageStore(options: EndpointStorageStoreOptions)
     const detail = maskSecrets((await res.text().catch(() => '')).slice(0, 200)).trim();
     const message = `endpoint storage answered ${res.status} to ${what}${detail ? `: ${detail}` : ''}`;
     // A refused token or path will be refused again; a server error may pass.
-    if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) throw ApplicationFailure.nonRetryable(message, ENDPOINT_STORAGE_REFUSED);
+    if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) throw nonRetryable(ENDPOINT_STORAGE_REFUSED, message);
     throw new Error(message);
   }
 
@@ -78,7 +78,7 @@ export function createEndpointStorageStore(options: EndpointStorageStoreOptions)
 
     async put(tenantId, timelineId, endpointId, blob, opts = {}) {
       const k = key(tenantId, timelineId, endpointId);
-      if (blob.length > MAX_STORED_CACHE_STATE_BYTES) throw ApplicationFailure.nonRetryable(`cache state of ${blob.length} bytes exceeds the ${MAX_STORED_CACHE_STATE_BYTES}-byte limit`, 'CacheStateTooLarge');
+      if (blob.length > MAX_STORED_CACHE_STATE_BYTES) throw nonRetryable('CacheStateTooLarge', `cache state of ${blob.length} bytes exceeds the ${MAX_STORED_CACHE_STATE_BYTES}-byte limit`);
       const res = await call('PUT', k, blob, opts.signal);
       await res.arrayBuffer();
     },
