@@ -632,12 +632,12 @@ describe('base backups packed per request (images above the precompute limit)', 
       const stream = client.query(to(basebackupCommand(tenant, timeline)));
       await new Promise((resolve) => stream.once('data', resolve));
       stream.pause();
-      const pins = (packed.service as unknown as { pins: Map<string, number> }).pins;
-      expect([...pins.keys()]).toEqual([`${tenant}/${timeline}@${image!.lsn}`]);
+      const gc = packed.service.gc;
+      expect(gc.pinnedImages()).toEqual([`${tenant}/${timeline}@${image!.lsn}`]);
       stream.resume();
       await pipeline(stream, new Writable({ write: (_c: Buffer, _e, cb) => cb() }));
       await client.end();
-      expect(pins.size).toBe(0);
+      expect(gc.pinnedImages()).toEqual([]);
     } finally {
       await packed.close();
       rmSync(dir, { recursive: true, force: true });

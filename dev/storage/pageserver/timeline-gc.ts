@@ -28,6 +28,11 @@ export class TimelineGc {
 
   constructor(private readonly ctx: TimelineGcContext) {}
 
+  /** The images pinned now, as `<tenant>/<timeline>@<lsn>` (what a base backup is packed from). */
+  pinnedImages(): string[] {
+    return [...this.pins.keys()];
+  }
+
   /** Waits for the collection in progress (the service's close()). */
   drain(): Promise<void> {
     return this.running;
