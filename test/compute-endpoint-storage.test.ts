@@ -8,7 +8,6 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { Client, Connection } from '@temporalio/client';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { ComputeClient } from '../client/compute-client';
 import { decodeNeonEndpointState, neonStateAsBlockRanges } from '../drivers/cache';
@@ -21,26 +20,12 @@ import { computeWorkflowId } from '../model/compute-status';
 import { cleanupComputes, computeEnv, createTestTimeline, exampleSpecFor, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { testConfig } from './helpers/stack';
+import { appSql, hotHitRatio } from './helpers/app-sql';
 import { rawZstdFrame } from './helpers/zstd-frame';
 
 type Spec = { spec: Record<string, unknown> & { cluster: { settings: { name: string; value: string; vartype: string }[] } } };
 
-async function sql<T extends pg.QueryResultRow>(port: number, text: string): Promise<T[]> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-dev-password', database: 'app' });
-  await client.connect();
-  try {
-    return (await client.query<T>(text)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
-/** Shared-block hit ratio of a full read of the hot table, from EXPLAIN (ANALYZE, BUFFERS). */
-async function hotHitRatio(port: number): Promise<number> {
-  const rows = await sql<{ 'QUERY PLAN': { Plan: { 'Shared Hit Blocks': number; 'Shared Read Blocks': number } }[] }>(port, 'explain (analyze, buffers, format json) select sum(length(payload)) from hot');
-  const plan = rows[0]!['QUERY PLAN'][0]!.Plan;
-  return plan['Shared Hit Blocks'] / (plan['Shared Hit Blocks'] + plan['Shared Read Blocks']);
-}
 
 /** PUTs and GETs of the state that the stand-in logged (method, path, status). */
 function storageRequests(statePath: string): string[] {
@@ -104,8 +89,8 @@ describe('cache offload and prewarm through endpoint storage', () => {
   });
 
   it("offloads through endpoint storage in Neon's format, and a restarted compute prewarms from it", async () => {
-    await sql(port, "create table hot as select g as id, repeat('h', 500) as payload from generate_series(1, 6000) g");
-    for (let i = 0; i < 5; i++) await sql(port, 'select sum(length(payload)) from hot');
+    await appSql(port, "create table hot as select g as id, repeat('h', 500) as payload from generate_series(1, 6000) g");
+    for (let i = 0; i < 5; i++) await appSql(port, 'select sum(length(payload)) from hot');
     expect(await hotHitRatio(port)).toBeGreaterThan(0.95);
 
     await computes.offload(computeId);
@@ -122,11 +107,11 @@ describe('cache offload and prewarm through endpoint storage', () => {
     expect(blob.readUInt32LE(0)).toBe(0xfd2fb528);
     const state = await decodeNeonEndpointState(blob);
     if (state.kind !== 'neon-lfc') throw new Error('expected a Neon LFC state');
-    const filenode = (await sql<{ filenode: number }>(port, "select pg_relation_filenode('hot')::int as filenode"))[0]!.filenode;
+    const filenode = (await appSql<{ filenode: number }>(port, "select pg_relation_filenode('hot')::int as filenode"))[0]!.filenode;
     const hotPages = neonStateAsBlockRanges(state)
       .ranges.filter((r) => r.relfilenode === filenode && r.fork === 0)
       .reduce((n, r) => n + r.blockCount, 0);
-    const blocks = (await sql<{ blocks: number }>(port, "select (pg_relation_size('hot') / 8192)::int as blocks"))[0]!.blocks;
+    const blocks = (await appSql<{ blocks: number }>(port, "select (pg_relation_size('hot') / 8192)::int as blocks"))[0]!.blocks;
     expect(hotPages).toBe(blocks);
 
     await restart(false);
@@ -140,7 +125,7 @@ describe('cache offload and prewarm through endpoint storage', () => {
   });
 
   it('prewarms from a state written as a Neon compute writes it (its LFC chunks, zstd without a content size)', async () => {
-    const [rel] = await sql<{ spc: number; db: number; filenode: number; blocks: number }>(
+    const [rel] = await appSql<{ spc: number; db: number; filenode: number; blocks: number }>(
       port,
       `select coalesce(nullif(c.reltablespace, 0), (select dattablespace from pg_database where datname = current_database()))::int as spc,
               (select oid from pg_database where datname = current_database())::int as db,

@@ -19,29 +19,12 @@ import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses, type WorkerProcess } from '../dev/child-processes';
 import { testConfig } from './helpers/stack';
+import { appSql, hotHitRatio } from './helpers/app-sql';
 import { waitFor } from './helpers/wait';
 
 type Spec = { spec: Record<string, unknown> & { cluster: { settings: { name: string; value: string; vartype: string }[] } } };
 
-async function sql<T extends pg.QueryResultRow>(port: number, text: string): Promise<T[]> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-dev-password', database: 'app' });
-  await client.connect();
-  try {
-    return (await client.query<T>(text)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
-/** Shared-block hit ratio of a full read of the hot table, from EXPLAIN (ANALYZE, BUFFERS). */
-async function hotHitRatio(port: number): Promise<number> {
-  const rows = await sql<{ 'QUERY PLAN': { Plan: { 'Shared Hit Blocks': number; 'Shared Read Blocks': number } }[] }>(
-    port,
-    'explain (analyze, buffers, format json) select sum(length(payload)) from hot',
-  );
-  const plan = rows[0]!['QUERY PLAN'][0]!.Plan;
-  return plan['Shared Hit Blocks'] / (plan['Shared Hit Blocks'] + plan['Shared Read Blocks']);
-}
 
 async function waitForOutput(worker: WorkerProcess, pattern: RegExp, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -461,19 +444,19 @@ describe('cache offload and prewarm in the compute workflow', () => {
   });
 
   it('offloads the hot set, and a restarted compute serves it from shared_buffers after autoprewarm', async () => {
-    await sql(port, "create table big as select g as id, repeat('b', 500) as payload from generate_series(1, 80000) g");
-    await sql(port, "create table hot as select g as id, repeat('h', 500) as payload from generate_series(1, 6000) g");
+    await appSql(port, "create table big as select g as id, repeat('b', 500) as payload from generate_series(1, 80000) g");
+    await appSql(port, "create table hot as select g as id, repeat('h', 500) as payload from generate_series(1, 6000) g");
     // The write workload's tables, and a warm table in two more databases: the state spans
     // several databases, which the stock backend loads with one statement each.
-    await sql(port, 'create table accounts (id int primary key, balance bigint not null, pad text not null)');
-    await sql(port, `insert into accounts select g, ${INITIAL_BALANCE}, repeat('a', 300) from generate_series(1, ${ACCOUNTS}) g`);
-    await sql(port, 'create table ledger (id bigserial primary key, debit int not null, credit int not null, amount int not null)');
+    await appSql(port, 'create table accounts (id int primary key, balance bigint not null, pad text not null)');
+    await appSql(port, `insert into accounts select g, ${INITIAL_BALANCE}, repeat('a', 300) from generate_series(1, ${ACCOUNTS}) g`);
+    await appSql(port, 'create table ledger (id bigserial primary key, debit int not null, credit int not null, amount int not null)');
     for (const db of ['postgres', 'analytics']) await adminSql(pgdata, db, "create table warm as select g as id, repeat('w', 500) as payload from generate_series(1, 1500) g");
     // Read big, then the others several times: they end up the hottest part of shared_buffers.
-    await sql(port, 'select count(*) from big');
+    await appSql(port, 'select count(*) from big');
     for (let i = 0; i < 5; i++) {
-      await sql(port, 'select sum(length(payload)) from hot');
-      await sql(port, 'select sum(balance) from accounts');
+      await appSql(port, 'select sum(length(payload)) from hot');
+      await appSql(port, 'select sum(balance) from accounts');
       for (const db of ['postgres', 'analytics']) await adminSql(pgdata, db, 'select sum(length(payload)) from warm');
     }
     expect(await hotHitRatio(port)).toBeGreaterThan(0.95);

@@ -1,4 +1,3 @@
-import pg from 'pg';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,18 +12,10 @@ import { renewAfterMs } from '../drivers/pageserver/lease-keeper';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata, TEST_WORKFLOW_OPTIONS, type TestTimeline } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { testConfig } from './helpers/stack';
+import { appSql } from './helpers/app-sql';
 
 type Spec = { spec: Record<string, unknown> };
 
-async function sql<T extends pg.QueryResultRow>(port: number, text: string): Promise<T[]> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-dev-password', database: 'app' });
-  await client.connect();
-  try {
-    return (await client.query<T>(text)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
 /** The dev pageserver's management API on the test stack, with the storage token. */
 async function pageserverApi(method: string, route: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
@@ -107,10 +98,10 @@ describe('LSN leases: a Static compute holds its LSN against pageserver GC (embe
     const primary = (await exampleSpecFor(timeline)) as { spec: Spec; port: number };
     await computes.start(computeId, primary.spec, TEST_WORKFLOW_OPTIONS);
     await computes.waitForRunning(computeId);
-    await sql(primary.port, 'create table t (id int primary key)');
-    await sql(primary.port, 'insert into t values (1)');
-    l1 = (await sql<{ lsn: string }>(primary.port, 'select pg_current_wal_flush_lsn()::text as lsn'))[0]!.lsn;
-    await sql(primary.port, 'insert into t select generate_series(2, 500)');
+    await appSql(primary.port, 'create table t (id int primary key)');
+    await appSql(primary.port, 'insert into t values (1)');
+    l1 = (await appSql<{ lsn: string }>(primary.port, 'select pg_current_wal_flush_lsn()::text as lsn'))[0]!.lsn;
+    await appSql(primary.port, 'insert into t select generate_series(2, 500)');
     const { lsn: end } = await computes.terminate(computeId, 'fast');
     expect(parseLsn(end!)).toBeGreaterThan(parseLsn(l1));
 
@@ -119,7 +110,7 @@ describe('LSN leases: a Static compute holds its LSN against pageserver GC (embe
     held.spec.spec.mode = { Static: l1 };
     await computes.start(computeId, held.spec, STATIC_OPTIONS);
     await computes.waitForRunning(computeId);
-    expect(await sql(held.port, 'select count(*)::int as n from t')).toEqual([{ n: 1 }]);
+    expect(await appSql(held.port, 'select count(*)::int as n from t')).toEqual([{ n: 1 }]);
 
     // Past the lease's length: only renewal keeps it. GC with no horizon would collect everything
     // below the last record; the lease holds the cutoff at L1.
@@ -136,7 +127,7 @@ describe('LSN leases: a Static compute holds its LSN against pageserver GC (embe
     expect((below as StorageError).message).toMatch(new RegExp(`LSN ${initdbLsn} is earlier than the GC cutoff ${l1}.*garbage-collected`));
     expect((below as StorageError).retryable).toBe(false);
     // The Static compute still reads its snapshot.
-    expect(await sql(held.port, 'select count(*)::int as n from t')).toEqual([{ n: 1 }]);
+    expect(await appSql(held.port, 'select count(*)::int as n from t')).toEqual([{ n: 1 }]);
 
     // Once the compute is gone its lease runs out; the next GC takes L1 too.
     await computes.terminate(computeId, 'fast');
