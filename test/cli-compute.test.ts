@@ -51,7 +51,8 @@ describe('the durable-compute CLI drives a compute', () => {
 
   it('exits non-zero with the error once a compute fails, and names bad input', async () => {
     const computeId = uniqueId('cli-fail');
-    // A timeline the pageserver does not have: the base backup step fails permanently.
+    // A timeline neither the safekeepers nor the pageserver have: syncing the safekeepers fails
+    // permanently, so the start fails at once instead of after its retries.
     const { spec } = await exampleSpecFor({ tenantId: neonId(), timelineId: neonId() });
     const specFile = path.join(dir, 'unknown-timeline.json');
     writeFileSync(specFile, JSON.stringify(spec));

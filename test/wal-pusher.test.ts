@@ -571,7 +571,7 @@ describe('stock storage backend: WAL pusher and safekeepers', () => {
       () => ({ code: 0, stderr: '' }),
       (e: { code: number; stderr: string }) => e,
     );
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/unknown to the safekeepers/);
   });
 });

@@ -151,7 +151,10 @@ export function createStartupSteps(deps: StartupStepDeps) {
         });
         return { lsn: result.lsn, ms: result.elapsedMs };
       } catch (err) {
-        if (err instanceof SyncSafekeepersError) throw retryable('SyncSafekeepersFailed', err.message);
+        if (err instanceof SyncSafekeepersError) {
+          if (err.exitCode !== null && backend.permanentSyncExitCodes.includes(err.exitCode)) throw nonRetryable('SyncSafekeepersRefused', err.message);
+          throw retryable('SyncSafekeepersFailed', err.message);
+        }
         throw err;
       } finally {
         stopBeating();

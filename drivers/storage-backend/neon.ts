@@ -20,4 +20,6 @@ export const neonStorageBackend: ComputeStorageBackend = {
   syncSafekeepersCommand(pgBinDir) {
     return [path.join(pgBinDir, 'postgres'), '--sync-safekeepers'];
   },
+  // Postgres exits 1 on any FATAL, a lost connection as well as a refusal: all are retried.
+  permanentSyncExitCodes: [],
 };

@@ -62,6 +62,11 @@ export interface ComputeStorageBackend {
    * `-D <pgdata>` (or set PGDATA); the storage auth token goes in NEON_AUTH_TOKEN, as for Neon.
    */
   syncSafekeepersCommand(pgBinDir: string): string[];
+  /**
+   * Exit statuses of that command that no retry can change (stock: the timeline is unknown to a
+   * quorum of safekeepers), so the start fails at once with the command's own message.
+   */
+  readonly permanentSyncExitCodes: readonly number[];
 }
 
 /** The storage identity and the backend's settings as postgresql.conf text (see postgresqlConf). */

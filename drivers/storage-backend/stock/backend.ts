@@ -21,6 +21,7 @@ import { livePusherPid, PUSHER_LOG_FILE, PUSHER_PASSWORD_FILE, readPusherStatus,
 import { replicaSettings, startReplicaStreaming } from './replica';
 import { sidecarCommand } from './sidecars';
 import { PUSHER_APPLICATION_NAME } from './wal-pusher';
+import { UNKNOWN_TIMELINE_EXIT_CODE } from './sync-safekeepers';
 
 const PUSHER_READY_TIMEOUT_MS = 60_000;
 
@@ -265,4 +266,5 @@ export const stockStorageBackend: ComputeStorageBackend = {
   syncSafekeepersCommand(_pgBinDir) {
     return sidecarCommand('sync-safekeepers');
   },
+  permanentSyncExitCodes: [UNKNOWN_TIMELINE_EXIT_CODE],
 };

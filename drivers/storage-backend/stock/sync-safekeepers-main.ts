@@ -3,13 +3,14 @@
  * `postgres --sync-safekeepers`). Reads neon.safekeepers, neon.tenant_id and neon.timeline_id from
  * PGDATA/postgresql.conf, makes a quorum of safekeepers agree and prints the LSN (X/Y) on stdout.
  * The storage auth token, if any, comes from NEON_AUTH_TOKEN as with Neon's compute_ctl. Progress
- * and errors go to stderr; the exit code is non-zero on failure.
+ * and errors go to stderr; the exit code is non-zero on failure: 3 when no safekeeper of a quorum
+ * knows the timeline (a retry cannot help), 1 otherwise.
  */
 import { maskSecrets } from '../../../common/errors';
 import { isNeonId } from '../../../model/ids';
 import { formatLsn } from '../../../model/lsn';
 import { parseSafekeeperList, readPostgresConf } from './pg-conf';
-import { syncSafekeepers } from './sync-safekeepers';
+import { syncSafekeepers, UNKNOWN_TIMELINE_EXIT_CODE, UnknownTimelineError } from './sync-safekeepers';
 
 function pgdataFromArgs(argv: string[]): string | undefined {
   for (let i = 0; i < argv.length; i++) {
@@ -54,6 +55,6 @@ main().then(
   () => process.exit(0),
   (err: unknown) => {
     process.stderr.write(`sync-safekeepers: error: ${maskSecrets((err as Error).message)}\n`);
-    process.exit(1);
+    process.exit(err instanceof UnknownTimelineError ? UNKNOWN_TIMELINE_EXIT_CODE : 1);
   },
 );

@@ -11,6 +11,9 @@ import { compactHistory } from './safekeeper-protocol';
 
 const STEP_TIMEOUT_MS = 30_000;
 
+/** sync-safekeepers-main's exit status for an UnknownTimelineError: a retry cannot help. */
+export const UNKNOWN_TIMELINE_EXIT_CODE = 3;
+
 export class UnknownTimelineError extends Error {
   override name = 'UnknownTimelineError';
 }
