@@ -7,7 +7,10 @@
  *   - bundle, pool: the same with --pool, then assigned over the loopback API;
  *   - bundle at nice -19 (as root): as on a VM, where nothing else competes for the cores;
  *   - bundle, default node settings: without those flags and environment, to show what they buy;
- *   - tsx: `node bin/durable-compute.mjs worker compute`, the TypeScript entry used before.
+ *   - tsx: `node bin/durable-compute.mjs worker compute`, the TypeScript entry used before;
+ *   - floor: bench/agent-floor-worker.ts, a worker with one no-op activity and nothing of ours,
+ *     bundled the same way and run with the unit file's settings: the memory of Node and the SDK
+ *     alone, below which no agent written with them can go.
  * "Polling" is what the agent prints once DescribeTaskQueue lists its identity among the activity
  * pollers (workers/poller-ready.ts): the server has its poll, not merely the SDK's RUNNING state.
  * Only a Temporal dev server runs; no compute starts. Writes bench/results/compute-agent.md.
@@ -20,7 +23,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { buildComputeWorker } from '../deploy/build';
+import { buildActivitiesOnlyBundle, buildComputeWorker } from '../deploy/build';
 import { COMPUTE_WORKER_ENV, COMPUTE_WORKER_NODE_FLAGS } from '../deploy/compute-worker-runtime';
 import { canConnect, freePort, spawnDetached, stopTracked, waitUntilReady } from '../dev/processes';
 import { provisionTemporalCli } from '../dev/temporal-cli';
@@ -40,6 +43,10 @@ interface Sample {
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+function median(samples: Sample[]): number {
+  return percentile(samples.map((s) => s.idleRssMiB).sort((a, b) => a - b), 50);
 }
 
 function cpuMs(pid: number): number {
@@ -68,7 +75,7 @@ async function stop(child: ChildProcess): Promise<void> {
   await Promise.race([exited, sleep(20_000).then(() => child.kill('SIGKILL'))]);
 }
 
-type Variant = 'bundle' | 'bundle-nice' | 'pool' | 'bundle-defaults' | 'tsx';
+type Variant = 'bundle' | 'bundle-nice' | 'pool' | 'bundle-defaults' | 'tsx' | 'floor';
 
 export interface AgentBenchOptions {
   runs?: number;
@@ -101,19 +108,24 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
     writeFileSync(keyFile, randomBytes(32).toString('base64'), { mode: 0o600 });
     const baseEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', TEMPORAL_ADDRESS: `127.0.0.1:${port}`, DURABLE_COMPUTE_PAYLOAD_KEY_FILE: keyFile, ...(process.env.PG_BIN_DIR ? { PG_BIN_DIR: process.env.PG_BIN_DIR } : {}) };
     const bundle = path.join(vm, 'compute-worker', 'compute-worker.cjs');
+    await buildActivitiesOnlyBundle(path.join(dist, 'floor'), { entryPoints: { 'agent-floor-worker': path.join(repoRoot, 'bench/agent-floor-worker.ts') } });
+    cpSync(path.join(dist, 'floor'), path.join(vm, 'floor'), { recursive: true });
+    const floorBundle = path.join(vm, 'floor', 'agent-floor-worker.cjs');
 
-    const samples: Record<Variant, Sample[]> = { bundle: [], 'bundle-nice': [], pool: [], 'bundle-defaults': [], tsx: [] };
+    const samples: Record<Variant, Sample[]> = { bundle: [], 'bundle-nice': [], pool: [], 'bundle-defaults': [], tsx: [], floor: [] };
     // bundle-nice runs the agent at the highest priority (when we may): on its VM it has the cores
     // to itself, here it shares them with whatever else runs.
     const canRenice = process.getuid?.() === 0;
-    const order: Variant[] = ['bundle', ...(canRenice ? (['bundle-nice'] as const) : []), 'pool', 'bundle-defaults', 'tsx'];
+    const order: Variant[] = ['bundle', ...(canRenice ? (['bundle-nice'] as const) : []), 'pool', 'bundle-defaults', 'tsx', 'floor'];
     for (let round = 0; round < runs; round++) {
       for (const variant of order) {
         const computeId = `bench-${variant}-${round}-${randomBytes(3).toString('hex')}`;
         const pgdata = path.join(root, 'pgdata', computeId);
         const internalPort = await freePort();
         const [command, args, env, cwd] =
-          variant === 'tsx'
+          variant === 'floor'
+            ? ([process.execPath, [...COMPUTE_WORKER_NODE_FLAGS, floorBundle, computeId], { ...baseEnv, ...COMPUTE_WORKER_ENV }, vm] as const)
+            : variant === 'tsx'
             ? ([process.execPath, [path.join(repoRoot, 'bin/durable-compute.mjs'), 'worker', 'compute', '--compute-id', computeId, '--pgdata', pgdata, '--http-port', '0', '--http-host', '127.0.0.1'], baseEnv, repoRoot] as const)
             : variant === 'bundle-defaults'
               ? ([process.execPath, [bundle, '--compute-id', computeId, '--pgdata', pgdata], baseEnv, vm] as const)
@@ -131,7 +143,7 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
         child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
         try {
-          await waitForLine(child, () => out, variant === 'pool' ? /waiting for an assignment/ : /compute worker ready on .* \(polling/);
+          await waitForLine(child, () => out, variant === 'pool' ? /waiting for an assignment/ : variant === 'floor' ? /floor worker running/ : /compute worker ready on .* \(polling/);
           const readyMs = performance.now() - started;
           const readyCpuMs = cpuMs(child.pid!);
           let assignMs: number | undefined;
@@ -160,9 +172,11 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
       pool: 'bundle, --pool (unit file settings)',
       'bundle-defaults': 'bundle, --compute-id, default node settings',
       tsx: 'tsx: bin/durable-compute.mjs worker compute',
+      floor: 'floor: one no-op activity, nothing of ours (unit file settings)',
     };
-    const rows = (metric: (s: Sample) => number | undefined, what: string) =>
-      order
+    // The floor does not wait for the server to list its poller: only its memory compares.
+    const rows = (metric: (s: Sample) => number | undefined, what: string, variants: Variant[] = order.filter((v) => v !== 'floor')) =>
+      variants
         .filter((v) => samples[v].some((s) => metric(s) !== undefined))
         .map((v) => `| ${what} | ${label[v]} | ${stats(samples[v].map(metric).filter((x): x is number => x !== undefined))} |`);
     return [
@@ -178,7 +192,9 @@ export async function runComputeAgentBench(opts: AgentBenchOptions = {}): Promis
       ...rows((s) => s.readyMs, 'exec → polling (ms; pool: → waiting for an assignment)'),
       ...rows((s) => s.readyCpuMs, 'CPU time until then (ms)'),
       ...rows((s) => s.assignMs, 'POST /assign → 200, polling (ms)'),
-      ...rows((s) => s.idleRssMiB, 'idle RSS (MiB)'),
+      ...rows((s) => s.idleRssMiB, 'idle RSS (MiB)', order),
+      '',
+      `Idle RSS above the floor (bundle, --compute-id): ${(median(samples.bundle) - median(samples.floor)).toFixed(1)} MiB. The floor is Node and the Temporal SDK's worker with its native bridge, bundled and run exactly as the agent is; an agent built on them cannot hold less.`,
       '',
     ].join('\n');
   } finally {

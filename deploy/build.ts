@@ -168,11 +168,27 @@ function copyZstdWasm(outDir: string): void {
   copyFileSync(path.join(path.dirname(require.resolve('@bokuweb/zstd-wasm')), 'zstd.wasm'), path.join(outDir, 'zstd.wasm'));
 }
 
-export async function buildComputeWorker(distDir = path.join(root, 'dist')): Promise<string> {
-  const outDir = path.join(distDir, 'compute-worker');
+/**
+ * A bundle of an activities-only worker: the SDK without its workflow machinery or gRPC, the native
+ * bridge beside it. The compute worker is one; the agent benchmark builds its floor (a worker with
+ * one no-op activity) the same way, so the two differ only in what our code loads.
+ */
+export async function buildActivitiesOnlyBundle(outDir: string, options: Pick<esbuild.BuildOptions, 'entryPoints' | 'external' | 'plugins'>): Promise<esbuild.Metafile> {
   rmSync(outDir, { recursive: true, force: true });
   const result = await esbuild.build({
     ...shared,
+    entryPoints: options.entryPoints,
+    outdir: outDir,
+    external: [...shared.external!, ...(options.external ?? [])],
+    plugins: [activitiesOnlySdk, nativeConnectionOnly, ...(options.plugins ?? [])],
+  });
+  copyNativeBridge(outDir);
+  return result.metafile!;
+}
+
+export async function buildComputeWorker(distDir = path.join(root, 'dist')): Promise<string> {
+  const outDir = path.join(distDir, 'compute-worker');
+  const metafile = await buildActivitiesOnlyBundle(outDir, {
     entryPoints: {
       'compute-worker': path.join(root, 'client/compute-worker-main.ts'),
       'cache-runtime': path.join(root, 'activities/compute/cache-runtime.ts'),
@@ -182,13 +198,11 @@ export async function buildComputeWorker(distDir = path.join(root, 'dist')): Pro
       // The SDK require()s the failure converter by path (data-converter.ts points beside the bundle).
       'failure-converter': path.join(root, 'common/codec/failure-converter.cjs'),
     },
-    outdir: outDir,
     // A VM's worker never writes to a terminal: its logs stay JSON (common/logger.ts falls back).
-    external: [...shared.external!, 'pino-pretty'],
-    plugins: [activitiesOnlySdk, nativeConnectionOnly, cacheRuntimeApart],
+    external: ['pino-pretty'],
+    plugins: [cacheRuntimeApart],
   });
-  writeFileSync(path.join(outDir, 'meta.json'), JSON.stringify(result.metafile));
-  copyNativeBridge(outDir);
+  writeFileSync(path.join(outDir, 'meta.json'), JSON.stringify(metafile));
   copyZstdWasm(outDir);
   copyFileSync(path.join(root, 'deploy', 'compute-worker.env.example'), path.join(outDir, 'compute-worker.env.example'));
   writeFileSync(path.join(outDir, 'durable-compute-compute-worker.service'), systemdUnit());
