@@ -44,6 +44,7 @@ import { chownForPostgres } from '../common/pg-identity';
 import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackDown } from '../dev/stack';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 import { startProcess, type WorkerProcess } from '../dev/child-processes';
+import { buildCli } from '../deploy/build';
 import { startPrivateStack, stackEnv } from '../dev/private-stack';
 
 const run = promisify(execFile);
@@ -173,9 +174,12 @@ async function main(): Promise<void> {
       log(`(a) ${rows.at(-1)!.seconds.toFixed(1)} s`);
     }
 
+    // The importer runs in its production form, the CLI bundle: a restart after the kill costs
+    // what it costs on an importer host, not a TypeScript compile under tsx.
+    const cliBundle = path.join(await buildCli(path.join(root, 'dist')), 'durable-compute.cjs');
     // Each run has its importer pool of one on a queue of its own: no other run's worker takes its work.
     const startImporter = async (hostRoot: string, queue: string) => {
-      const w = await startProcess('bin/durable-compute.mjs', ['worker', 'importer'], {
+      const w = await startProcess(cliBundle, ['worker', 'importer'], {
         env: { ...env, DURABLE_COMPUTE_IMPORTER_TASK_QUEUE: queue, DURABLE_COMPUTE_IMPORTER_WORKDIR: hostRoot, DURABLE_COMPUTE_IMPORTER_HOST_ID: path.basename(hostRoot), DURABLE_COMPUTE_IMPORTER_CPUS: String(jobs) },
         readyLine: /importer worker ready/,
         timeoutMs: 120_000,

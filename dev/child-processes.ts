@@ -14,15 +14,17 @@ export interface WorkerProcess {
 const live = new Set<WorkerProcess>();
 
 /**
- * Starts a TypeScript entry point (a worker) in its own process and resolves once it prints
- * `readyLine`. Every process started here is killed by `killAllProcesses()` in the test's teardown.
+ * Starts an entry point (a worker) in its own process and resolves once it prints `readyLine`:
+ * a TypeScript source through tsx, a compiled bundle (`.cjs`, `.js`) with plain node, as in
+ * production. Every process started here is killed by `killAllProcesses()` in the test's teardown.
  */
 export async function startProcess(
   script: string,
   args: string[] = [],
   opts: { env?: Record<string, string>; readyLine?: RegExp; timeoutMs?: number } = {},
 ): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, [...tsNodeArgs(), path.resolve(projectRoot, script), ...args], {
+  const compiled = /\.c?js$/.test(script);
+  const child = spawn(process.execPath, [...(compiled ? [] : tsNodeArgs()), path.resolve(projectRoot, script), ...args], {
     cwd: projectRoot,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
