@@ -4,6 +4,7 @@ import { Client, Connection } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ComputeClient } from '../client/compute-client';
 import { computeWorkflowId } from '../model/compute-status';
+import { TERMINATE_ENDS_WATCH_PATCH } from '../workflows/compute/watch';
 import { cleanupComputes, createTestTimeline, exampleSpecFor, startComputeWorker, testComputeClient, testPgdata } from './helpers/compute';
 import { uniqueId } from './helpers/ids';
 import { killAllProcesses } from '../dev/child-processes';
@@ -65,5 +66,34 @@ describe('the quiet watch and the VM platform’s vmLost signal', () => {
 
     // Postgres outlived the killed worker (a real VM would have taken it along).
     process.kill(Number(readFileSync(path.join(pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]), 'SIGQUIT');
+  });
+
+  it('terminates at once after the compute worker restarted, without waiting for the watch the old worker held', async () => {
+    const computeId = uniqueId('restarted');
+    const pgdata = testPgdata();
+    const { spec } = await exampleSpecFor(await createTestTimeline());
+    const first = await startComputeWorker(computeId, pgdata);
+    await computes.start(computeId, spec);
+    await computes.waitForRunning(computeId);
+    const handle = raw.workflow.getHandle(computeWorkflowId(computeId));
+    // Until the first worker holds the watch round.
+    const watching = async () => (await handle.describe()).raw.pendingActivities?.some((a) => a.activityType?.name === 'watchPostgres' && a.lastStartedTime) ?? false;
+    for (let i = 0; i < 100 && !(await watching()); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await watching()).toBe(true);
+
+    // The agent restarts (systemd's Restart=always); Postgres outlives it (KillMode=process). The
+    // watch round the old process held is lost until its 10-minute heartbeat timeout.
+    await first.kill('SIGKILL');
+    await startComputeWorker(computeId, pgdata);
+    const asked = Date.now();
+    const { lsn } = await computes.terminate(computeId, 'fast');
+    expect(Date.now() - asked).toBeLessThan(30_000);
+    expect(lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(await computes.status(computeId)).toMatchObject({ status: 'terminated' });
+    const events = (await handle.fetchHistory()).events ?? [];
+    // The lost round was cancelled, not waited for.
+    expect(events.some((e) => e.activityTaskCancelRequestedEventAttributes)).toBe(true);
+    // Behind its patch (markers are encrypted; the server lists patches in a search attribute).
+    expect((await handle.describe()).searchAttributes.TemporalChangeVersion).toContain(TERMINATE_ENDS_WATCH_PATCH);
   });
 });

@@ -2,7 +2,7 @@
  * compute_ctl's control API as workflow messages: status, configure, terminate, the compute's API
  * keys, and the VM platform's vmLost. (The cache's lfc* handlers are in cache.ts.)
  */
-import { ApplicationFailure, condition, setHandler } from '@temporalio/workflow';
+import { ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
 import { parseComputeConfig } from '../../model/compute-spec';
 import { SETTING_REJECTED, type TerminateMode } from '../../model/compute-status';
 import type { computeNodeActivities } from './activity-proxies';
@@ -10,6 +10,7 @@ import { describeFailure, isSettingRejected } from './failures';
 import { apiKeysQuery, awaitStartupUpdate, configureUpdate, statusQuery, terminateUpdate, vmLostSignal } from './messages';
 import type { ComputeState } from './state';
 import type { VmLink } from './vm';
+import { TERMINATE_ENDS_WATCH_PATCH } from './watch';
 
 type NodeActivities = ReturnType<typeof computeNodeActivities>;
 
@@ -95,6 +96,8 @@ function registerTerminate(compute: ComputeState, vm: VmLink, node: NodeActiviti
       if (wasRunning) {
         try {
           await vm.run(() => node.stopPostgres({ mode }));
+          // Stopped: the watch's round ends now, not when (or if) its activity reports the exit.
+          if (patched(TERMINATE_ENDS_WATCH_PATCH)) compute.postgresRunning = false;
         } catch (err) {
           // A lost VM stopped its Postgres for good; the compute fails with the reason below.
           if (!vm.lost) throw err;
