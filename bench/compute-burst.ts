@@ -17,7 +17,7 @@ import { openClient } from '../client/context';
 import { exampleComputeConfig } from '../client/example-spec';
 import { createTimeline } from '../client/timelines';
 import { tsNodeArgs } from '../common/paths';
-import { freePort } from '../dev/processes';
+import { assertPortFree } from '../dev/processes';
 import { stackDown } from '../dev/stack';
 import { stackConfig, stackEnv, startPrivateStack } from '../dev/private-stack';
 import { percentiles } from './stats';
@@ -33,6 +33,20 @@ function cpuTicks(): { busy: number; total: number } {
   const idle = fields[3]! + fields[4]!;
   const total = fields.reduce((a, b) => a + b, 0);
   return { busy: total - idle, total };
+}
+
+/**
+ * Listen ports for the computes' Postgres, below the kernel's ephemeral range (from 32768): there
+ * an outgoing connection of the hundreds this run opens can take a port between this check and
+ * Postgres binding it, which fails that compute's start. On their own VMs computes share no ports.
+ */
+async function listenPorts(count: number): Promise<number[]> {
+  const ports: number[] = [];
+  for (let port = 20_000; ports.length < count && port < 32_768; port++) {
+    if (await assertPortFree('127.0.0.1', port, 'probe', '').then(() => true, () => false)) ports.push(port);
+  }
+  if (ports.length < count) throw new Error(`only ${ports.length} of ${count} free ports between 20000 and 32767`);
+  return ports;
 }
 
 function startHost(env: Record<string, string>, root: string, ids: string[]): Promise<ChildProcess> {
@@ -65,7 +79,8 @@ export async function runComputeBurstBench(): Promise<string> {
     const total = N + SINGLES;
     const ids = Array.from({ length: total }, (_, i) => `burst-${i}`);
     const specs = new Map<string, Record<string, unknown>>();
-    for (const id of ids) {
+    const ports = await listenPorts(total);
+    for (const [i, id] of ids.entries()) {
       // Each compute on its own branch: the images are shared, the WAL is its own.
       const timelineId = randomBytes(16).toString('hex');
       await createTimeline(config.storage, tenantId, { new_timeline_id: timelineId, ancestor_timeline_id: parent });
@@ -74,7 +89,7 @@ export async function runComputeBurstBench(): Promise<string> {
         timelineId,
         pageserverPg: stack.pageserver.pg,
         safekeepers: stack.safekeepers.map((s) => s.pg),
-        port: await freePort(),
+        port: ports[i]!,
         endpointId: `ep-${id}`,
         storageAuthToken: config.storage.authToken,
       }) as { spec: { cluster: { settings: { name: string; value: string }[] } } };
@@ -105,10 +120,18 @@ export async function runComputeBurstBench(): Promise<string> {
     // The burst.
     const cpu0 = cpuTicks();
     const t0 = performance.now();
+    let retriedOnServer = 0;
     const results = await Promise.allSettled(
       ids.slice(0, N).map(async (id) => {
         started.push(id);
-        await computes.startAndAwaitRunning(id, specs.get(id));
+        let clientGaveUp = false;
+        await computes.startAndAwaitRunning(id, specs.get(id)).catch(async (err: Error) => {
+          // The call can give up (its deadline) while the start goes on: the server has the outcome.
+          const status = await computes.waitFor(id, (s) => s.status === 'running' || s.status === 'failed', 600_000);
+          if (status.status !== 'running') throw new Error(`compute ${id} is failed: ${status.error ?? err.message}`);
+          clientGaveUp = true;
+        });
+        if (clientGaveUp) retriedOnServer++;
         return performance.now() - t0;
       }),
     );
@@ -135,6 +158,7 @@ export async function runComputeBurstBench(): Promise<string> {
       `- Burst p99 / single p50: **${(burst.p99 / single.p50).toFixed(1)}×** (target ≤ 3×).`,
       `- The burst took ${(wallMs / 1000).toFixed(1)} s and ${cpuSeconds.toFixed(0)} CPU-seconds of the machine (${(cpuSeconds / N).toFixed(2)} per compute):`,
       `  with ${os.cpus().length} cores, no schedule can finish it sooner than ${(cpuSeconds / os.cpus().length).toFixed(1)} s.`,
+      ...(retriedOnServer ? [`- ${retriedOnServer} start calls gave up before their compute ran (the client's deadline); those computes were waited for on the server, and their time is when a status poll saw them running.`] : []),
       ...(failures.length ? [`- ${failures.length} failed: ${[...new Set(failures)].slice(0, 3).join('; ')}`] : []),
     ];
     return lines.join('\n');
