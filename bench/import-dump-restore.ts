@@ -45,6 +45,9 @@ import { devPayloadKeyFile, devS3Credentials, devStorageTokenFile, stackDown } f
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../dev/throwaway-postgres';
 import { startProcess, type WorkerProcess } from '../dev/child-processes';
 import { buildCli } from '../deploy/build';
+import type { Client } from '@temporalio/client';
+import proto from '@temporalio/proto';
+import { importWorkflowId } from '../model/import-status';
 import { startPrivateStack, stackEnv } from '../dev/private-stack';
 
 const run = promisify(execFile);
@@ -107,6 +110,20 @@ interface Row {
   heldRows: number;
   cpuSeconds: number;
   note: string;
+}
+
+/** Gaps of more than `minMs` between consecutive history events, as "A → B 1.2 s". */
+async function historyPauses(client: Client, workflowId: string, minMs: number): Promise<string[]> {
+  const events = (await client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+  type Event = (typeof events)[number];
+  const at = (e: Event) => Number(e.eventTime!.seconds) * 1000 + Math.floor((e.eventTime!.nanos ?? 0) / 1e6);
+  const name = (e: Event) => String(proto.temporal.api.enums.v1.EventType[e.eventType!] ?? e.eventType).replace(/^EVENT_TYPE_/, '');
+  const pauses: string[] = [];
+  for (let i = 1; i < events.length; i++) {
+    const gap = at(events[i]!) - at(events[i - 1]!);
+    if (gap > minMs) pauses.push(`${name(events[i - 1]!)} → ${name(events[i]!)} ${(gap / 1000).toFixed(1)} s`);
+  }
+  return pauses;
 }
 
 async function main(): Promise<void> {
@@ -257,6 +274,9 @@ async function main(): Promise<void> {
       }
       const status = await imports.wait(importId, { timeoutMs: 4 * 3600 * 1000, intervalMs: 500 });
       const seconds = (performance.now() - t0) / 1000;
+      // Where a run waited rather than worked: the workflow's pauses of over half a second.
+      const pauses = await historyPauses(opened.client, importWorkflowId(importId), 500);
+      log(`(${name}) pauses in the workflow's history: ${pauses.length ? pauses.join('; ') : 'none over 0.5 s'}`);
       await watch.stop();
       await worker.kill('SIGKILL');
       await sleep(200); // reaped: its CPU is in this process's children's
