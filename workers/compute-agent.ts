@@ -56,6 +56,7 @@ export class ComputeAgent {
     private readonly config: AppConfig,
     private readonly connection: NativeConnection,
     private readonly activities: ComputeNodeActivities,
+    private readonly pgdata: string,
     private readonly log: (line: string) => void,
   ) {
     this.done = new Promise((resolve) => (this.finish = resolve));
@@ -80,7 +81,7 @@ export class ComputeAgent {
       await connection.close();
       throw err;
     }
-    return new ComputeAgent(config, connection, activities, log);
+    return new ComputeAgent(config, connection, activities, opts.pgdata, log);
   }
 
   get status(): AgentState {
@@ -114,7 +115,7 @@ export class ComputeAgent {
     assignment.polling = (async () => {
       try {
         const started = performance.now();
-        const { worker, taskQueue, identity } = await createComputeWorkerOn(this.connection, this.config, computeId, this.activities);
+        const { worker, taskQueue, identity } = await createComputeWorkerOn(this.connection, this.config, computeId, this.activities, this.pgdata);
         const created = performance.now();
         assignment.worker = worker;
         const running = worker.run();

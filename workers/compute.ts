@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { createComputeNodeActivities } from '../activities/compute/node-activities';
 import type { ComputeNodeActivities } from '../activities/compute/types';
@@ -9,6 +10,8 @@ import type { AppConfig } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';
 import { UserFacingError } from '../common/errors';
 import { findPostgres } from '../common/pg-binaries';
+import { log } from '../common/logger';
+import { takeOverAbandonedSteps } from '../common/step-leases';
 import { computeTaskQueue, isValidComputeId } from '../model/compute-status';
 import { createWorker, createWorkerOn, type WorkerSpec } from './run-worker';
 
@@ -62,10 +65,31 @@ export function computeWorkerSpec(config: AppConfig, computeId: string, activiti
   };
 }
 
+/**
+ * Before polling: a watch round that a killed predecessor on this PGDATA held (its lease beside
+ * PGDATA names the attempt) is reported ended, neither exited nor with a newer last_active, so the
+ * workflow's next round runs on this worker now. Postgres outlives a restart of the worker, and
+ * left alone the old round would end only at its heartbeat timeout, 10 minutes without a watch.
+ */
+export async function handOverAbandonedWatch(connection: NativeConnection, config: AppConfig, pgdata: string): Promise<void> {
+  const client = new Client({ connection, namespace: config.temporal.namespace, dataConverter: encryptedDataConverter(config.payloadKeys) });
+  await takeOverAbandonedSteps(
+    path.dirname(pgdata),
+    async (taskToken, lease) => {
+      if (lease.activityType !== 'watchPostgres') throw new Error(`a ${lease.activityType} attempt is not handed over`);
+      await client.activity.complete(taskToken, { exited: false, lastActive: null });
+    },
+    (line) => log().info(line),
+    pgdata,
+  );
+}
+
 /** The compute worker on an open connection (a pool VM's agent creates it once it is assigned). */
-export async function createComputeWorkerOn(connection: NativeConnection, config: AppConfig, computeId: string, activities: ComputeNodeActivities) {
+export async function createComputeWorkerOn(connection: NativeConnection, config: AppConfig, computeId: string, activities: ComputeNodeActivities, pgdata: string) {
   const spec = computeWorkerSpec(config, computeId, activities);
-  return { worker: await createWorkerOn(connection, config, spec), taskQueue: spec.taskQueue, identity: spec.identity };
+  const worker = await createWorkerOn(connection, config, spec);
+  await handOverAbandonedWatch(connection, config, pgdata);
+  return { worker, taskQueue: spec.taskQueue, identity: spec.identity };
 }
 
 /**
@@ -76,5 +100,11 @@ export async function createComputeWorker(config: AppConfig, opts: ComputeWorker
   if (!isValidComputeId(opts.computeId)) throw new UserFacingError(`invalid compute ID ${JSON.stringify(opts.computeId)}`);
   const spec = computeWorkerSpec(config, opts.computeId, await prepareComputeNodeActivities(config, opts));
   const handle = await createWorker(config, spec);
+  try {
+    await handOverAbandonedWatch(handle.connection, config, opts.pgdata);
+  } catch (err) {
+    await handle.connection.close();
+    throw err;
+  }
   return { ...handle, taskQueue: spec.taskQueue, identity: spec.identity };
 }

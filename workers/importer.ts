@@ -6,7 +6,7 @@ import { createDumpRestoreActivities, createDumpRestoreHostActivities } from '..
 import { detectHostResources } from '../drivers/importer/bulk-load-settings';
 import { createImporterClaimActivities, createImporterHostActivities, resolveImporterHost, type ImporterHost } from '../activities/import-control/importer-host';
 import { importKeyProviders } from '../drivers/secrets/import-keys';
-import { takeOverAbandonedSteps } from '../activities/import-control/step-leases';
+import { takeOverAbandonedSteps } from '../common/step-leases';
 import { createS3Client } from '../drivers/s3/client';
 import type { AppConfig } from '../common/config';
 import { encryptedDataConverter } from '../common/codec/data-converter';

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import type { TerminateMode } from '../../model/compute-status';
 import type { S3Config } from '../../common/config';
@@ -9,6 +10,7 @@ import { createComputeCacheActivities } from './cache-node-activities';
 import { createPromoteActivities } from './promote';
 import { createStartCompute } from './startup';
 import { keepLease } from '../../drivers/pageserver/lease-keeper';
+import { holdStepLease } from '../../common/step-leases';
 import { log } from '../../common/logger';
 import { measureReplayLag } from '../../drivers/storage-backend/stock/replica';
 import { backendSettings, createStartupSteps } from '../../drivers/compute-startup/steps';
@@ -108,10 +110,13 @@ export function createComputeNodeActivities(deps: ComputeNodeDeps): ComputeNodeA
     async watchPostgres({ reportAfterSeconds, lastActive, replica, lease }) {
       // A Static compute holds its LSN lease while this round watches (each round renews at once).
       const keeper = lease ? keepLease(lease) : undefined;
+      // Postgres outlives a restart of this worker: the next one ends this round at once (workers/compute.ts).
+      const releaseRound = holdStepLease(path.dirname(deps.pgdata), deps.pgdata);
       let report: Awaited<ReturnType<typeof postgres.watchPostgres>>;
       try {
         report = await postgres.watchPostgres({ reportAfterSeconds, lastActive });
       } finally {
+        releaseRound();
         const held = await keeper?.stop();
         if (held?.error) log().warn({ lsn: lease?.lsn, error: held.error }, 'the LSN lease is not held');
       }

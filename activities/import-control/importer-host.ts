@@ -9,7 +9,7 @@ import { dumpPaths } from '../../drivers/importer/dump-restore';
 import { killRecordedGroup } from '../../drivers/importer/run-tool';
 import { importerHostTaskQueue, isValidImportId, isValidImporterHostId } from '../../model/import-status';
 import { MAX_WORKDIR_ROOT_BYTES } from '../../common/paths';
-import { holdStepLease } from './step-leases';
+import { holdStepLease } from '../../common/step-leases';
 import { every } from '../../common/activity-context';
 import { nonRetryable } from '../../common/failures';
 

@@ -1,8 +1,8 @@
-import { writeFileAtomicSync } from '../../common/atomic-write';
+import { writeFileAtomicSync } from './atomic-write';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { asyncLocalStorage } from '@temporalio/activity';
-import { processStartTime } from '../../common/process-start-time';
+import { processStartTime } from './process-start-time';
 
 /**
  * Which step attempt a host's worker process is running, kept on the host's disk, so a worker
@@ -69,11 +69,12 @@ export function holdStepLease(workdirRoot: string, workdir: string): () => void 
   };
 }
 
-/** Leases under `workdirRoot` whose process no longer runs. */
-export function abandonedStepLeases(workdirRoot: string): { file: string; lease: StepLease }[] {
+/** Leases under `workdirRoot` (only `workdir`'s, when given) whose process no longer runs. */
+export function abandonedStepLeases(workdirRoot: string, workdir?: string): { file: string; lease: StepLease }[] {
   if (!existsSync(workdirRoot)) return [];
   const found: { file: string; lease: StepLease }[] = [];
-  for (const name of readdirSync(workdirRoot)) {
+  const names = workdir === undefined ? readdirSync(workdirRoot) : [path.basename(leaseFile(workdirRoot, workdir))].filter((n) => existsSync(path.join(workdirRoot, n)));
+  for (const name of names) {
     if (!name.endsWith(LEASE_SUFFIX)) continue;
     const file = path.join(workdirRoot, name);
     let lease: StepLease;
@@ -94,20 +95,22 @@ export function abandonedStepLeases(workdirRoot: string): { file: string; lease:
 }
 
 /**
- * Hands back every attempt a dead worker of this host left running: `fail` reports it failed
- * (retryable), so its retry comes now rather than after the heartbeat timeout. An attempt that
- * already ended or was retried is refused by Temporal, which is fine. Call before polling.
+ * Hands back every attempt a dead worker of this host left running (only `workdir`'s, when
+ * given): `handBack` ends it (the importer fails it, retryable; the compute worker completes a
+ * watch round), so what follows comes now rather than after the heartbeat timeout. An attempt
+ * that already ended or was retried is refused by Temporal, which is fine. Call before polling.
  */
 export async function takeOverAbandonedSteps(
   workdirRoot: string,
-  fail: (taskToken: Uint8Array, lease: StepLease) => Promise<void>,
+  handBack: (taskToken: Uint8Array, lease: StepLease) => Promise<void>,
   log: (line: string) => void = () => {},
+  workdir?: string,
 ): Promise<{ handedBack: number; alreadyGone: number }> {
   let handedBack = 0;
   let alreadyGone = 0;
-  for (const { file, lease } of abandonedStepLeases(workdirRoot)) {
+  for (const { file, lease } of abandonedStepLeases(workdirRoot, workdir)) {
     try {
-      await fail(Buffer.from(lease.taskToken, 'base64'), lease);
+      await handBack(Buffer.from(lease.taskToken, 'base64'), lease);
       handedBack++;
       log(`handed back ${lease.activityType} attempt ${lease.attempt} of ${lease.workflowId}, left by process ${lease.pid}`);
     } catch (err) {
