@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { UserFacingError } from '../common/errors';
+import { defaultStackDir } from '../common/paths';
 import { assertPortFree, freePort, isTrackedAlive, stopTracked, waitUntilReady, type TrackedProcess } from './processes';
 import { withDirLock } from './dir-lock';
 import { ensureEndpointStorageKeys } from './endpoint-storage/keys';
@@ -131,6 +132,9 @@ export async function stackUp(
     mkdirSync(settings.dir, { recursive: true, mode: 0o755 });
     // PostgreSQL runs as an unprivileged user when we are root; the dev storage below must be reachable.
     chmodSync(settings.dir, 0o755);
+    // So must the default directory's parent, the project's own .durable-compute (older versions
+    // created it 0700 when an import key was made before the stack first started).
+    if (path.resolve(settings.dir) === defaultStackDir) chmodSync(path.dirname(defaultStackDir), 0o755);
     ensureStackSecrets(settings.dir);
     ensureEndpointStorageKeys(settings.dir);
 

@@ -19,7 +19,9 @@ import { KeyUnavailableError, type KeyKind, type KeyProviders } from './key-prov
  */
 export function ensureLocalImportKey(file: string): void {
   if (existsSync(file)) return;
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  // The key file is 0600; the directories stay traversable: the default one is the stack's, where
+  // the unprivileged Postgres user must reach its computes' data directories.
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
   createFileOnceSync(file, `${generateLocalKey()}\n`, { mode: 0o600 });
 }
 
