@@ -1,8 +1,9 @@
 import { assertNeonId } from '../../model/ids';
 import { formatLsn, parseLsn } from '../../model/lsn';
-import { clientWithKillSwitch, parseConninfo, pgClientConfig } from './conninfo';
+import { parseConninfo, pgClientConfig } from './conninfo';
 import { DEFAULT_CONNECT_TIMEOUT_MS } from './copy-out';
-import { classifyPgError, StorageError } from './errors';
+import { StorageError } from './errors';
+import { oneExchange } from './exchange';
 
 /**
  * An LSN lease from a pageserver over libpq, as compute_ctl takes it for a Static compute: the page
@@ -39,22 +40,8 @@ export async function leaseLsn(opts: LeaseLsnOptions): Promise<Date> {
   const info = parseConninfo(opts.connstring);
   const what = `pageserver ${info.host}:${info.port}`;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-  if (opts.signal?.aborted) throw new StorageError('aborted', `${what}: aborted before leasing`, { cause: opts.signal.reason });
-  const { client, kill } = clientWithKillSwitch(
-    pgClientConfig(info, { ...(opts.token !== undefined ? { password: opts.token } : {}), applicationName: 'compute_ctl', connectTimeoutMs: timeoutMs }),
-  );
-  let verdict: StorageError | undefined;
-  const giveUp = (err: StorageError) => {
-    verdict ??= err;
-    kill();
-  };
-  const timer = setTimeout(() => giveUp(new StorageError('timeout', `${what}: no answer to the LSN lease within ${timeoutMs} ms`)), timeoutMs);
-  const onAbort = () => giveUp(new StorageError('aborted', `${what}: aborted while leasing`, { cause: opts.signal?.reason }));
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  let phase: 'connect' | 'query' = 'connect';
-  try {
-    await client.connect();
-    phase = 'query';
+  const config = pgClientConfig(info, { ...(opts.token !== undefined ? { password: opts.token } : {}), applicationName: 'compute_ctl', connectTimeoutMs: timeoutMs });
+  return oneExchange(config, { what, timeoutMs, timeoutMessage: 'no answer to the LSN lease', ...(opts.signal ? { signal: opts.signal } : {}) }, async (client) => {
     const result = await client.query<{ valid_until: string | null }>(command);
     const value = result.rows[0]?.valid_until;
     if (value === null || value === undefined) {
@@ -66,13 +53,5 @@ export async function leaseLsn(opts: LeaseLsnOptions): Promise<Date> {
     const ms = Number(value);
     if (!Number.isSafeInteger(ms)) throw new StorageError('server', `${what} answered the LSN lease with ${JSON.stringify(value)}, not milliseconds since the epoch`);
     return new Date(ms);
-  } catch (err) {
-    if (verdict) throw verdict;
-    throw classifyPgError(err, what, phase);
-  } finally {
-    clearTimeout(timer);
-    opts.signal?.removeEventListener('abort', onAbort);
-    await client.end().catch(() => undefined);
-    kill();
-  }
+  });
 }

@@ -1,8 +1,9 @@
 import { z } from 'zod';
 import { assertNeonId } from '../../model/ids';
 import { isLsn } from '../../model/lsn';
-import { clientWithKillSwitch, pgClientConfig } from '../pageserver/conninfo';
-import { classifyPgError, StorageError } from '../pageserver/errors';
+import { pgClientConfig } from '../pageserver/conninfo';
+import { StorageError } from '../pageserver/errors';
+import { oneExchange } from '../pageserver/exchange';
 import { createStorageHttpClient, StorageHttpError, type HttpRequestOptions } from '../pageserver/http';
 
 /**
@@ -43,31 +44,17 @@ export async function queryTimelineStatus(address: string, tenantId: string, tim
   const { host, port } = parseSafekeeperAddress(address);
   const what = `safekeeper ${address}`;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_STATUS_TIMEOUT_MS;
-  if (opts.signal?.aborted) throw new StorageError('aborted', `${what}: aborted`);
-  const { client, kill } = clientWithKillSwitch(
-    pgClientConfig(
-      { host, port, user: 'no_user' },
-      {
-        ...(opts.token !== undefined ? { password: opts.token } : {}),
-        applicationName: 'compute_ctl',
-        // One `-c` per pair: safekeepers split options on whitespace and read every key=value.
-        extraOptions: `-c tenant_id=${tenantId} -c timeline_id=${timelineId}`,
-        connectTimeoutMs: timeoutMs,
-      },
-    ),
+  const config = pgClientConfig(
+    { host, port, user: 'no_user' },
+    {
+      ...(opts.token !== undefined ? { password: opts.token } : {}),
+      applicationName: 'compute_ctl',
+      // One `-c` per pair: safekeepers split options on whitespace and read every key=value.
+      extraOptions: `-c tenant_id=${tenantId} -c timeline_id=${timelineId}`,
+      connectTimeoutMs: timeoutMs,
+    },
   );
-  let verdict: StorageError | undefined;
-  const giveUp = (v: StorageError) => {
-    verdict ??= v;
-    kill();
-  };
-  const timer = setTimeout(() => giveUp(new StorageError('timeout', `${what} did not answer TIMELINE_STATUS within ${timeoutMs} ms`)), timeoutMs);
-  const onAbort = () => giveUp(new StorageError('aborted', `${what}: aborted`));
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  let phase: 'connect' | 'query' = 'connect';
-  try {
-    await client.connect();
-    phase = 'query';
+  return oneExchange(config, { what, timeoutMs, timeoutMessage: 'no answer to TIMELINE_STATUS', ...(opts.signal ? { signal: opts.signal } : {}) }, async (client) => {
     const result = await client.query<Record<string, unknown>>('TIMELINE_STATUS');
     const row = result.rows[0];
     if (!row) return null;
@@ -77,15 +64,7 @@ export async function queryTimelineStatus(address: string, tenantId: string, tim
       throw new StorageError('server', `${what} answered TIMELINE_STATUS without valid commit_lsn/flush_lsn columns`);
     }
     return { commit_lsn: commit, flush_lsn: flush };
-  } catch (err) {
-    kill();
-    if (verdict) throw verdict;
-    throw classifyPgError(err, what, phase);
-  } finally {
-    clearTimeout(timer);
-    opts.signal?.removeEventListener('abort', onAbort);
-    await client.end().catch(() => undefined);
-  }
+  });
 }
 
 export class SafekeeperHttpError extends StorageHttpError {
