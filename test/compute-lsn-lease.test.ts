@@ -31,7 +31,9 @@ async function pageserverApi(method: string, route: string, body?: unknown): Pro
 /** The page service's libpq URL on the test stack (its endpoint is host:port). */
 const pageserverUrl = () => `postgresql://cloud_admin@${inject('stack').pageserver.pg}`;
 
-const LEASE_SECONDS = 3;
+// Renewed every half length: 8 s leaves 4 s of slack for a renewal delayed by a loaded machine
+// (with 3 s, one late renewal in a full suite run let GC pass the lease).
+const LEASE_SECONDS = 8;
 // One watch round outlasts the whole held-lease check, so only the renewal inside the round keeps the lease.
 const STATIC_OPTIONS = { ...TEST_WORKFLOW_OPTIONS, watchReportSeconds: 60, watchHeartbeatTimeoutSeconds: 20 };
 
